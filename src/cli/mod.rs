@@ -1,0 +1,64 @@
+//! Command-line interface: flags become a validated configuration, then one `run` per
+//! subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod probe;
+
+/// Discovers this node's GPU, NVLink, multi-node NVLink and RDMA topology.
+#[derive(Debug, Parser)]
+#[command(name = "nodetopo", version, about)]
+pub struct Cli {
+    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Probe this node's hardware and print its topology.
+    Probe(probe::ProbeArgs),
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Probe(args) => probe::run(args),
+    }
+}
+
+/// The node name: `--node-name`/`NODE_NAME`, else the host name.
+pub(crate) fn node_name(flag: Option<String>) -> String {
+    flag.filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Default sysfs root.
+pub(crate) fn default_sysfs() -> PathBuf {
+    PathBuf::from("/sys")
+}

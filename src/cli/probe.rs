@@ -1,0 +1,77 @@
+//! `nodetopo probe`: probe once and print.
+
+use std::{io::Write, path::PathBuf, time::SystemTime};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nodetopo::{
+    probe::{
+        Prober,
+        gpu::{GpuProber, ProbeOptions},
+        nvml_live::LiveNvml,
+        snapshot::NvmlSnapshot,
+        sysfs::SysfsRoot,
+    },
+    render::{self, Format},
+};
+
+/// Flags of `nodetopo probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Root of the sysfs tree to read (`/host-sys` inside the DaemonSet).
+    #[arg(long, value_name = "DIR", default_value_os_t = super::default_sysfs(), env = "NODETOPO_SYSFS_ROOT")]
+    sysfs_root: PathBuf,
+    /// Record a snapshot of every NVML answer to FILE (live NVML only), then print as usual.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    record: Option<PathBuf>,
+    /// Read NVML answers from a snapshot FILE instead of the driver.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Node name to report (defaults to the host name).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
+    #[arg(long)]
+    query_all_p2p: bool,
+}
+
+pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
+    let sysfs = SysfsRoot::new(&args.sysfs_root);
+    if !args.sysfs_root.is_dir() {
+        tracing::warn!(root = %args.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
+    }
+    let node = super::node_name(args.node_name);
+    let options = ProbeOptions {
+        query_all_p2p: args.query_all_p2p,
+    };
+    let mut prober = if let Some(path) = &args.replay {
+        let snap = NvmlSnapshot::load(path)?;
+        Prober::new(Ok(GpuProber::new(Box::new(snap), options)), sysfs, node)
+    } else if let Some(path) = &args.record {
+        let live = match LiveNvml::init(None) {
+            Ok(l) => l,
+            Err(e) => bail!("cannot record: NVML is not available: {e}"),
+        };
+        let snap = NvmlSnapshot::capture(
+            &live,
+            format!("nodetopo {} --record on {node}", env!("CARGO_PKG_VERSION")),
+        );
+        snap.save(path)
+            .with_context(|| format!("writing snapshot {}", path.display()))?;
+        tracing::info!(path = %path.display(), "snapshot recorded");
+        Prober::new(Ok(GpuProber::new(Box::new(live), options)), sysfs, node)
+    } else {
+        Prober::live(sysfs, node, options)
+    };
+    let topo = prober.probe(SystemTime::now());
+    for s in topo.sources.iter().filter(|s| !s.ok) {
+        tracing::info!(source = %s.source, error = %s.error, "probe source failed");
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(render::render(&topo, args.output).as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

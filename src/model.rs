@@ -1,0 +1,756 @@
+//! The `Topology` model: one node's GPUs, NVLink matrix, MNNVL fabric and RDMA NICs.
+//!
+//! This mirrors `proto/nodetopo/v1/topology.proto` (the public contract) as plain Rust types with
+//! serde, so that `probe -o json|yaml` is stable and every consumer (labels, gRPC, extender) reads
+//! one shape. Probes fill it; policy reads it; nothing here does I/O.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole topology of one node.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeTopology {
+    /// Kubernetes node name (or host name outside a cluster).
+    pub node_name: String,
+    /// Content revision; changes only when the content changes. 0 = never published.
+    pub revision: u64,
+    /// When the data was probed (RFC 3339 in JSON).
+    #[serde(with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub probe_time: Option<SystemTime>,
+    /// Driver-level facts.
+    pub driver: DriverInfo,
+    /// GPUs ordered by NVML index.
+    pub gpus: Vec<Gpu>,
+    /// Ordered GPU pairs (a != b): the `nvidia-smi topo -m` matrix.
+    pub gpu_pairs: Vec<GpuPair>,
+    /// The node's multi-node NVLink domain.
+    pub fabric: Fabric,
+    /// RDMA devices.
+    pub nics: Vec<Nic>,
+    /// PCIe distance from every GPU to every NIC, nearest first per GPU.
+    pub gpu_nic_affinity: Vec<GpuNicAffinity>,
+    /// One-to-one GPU to NIC rail pairing.
+    pub rail_pairing: RailPairing,
+    /// GPUDirect RDMA readiness.
+    pub gpudirect: GpuDirect,
+    /// One entry per probe source.
+    pub sources: Vec<SourceStatus>,
+}
+
+impl NodeTopology {
+    /// The pair entry for GPUs `a` and `b`, if present.
+    pub fn pair(&self, a: u32, b: u32) -> Option<&GpuPair> {
+        self.gpu_pairs.iter().find(|p| p.a == a && p.b == b)
+    }
+
+    /// True when the content (everything but revision and probe time) equals `other`'s.
+    pub fn same_content(&self, other: &NodeTopology) -> bool {
+        let strip = |t: &NodeTopology| NodeTopology {
+            revision: 0,
+            probe_time: None,
+            ..t.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+/// Driver-level facts shared by all GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DriverInfo {
+    /// Kernel driver version, e.g. `580.159.04`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// Highest CUDA version the driver supports, e.g. `13.0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_driver_version: Option<String>,
+    /// NVML library version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvml_version: Option<String>,
+}
+
+/// GPU architecture family, derived from the compute capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuFamily {
+    /// Unknown.
+    #[default]
+    Unknown,
+    /// 3.x
+    Kepler,
+    /// 5.x
+    Maxwell,
+    /// 6.x
+    Pascal,
+    /// 7.0, 7.2
+    Volta,
+    /// 7.5
+    Turing,
+    /// 8.0, 8.6, 8.7
+    Ampere,
+    /// 8.9
+    Ada,
+    /// 9.0
+    Hopper,
+    /// 10.x, 11.x, 12.x
+    Blackwell,
+}
+
+impl GpuFamily {
+    /// Family of a CUDA compute capability.
+    pub fn from_compute_capability(major: u32, minor: u32) -> Self {
+        match (major, minor) {
+            (3, _) => Self::Kepler,
+            (5, _) => Self::Maxwell,
+            (6, _) => Self::Pascal,
+            (7, 5) => Self::Turing,
+            (7, _) => Self::Volta,
+            (8, 9) => Self::Ada,
+            (8, _) => Self::Ampere,
+            (9, _) => Self::Hopper,
+            (10..=12, _) => Self::Blackwell,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Lowercase name, as used in labels and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Kepler => "kepler",
+            Self::Maxwell => "maxwell",
+            Self::Pascal => "pascal",
+            Self::Volta => "volta",
+            Self::Turing => "turing",
+            Self::Ampere => "ampere",
+            Self::Ada => "ada",
+            Self::Hopper => "hopper",
+            Self::Blackwell => "blackwell",
+        }
+    }
+}
+
+/// Multi-Instance GPU mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigMode {
+    /// The query failed.
+    #[default]
+    Unknown,
+    /// The GPU does not support MIG.
+    Unsupported,
+    /// Supported, disabled.
+    Disabled,
+    /// Enabled.
+    Enabled,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gpu {
+    /// NVML index.
+    pub index: u32,
+    /// UUID.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Board serial, when the board has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// PCI bus id as NVML reports it (`00000000:00:06.0`).
+    pub pci_bus_id: String,
+    /// Total memory in bytes.
+    pub memory_total_bytes: u64,
+    /// Compute capability major.
+    pub compute_major: u32,
+    /// Compute capability minor.
+    pub compute_minor: u32,
+    /// Family derived from the compute capability.
+    pub family: GpuFamily,
+    /// Current MIG mode.
+    pub mig_mode: MigMode,
+    /// MIG mode after the next reset.
+    pub mig_mode_pending: MigMode,
+    /// NUMA node; `None` when neither NVML nor sysfs knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<i32>,
+    /// CPUs close to the GPU as a cpulist (`0-63`); empty when unknown.
+    pub cpu_affinity: String,
+    /// Active NVLinks.
+    pub nvlinks: Vec<NvLink>,
+    /// MNNVL fabric info, when the GPU reports any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fabric: Option<GpuFabricInfo>,
+}
+
+impl Gpu {
+    /// Memory in MiB.
+    pub fn memory_mib(&self) -> u64 {
+        self.memory_total_bytes / (1024 * 1024)
+    }
+
+    /// Number of active NVLinks whose far end is an NVSwitch.
+    pub fn switch_links(&self) -> usize {
+        self.nvlinks
+            .iter()
+            .filter(|l| l.remote_type == NvLinkRemoteType::Switch)
+            .count()
+    }
+}
+
+/// What the far end of an NVLink is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NvLinkRemoteType {
+    /// Not reported.
+    #[default]
+    Unknown,
+    /// Another GPU.
+    Gpu,
+    /// An NVSwitch.
+    Switch,
+    /// An IBM NPU.
+    Ibmnpu,
+}
+
+/// One active NVLink.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NvLink {
+    /// Link number.
+    pub link: u32,
+    /// NVLink version, e.g. `4.0`; empty when unknown.
+    pub version: String,
+    /// Far end type.
+    pub remote_type: NvLinkRemoteType,
+    /// Far end PCI bus id, when reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_pci_bus_id: Option<String>,
+}
+
+/// How two devices connect, as in `nvidia-smi topo -m`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Connection {
+    /// Unknown.
+    #[default]
+    Unknown,
+    /// Bonded NVLinks.
+    #[serde(rename = "NV")]
+    NvLink,
+    /// Same board.
+    Internal,
+    /// At most one PCIe bridge.
+    Pix,
+    /// Several bridges, no host bridge.
+    Pxb,
+    /// Through a host bridge.
+    Phb,
+    /// Across host bridges in one NUMA node.
+    Node,
+    /// Across NUMA nodes.
+    Sys,
+}
+
+impl Connection {
+    /// The `topo -m` abbreviation (without the NVLink count).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "?",
+            Self::NvLink => "NV",
+            Self::Internal => "INT",
+            Self::Pix => "PIX",
+            Self::Pxb => "PXB",
+            Self::Phb => "PHB",
+            Self::Node => "NODE",
+            Self::Sys => "SYS",
+        }
+    }
+
+    /// Distance rank: smaller is closer. NVLink is closest, unknown is farthest.
+    pub fn distance(self) -> u8 {
+        match self {
+            Self::NvLink => 0,
+            Self::Internal => 1,
+            Self::Pix => 2,
+            Self::Pxb => 3,
+            Self::Phb => 4,
+            Self::Node => 5,
+            Self::Sys => 6,
+            Self::Unknown => 7,
+        }
+    }
+}
+
+/// P2P over NVLink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum P2pStatus {
+    /// Not queried.
+    #[default]
+    Unknown,
+    /// Works.
+    Ok,
+    /// Not supported.
+    NotSupported,
+    /// NVML failed to answer.
+    Error,
+}
+
+/// An ordered GPU pair.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuPair {
+    /// First GPU index.
+    pub a: u32,
+    /// Second GPU index.
+    pub b: u32,
+    /// The `topo -m` cell.
+    pub connection: Connection,
+    /// Bonded NVLink count (0 without NVLink).
+    pub nvlink_count: u32,
+    /// P2P over NVLink.
+    pub p2p_nvlink: P2pStatus,
+    /// PCIe level of the common ancestor, ignoring NVLink.
+    pub pcie: Connection,
+}
+
+impl GpuPair {
+    /// The matrix cell text, e.g. `NV18` or `PHB`.
+    pub fn cell(&self) -> String {
+        match self.connection {
+            Connection::NvLink => format!("NV{}", self.nvlink_count),
+            c => c.as_str().to_string(),
+        }
+    }
+}
+
+/// Per-GPU fabric registration state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FabricRegistration {
+    /// Unknown.
+    #[default]
+    Unknown,
+    /// No fabric.
+    NotSupported,
+    /// Not started.
+    NotStarted,
+    /// In progress.
+    InProgress,
+    /// Completed.
+    Completed,
+}
+
+/// Fabric health summary (v3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FabricHealth {
+    /// Not reported.
+    #[default]
+    Unknown,
+    /// Healthy.
+    Healthy,
+    /// Unhealthy.
+    Unhealthy,
+    /// Limited capacity.
+    LimitedCapacity,
+}
+
+/// One GPU's fabric info.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuFabricInfo {
+    /// Struct version that answered (3, 2 or 1).
+    pub api_version: u32,
+    /// Registration state.
+    pub registration: FabricRegistration,
+    /// NVML return code of the registration.
+    pub status: u32,
+    /// ClusterUUID, canonical form.
+    pub cluster_uuid: String,
+    /// Clique id.
+    pub clique_id: u32,
+    /// Raw health mask.
+    pub health_mask: u32,
+    /// Health summary.
+    pub health_summary: FabricHealth,
+    /// Decoded problems.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health_problems: Vec<String>,
+}
+
+/// The node's NVLink domain state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FabricState {
+    /// Not derived.
+    #[default]
+    Unknown,
+    /// No MNNVL.
+    None,
+    /// Registration not done.
+    Pending,
+    /// One agreed clique.
+    Ready,
+    /// Health problem.
+    Degraded,
+    /// GPUs disagree.
+    Inconsistent,
+    /// Query failed or registration error.
+    Error,
+}
+
+impl FabricState {
+    /// Lowercase name (the `nvlink.fabric` label value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::None => "none",
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Degraded => "degraded",
+            Self::Inconsistent => "inconsistent",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The node's multi-node NVLink domain.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fabric {
+    /// State.
+    pub state: FabricState,
+    /// Why.
+    pub reason: String,
+    /// `<ClusterUUID>.<CliqueId>`, only when ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The agreed non-zero ClusterUUID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_uuid: Option<String>,
+    /// The clique id, when ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clique_id: Option<u32>,
+}
+
+/// RDMA link layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkLayer {
+    /// Unknown.
+    #[default]
+    Unknown,
+    /// InfiniBand.
+    Infiniband,
+    /// Ethernet (RoCE).
+    Ethernet,
+}
+
+/// Logical port state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortState {
+    /// Unknown.
+    #[default]
+    Unknown,
+    /// DOWN.
+    Down,
+    /// INIT.
+    Init,
+    /// ARMED.
+    Armed,
+    /// ACTIVE.
+    Active,
+    /// ACTIVE_DEFER.
+    ActiveDefer,
+}
+
+/// One RDMA device.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Nic {
+    /// Device name (`mlx5_0`).
+    pub name: String,
+    /// PCI address.
+    pub pci_address: String,
+    /// Node GUID.
+    pub node_guid: String,
+    /// System image GUID.
+    pub sys_image_guid: String,
+    /// Firmware version.
+    pub fw_version: String,
+    /// Board id.
+    pub board_id: String,
+    /// HCA type.
+    pub hca_type: String,
+    /// NUMA node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<i32>,
+    /// Netdevs.
+    pub netdevs: Vec<String>,
+    /// SR-IOV VF.
+    pub virtual_function: bool,
+    /// Bond / LAG.
+    pub bonded: bool,
+    /// Ports.
+    pub ports: Vec<NicPort>,
+    /// ibverbs check, when run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbs: Option<VerbsCheck>,
+}
+
+/// One port.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NicPort {
+    /// Port number.
+    pub port: u32,
+    /// Logical state.
+    pub state: PortState,
+    /// Physical state text.
+    pub phys_state: String,
+    /// Link layer.
+    pub link_layer: LinkLayer,
+    /// Rate in Gb/s.
+    pub rate_gbps: f64,
+    /// LID.
+    pub lid: u32,
+    /// SM LID.
+    pub sm_lid: u32,
+    /// Port GUID.
+    pub port_guid: String,
+    /// Subnet prefix.
+    pub subnet_prefix: String,
+    /// GIDs.
+    pub gids: Vec<Gid>,
+}
+
+/// A GID entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gid {
+    /// Index.
+    pub index: u32,
+    /// Value.
+    pub gid: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub gid_type: String,
+    /// Netdev.
+    pub netdev: String,
+}
+
+/// ibverbs check result.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VerbsCheck {
+    /// Usable from this process.
+    pub usable: bool,
+    /// Why not.
+    pub error: String,
+    /// sysfs agrees.
+    pub consistent_with_sysfs: bool,
+}
+
+/// GPU to NIC PCIe distance.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuNicAffinity {
+    /// GPU index.
+    pub gpu: u32,
+    /// NIC name.
+    pub nic: String,
+    /// Classification.
+    pub connection: Connection,
+    /// Rank for this GPU, 0 = nearest.
+    pub rank: u32,
+}
+
+/// Rail pairing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RailPairing {
+    /// Every GPU has a distinct NIC at PIX or PXB.
+    pub rail_aligned: bool,
+    /// Pairs.
+    pub pairs: Vec<RailPair>,
+}
+
+/// A GPU and its NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RailPair {
+    /// GPU index.
+    pub gpu: u32,
+    /// NIC name.
+    pub nic: String,
+    /// Port.
+    pub port: u32,
+    /// Distance.
+    pub connection: Connection,
+}
+
+/// GPUDirect RDMA readiness.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuDirect {
+    /// Ready.
+    pub ready: bool,
+    /// Method.
+    pub method: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Outcome of one probe source.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SourceStatus {
+    /// Source name.
+    pub source: String,
+    /// Answered fully.
+    pub ok: bool,
+    /// What went wrong.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// Data is the last good data from an earlier probe.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+}
+
+impl SourceStatus {
+    /// A source that answered fully.
+    pub fn ok(source: &str) -> Self {
+        Self {
+            source: source.to_string(),
+            ok: true,
+            ..Self::default()
+        }
+    }
+
+    /// A source that failed or answered partially.
+    pub fn failed(source: &str, error: impl Into<String>) -> Self {
+        Self {
+            source: source.to_string(),
+            ok: false,
+            error: error.into(),
+            stale: false,
+        }
+    }
+}
+
+/// Renders a CPU bitmask (NVML's array of 64-bit words, lowest CPUs first) as a Linux cpulist.
+pub fn cpulist_from_mask(words: &[u64]) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for (w, word) in words.iter().enumerate() {
+        for bit in 0..64 {
+            if word & (1u64 << bit) != 0 {
+                let cpu = w * 64 + bit;
+                match ranges.last_mut() {
+                    Some((_, end)) if *end + 1 == cpu => *end = cpu,
+                    _ => ranges.push((cpu, cpu)),
+                }
+            }
+        }
+    }
+    ranges
+        .iter()
+        .map(|&(s, e)| {
+            if s == e {
+                s.to_string()
+            } else {
+                format!("{s}-{e}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let v: Option<String> = Option::deserialize(d)?;
+        v.map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_from_compute_capability() {
+        assert_eq!(GpuFamily::from_compute_capability(9, 0), GpuFamily::Hopper);
+        assert_eq!(GpuFamily::from_compute_capability(8, 9), GpuFamily::Ada);
+        assert_eq!(GpuFamily::from_compute_capability(8, 6), GpuFamily::Ampere);
+        assert_eq!(GpuFamily::from_compute_capability(8, 0), GpuFamily::Ampere);
+        assert_eq!(GpuFamily::from_compute_capability(7, 5), GpuFamily::Turing);
+        assert_eq!(GpuFamily::from_compute_capability(7, 0), GpuFamily::Volta);
+        assert_eq!(
+            GpuFamily::from_compute_capability(10, 0),
+            GpuFamily::Blackwell
+        );
+        assert_eq!(
+            GpuFamily::from_compute_capability(12, 0),
+            GpuFamily::Blackwell
+        );
+        assert_eq!(GpuFamily::from_compute_capability(2, 0), GpuFamily::Unknown);
+    }
+
+    #[test]
+    fn cpulist_ranges() {
+        assert_eq!(cpulist_from_mask(&[u64::MAX, 0, 0, 0]), "0-63");
+        assert_eq!(cpulist_from_mask(&[0b1011]), "0-1,3");
+        assert_eq!(cpulist_from_mask(&[1u64 << 63, 1]), "63-64");
+        assert_eq!(cpulist_from_mask(&[0, 0]), "");
+    }
+
+    #[test]
+    fn same_content_ignores_revision_and_time() {
+        let a = NodeTopology {
+            node_name: "n".into(),
+            revision: 1,
+            probe_time: Some(SystemTime::UNIX_EPOCH),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.revision = 7;
+        b.probe_time = Some(SystemTime::now());
+        assert!(a.same_content(&b));
+        b.node_name = "m".into();
+        assert!(!a.same_content(&b));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_time() {
+        let t = NodeTopology {
+            probe_time: Some(humantime::parse_rfc3339("2026-11-29T05:00:00.123Z").unwrap()),
+            ..Default::default()
+        };
+        let s = serde_json::to_string(&t).unwrap();
+        assert!(
+            s.contains("\"probe_time\":\"2026-11-29T05:00:00.123Z\""),
+            "{s}"
+        );
+        let back: NodeTopology = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, t);
+    }
+}

@@ -1,0 +1,84 @@
+//! Hardware probes: NVML (GPUs, NVLink, fabric) and sysfs, composed into one
+//! [`NodeTopology`](crate::model::NodeTopology).
+//!
+//! Every probe reports its outcome as a [`SourceStatus`](crate::model::SourceStatus); a failing
+//! source never aborts the others.
+
+pub mod fabric;
+pub mod gpu;
+pub mod nvml;
+pub mod nvml_live;
+pub mod snapshot;
+pub mod sysfs;
+
+use std::time::SystemTime;
+
+use crate::model::{Fabric, FabricState, NodeTopology, SourceStatus};
+
+use self::{
+    gpu::{GpuProber, ProbeOptions, SOURCE_FABRIC, SOURCE_NVML},
+    sysfs::SysfsRoot,
+};
+
+/// Composes every probe of this node. Keeps NVML open between calls to [`Prober::probe`].
+#[derive(Debug)]
+pub struct Prober {
+    gpu: Result<GpuProber, String>,
+    sysfs: SysfsRoot,
+    node_name: String,
+}
+
+impl Prober {
+    /// A prober. `gpu` is the GPU prober, or why there is none (e.g. NVML is not installed).
+    pub fn new(gpu: Result<GpuProber, String>, sysfs: SysfsRoot, node_name: String) -> Self {
+        Self {
+            gpu,
+            sysfs,
+            node_name,
+        }
+    }
+
+    /// A prober over live NVML; a machine without NVML gets a prober that reports zero GPUs.
+    pub fn live(sysfs: SysfsRoot, node_name: String, options: ProbeOptions) -> Self {
+        let gpu = nvml_live::LiveNvml::init(None)
+            .map(|n| GpuProber::new(Box::new(n), options))
+            .map_err(|e| format!("NVML is not available: {e}"));
+        Self::new(gpu, sysfs, node_name)
+    }
+
+    /// The GPU prober, when NVML is available.
+    pub fn gpu_prober(&self) -> Option<&GpuProber> {
+        self.gpu.as_ref().ok()
+    }
+
+    /// Probes everything once. `now` is the probe time to record.
+    pub fn probe(&mut self, now: SystemTime) -> NodeTopology {
+        let mut topo = NodeTopology {
+            node_name: self.node_name.clone(),
+            probe_time: Some(now),
+            ..NodeTopology::default()
+        };
+        match &mut self.gpu {
+            Ok(p) => {
+                let r = p.probe(&self.sysfs);
+                topo.driver = r.driver;
+                topo.gpus = r.gpus;
+                topo.gpu_pairs = r.pairs;
+                topo.fabric = r.fabric;
+                topo.sources.extend(r.sources);
+            }
+            Err(why) => {
+                topo.fabric = Fabric {
+                    state: FabricState::None,
+                    reason: "no GPUs".into(),
+                    ..Fabric::default()
+                };
+                topo.sources
+                    .push(SourceStatus::failed(SOURCE_NVML, why.clone()));
+                topo.sources
+                    .push(SourceStatus::failed(SOURCE_FABRIC, "not probed: no NVML"));
+            }
+        }
+        topo
+    }
+}

@@ -1,0 +1,194 @@
+//! The NVML seam: a small trait over the raw NVML facts a topology probe needs.
+//!
+//! Two implementations exist: [`super::nvml_live::LiveNvml`] calls the driver, and
+//! [`super::snapshot::NvmlSnapshot`] replays a recorded snapshot. Everything above the trait
+//! (model building, fabric derivation) is shared, so replay tests exercise the real code path.
+//! Facts are kept raw (NVML's own numeric codes) so that snapshots record what the driver said,
+//! not what we made of it.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why an NVML call gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The device or driver does not support the query (an answer, not a fault).
+    NotSupported,
+    /// The library or a symbol in it is missing.
+    Missing,
+    /// Not permitted for this process.
+    NoPermission,
+    /// The GPU fell off the bus.
+    GpuLost,
+    /// The structure version is not understood by this driver.
+    VersionMismatch,
+    /// Not present (e.g. a device index past the count, or a fact not recorded).
+    NotFound,
+    /// Anything else.
+    Other,
+}
+
+/// An NVML call that gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct NvmlFailure {
+    /// Classification.
+    pub kind: FailureKind,
+    /// The driver's message.
+    pub message: String,
+}
+
+impl NvmlFailure {
+    /// A failure of `kind` with `message`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True for "not supported" style answers, which mean "unknown", not "broken".
+    pub fn is_not_supported(&self) -> bool {
+        matches!(self.kind, FailureKind::NotSupported | FailureKind::Missing)
+    }
+}
+
+/// The answer to one NVML query.
+pub type Fact<T> = Result<T, NvmlFailure>;
+
+/// Static identity of a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    /// Product name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Board serial; `None` when the board has none (NVML: not supported).
+    pub serial: Option<String>,
+    /// PCI bus id, NVML's long form (`00000000:00:06.0`).
+    pub pci_bus_id: String,
+    /// Total memory in bytes.
+    pub memory_total_bytes: u64,
+    /// Compute capability major.
+    pub compute_major: u32,
+    /// Compute capability minor.
+    pub compute_minor: u32,
+}
+
+/// One NVLink as NVML reports it. The detail facts are present only for active links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawNvLink {
+    /// Link number.
+    pub link: u32,
+    /// `nvmlDeviceGetNvLinkState`.
+    pub active: bool,
+    /// `nvmlDeviceGetNvLinkVersion` (NVML_NVLINK_VERSION_*; 6 = 4.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Fact<u32>>,
+    /// `nvmlDeviceGetNvLinkRemoteDeviceType` (0 GPU, 1 IBMNPU, 2 switch, 255 unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_type: Option<Fact<u32>>,
+    /// `nvmlDeviceGetNvLinkRemotePciInfo_v2` bus id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_pci_bus_id: Option<Fact<String>>,
+}
+
+/// `nvmlDeviceGetGpuFabricInfo(V)` as answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawFabric {
+    /// Struct version that answered: 3, 2 or 1.
+    pub api_version: u32,
+    /// `nvmlGpuFabricState_t`: 0 not supported, 1 not started, 2 in progress, 3 completed.
+    pub state: u8,
+    /// `nvmlReturn_t` of the registration.
+    pub status: u32,
+    /// ClusterUUID bytes as 32 lowercase hex digits.
+    pub cluster_uuid: String,
+    /// Clique id.
+    pub clique_id: u32,
+    /// Health mask (v2+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_mask: Option<u32>,
+    /// Health summary (v3): 0 not supported, 1 healthy, 2 unhealthy, 3 limited capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_summary: Option<u8>,
+}
+
+/// The raw NVML facts a topology probe reads. Indices are NVML device indices.
+pub trait NvmlSource: Send {
+    /// `nvmlSystemGetDriverVersion`.
+    fn driver_version(&self) -> Fact<String>;
+    /// `nvmlSystemGetCudaDriverVersion_v2` (e.g. 13000).
+    fn cuda_driver_version(&self) -> Fact<i32>;
+    /// `nvmlSystemGetNVMLVersion`.
+    fn nvml_version(&self) -> Fact<String>;
+    /// `nvmlDeviceGetCount`.
+    fn device_count(&self) -> Fact<u32>;
+    /// Name, UUID, serial, PCI, memory and compute capability.
+    fn identity(&self, index: u32) -> Fact<DeviceIdentity>;
+    /// `nvmlDeviceGetNumaNodeId`.
+    fn numa_node(&self, index: u32) -> Fact<u32>;
+    /// `nvmlDeviceGetMigMode`: (current, pending), 1 = enabled.
+    fn mig_mode(&self, index: u32) -> Fact<(u32, u32)>;
+    /// `nvmlDeviceGetCpuAffinity` as 64-bit words.
+    fn cpu_affinity(&self, index: u32) -> Fact<Vec<u64>>;
+    /// NVLink state of every link, with details for the active ones.
+    fn nvlinks(&self, index: u32) -> Fact<Vec<RawNvLink>>;
+    /// `nvmlDeviceGetP2PStatus(.., NVML_P2P_CAPS_INDEX_NVLINK)`: 0 = OK.
+    fn p2p_nvlink(&self, a: u32, b: u32) -> Fact<u32>;
+    /// `nvmlDeviceGetTopologyCommonAncestor`: 0, 10, 20, 30, 40, 50.
+    fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32>;
+    /// GPU fabric info, v3 then v2 then v1.
+    fn fabric(&self, index: u32) -> Fact<RawFabric>;
+}
+
+/// NVML's `NVML_NVLINK_VERSION_*` code as a version string.
+pub fn nvlink_version_name(code: u32) -> String {
+    match code {
+        1 => "1.0".into(),
+        2 => "2.0".into(),
+        3 => "2.2".into(),
+        4 => "3.0".into(),
+        5 => "3.1".into(),
+        6 => "4.0".into(),
+        7 => "5.0".into(),
+        other => format!("unknown-{other}"),
+    }
+}
+
+/// CUDA driver version integer (13000) as `major.minor` (`13.0`).
+pub fn cuda_version_string(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_version() {
+        assert_eq!(cuda_version_string(13000), "13.0");
+        assert_eq!(cuda_version_string(12080), "12.8");
+        assert_eq!(cuda_version_string(12020), "12.2");
+    }
+
+    #[test]
+    fn nvlink_versions() {
+        assert_eq!(nvlink_version_name(6), "4.0");
+        assert_eq!(nvlink_version_name(7), "5.0");
+        assert_eq!(nvlink_version_name(42), "unknown-42");
+    }
+
+    #[test]
+    fn fact_serializes_explicitly() {
+        let ok: Fact<u32> = Ok(3);
+        let err: Fact<u32> = Err(NvmlFailure::new(FailureKind::NotSupported, "Not Supported"));
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"Ok":3}"#);
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"Err":{"kind":"not-supported","message":"Not Supported"}}"#
+        );
+    }
+}

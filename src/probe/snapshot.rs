@@ -1,0 +1,258 @@
+//! Recorded NVML snapshots: `nodetopo probe --record FILE` writes one, `--replay FILE` reads one.
+//!
+//! A snapshot holds the raw answer (or the error) of every query in [`NvmlSource`], so replaying
+//! it drives exactly the code that live NVML drives. The format is JSON with a version number.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::nvml::{
+    DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink,
+};
+
+/// Current snapshot format version.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Errors reading or writing a snapshot.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The file could not be read or written.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid snapshot.
+    #[error("snapshot {path} is not valid: {source}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file has a format version this build does not read.
+    #[error("snapshot {path} has format {found}, this build reads format {SNAPSHOT_FORMAT}")]
+    Format {
+        /// File path.
+        path: String,
+        /// Version found.
+        found: u32,
+    },
+}
+
+/// Everything NVML answered for one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// NVML index.
+    pub index: u32,
+    /// Identity.
+    pub identity: Fact<DeviceIdentity>,
+    /// NUMA node.
+    pub numa_node: Fact<u32>,
+    /// MIG mode (current, pending).
+    pub mig_mode: Fact<(u32, u32)>,
+    /// CPU affinity words.
+    pub cpu_affinity: Fact<Vec<u64>>,
+    /// NVLinks.
+    pub nvlinks: Fact<Vec<RawNvLink>>,
+    /// Fabric info.
+    pub fabric: Fact<RawFabric>,
+}
+
+/// Everything NVML answered for one ordered device pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// First index.
+    pub a: u32,
+    /// Second index.
+    pub b: u32,
+    /// P2P status over NVLink.
+    pub p2p_nvlink: Fact<u32>,
+    /// Common ancestor level.
+    pub common_ancestor: Fact<u32>,
+}
+
+/// A recorded NVML session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NvmlSnapshot {
+    /// Format version ([`SNAPSHOT_FORMAT`]).
+    pub format: u32,
+    /// Free-text provenance (host, tool, date).
+    #[serde(default)]
+    pub source: String,
+    /// Driver version.
+    pub driver_version: Fact<String>,
+    /// CUDA driver version.
+    pub cuda_driver_version: Fact<i32>,
+    /// NVML version.
+    pub nvml_version: Fact<String>,
+    /// Device count.
+    pub device_count: Fact<u32>,
+    /// Per device.
+    pub devices: Vec<DeviceRecord>,
+    /// Per ordered pair.
+    pub pairs: Vec<PairRecord>,
+}
+
+impl NvmlSnapshot {
+    /// Asks `src` every question the probe can ask, including every pair's P2P status.
+    pub fn capture(src: &dyn NvmlSource, source: impl Into<String>) -> Self {
+        let device_count = src.device_count();
+        let n = *device_count.as_ref().unwrap_or(&0);
+        let devices = (0..n)
+            .map(|i| DeviceRecord {
+                index: i,
+                identity: src.identity(i),
+                numa_node: src.numa_node(i),
+                mig_mode: src.mig_mode(i),
+                cpu_affinity: src.cpu_affinity(i),
+                nvlinks: src.nvlinks(i),
+                fabric: src.fabric(i),
+            })
+            .collect();
+        let mut pairs = Vec::new();
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    pairs.push(PairRecord {
+                        a,
+                        b,
+                        p2p_nvlink: src.p2p_nvlink(a, b),
+                        common_ancestor: src.common_ancestor(a, b),
+                    });
+                }
+            }
+        }
+        Self {
+            format: SNAPSHOT_FORMAT,
+            source: source.into(),
+            driver_version: src.driver_version(),
+            cuda_driver_version: src.cuda_driver_version(),
+            nvml_version: src.nvml_version(),
+            device_count,
+            devices,
+            pairs,
+        }
+    }
+
+    /// Reads a snapshot file.
+    pub fn load(path: &Path) -> Result<Self, SnapshotError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse(&text, &p)
+    }
+
+    /// Parses snapshot JSON; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, SnapshotError> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let head: Head = serde_json::from_str(text).map_err(|source| SnapshotError::Parse {
+            path: origin.to_string(),
+            source,
+        })?;
+        if head.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format {
+                path: origin.to_string(),
+                found: head.format,
+            });
+        }
+        serde_json::from_str(text).map_err(|source| SnapshotError::Parse {
+            path: origin.to_string(),
+            source,
+        })
+    }
+
+    /// Writes the snapshot as pretty JSON.
+    pub fn save(&self, path: &Path) -> Result<(), SnapshotError> {
+        let text = serde_json::to_string_pretty(self).expect("snapshot types always serialize");
+        std::fs::write(path, text + "\n").map_err(|source| SnapshotError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    fn device(&self, index: u32) -> Fact<&DeviceRecord> {
+        self.devices
+            .iter()
+            .find(|d| d.index == index)
+            .ok_or_else(|| not_recorded(&format!("device {index}")))
+    }
+
+    fn pair(&self, a: u32, b: u32) -> Fact<&PairRecord> {
+        self.pairs
+            .iter()
+            .find(|p| p.a == a && p.b == b)
+            .ok_or_else(|| not_recorded(&format!("pair {a}-{b}")))
+    }
+
+    /// Device index by UUID, for tests and tools.
+    pub fn uuid_index(&self) -> BTreeMap<String, u32> {
+        self.devices
+            .iter()
+            .filter_map(|d| {
+                d.identity
+                    .as_ref()
+                    .ok()
+                    .map(|id| (id.uuid.clone(), d.index))
+            })
+            .collect()
+    }
+}
+
+fn not_recorded(what: &str) -> NvmlFailure {
+    NvmlFailure::new(
+        FailureKind::NotFound,
+        format!("{what} is not in the snapshot"),
+    )
+}
+
+impl NvmlSource for NvmlSnapshot {
+    fn driver_version(&self) -> Fact<String> {
+        self.driver_version.clone()
+    }
+    fn cuda_driver_version(&self) -> Fact<i32> {
+        self.cuda_driver_version.clone()
+    }
+    fn nvml_version(&self) -> Fact<String> {
+        self.nvml_version.clone()
+    }
+    fn device_count(&self) -> Fact<u32> {
+        self.device_count.clone()
+    }
+    fn identity(&self, index: u32) -> Fact<DeviceIdentity> {
+        self.device(index)?.identity.clone()
+    }
+    fn numa_node(&self, index: u32) -> Fact<u32> {
+        self.device(index)?.numa_node.clone()
+    }
+    fn mig_mode(&self, index: u32) -> Fact<(u32, u32)> {
+        self.device(index)?.mig_mode.clone()
+    }
+    fn cpu_affinity(&self, index: u32) -> Fact<Vec<u64>> {
+        self.device(index)?.cpu_affinity.clone()
+    }
+    fn nvlinks(&self, index: u32) -> Fact<Vec<RawNvLink>> {
+        self.device(index)?.nvlinks.clone()
+    }
+    fn p2p_nvlink(&self, a: u32, b: u32) -> Fact<u32> {
+        self.pair(a, b)?.p2p_nvlink.clone()
+    }
+    fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32> {
+        self.pair(a, b)?.common_ancestor.clone()
+    }
+    fn fabric(&self, index: u32) -> Fact<RawFabric> {
+        self.device(index)?.fabric.clone()
+    }
+}

@@ -1,0 +1,29 @@
+//! Renderers of a [`NodeTopology`](crate::model::NodeTopology): table, JSON, YAML and Graphviz.
+
+pub mod dot;
+pub mod table;
+
+use crate::model::NodeTopology;
+
+/// Output formats of `probe` and `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A readable summary and the `topo -m` matrix.
+    Table,
+    /// The model as JSON.
+    Json,
+    /// The model as YAML.
+    Yaml,
+    /// A Graphviz picture.
+    Dot,
+}
+
+/// Renders `topo` in `format`.
+pub fn render(topo: &NodeTopology, format: Format) -> String {
+    match format {
+        Format::Table => table::render(topo),
+        Format::Json => serde_json::to_string_pretty(topo).expect("model always serializes") + "\n",
+        Format::Yaml => serde_yaml_ng::to_string(topo).expect("model always serializes"),
+        Format::Dot => dot::render(topo),
+    }
+}

@@ -1,0 +1,239 @@
+//! The human-readable `probe` output: a summary, the GPU list, the `nvidia-smi topo -m` style
+//! matrix, NICs, and the status of every probe source.
+
+use std::fmt::Write;
+
+use crate::model::{NodeTopology, NvLinkRemoteType};
+
+/// Left-aligned columns, two spaces apart.
+fn columns(rows: &[Vec<String>]) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn or_dash(s: Option<&str>) -> String {
+    match s {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => "-".to_string(),
+    }
+}
+
+/// Renders the table view.
+pub fn render(t: &NodeTopology) -> String {
+    let mut out = String::new();
+    let when = t
+        .probe_time
+        .map(|p| humantime::format_rfc3339_seconds(p).to_string())
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "Node:    {}   (probed {when})",
+        or_dash(Some(&t.node_name))
+    );
+    let _ = writeln!(
+        out,
+        "Driver:  {}   CUDA {}   NVML {}",
+        or_dash(t.driver.driver_version.as_deref()),
+        or_dash(t.driver.cuda_driver_version.as_deref()),
+        or_dash(t.driver.nvml_version.as_deref()),
+    );
+    let _ = writeln!(out, "GPUs:    {}", t.gpus.len());
+    let fabric = match &t.fabric.domain {
+        Some(d) => format!("{} (domain {d})", t.fabric.state.as_str()),
+        None => t.fabric.state.as_str().to_string(),
+    };
+    let _ = writeln!(out, "Fabric:  {fabric}: {}", t.fabric.reason);
+
+    if !t.gpus.is_empty() {
+        out.push('\n');
+        let mut rows = vec![
+            [
+                "GPU", "NAME", "MEMORY", "CC", "FAMILY", "MIG", "NUMA", "NVLINKS", "FABRIC", "PCI",
+                "UUID",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for g in &t.gpus {
+            let switch = g.switch_links();
+            let links = if g.nvlinks.is_empty() {
+                "-".to_string()
+            } else {
+                let version = g.nvlinks.first().map(|l| l.version.as_str()).unwrap_or("");
+                let far = if switch == g.nvlinks.len() {
+                    "switch"
+                } else if g
+                    .nvlinks
+                    .iter()
+                    .all(|l| l.remote_type == NvLinkRemoteType::Gpu)
+                {
+                    "gpu"
+                } else {
+                    "mixed"
+                };
+                format!("{} x v{version} {far}", g.nvlinks.len())
+            };
+            let fabric = g
+                .fabric
+                .as_ref()
+                .map(|f| {
+                    let reg = serde_json::to_value(f.registration)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default();
+                    if f.cluster_uuid.chars().all(|c| c == '0' || c == '-') {
+                        reg
+                    } else {
+                        format!("{reg} clique {}", f.clique_id)
+                    }
+                })
+                .unwrap_or_else(|| "-".into());
+            rows.push(vec![
+                g.index.to_string(),
+                g.name.clone(),
+                format!("{} MiB", g.memory_mib()),
+                format!("{}.{}", g.compute_major, g.compute_minor),
+                g.family.as_str().to_string(),
+                serde_json::to_value(g.mig_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                g.numa_node
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "N/A".into()),
+                links,
+                fabric,
+                g.pci_bus_id.clone(),
+                g.uuid.clone(),
+            ]);
+        }
+        out.push_str(&columns(&rows));
+        out.push('\n');
+        out.push_str(&matrix(t));
+    }
+
+    if !t.nics.is_empty() {
+        out.push('\n');
+        let mut rows = vec![
+            [
+                "NIC", "PCI", "NUMA", "PORT", "STATE", "LINK", "RATE", "NETDEV",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for n in &t.nics {
+            for p in &n.ports {
+                rows.push(vec![
+                    n.name.clone(),
+                    n.pci_address.clone(),
+                    n.numa_node
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "N/A".into()),
+                    p.port.to_string(),
+                    serde_json::to_value(p.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    serde_json::to_value(p.link_layer)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    format!("{} Gb/s", p.rate_gbps),
+                    n.netdevs.join(","),
+                ]);
+            }
+        }
+        out.push_str(&columns(&rows));
+    }
+
+    out.push('\n');
+    out.push_str("Sources:\n");
+    for s in &t.sources {
+        let state = match (s.ok, s.stale) {
+            (true, false) => "ok",
+            (true, true) => "ok (stale)",
+            (false, false) => "FAILED",
+            (false, true) => "FAILED (stale data kept)",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<10} {state}{}",
+            s.source,
+            if s.error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", s.error)
+            }
+        );
+    }
+    out
+}
+
+/// The `nvidia-smi topo -m` matrix: GPU rows and columns, then NIC columns, CPU and NUMA
+/// affinity.
+pub fn matrix(t: &NodeTopology) -> String {
+    let nic_names: Vec<&str> = t.nics.iter().map(|n| n.name.as_str()).collect();
+    let mut header: Vec<String> = vec![String::new()];
+    header.extend(t.gpus.iter().map(|g| format!("GPU{}", g.index)));
+    header.extend(nic_names.iter().map(|n| n.to_string()));
+    header.push("CPU Affinity".into());
+    header.push("NUMA Affinity".into());
+    let mut rows = vec![header];
+    for a in &t.gpus {
+        let mut r = vec![format!("GPU{}", a.index)];
+        for b in &t.gpus {
+            if a.index == b.index {
+                r.push(" X".into());
+            } else {
+                r.push(
+                    t.pair(a.index, b.index)
+                        .map(|p| p.cell())
+                        .unwrap_or_else(|| "?".into()),
+                );
+            }
+        }
+        for nic in &nic_names {
+            let c = t
+                .gpu_nic_affinity
+                .iter()
+                .find(|x| x.gpu == a.index && x.nic == *nic)
+                .map(|x| x.connection.as_str())
+                .unwrap_or("?");
+            r.push(c.into());
+        }
+        r.push(if a.cpu_affinity.is_empty() {
+            "N/A".into()
+        } else {
+            a.cpu_affinity.clone()
+        });
+        r.push(
+            a.numa_node
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "N/A".into()),
+        );
+        rows.push(r);
+    }
+    columns(&rows)
+}
