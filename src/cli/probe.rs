@@ -36,6 +36,9 @@ pub struct ProbeArgs {
     /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
     #[arg(long)]
     query_all_p2p: bool,
+    /// Path of the NVML library (default: `libnvidia-ml.so.1` from the loader's search path).
+    #[arg(long, value_name = "PATH", env = "NODETOPO_NVML_LIB")]
+    nvml_lib: Option<PathBuf>,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
@@ -51,7 +54,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         let snap = NvmlSnapshot::load(path)?;
         Prober::new(Ok(GpuProber::new(Box::new(snap), options)), sysfs, node)
     } else if let Some(path) = &args.record {
-        let live = match LiveNvml::init(None) {
+        let live = match LiveNvml::init(args.nvml_lib.as_deref().map(|p| p.as_os_str())) {
             Ok(l) => l,
             Err(e) => bail!("cannot record: NVML is not available: {e}"),
         };
@@ -64,7 +67,12 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "snapshot recorded");
         Prober::new(Ok(GpuProber::new(Box::new(live), options)), sysfs, node)
     } else {
-        Prober::live(sysfs, node, options)
+        Prober::live(
+            sysfs,
+            node,
+            options,
+            args.nvml_lib.as_deref().map(|p| p.as_os_str()),
+        )
     };
     let topo = prober.probe(SystemTime::now());
     for s in topo.sources.iter().filter(|s| !s.ok) {

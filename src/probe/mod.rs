@@ -38,9 +38,15 @@ impl Prober {
         }
     }
 
-    /// A prober over live NVML; a machine without NVML gets a prober that reports zero GPUs.
-    pub fn live(sysfs: SysfsRoot, node_name: String, options: ProbeOptions) -> Self {
-        let gpu = nvml_live::LiveNvml::init(None)
+    /// A prober over live NVML (`nvml_lib` overrides the library path); a machine without NVML
+    /// gets a prober that reports zero GPUs.
+    pub fn live(
+        sysfs: SysfsRoot,
+        node_name: String,
+        options: ProbeOptions,
+        nvml_lib: Option<&std::ffi::OsStr>,
+    ) -> Self {
+        let gpu = nvml_live::LiveNvml::init(nvml_lib)
             .map(|n| GpuProber::new(Box::new(n), options))
             .map_err(|e| format!("NVML is not available: {e}"));
         Self::new(gpu, sysfs, node_name)

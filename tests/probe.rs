@@ -1,0 +1,341 @@
+//! Whole-binary tests of `nodetopo probe` over recorded NVML snapshots and sysfs fixtures.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use nodetopo::model::{Connection, FabricState, GpuFamily, MigMode, NodeTopology, P2pStatus};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn nodetopo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args(args)
+        // Never pick up a real driver on a developer machine: these tests are about replay.
+        .env("NODETOPO_NVML_LIB", "/nonexistent/libnvidia-ml.so.1")
+        .env_remove("NODE_NAME")
+        .output()
+        .expect("spawn nodetopo")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "nodetopo failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).expect("utf-8 output")
+}
+
+fn replay_json(snapshot: &Path, sysfs: &Path) -> NodeTopology {
+    let o = nodetopo(&[
+        "probe",
+        "-o",
+        "json",
+        "--node-name",
+        "test-node",
+        "--replay",
+        snapshot.to_str().unwrap(),
+        "--sysfs-root",
+        sysfs.to_str().unwrap(),
+    ]);
+    serde_json::from_str(&stdout(&o)).expect("probe -o json parses as the model")
+}
+
+fn h200() -> NodeTopology {
+    let dir = fixtures().join("h200x4-hgx");
+    replay_json(&dir.join("snapshot.json"), &dir.join("sysfs/sys"))
+}
+
+fn gb200(name: &str) -> NodeTopology {
+    replay_json(
+        &fixtures().join(format!("gb200/{name}.json")),
+        Path::new("/nonexistent-sysfs"),
+    )
+}
+
+#[test]
+fn no_nvml_reports_zero_gpus_and_exits_zero() {
+    let o = nodetopo(&["probe", "-o", "json"]);
+    let t: NodeTopology = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(t.gpus.is_empty());
+    assert_eq!(t.fabric.state, FabricState::None);
+    let nvml = t.sources.iter().find(|s| s.source == "nvml").unwrap();
+    assert!(!nvml.ok);
+    assert!(
+        nvml.error.contains("NVML is not available") && nvml.error.contains("libnvidia-ml"),
+        "status says why: {}",
+        nvml.error
+    );
+    // The table view says it too, and still exits 0.
+    let table = stdout(&nodetopo(&["probe"]));
+    assert!(table.contains("GPUs:    0"), "{table}");
+    assert!(table.contains("NVML is not available"), "{table}");
+}
+
+#[test]
+fn h200_capture_matches_the_vendor_tools() {
+    let t = h200();
+    assert_eq!(t.node_name, "test-node");
+    assert_eq!(t.gpus.len(), 4);
+    assert_eq!(t.driver.driver_version.as_deref(), Some("580.159.04"));
+    assert_eq!(t.driver.cuda_driver_version.as_deref(), Some("13.0"));
+
+    // Field by field against `nvidia-smi -q -x` of the same machine.
+    let xml = std::fs::read_to_string(fixtures().join("h200x4-hgx/nvidia-smi-q.xml")).unwrap();
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&xml, opts).unwrap();
+    let root = doc.root_element();
+    let text = |n: roxmltree::Node, tag: &str| -> String {
+        n.children()
+            .find(|c| c.has_tag_name(tag))
+            .and_then(|c| c.text())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(text(root, "driver_version"), "580.159.04");
+    assert_eq!(text(root, "cuda_version"), "13.0");
+    let xml_gpus: Vec<_> = root.children().filter(|c| c.has_tag_name("gpu")).collect();
+    assert_eq!(xml_gpus.len(), t.gpus.len());
+    for (g, x) in t.gpus.iter().zip(&xml_gpus) {
+        assert_eq!(g.name, text(*x, "product_name"));
+        assert_eq!(g.uuid, text(*x, "uuid"));
+        assert_eq!(g.serial.as_deref(), Some(text(*x, "serial").as_str()));
+        assert_eq!(x.attribute("id"), Some(g.pci_bus_id.as_str()));
+        let fb = x
+            .children()
+            .find(|c| c.has_tag_name("fb_memory_usage"))
+            .unwrap();
+        assert_eq!(format!("{} MiB", g.memory_mib()), text(fb, "total"));
+        let mig = x.children().find(|c| c.has_tag_name("mig_mode")).unwrap();
+        assert_eq!(text(mig, "current_mig"), "Disabled");
+        assert_eq!(g.mig_mode, MigMode::Disabled);
+        assert_eq!(g.family, GpuFamily::Hopper);
+        assert_eq!((g.compute_major, g.compute_minor), (9, 0));
+        // NVML answers "not supported" for NUMA and sysfs says -1: unknown, not an error.
+        assert_eq!(g.numa_node, None);
+        assert_eq!(g.cpu_affinity, "0-63");
+        assert_eq!(g.nvlinks.len(), 18);
+        assert!(g.nvlinks.iter().all(|l| l.version == "4.0"));
+        let f = g.fabric.as_ref().expect("fabric info recorded");
+        assert_eq!(f.cluster_uuid, "00000000-0000-0000-0000-000000000000");
+    }
+    assert!(t.sources.iter().all(|s| s.ok), "{:?}", t.sources);
+
+    // The matrix against `nvidia-smi topo -m`.
+    let topo =
+        std::fs::read_to_string(fixtures().join("h200x4-hgx/nvidia-smi-topo-m.txt")).unwrap();
+    let rows: Vec<Vec<&str>> = topo
+        .lines()
+        .filter(|l| l.starts_with("GPU"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    for (a, row) in rows.iter().enumerate() {
+        for b in 0..4usize {
+            let want = row[b + 1];
+            if a == b {
+                assert_eq!(want, "X");
+                continue;
+            }
+            let pair = t.pair(a as u32, b as u32).unwrap();
+            assert_eq!(pair.cell(), want, "GPU{a} -> GPU{b}");
+            assert_eq!(pair.p2p_nvlink, P2pStatus::Ok);
+            assert_eq!(
+                pair.pcie,
+                Connection::Phb,
+                "common ancestor 30 is the host bridge"
+            );
+        }
+        assert_eq!(row[5], t.gpus[a].cpu_affinity, "CPU affinity column");
+    }
+    // HGX H200: COMPLETED with an all-zero ClusterUUID is "no MNNVL".
+    assert_eq!(t.fabric.state, FabricState::None);
+    assert_eq!(t.fabric.domain, None);
+}
+
+#[test]
+fn h200_table_shows_the_matrix() {
+    let dir = fixtures().join("h200x4-hgx");
+    let out = stdout(&nodetopo(&[
+        "probe",
+        "--replay",
+        dir.join("snapshot.json").to_str().unwrap(),
+        "--sysfs-root",
+        dir.join("sysfs/sys").to_str().unwrap(),
+    ]));
+    let matrix_row = out
+        .lines()
+        .find(|l| l.starts_with("GPU2 "))
+        .unwrap_or_else(|| panic!("no GPU2 matrix row in\n{out}"));
+    assert_eq!(
+        matrix_row.split_whitespace().collect::<Vec<_>>(),
+        ["GPU2", "NV18", "NV18", "X", "NV18", "0-63", "N/A"]
+    );
+    assert!(out.contains("Fabric:  none"), "{out}");
+}
+
+#[test]
+fn yaml_and_json_agree() {
+    let dir = fixtures().join("h200x4-hgx");
+    let common = [
+        "--node-name",
+        "n",
+        "--replay",
+        dir.join("snapshot.json")
+            .to_str()
+            .unwrap()
+            .to_string()
+            .leak(),
+        "--sysfs-root",
+        dir.join("sysfs/sys").to_str().unwrap().to_string().leak(),
+    ];
+    let json = stdout(&nodetopo(&[&["probe", "-o", "json"], &common[..]].concat()));
+    let yaml = stdout(&nodetopo(&[&["probe", "-o", "yaml"], &common[..]].concat()));
+    let mut a: NodeTopology = serde_json::from_str(&json).unwrap();
+    let mut b: NodeTopology = serde_yaml_ng::from_str(&yaml).unwrap();
+    a.probe_time = None;
+    b.probe_time = None;
+    assert_eq!(a, b);
+}
+
+#[test]
+fn gb200_trays_in_one_clique_share_a_domain() {
+    let a1 = gb200("tray-a1");
+    let a2 = gb200("tray-a2");
+    let b1 = gb200("tray-b1");
+    for t in [&a1, &a2, &b1] {
+        assert_eq!(t.fabric.state, FabricState::Ready, "{:?}", t.fabric);
+        assert_eq!(t.gpus.len(), 4);
+        assert!(t.gpus.iter().all(|g| g.family == GpuFamily::Blackwell));
+        assert!(
+            t.gpus
+                .iter()
+                .all(|g| g.nvlinks.iter().all(|l| l.version == "5.0"))
+        );
+    }
+    assert_ne!(a1.gpus[0].uuid, a2.gpus[0].uuid, "different trays");
+    assert_eq!(a1.fabric.domain, a2.fabric.domain);
+    assert_ne!(a1.fabric.domain, b1.fabric.domain, "another clique");
+    assert_eq!(a1.fabric.cluster_uuid, b1.fabric.cluster_uuid, "same rack");
+    let domain = a1.fabric.domain.as_deref().unwrap();
+    let (cluster, clique) = domain.rsplit_once('.').unwrap();
+    assert_eq!(clique, "1");
+    assert_eq!(Some(cluster), a1.fabric.cluster_uuid.as_deref());
+    assert_eq!(cluster.len(), 36, "canonical UUID form");
+    // Pairs across the two Grace CPUs are SYS on PCIe, but NVLink all-to-all.
+    let p = a1.pair(0, 3).unwrap();
+    assert_eq!(p.pcie, Connection::Sys);
+    assert_eq!(p.cell(), "NV18");
+}
+
+#[test]
+fn gb200_transitional_and_broken_fabrics_have_no_domain() {
+    let cases = [
+        ("tray-pending", FabricState::Pending, "GPU 2"),
+        ("tray-inconsistent", FabricState::Inconsistent, "GPU 3"),
+        ("tray-degraded", FabricState::Degraded, "degraded-bandwidth"),
+    ];
+    for (name, state, reason) in cases {
+        let t = gb200(name);
+        assert_eq!(t.fabric.state, state, "{name}: {:?}", t.fabric);
+        assert_eq!(t.fabric.domain, None, "{name}");
+        assert!(
+            t.fabric.reason.contains(reason),
+            "{name}: {}",
+            t.fabric.reason
+        );
+        assert_eq!(t.gpus.len(), 4, "{name}: GPUs are still reported");
+    }
+}
+
+#[test]
+fn dot_draws_the_domain_and_switch() {
+    let out = stdout(&nodetopo(&[
+        "probe",
+        "-o",
+        "dot",
+        "--replay",
+        fixtures().join("gb200/tray-a1.json").to_str().unwrap(),
+    ]));
+    assert!(out.starts_with("graph "), "{out}");
+    assert!(out.contains("subgraph cluster_domain"), "{out}");
+    assert!(
+        out.contains("\"gpu3\" -- \"nvswitch\" [label=\"NV18\""),
+        "{out}"
+    );
+    assert_eq!(out.matches("shape=box3d").count(), 4);
+    // Braces balance.
+    assert_eq!(out.matches('{').count(), out.matches('}').count());
+}
+
+#[test]
+fn a_failing_gpu_is_reported_and_the_rest_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read_to_string(fixtures().join("h200x4-hgx/snapshot.json")).unwrap();
+    let mut snap: serde_json::Value = serde_json::from_str(&src).unwrap();
+    snap["devices"][1]["identity"] =
+        serde_json::json!({"Err": {"kind": "gpu-lost", "message": "GPU is lost"}});
+    snap["devices"][2]["fabric"] =
+        serde_json::json!({"Err": {"kind": "other", "message": "Unknown Error"}});
+    let path = dir.path().join("snap.json");
+    std::fs::write(&path, snap.to_string()).unwrap();
+    let t = replay_json(&path, Path::new("/nonexistent"));
+    assert_eq!(
+        t.gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
+        [0, 2, 3]
+    );
+    let nvml = t.sources.iter().find(|s| s.source == "nvml").unwrap();
+    assert!(
+        !nvml.ok && nvml.error.contains("GPU 1: GPU is lost"),
+        "{nvml:?}"
+    );
+    let fabric = t.sources.iter().find(|s| s.source == "fabric").unwrap();
+    assert!(
+        !fabric.ok && fabric.error.contains("Unknown Error"),
+        "{fabric:?}"
+    );
+    assert_eq!(t.fabric.state, FabricState::Error);
+    assert_eq!(t.gpu_pairs.len(), 6, "pairs among the 3 GPUs left");
+}
+
+#[test]
+fn bad_snapshots_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{ not json").unwrap();
+    let future = dir.path().join("future.json");
+    std::fs::write(&future, r#"{"format": 99}"#).unwrap();
+    let missing = dir.path().join("missing.json");
+    for (path, needle) in [
+        (&garbage, "is not valid"),
+        (&future, "format 99"),
+        (&missing, "No such file"),
+    ] {
+        let o = nodetopo(&["probe", "--replay", path.to_str().unwrap()]);
+        assert!(!o.status.success(), "{path:?} should fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(needle) && err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{path:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn record_without_nvml_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("snap.json");
+    let o = nodetopo(&["probe", "--record", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot record"));
+    assert!(!out.exists());
+}
