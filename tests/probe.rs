@@ -5,7 +5,9 @@ use std::{
     process::{Command, Output},
 };
 
-use nodetopo::model::{Connection, FabricState, GpuFamily, MigMode, NodeTopology, P2pStatus};
+use nodetopo::model::{
+    Connection, FabricRegistration, FabricState, GpuFamily, MigMode, NodeTopology, P2pStatus,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -46,11 +48,6 @@ fn replay_json(snapshot: &Path, sysfs: &Path) -> NodeTopology {
     serde_json::from_str(&stdout(&o)).expect("probe -o json parses as the model")
 }
 
-fn h200() -> NodeTopology {
-    let dir = fixtures().join("h200x4-hgx");
-    replay_json(&dir.join("snapshot.json"), &dir.join("sysfs/sys"))
-}
-
 fn gb200(name: &str) -> NodeTopology {
     replay_json(
         &fixtures().join(format!("gb200/{name}.json")),
@@ -77,16 +74,14 @@ fn no_nvml_reports_zero_gpus_and_exits_zero() {
     assert!(table.contains("NVML is not available"), "{table}");
 }
 
-#[test]
-fn h200_capture_matches_the_vendor_tools() {
-    let t = h200();
+/// Checks a replayed real capture field by field against `nvidia-smi -q -x` and `topo -m` of
+/// the same machine.
+fn check_against_vendor_tools(dir: &str) -> NodeTopology {
+    let dir = fixtures().join(dir);
+    let t = replay_json(&dir.join("snapshot.json"), &dir.join("sysfs/sys"));
     assert_eq!(t.node_name, "test-node");
-    assert_eq!(t.gpus.len(), 4);
-    assert_eq!(t.driver.driver_version.as_deref(), Some("580.159.04"));
-    assert_eq!(t.driver.cuda_driver_version.as_deref(), Some("13.0"));
 
-    // Field by field against `nvidia-smi -q -x` of the same machine.
-    let xml = std::fs::read_to_string(fixtures().join("h200x4-hgx/nvidia-smi-q.xml")).unwrap();
+    let xml = std::fs::read_to_string(dir.join("nvidia-smi-q.xml")).unwrap();
     let opts = roxmltree::ParsingOptions {
         allow_dtd: true,
         ..Default::default()
@@ -101,8 +96,11 @@ fn h200_capture_matches_the_vendor_tools() {
             .trim()
             .to_string()
     };
-    assert_eq!(text(root, "driver_version"), "580.159.04");
-    assert_eq!(text(root, "cuda_version"), "13.0");
+    assert_eq!(t.driver.driver_version, Some(text(root, "driver_version")));
+    assert_eq!(
+        t.driver.cuda_driver_version,
+        Some(text(root, "cuda_version"))
+    );
     let xml_gpus: Vec<_> = root.children().filter(|c| c.has_tag_name("gpu")).collect();
     assert_eq!(xml_gpus.len(), t.gpus.len());
     for (g, x) in t.gpus.iter().zip(&xml_gpus) {
@@ -122,25 +120,20 @@ fn h200_capture_matches_the_vendor_tools() {
         assert_eq!((g.compute_major, g.compute_minor), (9, 0));
         // NVML answers "not supported" for NUMA and sysfs says -1: unknown, not an error.
         assert_eq!(g.numa_node, None);
-        assert_eq!(g.cpu_affinity, "0-63");
-        assert_eq!(g.nvlinks.len(), 18);
-        assert!(g.nvlinks.iter().all(|l| l.version == "4.0"));
-        let f = g.fabric.as_ref().expect("fabric info recorded");
-        assert_eq!(f.cluster_uuid, "00000000-0000-0000-0000-000000000000");
     }
     assert!(t.sources.iter().all(|s| s.ok), "{:?}", t.sources);
 
-    // The matrix against `nvidia-smi topo -m`.
-    let topo =
-        std::fs::read_to_string(fixtures().join("h200x4-hgx/nvidia-smi-topo-m.txt")).unwrap();
+    // The matrix against `nvidia-smi topo -m` (GPU rows; then CPU affinity).
+    let topo = std::fs::read_to_string(dir.join("nvidia-smi-topo-m.txt")).unwrap();
     let rows: Vec<Vec<&str>> = topo
         .lines()
         .filter(|l| l.starts_with("GPU"))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows.len(), 4);
+    let n = t.gpus.len();
+    assert_eq!(rows.len(), n);
     for (a, row) in rows.iter().enumerate() {
-        for b in 0..4usize {
+        for b in 0..n {
             let want = row[b + 1];
             if a == b {
                 assert_eq!(want, "X");
@@ -155,11 +148,43 @@ fn h200_capture_matches_the_vendor_tools() {
                 "common ancestor 30 is the host bridge"
             );
         }
-        assert_eq!(row[5], t.gpus[a].cpu_affinity, "CPU affinity column");
+        assert_eq!(row[n + 1], t.gpus[a].cpu_affinity, "CPU affinity column");
     }
-    // HGX H200: COMPLETED with an all-zero ClusterUUID is "no MNNVL".
+    // No multi-node NVLink on these machines.
     assert_eq!(t.fabric.state, FabricState::None);
     assert_eq!(t.fabric.domain, None);
+    t
+}
+
+#[test]
+fn h200x4_capture_matches_the_vendor_tools() {
+    let t = check_against_vendor_tools("h200x4-hgx");
+    assert_eq!(t.gpus.len(), 4);
+    for g in &t.gpus {
+        assert_eq!(g.cpu_affinity, "0-63");
+        assert_eq!(g.nvlinks.len(), 18);
+        assert!(g.nvlinks.iter().all(|l| l.version == "4.0"));
+        // HGX H200: COMPLETED with an all-zero ClusterUUID is "no MNNVL".
+        let f = g.fabric.as_ref().expect("fabric info recorded");
+        assert_eq!(f.registration, FabricRegistration::Completed);
+        assert_eq!(f.cluster_uuid, "00000000-0000-0000-0000-000000000000");
+    }
+}
+
+#[test]
+fn h200x1_recorded_snapshot_matches_the_vendor_tools() {
+    // Recorded with `nodetopo probe --record` on a 1-GPU H200 virtual machine: no NVLink
+    // (NVML answers "not supported" for link 0) and fabric state NOT_SUPPORTED.
+    let t = check_against_vendor_tools("h200x1");
+    assert_eq!(t.gpus.len(), 1);
+    let g = &t.gpus[0];
+    assert!(g.nvlinks.is_empty());
+    assert_eq!(g.cpu_affinity, "0-15");
+    assert_eq!(
+        g.fabric.as_ref().map(|f| f.registration),
+        Some(FabricRegistration::NotSupported)
+    );
+    assert!(t.gpu_pairs.is_empty());
 }
 
 #[test]
