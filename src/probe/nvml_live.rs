@@ -7,6 +7,8 @@
 //! - `nvmlDeviceGetNvLinkRemoteDeviceType`, whose safe wrapper in nvml-wrapper 0.13 writes the
 //!   answer into a temporary and always returns `Unknown`.
 
+#![allow(unsafe_code)]
+
 use std::{ffi::OsStr, mem};
 
 use nvml_wrapper::{
