@@ -429,3 +429,336 @@ pub fn pcie_level(level: u32) -> Connection {
         _ => Connection::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+    use crate::probe::{
+        nvml::{FailureKind, RawFabric},
+        snapshot::NvmlSnapshot,
+    };
+
+    const H200: &str = include_str!("../../tests/fixtures/h200x4-hgx/snapshot.json");
+
+    /// Counts the expensive and static calls made through it.
+    struct Counting {
+        inner: NvmlSnapshot,
+        p2p: Arc<AtomicUsize>,
+        static_calls: Arc<AtomicUsize>,
+    }
+
+    impl NvmlSource for Counting {
+        fn driver_version(&self) -> Fact<String> {
+            self.static_calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.driver_version()
+        }
+        fn cuda_driver_version(&self) -> Fact<i32> {
+            self.inner.cuda_driver_version()
+        }
+        fn nvml_version(&self) -> Fact<String> {
+            self.inner.nvml_version()
+        }
+        fn device_count(&self) -> Fact<u32> {
+            self.inner.device_count()
+        }
+        fn identity(&self, i: u32) -> Fact<DeviceIdentity> {
+            self.inner.identity(i)
+        }
+        fn numa_node(&self, i: u32) -> Fact<u32> {
+            self.static_calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.numa_node(i)
+        }
+        fn mig_mode(&self, i: u32) -> Fact<(u32, u32)> {
+            self.inner.mig_mode(i)
+        }
+        fn cpu_affinity(&self, i: u32) -> Fact<Vec<u64>> {
+            self.static_calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.cpu_affinity(i)
+        }
+        fn nvlinks(&self, i: u32) -> Fact<Vec<RawNvLink>> {
+            self.inner.nvlinks(i)
+        }
+        fn p2p_nvlink(&self, a: u32, b: u32) -> Fact<u32> {
+            self.p2p.fetch_add(1, Ordering::SeqCst);
+            self.inner.p2p_nvlink(a, b)
+        }
+        fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32> {
+            self.static_calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.common_ancestor(a, b)
+        }
+        fn fabric(&self, i: u32) -> Fact<RawFabric> {
+            self.inner.fabric(i)
+        }
+    }
+
+    fn counting(snap: NvmlSnapshot) -> (Counting, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let p2p = Arc::new(AtomicUsize::new(0));
+        let st = Arc::new(AtomicUsize::new(0));
+        (
+            Counting {
+                inner: snap,
+                p2p: p2p.clone(),
+                static_calls: st.clone(),
+            },
+            p2p,
+            st,
+        )
+    }
+
+    fn h200() -> NvmlSnapshot {
+        NvmlSnapshot::parse(H200, "h200").unwrap()
+    }
+
+    #[test]
+    fn switch_shortcut_skips_p2p_calls_and_agrees() {
+        let sysfs = SysfsRoot::new("/nonexistent");
+        let (src, p2p, _) = counting(h200());
+        let mut fast = GpuProber::new(Box::new(src), ProbeOptions::default());
+        let a = fast.probe(&sysfs);
+        assert_eq!(
+            p2p.load(Ordering::SeqCst),
+            0,
+            "NVSwitch pairs need no P2P call"
+        );
+
+        let (src, p2p, _) = counting(h200());
+        let mut full = GpuProber::new(
+            Box::new(src),
+            ProbeOptions {
+                query_all_p2p: true,
+            },
+        );
+        let b = full.probe(&sysfs);
+        assert_eq!(p2p.load(Ordering::SeqCst), 12);
+        assert_eq!(a.pairs, b.pairs);
+    }
+
+    #[test]
+    fn warm_probe_reuses_static_facts() {
+        let sysfs = SysfsRoot::new("/nonexistent");
+        let (src, p2p, st) = counting(h200());
+        let mut p = GpuProber::new(
+            Box::new(src),
+            ProbeOptions {
+                query_all_p2p: true,
+            },
+        );
+        let first = p.probe(&sysfs);
+        let (p2p_cold, static_cold) = (p2p.load(Ordering::SeqCst), st.load(Ordering::SeqCst));
+        assert!(
+            static_cold >= 4 + 4 + 12,
+            "numa, affinity and ancestors asked once each"
+        );
+        let second = p.probe(&sysfs);
+        assert_eq!(
+            p2p.load(Ordering::SeqCst),
+            p2p_cold,
+            "no P2P call when warm"
+        );
+        assert_eq!(
+            st.load(Ordering::SeqCst),
+            static_cold,
+            "no static call when warm"
+        );
+        assert_eq!(first.gpus, second.gpus);
+        assert_eq!(first.pairs, second.pairs);
+    }
+
+    #[test]
+    fn a_replaced_gpu_is_read_again() {
+        let sysfs = SysfsRoot::new("/nonexistent");
+        let snap = h200();
+        let mut swapped = snap.clone();
+        if let Ok(id) = &mut swapped.devices[2].identity {
+            id.uuid = "GPU-00000000-0000-0000-0000-00000000beef".into();
+        }
+        // The prober keeps its cache across sources only through the same object, so swap the
+        // source's data in place via a shared cell.
+        struct Swap(std::sync::Mutex<NvmlSnapshot>, Arc<AtomicUsize>);
+        impl NvmlSource for Swap {
+            fn driver_version(&self) -> Fact<String> {
+                self.0.lock().unwrap().driver_version()
+            }
+            fn cuda_driver_version(&self) -> Fact<i32> {
+                self.0.lock().unwrap().cuda_driver_version()
+            }
+            fn nvml_version(&self) -> Fact<String> {
+                self.0.lock().unwrap().nvml_version()
+            }
+            fn device_count(&self) -> Fact<u32> {
+                self.0.lock().unwrap().device_count()
+            }
+            fn identity(&self, i: u32) -> Fact<DeviceIdentity> {
+                self.0.lock().unwrap().identity(i)
+            }
+            fn numa_node(&self, i: u32) -> Fact<u32> {
+                self.1.fetch_add(1, Ordering::SeqCst);
+                self.0.lock().unwrap().numa_node(i)
+            }
+            fn mig_mode(&self, i: u32) -> Fact<(u32, u32)> {
+                self.0.lock().unwrap().mig_mode(i)
+            }
+            fn cpu_affinity(&self, i: u32) -> Fact<Vec<u64>> {
+                self.0.lock().unwrap().cpu_affinity(i)
+            }
+            fn nvlinks(&self, i: u32) -> Fact<Vec<RawNvLink>> {
+                self.0.lock().unwrap().nvlinks(i)
+            }
+            fn p2p_nvlink(&self, a: u32, b: u32) -> Fact<u32> {
+                self.0.lock().unwrap().p2p_nvlink(a, b)
+            }
+            fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32> {
+                self.0.lock().unwrap().common_ancestor(a, b)
+            }
+            fn fabric(&self, i: u32) -> Fact<RawFabric> {
+                self.0.lock().unwrap().fabric(i)
+            }
+        }
+        let numa_calls = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Swap(std::sync::Mutex::new(snap), numa_calls.clone()));
+        struct Handle(Arc<Swap>);
+        impl NvmlSource for Handle {
+            fn driver_version(&self) -> Fact<String> {
+                self.0.driver_version()
+            }
+            fn cuda_driver_version(&self) -> Fact<i32> {
+                self.0.cuda_driver_version()
+            }
+            fn nvml_version(&self) -> Fact<String> {
+                self.0.nvml_version()
+            }
+            fn device_count(&self) -> Fact<u32> {
+                self.0.device_count()
+            }
+            fn identity(&self, i: u32) -> Fact<DeviceIdentity> {
+                self.0.identity(i)
+            }
+            fn numa_node(&self, i: u32) -> Fact<u32> {
+                self.0.numa_node(i)
+            }
+            fn mig_mode(&self, i: u32) -> Fact<(u32, u32)> {
+                self.0.mig_mode(i)
+            }
+            fn cpu_affinity(&self, i: u32) -> Fact<Vec<u64>> {
+                self.0.cpu_affinity(i)
+            }
+            fn nvlinks(&self, i: u32) -> Fact<Vec<RawNvLink>> {
+                self.0.nvlinks(i)
+            }
+            fn p2p_nvlink(&self, a: u32, b: u32) -> Fact<u32> {
+                self.0.p2p_nvlink(a, b)
+            }
+            fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32> {
+                self.0.common_ancestor(a, b)
+            }
+            fn fabric(&self, i: u32) -> Fact<RawFabric> {
+                self.0.fabric(i)
+            }
+        }
+        let mut p = GpuProber::new(Box::new(Handle(shared.clone())), ProbeOptions::default());
+        p.probe(&sysfs);
+        assert_eq!(numa_calls.load(Ordering::SeqCst), 4);
+        *shared.0.lock().unwrap() = swapped;
+        let r = p.probe(&sysfs);
+        assert_eq!(
+            numa_calls.load(Ordering::SeqCst),
+            5,
+            "only the new GPU is read again"
+        );
+        assert_eq!(r.gpus[2].uuid, "GPU-00000000-0000-0000-0000-00000000beef");
+        assert_eq!(p.gpus.len(), 4, "the old GPU's facts are forgotten");
+    }
+
+    #[test]
+    fn direct_nvlink_bridge_pairs_count_their_links() {
+        // Two PCIe GPUs joined by an NVLink bridge with 4 links; no switch, so P2P is asked.
+        let mut snap = h200();
+        snap.devices.truncate(2);
+        snap.device_count = Ok(2);
+        snap.pairs.retain(|p| p.a < 2 && p.b < 2);
+        let bus: Vec<String> = snap
+            .devices
+            .iter()
+            .map(|d| d.identity.as_ref().unwrap().pci_bus_id.clone())
+            .collect();
+        for (i, d) in snap.devices.iter_mut().enumerate() {
+            let other = bus[1 - i].clone();
+            d.nvlinks = Ok((0..4)
+                .map(|l| RawNvLink {
+                    link: l,
+                    active: true,
+                    version: Some(Ok(4)),
+                    remote_type: Some(Ok(0)),
+                    remote_pci_bus_id: Some(Ok(other.clone())),
+                })
+                .chain((4..12).map(|l| RawNvLink {
+                    link: l,
+                    active: false,
+                    version: None,
+                    remote_type: None,
+                    remote_pci_bus_id: None,
+                }))
+                .collect());
+        }
+        for p in &mut snap.pairs {
+            p.common_ancestor = Ok(50);
+        }
+        let (src, p2p, _) = counting(snap.clone());
+        let r = GpuProber::new(Box::new(src), ProbeOptions::default()).probe(&SysfsRoot::default());
+        assert_eq!(
+            p2p.load(Ordering::SeqCst),
+            2,
+            "no switch: P2P asked for both directions"
+        );
+        let pair = &r.pairs[0];
+        assert_eq!(pair.cell(), "NV4");
+        assert_eq!(pair.pcie, Connection::Sys);
+        assert!(
+            r.gpus
+                .iter()
+                .all(|g| g.nvlinks.len() == 4 && g.nvlinks[0].version == "3.0")
+        );
+
+        // Without P2P over NVLink the cell falls back to the PCIe level.
+        for p in &mut snap.pairs {
+            p.p2p_nvlink = Ok(5);
+        }
+        let r =
+            GpuProber::new(Box::new(snap), ProbeOptions::default()).probe(&SysfsRoot::default());
+        assert_eq!(r.pairs[0].cell(), "SYS");
+        assert_eq!(r.pairs[0].p2p_nvlink, P2pStatus::NotSupported);
+    }
+
+    #[test]
+    fn unsupported_answers_are_unknowns_not_errors() {
+        let mut snap = h200();
+        let ns = || NvmlFailure::new(FailureKind::NotSupported, "Not Supported");
+        for d in &mut snap.devices {
+            d.mig_mode = Err(ns());
+            d.cpu_affinity = Err(ns());
+            d.fabric = Err(ns());
+        }
+        let r =
+            GpuProber::new(Box::new(snap), ProbeOptions::default()).probe(&SysfsRoot::default());
+        assert!(r.sources.iter().all(|s| s.ok), "{:?}", r.sources);
+        assert!(r.gpus.iter().all(|g| g.mig_mode == MigMode::Unsupported));
+        assert!(r.gpus.iter().all(|g| g.cpu_affinity.is_empty()));
+        assert_eq!(r.fabric.state, crate::model::FabricState::None);
+    }
+
+    #[test]
+    fn no_device_count_keeps_probing_safe() {
+        let mut snap = h200();
+        snap.device_count = Err(NvmlFailure::new(FailureKind::Other, "Unknown Error"));
+        let r =
+            GpuProber::new(Box::new(snap), ProbeOptions::default()).probe(&SysfsRoot::default());
+        assert!(r.gpus.is_empty());
+        assert!(!r.sources[0].ok && r.sources[0].error.contains("Unknown Error"));
+        assert_eq!(r.driver.driver_version.as_deref(), Some("580.159.04"));
+    }
+}
