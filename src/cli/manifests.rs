@@ -1,0 +1,68 @@
+//! `nodetopo manifests`: prints objects that other components need, built from nodetopo's own
+//! label list.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use nodetopo::deploy::topology::{self, LevelOptions, Scheduler};
+
+/// Flags of `nodetopo manifests`.
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// The topology object of a scheduler (Kueue, KAI, Grove or Volcano) for nodetopo's levels.
+    Topology(TopologyArgs),
+}
+
+/// Output formats of `nodetopo manifests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct TopologyArgs {
+    /// The scheduler whose object to write.
+    #[arg(long = "for", value_enum)]
+    scheduler: Scheduler,
+    /// The agent's label prefix.
+    #[arg(long, default_value = topology::DEFAULT_PREFIX)]
+    label_prefix: String,
+    /// A block or leaf node label between the NVLink clique and the host level.
+    #[arg(long, value_name = "LABEL")]
+    block_label: Option<String>,
+    /// Name of the object (for Volcano: the topology type in the discovery configuration).
+    #[arg(long, default_value = topology::DEFAULT_NAME)]
+    name: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Yaml)]
+    output: Output,
+}
+
+pub fn run(args: ManifestsArgs) -> anyhow::Result<()> {
+    match args.what {
+        What::Topology(t) => topology(t),
+    }
+}
+
+fn topology(args: TopologyArgs) -> anyhow::Result<()> {
+    let levels = topology::levels(&LevelOptions {
+        label_prefix: args.label_prefix,
+        block_label: args.block_label,
+    })
+    .context("--label-prefix or --block-label")?;
+    let object = topology::topology_object(args.scheduler, &args.name, &levels)?;
+    let text = match args.output {
+        Output::Yaml => serde_yaml_ng::to_string(&object)?,
+        Output::Json => serde_json::to_string_pretty(&object)? + "\n",
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Topology objects for the schedulers users already run, built from the level list nodetopo
+//! labels.
+//!
+//! Levels go from broad to narrow: `<prefix>/nvlink.cluster` (the multi-node NVLink rack),
+//! `<prefix>/nvlink.domain` (the clique), an optional block or leaf label the user names, and
+//! `kubernetes.io/hostname`. Each scheduler gets the same list in its own object:
+//!
+//! | scheduler | object |
+//! |---|---|
+//! | Kueue | `kueue.x-k8s.io/v1beta2` `Topology`, `spec.levels[].nodeLabel` |
+//! | KAI | `kai.scheduler/v1alpha1` `Topology`, `spec.levels[].nodeLabel` |
+//! | Grove | `grove.io/v1alpha1` `ClusterTopologyBinding`, `spec.levels[].{domain,key}` |
+//! | Volcano | the `label` source of HyperNode discovery in the controller's ConfigMap |
+
+use serde_json::{Value, json};
+
+use super::{DeployError, check_label_key, is_dns_subdomain};
+
+/// The node label every scheduler uses for the host level.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// The default label prefix of the agent.
+pub const DEFAULT_PREFIX: &str = "nodetopo.io";
+/// The default name of generated objects.
+pub const DEFAULT_NAME: &str = "nodetopo";
+/// The ConfigMap that Volcano's controller reads its configuration from.
+pub const VOLCANO_CONFIGMAP: &str = "volcano-controller-configmap";
+/// The namespace Volcano installs into by default.
+pub const VOLCANO_NAMESPACE: &str = "volcano-system";
+/// The key of Volcano's controller configuration inside its ConfigMap.
+pub const VOLCANO_CONFIG_KEY: &str = "volcano-controller.conf";
+/// Grove's limit on a level key's length (its CRD's `maxLength`).
+pub const GROVE_KEY_MAX: usize = 63;
+
+/// A scheduler that reads topology levels from an object of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduler {
+    /// Kueue topology-aware scheduling.
+    Kueue,
+    /// NVIDIA KAI Scheduler.
+    Kai,
+    /// Grove (its `ClusterTopologyBinding`).
+    Grove,
+    /// Volcano's label-based HyperNode discovery.
+    Volcano,
+}
+
+/// What the level list is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelOptions {
+    /// The agent's label prefix (`--label-prefix`).
+    pub label_prefix: String,
+    /// A block or leaf label between the NVLink clique and the host, if the cluster has one.
+    pub block_label: Option<String>,
+}
+
+impl Default for LevelOptions {
+    fn default() -> Self {
+        Self {
+            label_prefix: DEFAULT_PREFIX.to_string(),
+            block_label: None,
+        }
+    }
+}
+
+/// One topology level: a node label key and the Grove domain name it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Level {
+    /// The node label key.
+    pub node_label: String,
+    /// Grove's name for the level (`^[a-z][a-z0-9-]*$`).
+    pub domain: &'static str,
+}
+
+/// The levels, broad to narrow, with every key checked against Kubernetes' label rules.
+pub fn levels(opts: &LevelOptions) -> Result<Vec<Level>, DeployError> {
+    let prefix = opts.label_prefix.trim_end_matches('/');
+    if !is_dns_subdomain(prefix) {
+        return Err(DeployError::InvalidLabelKey {
+            key: opts.label_prefix.clone(),
+            reason: "the label prefix must be a lowercase DNS subdomain",
+        });
+    }
+    let mut out = vec![
+        Level {
+            node_label: format!("{prefix}/nvlink.cluster"),
+            domain: "rack",
+        },
+        Level {
+            node_label: format!("{prefix}/nvlink.domain"),
+            domain: "clique",
+        },
+    ];
+    if let Some(block) = opts.block_label.as_deref().filter(|b| !b.is_empty()) {
+        out.push(Level {
+            node_label: block.to_string(),
+            domain: "leaf",
+        });
+    }
+    out.push(Level {
+        node_label: HOSTNAME_LABEL.to_string(),
+        domain: "host",
+    });
+    for (i, l) in out.iter().enumerate() {
+        check_label_key(&l.node_label)?;
+        if out[..i].iter().any(|p| p.node_label == l.node_label) {
+            return Err(DeployError::InvalidLabelKey {
+                key: l.node_label.clone(),
+                reason: "each level needs its own label key",
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The object `scheduler` reads, named `name`, for `levels`.
+pub fn topology_object(
+    scheduler: Scheduler,
+    name: &str,
+    levels: &[Level],
+) -> Result<Value, DeployError> {
+    if !is_dns_subdomain(name) {
+        return Err(DeployError::InvalidName(name.to_string()));
+    }
+    let labels = json!({ "app.kubernetes.io/managed-by": "nodetopo" });
+    let node_labels: Vec<Value> = levels
+        .iter()
+        .map(|l| json!({ "nodeLabel": l.node_label }))
+        .collect();
+    Ok(match scheduler {
+        Scheduler::Kueue => json!({
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "Topology",
+            "metadata": { "name": name, "labels": labels },
+            "spec": { "levels": node_labels },
+        }),
+        Scheduler::Kai => json!({
+            "apiVersion": "kai.scheduler/v1alpha1",
+            "kind": "Topology",
+            "metadata": { "name": name, "labels": labels },
+            "spec": { "levels": node_labels },
+        }),
+        Scheduler::Grove => {
+            if let Some(l) = levels.iter().find(|l| l.node_label.len() > GROVE_KEY_MAX) {
+                return Err(DeployError::KeyTooLong {
+                    key: l.node_label.clone(),
+                    len: l.node_label.len(),
+                    project: "Grove",
+                    max: GROVE_KEY_MAX,
+                });
+            }
+            let grove_levels: Vec<Value> = levels
+                .iter()
+                .map(|l| json!({ "domain": l.domain, "key": l.node_label }))
+                .collect();
+            json!({
+                "apiVersion": "grove.io/v1alpha1",
+                "kind": "ClusterTopologyBinding",
+                "metadata": { "name": name, "labels": labels },
+                "spec": { "levels": grove_levels },
+            })
+        }
+        Scheduler::Volcano => {
+            let config = json!({
+                "networkTopologyDiscovery": [{
+                    "source": "label",
+                    "enabled": true,
+                    "interval": "10m",
+                    "config": { "networkTopologyTypes": { name: node_labels } },
+                }],
+            });
+            let text = serde_yaml_ng::to_string(&config).expect("JSON values always serialize");
+            json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": VOLCANO_CONFIGMAP,
+                    "namespace": VOLCANO_NAMESPACE,
+                    "labels": labels,
+                },
+                "data": { VOLCANO_CONFIG_KEY: text },
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        k.sort_unstable();
+        k
+    }
+
+    fn default_levels() -> Vec<Level> {
+        levels(&LevelOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn levels_broad_to_narrow() {
+        let l = default_levels();
+        let keys: Vec<&str> = l.iter().map(|l| l.node_label.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "nodetopo.io/nvlink.cluster",
+                "nodetopo.io/nvlink.domain",
+                "kubernetes.io/hostname"
+            ]
+        );
+        let with_block = levels(&LevelOptions {
+            label_prefix: "example.com/".into(),
+            block_label: Some("network.example.com/leaf".into()),
+        })
+        .unwrap();
+        assert_eq!(with_block.len(), 4);
+        assert_eq!(with_block[0].node_label, "example.com/nvlink.cluster");
+        assert_eq!(with_block[2].node_label, "network.example.com/leaf");
+        assert_eq!(with_block[3].node_label, HOSTNAME_LABEL);
+    }
+
+    #[test]
+    fn bad_options_rejected() {
+        let bad_prefix = LevelOptions {
+            label_prefix: "Not A Prefix".into(),
+            block_label: None,
+        };
+        assert!(levels(&bad_prefix).is_err());
+        let bad_block = LevelOptions {
+            block_label: Some("leaf label".into()),
+            ..LevelOptions::default()
+        };
+        assert!(levels(&bad_block).is_err());
+        let dup = LevelOptions {
+            block_label: Some(HOSTNAME_LABEL.into()),
+            ..LevelOptions::default()
+        };
+        assert!(levels(&dup).is_err());
+        assert_eq!(
+            topology_object(Scheduler::Kueue, "Bad_Name", &default_levels()),
+            Err(DeployError::InvalidName("Bad_Name".into()))
+        );
+    }
+
+    // Field names below are those of each project's published CRD (facts, not copies):
+    // Kueue `Topology` v1beta2 and KAI `Topology` v1alpha1 have `spec.levels[].nodeLabel`;
+    // Grove's `ClusterTopologyBinding` has `spec.levels[].domain` (pattern `^[a-z][a-z0-9-]*$`)
+    // and `spec.levels[].key` (a label key of at most 63 characters).
+
+    #[test]
+    fn kueue_fields() {
+        let v = topology_object(Scheduler::Kueue, "nodetopo", &default_levels()).unwrap();
+        assert_eq!(v["apiVersion"], "kueue.x-k8s.io/v1beta2");
+        assert_eq!(v["kind"], "Topology");
+        assert_eq!(keys(&v["spec"]), ["levels"]);
+        for l in v["spec"]["levels"].as_array().unwrap() {
+            assert_eq!(keys(l), ["nodeLabel"]);
+        }
+        assert_eq!(v["spec"]["levels"][2]["nodeLabel"], HOSTNAME_LABEL);
+        assert!(v["metadata"].get("namespace").is_none(), "cluster-scoped");
+    }
+
+    #[test]
+    fn kai_fields() {
+        let v = topology_object(Scheduler::Kai, "gb200", &default_levels()).unwrap();
+        assert_eq!(v["apiVersion"], "kai.scheduler/v1alpha1");
+        assert_eq!(v["kind"], "Topology");
+        assert_eq!(v["metadata"]["name"], "gb200");
+        assert_eq!(keys(&v["spec"]), ["levels"]);
+        let levels = v["spec"]["levels"].as_array().unwrap();
+        assert_eq!(levels.len(), 3);
+        for l in levels {
+            assert_eq!(keys(l), ["nodeLabel"]);
+        }
+        assert!(v["metadata"].get("namespace").is_none(), "cluster-scoped");
+    }
+
+    #[test]
+    fn grove_fields() {
+        let lv = levels(&LevelOptions {
+            block_label: Some("network.example.com/leaf".into()),
+            ..LevelOptions::default()
+        })
+        .unwrap();
+        let v = topology_object(Scheduler::Grove, "nodetopo", &lv).unwrap();
+        assert_eq!(v["apiVersion"], "grove.io/v1alpha1");
+        assert_eq!(v["kind"], "ClusterTopologyBinding");
+        assert_eq!(keys(&v["spec"]), ["levels"]);
+        let levels = v["spec"]["levels"].as_array().unwrap();
+        let domains: Vec<&str> = levels
+            .iter()
+            .map(|l| l["domain"].as_str().unwrap())
+            .collect();
+        assert_eq!(domains, ["rack", "clique", "leaf", "host"]);
+        for l in levels {
+            assert_eq!(keys(l), ["domain", "key"]);
+            let d = l["domain"].as_str().unwrap();
+            assert!(d.starts_with(|c: char| c.is_ascii_lowercase()));
+            assert!(
+                d.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            );
+            let k = l["key"].as_str().unwrap();
+            assert!(k.len() <= GROVE_KEY_MAX);
+            check_label_key(k).unwrap();
+        }
+        let long = levels_with_prefix(&format!("{}.example.com", "a".repeat(50)));
+        assert!(matches!(
+            topology_object(Scheduler::Grove, "nodetopo", &long),
+            Err(DeployError::KeyTooLong { .. })
+        ));
+    }
+
+    fn levels_with_prefix(prefix: &str) -> Vec<Level> {
+        levels(&LevelOptions {
+            label_prefix: prefix.into(),
+            block_label: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn volcano_config() {
+        let v = topology_object(Scheduler::Volcano, "nodetopo", &default_levels()).unwrap();
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["kind"], "ConfigMap");
+        assert_eq!(v["metadata"]["name"], VOLCANO_CONFIGMAP);
+        assert_eq!(v["metadata"]["namespace"], VOLCANO_NAMESPACE);
+        let text = v["data"][VOLCANO_CONFIG_KEY].as_str().unwrap();
+        let conf: Value = serde_yaml_ng::from_str(text).unwrap();
+        assert_eq!(keys(&conf), ["networkTopologyDiscovery"]);
+        let source = &conf["networkTopologyDiscovery"][0];
+        assert_eq!(keys(source), ["config", "enabled", "interval", "source"]);
+        assert_eq!(source["source"], "label");
+        assert_eq!(source["enabled"], true);
+        let types = &source["config"]["networkTopologyTypes"];
+        let list = types["nodetopo"].as_array().unwrap();
+        for l in list {
+            assert_eq!(keys(l), ["nodeLabel"]);
+        }
+        // Volcano builds HyperNodes bottom-up and needs the host label last.
+        assert_eq!(list.last().unwrap()["nodeLabel"], HOSTNAME_LABEL);
+    }
+}
