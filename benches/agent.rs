@@ -4,12 +4,13 @@
 //!
 //! `cargo bench --bench agent` builds optimised; `cargo build --benches` then running the
 //! binary measures a debug build. Environment:
+//! - `NODETOPO_FIXTURE`: the replay fixture directory (default: the one in this repository);
 //! - `NODETOPO_BIN`: the `nodetopo` binary to start (default: the one Cargo built);
 //! - `NODETOPO_BENCH_LIVE=1`: probe the live driver instead of the 4xH200 replay fixture (the
 //!   watcher fan-out needs the replay and is skipped).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -18,6 +19,13 @@ use nodetopo::proto::v1::{self as pb, topology_service_client::TopologyServiceCl
 use tonic::transport::Channel;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/h200x4-hgx");
+
+/// The replay fixture directory (`NODETOPO_FIXTURE` overrides, for a copied binary).
+fn fixture() -> PathBuf {
+    std::env::var_os("NODETOPO_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(FIXTURE))
+}
 
 struct Agent(Child);
 
@@ -80,7 +88,9 @@ async fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nodetopo")));
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("snapshot.json");
-    std::fs::copy(Path::new(FIXTURE).join("snapshot.json"), &snapshot).unwrap();
+    if !live {
+        std::fs::copy(fixture().join("snapshot.json"), &snapshot).unwrap();
+    }
     let grpc = format!("127.0.0.1:{}", port());
     let mut cmd = Command::new(&bin);
     let interval = if live { "60s" } else { "20ms" };
@@ -98,8 +108,7 @@ async fn main() {
     .stderr(Stdio::null());
     if !live {
         cmd.arg("--replay").arg(&snapshot);
-        cmd.arg("--sysfs-root")
-            .arg(Path::new(FIXTURE).join("sysfs/sys"));
+        cmd.arg("--sysfs-root").arg(fixture().join("sysfs/sys"));
     }
     let agent = Agent(cmd.spawn().expect("start the agent"));
     let pid = agent.0.id();

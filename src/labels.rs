@@ -50,16 +50,16 @@ fn is_label_name(s: &str) -> bool {
 
 /// True for a lowercase RFC 1123 DNS subdomain of at most 253 characters.
 fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     !s.is_empty()
         && s.len() <= MAX_PREFIX
         && s.split('.').all(|part| {
             let b = part.as_bytes();
             !b.is_empty()
                 && b.len() <= 63
-                && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
-                && (b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit())
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+                && b.iter().all(|c| alnum(c) || *c == b'-')
         })
 }
 

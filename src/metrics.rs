@@ -71,7 +71,7 @@ impl Metrics {
         });
         r.register(
             "probe_duration_seconds",
-            "Duration of one probe, per source",
+            "Duration of the probe pass that produced each source's data",
             probe_duration.clone(),
         );
         let probe_errors = Family::<SourceLabel, Counter>::default();
