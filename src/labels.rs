@@ -275,9 +275,17 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
             bool_str(all).to_string()
         }),
     );
+    // A fabric source that failed without an answer ("none" or unknown) is no fact; a failed
+    // query that was answered reports `error`, which is.
+    let fabric_failed = topo.sources.iter().any(|s| s.source == "fabric" && !s.ok);
+    let fabric_known = match topo.fabric.state {
+        FabricState::Unknown => false,
+        FabricState::None => !fabric_failed,
+        _ => true,
+    };
     put(
         "nvlink.fabric",
-        (topo.fabric.state != FabricState::Unknown).then(|| topo.fabric.state.as_str().to_string()),
+        fabric_known.then(|| topo.fabric.state.as_str().to_string()),
     );
     put(
         "nvlink.domain",

@@ -414,3 +414,61 @@ async fn watcher_cap_and_sigterm_drain() {
     };
     assert!(code.success(), "{code:?}");
 }
+
+#[test]
+fn oneshot_prints_labels_and_exits_with_json_logs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "-v",
+            "--log-format",
+            "json",
+            "agent",
+            "--oneshot",
+            "--no-kube",
+        ])
+        .args(["--label-prefix", "example.com"])
+        .arg("--replay")
+        .arg(Path::new(FIXTURE).join("snapshot.json"))
+        .arg("--sysfs-root")
+        .arg(Path::new(FIXTURE).join("sysfs/sys"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("example.com/gpu.count=4\n"), "{stdout}");
+    assert!(
+        stdout.contains("example.com/gpu.product=NVIDIA-H200\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("example.com/nvlink.fabric=none\n"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.lines().count() >= 1, "the -v info line is logged");
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(v.get("level").is_some(), "{line}");
+    }
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "agent",
+            "--no-kube",
+            "--oneshot",
+            "--label-prefix",
+            "Not_A_Domain",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--label-prefix"), "{err}");
+}

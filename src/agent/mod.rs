@@ -111,7 +111,7 @@ impl Source {
             } => {
                 let gpu = NvmlSnapshot::load(path)
                     .map(|s| GpuProber::new(Box::new(s), *options))
-                    .map_err(|e| format!("snapshot {}: {e}", path.display()));
+                    .map_err(|e| e.to_string());
                 Prober::new(gpu, sysfs.clone(), node.clone()).probe(now)
             }
         }
@@ -154,6 +154,11 @@ pub async fn run_oneshot(cfg: AgentConfig) -> anyhow::Result<()> {
     let (_, fresh, _) = probe_once(Source::new(&cfg)).await?;
     let topo = next_state(&NodeTopology::default(), fresh, 1);
     log_failures(&topo);
+    tracing::info!(
+        gpus = topo.gpus.len(),
+        fabric = topo.fabric.state.as_str(),
+        "probed once"
+    );
     let labels = labels::desired_labels(&topo, &cfg.labels);
     print!("{}", labels::render(&labels));
     if cfg.kube {

@@ -58,7 +58,7 @@ fn two_gpu_node() -> NodeTopology {
             state: FabricState::None,
             ..Fabric::default()
         },
-        sources: vec![SourceStatus::ok("nvml")],
+        sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("fabric")],
         ..NodeTopology::default()
     }
 }
@@ -90,7 +90,14 @@ fn h200_node_labels() {
 #[test]
 fn no_nvml_means_no_gpu_count() {
     let t = NodeTopology {
-        sources: vec![SourceStatus::failed("nvml", "not installed")],
+        fabric: Fabric {
+            state: FabricState::None,
+            ..Fabric::default()
+        },
+        sources: vec![
+            SourceStatus::failed("nvml", "not installed"),
+            SourceStatus::failed("fabric", "not probed: no NVML"),
+        ],
         ..NodeTopology::default()
     };
     assert!(desired_labels(&t, &LabelConfig::default()).is_empty());
@@ -261,7 +268,7 @@ proptest! {
                 ..Fabric::default()
             },
             nics,
-            sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("rdma")],
+            sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("fabric"), SourceStatus::ok("rdma")],
             ..NodeTopology::default()
         };
         for prefix in [DEFAULT_PREFIX, "a", "x-1.example.com"] {
