@@ -3,6 +3,7 @@
 //! [`LabelKey`] and [`LabelValue`] can only hold syntax the Kubernetes API server accepts, so a
 //! label set built here never fails validation on the server. A fact that is unknown produces
 //! no key at all, never a placeholder.
+#![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, fmt};
 

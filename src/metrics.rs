@@ -1,5 +1,6 @@
 //! Agent metrics (Prometheus text format) and the HTTP endpoints `/metrics`, `/healthz` and
 //! `/readyz`.
+#![forbid(unsafe_code)]
 
 use std::{
     sync::{

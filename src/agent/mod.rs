@@ -4,6 +4,7 @@
 //! The probe runs on the blocking pool (NVML and sysfs block), one probe at a time, every
 //! interval. Its result is merged into the previous state ([`merge::merge`]) and published on a
 //! `watch` channel; the revision moves only when the content changes ([`next_state`]).
+#![forbid(unsafe_code)]
 
 pub mod merge;
 
@@ -14,11 +15,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     api::{self, Published, ServerLimits, TopologyApi},
-    kube::{Backoff, NodeLabeler},
+    kube::{Backoff, NodeEvent, NodeLabeler},
     labels::{self, LabelConfig, Labels},
     metrics::Metrics,
     model::NodeTopology,
@@ -214,8 +215,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("--metrics-listen {}", cfg.metrics_listen))?;
     tracing::info!(grpc = ?api::local_addr(&grpc), metrics = ?http.local_addr().ok(), node = %cfg.node_name, "agent listening");
 
+    // Events are best effort: a full queue drops them, and they are never retried.
+    let (events_tx, mut events_rx) = mpsc::channel::<NodeEvent>(16);
     let labeler = if cfg.kube {
         let client = kube_client().await?;
+        tokio::spawn({
+            let (client, node, timeout) = (client.clone(), cfg.node_name.clone(), cfg.kube_timeout);
+            async move {
+                while let Some(ev) = events_rx.recv().await {
+                    let now = SystemTime::now();
+                    match crate::kube::record_event(client.clone(), &node, &ev, now, timeout).await
+                    {
+                        Ok(()) => {
+                            tracing::info!(reason = ev.reason, message = %ev.message, "event recorded")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, reason = ev.reason, "event not recorded")
+                        }
+                    }
+                }
+            }
+        });
         let l = NodeLabeler::new(
             client,
             cfg.node_name.clone(),
@@ -229,6 +249,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         )))
     } else {
         drop(labels_rx);
+        events_rx.close();
         None
     };
 
@@ -267,9 +288,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let probe_task = tokio::spawn(probe_loop(
         cfg.clone(),
         state_tx,
-        labels_tx,
-        health,
-        metrics,
+        Publishers {
+            labels: labels_tx,
+            events: events_tx,
+            health,
+            metrics,
+        },
         shutdown_rx,
         start_ms,
     ));
@@ -296,15 +320,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
+/// Where the probe loop hands each new state.
+struct Publishers {
+    labels: watch::Sender<Option<Labels>>,
+    events: mpsc::Sender<NodeEvent>,
+    health: tonic_health::server::HealthReporter,
+    metrics: Metrics,
+}
+
 async fn probe_loop(
     cfg: AgentConfig,
     state: watch::Sender<Arc<Published>>,
-    labels_tx: watch::Sender<Option<Labels>>,
-    health: tonic_health::server::HealthReporter,
-    metrics: Metrics,
+    out: Publishers,
     mut shutdown: watch::Receiver<bool>,
     start_ms: u64,
 ) {
+    let Publishers {
+        labels: labels_tx,
+        events,
+        health,
+        metrics,
+    } = out;
     let mut source = Some(Source::new(&cfg));
     let mut first = true;
     let mut ticker = tokio::time::interval(cfg.interval);
@@ -334,6 +370,11 @@ async fn probe_loop(
             log_failures(&next);
             tracing::info!(revision = next.revision, took = ?took, "topology changed");
             let _ = labels_tx.send(Some(labels::desired_labels(&next, &cfg.labels)));
+            if prev.revision != 0 {
+                if let Some(ev) = crate::kube::fabric_event(&prev.fabric, &next.fabric) {
+                    let _ = events.try_send(ev);
+                }
+            }
         }
         let published = Arc::new(Published::new(next));
         // Watchers wake only on a new revision; a new probe time alone is stored silently.

@@ -1,5 +1,6 @@
 //! The gRPC API: the read-only `nodetopo.v1.TopologyService` server over the agent's published
 //! state, health and reflection, and a small client for `nodetopo query`.
+#![forbid(unsafe_code)]
 
 pub mod convert;
 pub mod hints;
