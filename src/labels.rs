@@ -278,7 +278,11 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
     );
     // A fabric source that failed without an answer ("none" or unknown) is no fact; a failed
     // query that was answered reports `error`, which is.
-    let fabric_failed = topo.sources.iter().any(|s| s.source == "fabric" && !s.ok);
+    // Stale data is the last good answer, so it still counts as known.
+    let fabric_failed = topo
+        .sources
+        .iter()
+        .any(|s| s.source == "fabric" && !s.ok && !s.stale);
     let fabric_known = match topo.fabric.state {
         FabricState::Unknown => false,
         FabricState::None => !fabric_failed,

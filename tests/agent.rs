@@ -472,3 +472,54 @@ fn bad_flags_name_the_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--label-prefix"), "{err}");
 }
+
+#[tokio::test]
+async fn broken_snapshot_keeps_last_good_data_marked_stale() {
+    let agent = Agent::start(&[]);
+    let mut c = agent.ready().await;
+    let r0 = get(&mut c).await.revision;
+    let (_, before) = agent.http_get("/metrics").await;
+    let errors_before = sample(&before, "nodetopo_probe_errors_total{source=\"nvml\"}");
+
+    let tmp = agent.snapshot.with_extension("tmp");
+    std::fs::write(&tmp, "{ not json").unwrap();
+    std::fs::rename(&tmp, &agent.snapshot).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let t = loop {
+        let t = get(&mut c).await;
+        if t.revision != r0 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "failure never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(t.revision, r0 + 1);
+    assert_eq!(t.gpus.len(), 4, "the topology is never emptied");
+    assert_eq!(driver(&t), DRIVER);
+    let nvml = t.sources.iter().find(|s| s.source == "nvml").unwrap();
+    assert!(!nvml.ok && nvml.stale, "{nvml:?}");
+    assert!(nvml.error.contains("snapshot"), "{}", nvml.error);
+    let (_, after) = agent.http_get("/metrics").await;
+    assert!(
+        sample(&after, "nodetopo_probe_errors_total{source=\"nvml\"}") > errors_before,
+        "probe errors counted"
+    );
+
+    // Back to good data: one more revision, no longer stale.
+    agent.set_driver(DRIVER);
+    let deadline = Instant::now() + DEADLINE;
+    let t = loop {
+        let t = get(&mut c).await;
+        if t.revision != r0 + 1 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "recovery never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(t.revision, r0 + 2);
+    assert!(
+        t.sources.iter().all(|s| s.ok && !s.stale),
+        "{:?}",
+        t.sources
+    );
+}

@@ -104,6 +104,24 @@ fn no_nvml_means_no_gpu_count() {
 }
 
 #[test]
+fn stale_data_keeps_its_labels() {
+    let good = two_gpu_node();
+    let mut stale = good.clone();
+    stale.sources = vec![
+        SourceStatus {
+            stale: true,
+            ..SourceStatus::failed("nvml", "driver gone")
+        },
+        SourceStatus {
+            stale: true,
+            ..SourceStatus::failed("fabric", "not probed: no NVML")
+        },
+    ];
+    let c = LabelConfig::default();
+    assert_eq!(desired_labels(&stale, &c), desired_labels(&good, &c));
+}
+
+#[test]
 fn domain_only_when_ready() {
     let mut t = two_gpu_node();
     t.fabric = Fabric {
