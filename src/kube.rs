@@ -264,6 +264,23 @@ pub async fn record_event(
     }
 }
 
+/// Records every event from `events` until the channel closes; failures are logged, not
+/// retried.
+pub async fn record_events(
+    client: kube::Client,
+    node: String,
+    timeout: Duration,
+    mut events: tokio::sync::mpsc::Receiver<NodeEvent>,
+) {
+    while let Some(ev) = events.recv().await {
+        let now = SystemTime::now();
+        match record_event(client.clone(), &node, &ev, now, timeout).await {
+            Ok(()) => tracing::info!(reason = ev.reason, message = %ev.message, "event recorded"),
+            Err(e) => tracing::warn!(error = %e, reason = ev.reason, "event not recorded"),
+        }
+    }
+}
+
 /// Why a label write failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

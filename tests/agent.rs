@@ -523,3 +523,46 @@ async fn broken_snapshot_keeps_last_good_data_marked_stale() {
         t.sources
     );
 }
+
+#[test]
+fn probe_prints_labels() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args(["probe", "-o", "labels"])
+        .arg("--replay")
+        .arg(Path::new(FIXTURE).join("snapshot.json"))
+        .arg("--sysfs-root")
+        .arg(Path::new(FIXTURE).join("sysfs/sys"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|kv| kv.0)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "nodetopo.io/cuda.driver",
+            "nodetopo.io/gpu.compute",
+            "nodetopo.io/gpu.count",
+            "nodetopo.io/gpu.driver",
+            "nodetopo.io/gpu.family",
+            "nodetopo.io/gpu.memory-mib",
+            "nodetopo.io/gpu.product",
+            "nodetopo.io/nvlink.all-to-all",
+            "nodetopo.io/nvlink.fabric",
+            "nodetopo.io/nvlink.links",
+            "nodetopo.io/nvlink.switch",
+        ]
+    );
+    assert!(
+        text.contains("nodetopo.io/gpu.memory-mib=143771\n"),
+        "{text}"
+    );
+}

@@ -219,23 +219,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (events_tx, mut events_rx) = mpsc::channel::<NodeEvent>(16);
     let labeler = if cfg.kube {
         let client = kube_client().await?;
-        tokio::spawn({
-            let (client, node, timeout) = (client.clone(), cfg.node_name.clone(), cfg.kube_timeout);
-            async move {
-                while let Some(ev) = events_rx.recv().await {
-                    let now = SystemTime::now();
-                    match crate::kube::record_event(client.clone(), &node, &ev, now, timeout).await
-                    {
-                        Ok(()) => {
-                            tracing::info!(reason = ev.reason, message = %ev.message, "event recorded")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, reason = ev.reason, "event not recorded")
-                        }
-                    }
-                }
-            }
-        });
+        tokio::spawn(crate::kube::record_events(
+            client.clone(),
+            cfg.node_name.clone(),
+            cfg.kube_timeout,
+            events_rx,
+        ));
         let l = NodeLabeler::new(
             client,
             cfg.node_name.clone(),
