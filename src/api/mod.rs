@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod hints;
+pub mod wire;
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
@@ -29,13 +30,16 @@ pub struct Published {
     pub topo: NodeTopology,
     /// The same topology as a proto message.
     pub wire: pb::NodeTopology,
+    /// The watch message for this state, encoded once for every watcher.
+    pub watch: wire::WatchNodeTopologyResponse,
 }
 
 impl Published {
     /// Publishes `topo`.
     pub fn new(topo: NodeTopology) -> Self {
         let wire = pb::NodeTopology::from(&topo);
-        Self { topo, wire }
+        let watch = wire::WatchNodeTopologyResponse::pre_encoded(&wire);
+        Self { topo, wire, watch }
     }
 }
 
@@ -151,9 +155,7 @@ impl TopologyService for TopologyApi {
                     let cur = rx.borrow_and_update().clone();
                     if cur.topo.revision > last {
                         last = cur.topo.revision;
-                        slot.send(Ok(pb::WatchNodeTopologyResponse {
-                            topology: Some(cur.wire.clone()),
-                        }));
+                        slot.send(Ok(cur.watch.clone()));
                         break;
                     }
                     tokio::select! {

@@ -43,9 +43,12 @@ async fn watch(api: &TopologyApi, since: u64) -> Result<WatchStream, Status> {
     .map(Response::into_inner)
 }
 
+/// The revision of a stream item, read back through its wire form as a client would.
 fn rev(m: Option<Result<pb::WatchNodeTopologyResponse, Status>>) -> u64 {
-    m.expect("a message")
-        .expect("not an error")
+    use prost::Message;
+    let bytes = m.expect("a message").expect("not an error").encode_to_vec();
+    pb::WatchNodeTopologyResponse::decode(bytes.as_slice())
+        .unwrap()
         .topology
         .expect("a topology")
         .revision
