@@ -24,22 +24,37 @@ use crate::{
 };
 
 /// One published state: the model and its wire form, converted once for every reader.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Published {
     /// The topology.
     pub topo: NodeTopology,
     /// The same topology as a proto message.
     pub wire: pb::NodeTopology,
+    /// The Get response for this state, encoded once for every caller.
+    pub get: wire::GetNodeTopologyResponse,
     /// The watch message for this state, encoded once for every watcher.
     pub watch: wire::WatchNodeTopologyResponse,
+}
+
+impl Default for Published {
+    /// The state before the first probe: an empty topology at revision 0.
+    fn default() -> Self {
+        Self::new(NodeTopology::default())
+    }
 }
 
 impl Published {
     /// Publishes `topo`.
     pub fn new(topo: NodeTopology) -> Self {
         let wire = pb::NodeTopology::from(&topo);
+        let get = wire::GetNodeTopologyResponse::pre_encoded(&wire);
         let watch = wire::WatchNodeTopologyResponse::pre_encoded(&wire);
-        Self { topo, wire, watch }
+        Self {
+            topo,
+            wire,
+            get,
+            watch,
+        }
     }
 }
 
@@ -122,9 +137,7 @@ impl TopologyService for TopologyApi {
         _: Request<pb::GetNodeTopologyRequest>,
     ) -> Result<Response<pb::GetNodeTopologyResponse>, Status> {
         let cur = self.state.borrow().clone();
-        Ok(Response::new(pb::GetNodeTopologyResponse {
-            topology: Some(cur.wire.clone()),
-        }))
+        Ok(Response::new(cur.get.clone()))
     }
 
     type WatchNodeTopologyStream = WatchStream;

@@ -1,5 +1,5 @@
-//! `nodetopo.v1.WatchNodeTopologyResponse`, written by hand so the server can encode one
-//! revision once and send the same bytes to every watcher.
+//! `nodetopo.v1.GetNodeTopologyResponse` and `WatchNodeTopologyResponse`, written by hand so
+//! the server encodes each revision once and sends the same bytes to every caller and watcher.
 //!
 //! The wire format is the generated one: field 1 is the topology. The type either holds a
 //! decoded topology (what a client reads) or a pre-encoded body (what the server sends); a
@@ -15,86 +15,105 @@ use prost::{
 
 use crate::proto::v1::NodeTopology;
 
-/// One message of the WatchNodeTopology stream.
-#[derive(Clone, Default, PartialEq)]
-pub struct WatchNodeTopologyResponse {
-    /// The topology at a new revision (set when decoded, or built with [`Self::new`]).
-    pub topology: Option<NodeTopology>,
-    /// The encoded message body, when built with [`Self::pre_encoded`].
-    encoded: Option<Bytes>,
+/// Defines a response message whose only field (1) is the topology, with a pre-encoded form.
+macro_rules! topology_response {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Default, PartialEq)]
+        pub struct $name {
+            /// The topology (set when decoded, or built with [`Self::new`]).
+            pub topology: Option<NodeTopology>,
+            /// The encoded message body, when built with [`Self::pre_encoded`].
+            encoded: Option<Bytes>,
+        }
+
+        impl $name {
+            /// A response that encodes `topology` when it is sent.
+            pub fn new(topology: NodeTopology) -> Self {
+                Self {
+                    topology: Some(topology),
+                    encoded: None,
+                }
+            }
+
+            /// A response encoded once now; every clone sends the same bytes.
+            pub fn pre_encoded(topology: &NodeTopology) -> Self {
+                Self {
+                    topology: None,
+                    encoded: Some(encode_body(topology)),
+                }
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("topology", &self.topology)
+                    .field("encoded_bytes", &self.encoded.as_ref().map(Bytes::len))
+                    .finish()
+            }
+        }
+
+        impl Message for $name {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                match (&self.encoded, &self.topology) {
+                    (Some(bytes), _) => buf.put_slice(bytes),
+                    (None, Some(t)) => message::encode(1, t, buf),
+                    (None, None) => {}
+                }
+            }
+
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), prost::DecodeError> {
+                if tag == 1 {
+                    self.encoded = None;
+                    message::merge(
+                        wire_type,
+                        self.topology.get_or_insert_with(NodeTopology::default),
+                        buf,
+                        ctx,
+                    )
+                } else {
+                    skip_field(wire_type, tag, buf, ctx)
+                }
+            }
+
+            fn encoded_len(&self) -> usize {
+                match (&self.encoded, &self.topology) {
+                    (Some(bytes), _) => bytes.len(),
+                    (None, Some(t)) => message::encoded_len(1, t),
+                    (None, None) => 0,
+                }
+            }
+
+            fn clear(&mut self) {
+                self.topology = None;
+                self.encoded = None;
+            }
+        }
+    };
 }
 
-impl WatchNodeTopologyResponse {
-    /// A response that encodes `topology` when it is sent.
-    pub fn new(topology: NodeTopology) -> Self {
-        Self {
-            topology: Some(topology),
-            encoded: None,
-        }
-    }
-
-    /// A response encoded once now; every clone sends the same bytes.
-    pub fn pre_encoded(topology: &NodeTopology) -> Self {
-        let mut buf = Vec::with_capacity(message::encoded_len(1, topology));
-        message::encode(1, topology, &mut buf);
-        Self {
-            topology: None,
-            encoded: Some(Bytes::from(buf)),
-        }
-    }
+/// Field 1 holding `topology`, encoded.
+fn encode_body(topology: &NodeTopology) -> Bytes {
+    let mut buf = Vec::with_capacity(message::encoded_len(1, topology));
+    message::encode(1, topology, &mut buf);
+    Bytes::from(buf)
 }
 
-impl fmt::Debug for WatchNodeTopologyResponse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WatchNodeTopologyResponse")
-            .field("topology", &self.topology)
-            .field("encoded_bytes", &self.encoded.as_ref().map(Bytes::len))
-            .finish()
-    }
-}
-
-impl Message for WatchNodeTopologyResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        match (&self.encoded, &self.topology) {
-            (Some(bytes), _) => buf.put_slice(bytes),
-            (None, Some(t)) => message::encode(1, t, buf),
-            (None, None) => {}
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        if tag == 1 {
-            self.encoded = None;
-            message::merge(
-                wire_type,
-                self.topology.get_or_insert_with(NodeTopology::default),
-                buf,
-                ctx,
-            )
-        } else {
-            skip_field(wire_type, tag, buf, ctx)
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        match (&self.encoded, &self.topology) {
-            (Some(bytes), _) => bytes.len(),
-            (None, Some(t)) => message::encoded_len(1, t),
-            (None, None) => 0,
-        }
-    }
-
-    fn clear(&mut self) {
-        self.topology = None;
-        self.encoded = None;
-    }
-}
+topology_response!(
+    /// The response of GetNodeTopology.
+    GetNodeTopologyResponse
+);
+topology_response!(
+    /// One message of the WatchNodeTopology stream.
+    WatchNodeTopologyResponse
+);
 
 #[cfg(test)]
 mod tests {
@@ -119,6 +138,13 @@ mod tests {
         assert_eq!(pre.encode_to_vec(), plain.encode_to_vec());
         assert_eq!(pre.encoded_len(), plain.encoded_len());
         let back = WatchNodeTopologyResponse::decode(pre.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back.topology, Some(topo()));
+    }
+
+    #[test]
+    fn get_response_has_the_same_form() {
+        let pre = GetNodeTopologyResponse::pre_encoded(&topo());
+        let back = GetNodeTopologyResponse::decode(pre.encode_to_vec().as_slice()).unwrap();
         assert_eq!(back.topology, Some(topo()));
     }
 
