@@ -287,25 +287,45 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         start_ms,
     ));
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining streams, labels stay in place");
+    let (mut grpc_task, mut http_task) = (grpc_task, http_task);
+    // A server that stops on its own is fatal: the DaemonSet restarts the pod.
+    let early = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = &mut grpc_task => Some(("gRPC server", flatten(r))),
+        r = &mut http_task => Some(("metrics server", flatten(r))),
+    };
     let _ = shutdown_tx.send(true);
+    if let Some((what, result)) = early {
+        return Err(match result {
+            Ok(()) => anyhow::anyhow!("{what} stopped"),
+            Err(e) => e.context(format!("{what} failed")),
+        });
+    }
+    tracing::info!("shutting down: draining streams, labels stay in place");
     let drain = async {
         let _ = probe_task.await;
         if let Some(l) = labeler {
             let _ = l.await;
         }
         let _ = http_task.await;
-        grpc_task.await
+        flatten(grpc_task.await)
     };
     match tokio::time::timeout(cfg.grace, drain).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.into()),
-        Ok(Err(e)) => Err(e.into()),
+        Ok(r) => r,
         Err(_) => {
             tracing::warn!(grace = ?cfg.grace, "shutdown grace period over; exiting");
             Ok(())
         }
+    }
+}
+
+/// A task's outcome as one result.
+fn flatten<E: Into<anyhow::Error>>(
+    r: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match r {
+        Ok(inner) => inner.map_err(Into::into),
+        Err(e) => Err(e.into()),
     }
 }
 
