@@ -278,11 +278,14 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
     );
     // A fabric source that failed without an answer ("none" or unknown) is no fact; a failed
     // query that was answered reports `error`, which is.
-    // Stale data is the last good answer, so it still counts as known.
-    let fabric_failed = topo
-        .sources
-        .iter()
-        .any(|s| s.source == "fabric" && !s.ok && !s.stale);
+    // A source that failed without data to keep: its facts are unknown. Stale data is the last
+    // good answer, so it still counts as known.
+    let failed = |source: &str| {
+        topo.sources
+            .iter()
+            .any(|s| s.source == source && !s.ok && !s.stale)
+    };
+    let fabric_failed = failed("fabric");
     let fabric_known = match topo.fabric.state {
         FabricState::Unknown => false,
         FabricState::None => !fabric_failed,
@@ -333,11 +336,13 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
         );
         put(
             "rdma.gpudirect",
-            Some(bool_str(topo.gpudirect.ready).into()),
+            (!failed("gpudirect")).then(|| bool_str(topo.gpudirect.ready).into()),
         );
         put(
             "rdma.rail-aligned",
-            first.map(|_| bool_str(topo.rail_pairing.rail_aligned).into()),
+            first
+                .filter(|_| !failed("sysfs-pci"))
+                .map(|_| bool_str(topo.rail_pairing.rail_aligned).into()),
         );
     }
     out

@@ -170,6 +170,14 @@ fn rdma_facts() {
     assert_eq!(get(&l, "rdma.rate-gbps"), Some("200"));
     assert_eq!(get(&l, "rdma.gpudirect"), Some("false"));
     assert_eq!(get(&l, "rdma.rail-aligned"), Some("false"));
+
+    // Failed sources without kept data: unknown, so no key.
+    t.sources.push(SourceStatus::failed("gpudirect", "x"));
+    t.sources.push(SourceStatus::failed("sysfs-pci", "y"));
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "rdma.gpudirect"), None);
+    assert_eq!(get(&l, "rdma.rail-aligned"), None);
+    assert_eq!(get(&l, "rdma.count"), Some("2"));
 }
 
 #[test]
