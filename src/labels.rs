@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, fmt};
 
 use thiserror::Error;
 
-use crate::model::{FabricState, GpuFamily, LinkLayer, NodeTopology, PortState};
+use crate::{
+    model::{FabricState, GpuFamily, LinkLayer, NodeTopology, PortState},
+    probe::gpu::{SOURCE_FABRIC, SOURCE_NVML},
+};
 
 /// Default label key prefix.
 pub const DEFAULT_PREFIX: &str = "nodetopo.io";
@@ -211,7 +214,7 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
         }
     };
 
-    let nvml_ok = topo.sources.iter().any(|s| s.source == "nvml" && s.ok);
+    let nvml_ok = topo.sources.iter().any(|s| s.source == SOURCE_NVML && s.ok);
     let gpus = &topo.gpus;
     let first = gpus.first();
     put(
@@ -285,7 +288,7 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
             .iter()
             .any(|s| s.source == source && !s.ok && !s.stale)
     };
-    let fabric_failed = failed("fabric");
+    let fabric_failed = failed(SOURCE_FABRIC);
     let fabric_known = match topo.fabric.state {
         FabricState::Unknown => false,
         FabricState::None => !fabric_failed,

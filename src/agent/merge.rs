@@ -5,7 +5,10 @@
 //! A source that fails partially (some data, plus errors) is taken as probed: its data is newer
 //! than anything kept.
 
-use crate::model::{FabricState, NodeTopology, SourceStatus};
+use crate::{
+    model::{FabricState, NodeTopology, SourceStatus},
+    probe::gpu::{SOURCE_FABRIC, SOURCE_NVML},
+};
 
 /// Which part of the topology each source fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +27,8 @@ enum Section {
 
 fn section_of(source: &str) -> Option<Section> {
     match source {
-        "nvml" => Some(Section::Gpus),
-        "fabric" => Some(Section::Fabric),
+        SOURCE_NVML => Some(Section::Gpus),
+        SOURCE_FABRIC => Some(Section::Fabric),
         "rdma" => Some(Section::Nics),
         "sysfs-pci" => Some(Section::Pci),
         "gpudirect" => Some(Section::GpuDirect),
