@@ -5,6 +5,7 @@
 //! no key at all, never a placeholder.
 #![forbid(unsafe_code)]
 
+use crate::deploy::compat::{CompatOptions, compat_labels};
 use std::{collections::BTreeMap, fmt};
 
 use thiserror::Error;
@@ -164,6 +165,7 @@ impl fmt::Display for LabelValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelConfig {
     prefix: String,
+    compat: CompatOptions,
 }
 
 impl LabelConfig {
@@ -172,6 +174,7 @@ impl LabelConfig {
         if is_dns_subdomain(prefix) {
             Ok(Self {
                 prefix: prefix.to_string(),
+                compat: CompatOptions::default(),
             })
         } else {
             Err(LabelError::Prefix(prefix.to_string()))
@@ -182,12 +185,19 @@ impl LabelConfig {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+
+    /// Also writes the opt-in compatibility labels (Topograph, GFD) named in `compat`.
+    pub fn with_compat(mut self, compat: CompatOptions) -> Self {
+        self.compat = compat;
+        self
+    }
 }
 
 impl Default for LabelConfig {
     fn default() -> Self {
         Self {
             prefix: DEFAULT_PREFIX.to_string(),
+            compat: CompatOptions::default(),
         }
     }
 }
@@ -347,6 +357,11 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
                 .filter(|_| !failed("sysfs-pci"))
                 .map(|_| bool_str(topo.rail_pairing.rail_aligned).into()),
         );
+    }
+    for (key, value) in compat_labels(topo.fabric.domain.as_deref(), &config.compat) {
+        if let (Ok(k), Some(v)) = (LabelKey::parse(&key), LabelValue::sanitize(&value)) {
+            out.insert(k, v);
+        }
     }
     out
 }

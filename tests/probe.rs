@@ -364,3 +364,48 @@ fn record_without_nvml_is_an_error() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot record"));
     assert!(!out.exists());
 }
+
+#[test]
+fn compat_labels_follow_the_strict_domain_only() {
+    let labels = |snapshot: &str, compat: &str| {
+        stdout(&nodetopo(&[
+            "probe",
+            "-o",
+            "labels",
+            "--compat-labels",
+            compat,
+            "--replay",
+            fixtures().join(snapshot).to_str().unwrap(),
+        ]))
+    };
+    let ready = labels("gb200/tray-a1.json", "topograph,gfd-clique");
+    let domain = "4f1c2d3e-5a6b-47c8-a9d0-e1f2a3b4c5d6.1";
+    assert!(
+        ready.contains(&format!("nodetopo.io/nvlink.domain={domain}\n")),
+        "{ready}"
+    );
+    assert!(
+        ready.contains(&format!("accelerator.topograph.run/domain={domain}\n")),
+        "{ready}"
+    );
+    assert!(
+        ready.contains(&format!("nvidia.com/gpu.clique={domain}\n")),
+        "{ready}"
+    );
+    // Off by default.
+    let default = labels("gb200/tray-a1.json", "");
+    assert!(
+        !default.contains("topograph") && !default.contains("nvidia.com/"),
+        "{default}"
+    );
+    // No strict domain (pending registration): no compatibility label either.
+    let pending = labels("gb200/tray-pending.json", "topograph,gfd-clique");
+    assert!(
+        !pending.contains("domain=") && !pending.contains("gpu.clique"),
+        "{pending}"
+    );
+    assert!(
+        pending.contains("nodetopo.io/nvlink.fabric=pending"),
+        "{pending}"
+    );
+}

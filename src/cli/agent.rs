@@ -41,6 +41,11 @@ pub struct AgentArgs {
     /// Label key prefix.
     #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
     label_prefix: String,
+    /// Opt-in compatibility labels carrying the NVLink domain, comma-separated: `topograph`
+    /// (accelerator.topograph.run/domain), `gfd-clique` (nvidia.com/gpu.clique; only where GPU
+    /// feature discovery is not deployed). Off by default.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    compat_labels: String,
     /// Do not write node labels (no cluster needed): gRPC and metrics only.
     #[arg(long)]
     no_kube: bool,
@@ -66,7 +71,12 @@ impl AgentArgs {
         if self.max_watchers == 0 {
             bail!("--max-watchers must be at least 1");
         }
-        let labels = LabelConfig::new(&self.label_prefix).context("--label-prefix")?;
+        let labels = LabelConfig::new(&self.label_prefix)
+            .context("--label-prefix")?
+            .with_compat(
+                nodetopo::deploy::compat::CompatOptions::parse_list(&self.compat_labels)
+                    .context("--compat-labels")?,
+            );
         if !self.sysfs_root.is_dir() {
             tracing::warn!(root = %self.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
         }

@@ -43,10 +43,20 @@ pub struct ProbeArgs {
     /// Label key prefix for `-o labels`.
     #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
     label_prefix: String,
+    /// Opt-in compatibility labels carrying the NVLink domain, comma-separated: `topograph`
+    /// (accelerator.topograph.run/domain), `gfd-clique` (nvidia.com/gpu.clique; only where GPU
+    /// feature discovery is not deployed). Off by default.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    compat_labels: String,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
-    let label_config = LabelConfig::new(&args.label_prefix).context("--label-prefix")?;
+    let label_config = LabelConfig::new(&args.label_prefix)
+        .context("--label-prefix")?
+        .with_compat(
+            nodetopo::deploy::compat::CompatOptions::parse_list(&args.compat_labels)
+                .context("--compat-labels")?,
+        );
     let sysfs = SysfsRoot::new(&args.sysfs_root);
     if !args.sysfs_root.is_dir() {
         tracing::warn!(root = %args.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
