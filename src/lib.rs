@@ -4,6 +4,7 @@
 //! policy and renderers ([`render`]) turn it into output.
 #![deny(missing_docs)]
 
+pub mod hints;
 pub mod model;
 pub mod probe;
 pub mod proto;

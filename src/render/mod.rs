@@ -1,4 +1,5 @@
-//! Renderers of a [`NodeTopology`](crate::model::NodeTopology): table, JSON, YAML and Graphviz.
+//! Renderers of a [`NodeTopology`](crate::model::NodeTopology): table, JSON, YAML, Graphviz and
+//! RDMA env hints.
 
 pub mod dot;
 pub mod table;
@@ -16,6 +17,8 @@ pub enum Format {
     Yaml,
     /// A Graphviz picture.
     Dot,
+    /// RDMA environment hints as `export` lines (see [`crate::hints`]).
+    Env,
 }
 
 /// Renders `topo` in `format`.
@@ -25,5 +28,9 @@ pub fn render(topo: &NodeTopology, format: Format) -> String {
         Format::Json => serde_json::to_string_pretty(topo).expect("model always serializes") + "\n",
         Format::Yaml => serde_yaml_ng::to_string(topo).expect("model always serializes"),
         Format::Dot => dot::render(topo),
+        Format::Env => match crate::hints::env_hints(topo, None) {
+            Ok(h) => h.to_shell(),
+            Err(e) => format!("# no hints: {e}\n"),
+        },
     }
 }
