@@ -373,7 +373,7 @@ fn probe_port(r: &mut Reader<'_>, dir: &Path, port: u32) -> NicPort {
     p.sm_lid = r.parsed(dir, "sm_lid", parse_lid).unwrap_or_default();
 
     let gids = dir.join("gids");
-    if let Some(g0) = r.parsed(&gids, "0", GidValue::parse) {
+    if let Some(g0) = r.parsed(dir, "gids/0", GidValue::parse) {
         p.subnet_prefix = g0.prefix();
         p.port_guid = g0.interface_id();
     }

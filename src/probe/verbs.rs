@@ -55,18 +55,28 @@ pub fn check(verbs: &dyn Verbs, nics: &mut [Nic]) -> SourceStatus {
             return SourceStatus::failed(SOURCE_VERBS, e);
         }
     };
+    if devices.is_empty() && !nics.is_empty() {
+        let why = "ibverbs lists no devices (no uverbs in the kernel, no /dev/infiniband in this \
+                   container, or no provider library)";
+        for n in nics.iter_mut() {
+            n.verbs = Some(VerbsCheck {
+                usable: false,
+                error: why.into(),
+                consistent_with_sysfs: false,
+            });
+        }
+        let names: Vec<&str> = nics.iter().map(|n| n.name.as_str()).collect();
+        return SourceStatus::failed(
+            SOURCE_VERBS,
+            format!("{why}; not usable here: {}", names.join(", ")),
+        );
+    }
     let mut problems = Vec::new();
     for n in nics.iter_mut() {
         let v = match devices.iter().find(|d| d.name == n.name) {
             None => VerbsCheck {
                 usable: false,
-                error: if devices.is_empty() {
-                    "ibverbs lists no devices (no uverbs in the kernel, no /dev/infiniband, or no \
-                     provider library)"
-                        .into()
-                } else {
-                    "ibverbs does not list this device".into()
-                },
+                error: "ibverbs does not list this device".into(),
                 consistent_with_sysfs: false,
             },
             Some(VerbsDevice { ports: Err(e), .. }) => VerbsCheck {
@@ -341,6 +351,27 @@ mod tests {
     fn zero_devices_and_zero_nics_is_ok() {
         let s = check(&Fake(Ok(vec![])), &mut []);
         assert!(s.ok);
+    }
+
+    #[test]
+    fn zero_devices_with_sysfs_nics_fails_once() {
+        let mut nics = vec![
+            nic("mlx5_0", PortState::Active, LinkLayer::Infiniband),
+            nic("mlx5_1", PortState::Active, LinkLayer::Infiniband),
+        ];
+        let s = check(&Fake(Ok(vec![])), &mut nics);
+        assert!(!s.ok);
+        assert_eq!(s.error.matches("ibverbs lists no devices").count(), 1);
+        assert!(s.error.ends_with("mlx5_0, mlx5_1"), "{}", s.error);
+        assert!(nics.iter().all(|n| !n.verbs.as_ref().unwrap().usable));
+    }
+
+    #[test]
+    fn listing_failure_marks_every_nic() {
+        let mut nics = vec![nic("mlx5_0", PortState::Active, LinkLayer::Infiniband)];
+        let s = check(&Fake(Err("boom".into())), &mut nics);
+        assert!(!s.ok && s.error == "boom");
+        assert!(nics[0].verbs.as_ref().unwrap().error.contains("boom"));
     }
 
     #[test]
