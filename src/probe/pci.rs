@@ -5,7 +5,11 @@
 //! canonicalized under the sysfs root); classification, ranking and rail pairing are pure
 //! functions over the resolved paths and the model.
 
-use std::{collections::HashSet, fmt, io, path::Path};
+use std::{
+    collections::HashSet,
+    fmt, io,
+    path::{Component, Path, PathBuf},
+};
 
 use thiserror::Error;
 
@@ -99,6 +103,45 @@ pub fn parse_cpulist(s: &str) -> Option<Vec<u32>> {
     Some(out)
 }
 
+/// Resolves a sysfs symlink the cheap way: one `readlink`, the target joined to the link's
+/// directory and `..` folded lexically. sysfs links (`bus/pci/devices/<bdf>`,
+/// `class/infiniband/<dev>`, `device`) are single relative hops into `devices/`, so this equals
+/// the canonical path without a `readlink` per component. A path that is not a link is
+/// returned as is; a link whose target does not exist is an error (`NotFound`).
+pub fn resolve_link(path: &Path) -> io::Result<PathBuf> {
+    let target = match std::fs::read_link(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(path.to_path_buf()),
+        Err(e) => return Err(e),
+    };
+    let joined = match path.parent() {
+        Some(dir) if target.is_relative() => dir.join(&target),
+        _ => target,
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} leaves the root", path.display()),
+                    ));
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if !out.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} does not exist", out.display()),
+        ));
+    }
+    Ok(out)
+}
+
 /// Why a device's place in the PCI tree is unknown.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -165,24 +208,35 @@ impl PciPath {
     pub fn resolve(root: &SysfsRoot, bdf: &str) -> Result<Self, PciError> {
         let bdf = sysfs_bdf(bdf).ok_or_else(|| PciError::BadAddress(bdf.to_string()))?;
         let link = root.pci_device(&bdf);
-        let real = link.canonicalize().map_err(|source| PciError::Resolve {
+        let real = resolve_link(&link).map_err(|source| PciError::Resolve {
+            bdf: bdf.clone(),
+            source,
+        })?;
+        let not_in_tree = |path: &Path| PciError::NotInTree {
+            bdf: bdf.clone(),
+            path: path.display().to_string(),
+        };
+        let numa = || root.pci_numa_node(&bdf);
+        if let Ok(rel) = real.strip_prefix(root.path("devices")) {
+            return Self::from_devices_rel(rel, numa()).ok_or_else(|| not_in_tree(&real));
+        }
+        // An unusual tree (the root itself reached through links): compare canonical paths.
+        let canon = link.canonicalize().map_err(|source| PciError::Resolve {
             bdf: bdf.clone(),
             source,
         })?;
         let devices = root
             .root()
             .canonicalize()
+            .map(|r| r.join("devices"))
             .map_err(|source| PciError::Resolve {
                 bdf: bdf.clone(),
                 source,
-            })?
-            .join("devices");
-        let not_in_tree = || PciError::NotInTree {
-            bdf: bdf.clone(),
-            path: real.display().to_string(),
-        };
-        let rel = real.strip_prefix(&devices).map_err(|_| not_in_tree())?;
-        Self::from_devices_rel(rel, root.pci_numa_node(&bdf)).ok_or_else(not_in_tree)
+            })?;
+        let rel = canon
+            .strip_prefix(&devices)
+            .map_err(|_| not_in_tree(&canon))?;
+        Self::from_devices_rel(rel, numa()).ok_or_else(|| not_in_tree(&canon))
     }
 }
 
@@ -631,6 +685,19 @@ mod tests {
             PciPath::resolve(&root, "0000:02:00.0"),
             Err(PciError::Resolve { .. })
         ));
+        let nested = dir.path().join("class/infiniband");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::os::unix::fs::symlink("../../bus/pci/devices/0000:01:00.0", nested.join("x")).unwrap();
+        assert_eq!(
+            resolve_link(&nested.join("x")).unwrap(),
+            dir.path().join("bus/pci/devices/0000:01:00.0")
+        );
+        std::os::unix::fs::symlink(
+            "../../../../../../../../../../../../../../../../x",
+            nested.join("far"),
+        )
+        .unwrap();
+        assert!(resolve_link(&nested.join("far")).is_err());
         assert!(matches!(
             PciPath::resolve(&root, "nonsense"),
             Err(PciError::BadAddress(_))

@@ -16,6 +16,9 @@ use super::sysfs::SysfsRoot;
 /// Name of this source in [`SourceStatus`].
 pub const SOURCE_RDMA: &str = "rdma";
 
+/// Upper bound on GID table entries read per port (the hardware has at most a few hundred).
+const MAX_GIDS: u32 = 4096;
+
 /// What the RDMA probe found.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RdmaProbe {
@@ -157,9 +160,29 @@ impl GidValue {
     }
 }
 
+/// Reads one sysfs attribute, trimmed; `Ok(None)` when it does not exist. sysfs hands out an
+/// attribute (at most a page) in one read, so this does open, one read and close, which matters
+/// for GID tables of 255 entries per RoCE port. Longer files are read to the end.
+fn read_attr(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut buf = [0u8; 4096];
+    let n = f.read(&mut buf)?;
+    let mut bytes = buf[..n].to_vec();
+    if n == buf.len() {
+        f.read_to_end(&mut bytes)?;
+    }
+    String::from_utf8(bytes)
+        .map(|s| Some(s.trim().to_string()))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Reads attributes of one item and collects one message per failure.
 struct Reader<'a> {
-    root: &'a SysfsRoot,
     errors: &'a mut Vec<String>,
     item: String,
 }
@@ -167,7 +190,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Raw read: `None` (and a message) when missing, unreadable or not UTF-8.
     fn raw(&mut self, dir: &Path, file: &str) -> Option<String> {
-        match self.root.read_attr(&dir.join(file)) {
+        match read_attr(&dir.join(file)) {
             Ok(Some(v)) => Some(v),
             Ok(None) => {
                 self.errors
@@ -184,7 +207,7 @@ impl Reader<'_> {
 
     /// Raw read where absence is normal: `None` without a message when missing.
     fn optional(&mut self, dir: &Path, file: &str) -> Option<String> {
-        match self.root.read_attr(&dir.join(file)) {
+        match read_attr(&dir.join(file)) {
             Ok(v) => v,
             Err(e) => {
                 self.errors
@@ -217,7 +240,7 @@ fn list_dir(dir: &Path) -> std::io::Result<Vec<String>> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    names.sort_by_key(|a| natural_key(a));
+    names.sort_by_cached_key(|a| natural_key(a));
     Ok(names)
 }
 
@@ -248,7 +271,7 @@ pub fn probe(root: &SysfsRoot) -> RdmaProbe {
     };
     let mut out = RdmaProbe::default();
     for name in names {
-        let nic = probe_device(root, &class.join(&name), &name, &mut out.errors);
+        let nic = probe_device(&class.join(&name), &name, &mut out.errors);
         out.nics.push(nic);
     }
     if out.nics.is_empty() {
@@ -271,9 +294,8 @@ fn no_device_note(root: &SysfsRoot) -> Option<String> {
     })
 }
 
-fn probe_device(root: &SysfsRoot, dir: &Path, name: &str, errors: &mut Vec<String>) -> Nic {
+fn probe_device(dir: &Path, name: &str, errors: &mut Vec<String>) -> Nic {
     let mut r = Reader {
-        root,
         errors,
         item: name.to_string(),
     };
@@ -292,7 +314,9 @@ fn probe_device(root: &SysfsRoot, dir: &Path, name: &str, errors: &mut Vec<Strin
 
     // The PCI function behind the device.
     let dev = dir.join("device");
-    match dev.canonicalize() {
+    let real_dev =
+        super::pci::resolve_link(dir).and_then(|d| super::pci::resolve_link(&d.join("device")));
+    match real_dev {
         Ok(pci) => {
             let leaf = pci.file_name().and_then(|f| f.to_str()).unwrap_or_default();
             match super::pci::PciAddress::parse(leaf) {
@@ -339,7 +363,6 @@ fn probe_device(root: &SysfsRoot, dir: &Path, name: &str, errors: &mut Vec<Strin
                 match p.parse::<u32>() {
                     Ok(n) => {
                         let mut pr = Reader {
-                            root,
                             errors: &mut *r.errors,
                             item: format!("{name} port {n}"),
                         };
@@ -378,32 +401,30 @@ fn probe_port(r: &mut Reader<'_>, dir: &Path, port: u32) -> NicPort {
         p.port_guid = g0.interface_id();
     }
     // The GID table matters for RoCE (the GID index selects RoCE v1/v2 and the address). On
-    // InfiniBand only GID 0 is in use, so only it is read.
-    let indices: Vec<u32> = if p.link_layer == LinkLayer::Ethernet {
-        match list_dir(&gids) {
-            Ok(v) => v.iter().filter_map(|s| s.parse().ok()).collect(),
-            Err(e) => {
-                r.errors.push(format!("{}: cannot list gids: {e}", r.item));
-                Vec::new()
-            }
-        }
+    // InfiniBand only GID 0 is in use, so only it is read. sysfs has a file for every entry of
+    // the table (0..len), so the walk stops at the first missing index.
+    let last = if p.link_layer == LinkLayer::Ethernet {
+        MAX_GIDS
     } else {
-        vec![0]
+        0
     };
-    for i in indices {
+    for i in 0..=last {
         let file = i.to_string();
-        let value = if i == 0 {
-            r.root.read_attr(&gids.join("0")).ok().flatten()
-        } else {
-            r.optional(&gids, &file)
+        let value = match read_attr(&gids.join(&file)) {
+            Ok(Some(v)) => v,
+            Ok(None) => break,
+            Err(e) => {
+                if i != 0 {
+                    r.errors
+                        .push(format!("{}: cannot read gids/{i}: {e}", r.item));
+                }
+                continue;
+            }
         };
-        let Some(g) = value.as_deref().and_then(GidValue::parse) else {
-            if i != 0 && value.is_some() {
-                r.errors.push(format!(
-                    "{}: gids/{i}: unparsable value {:?}",
-                    r.item,
-                    value.unwrap_or_default()
-                ));
+        let Some(g) = GidValue::parse(&value) else {
+            if i != 0 {
+                r.errors
+                    .push(format!("{}: gids/{i}: unparsable value {value:?}", r.item));
             }
             continue;
         };
