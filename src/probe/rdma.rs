@@ -542,6 +542,15 @@ mod tests {
         let s = r.status();
         assert!(s.ok);
         assert!(s.error.contains("mlx5_core"), "{}", s.error);
+        // As on an H200 machine: the class directory exists but is empty.
+        std::fs::create_dir_all(dir.path().join("class/infiniband")).unwrap();
+        std::fs::create_dir_all(dir.path().join("module/ib_core")).unwrap();
+        let r = probe(&root);
+        assert!(r.nics.is_empty() && r.errors.is_empty());
+        assert_eq!(
+            r.status().error,
+            "no RDMA devices, although kernel modules mlx5_core, ib_core are loaded"
+        );
     }
 
     proptest! {
