@@ -466,3 +466,25 @@ fn this_machine_without_rdma() {
         assert!(rdma.ok, "{rdma:?}");
     }
 }
+
+#[test]
+fn table_and_dot_show_nics_and_affinity() {
+    let table = run_ok(&probe_args(Some(H100), "h100x8-ib", "table"));
+    let gpu6 = table
+        .lines()
+        .find(|l| l.starts_with("GPU6 "))
+        .expect("matrix row for GPU6");
+    assert_eq!(gpu6.matches("PXB").count(), 1, "{gpu6}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("mlx5_7 ") && l.contains("down")),
+        "{table}"
+    );
+    let dot = run_ok(&probe_args(Some(H100), "h100x8-ib", "dot"));
+    assert_eq!(dot.matches("shape=component").count(), 10);
+    assert!(
+        dot.contains("\"gpu0\" -- \"nic:mlx5_0\" [label=\"PIX\""),
+        "{dot}"
+    );
+}
