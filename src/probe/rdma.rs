@@ -4,10 +4,7 @@
 //! or garbled attribute is recorded as one message naming the device, port and file; the rest
 //! of the device and every other device are still read. The parsers are pure and never panic.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use crate::model::{Gid, LinkLayer, Nic, NicPort, PortState, SourceStatus};
 
@@ -446,11 +443,6 @@ fn probe_port(r: &mut Reader<'_>, dir: &Path, port: u32) -> NicPort {
         });
     }
     p
-}
-
-/// The path of a device under `root` (for the verbs cross-check and tests).
-pub fn device_dir(root: &SysfsRoot, name: &str) -> PathBuf {
-    root.path("class/infiniband").join(name)
 }
 
 #[cfg(test)]
