@@ -178,6 +178,54 @@ fn read_attr(path: &Path) -> std::io::Result<Option<String>> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Reads many attributes of one directory (a GID table) with the directory opened once, so
+/// each entry costs an `openat` of one name instead of a walk of the whole path.
+struct DirAttrs {
+    dir: Option<rustix::fd::OwnedFd>,
+    path: std::path::PathBuf,
+}
+
+impl DirAttrs {
+    fn open(path: &Path) -> Self {
+        use rustix::fs::{CWD, Mode, OFlags, openat};
+        let dir = openat(
+            CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok();
+        Self {
+            dir,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Like [`read_attr`] for `<dir>/<name>`.
+    fn read(&self, name: &str) -> std::io::Result<Option<String>> {
+        use rustix::fs::{Mode, OFlags, openat};
+        let Some(dir) = &self.dir else {
+            return read_attr(&self.path.join(name));
+        };
+        let fd = match openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut f = fs::File::from(fd);
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let n = f.read(&mut buf)?;
+        let mut bytes = buf[..n].to_vec();
+        if n == buf.len() {
+            f.read_to_end(&mut bytes)?;
+        }
+        String::from_utf8(bytes)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
 /// Reads attributes of one item and collects one message per failure.
 struct Reader<'a> {
     errors: &'a mut Vec<String>,
@@ -405,9 +453,10 @@ fn probe_port(r: &mut Reader<'_>, dir: &Path, port: u32) -> NicPort {
     } else {
         0
     };
+    let table = DirAttrs::open(&gids);
     for i in 0..=last {
         let file = i.to_string();
-        let value = match read_attr(&gids.join(&file)) {
+        let value = match table.read(&file) {
             Ok(Some(v)) => v,
             Ok(None) => break,
             Err(e) => {
