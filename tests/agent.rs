@@ -559,10 +559,19 @@ fn probe_prints_labels() {
             "nodetopo.io/nvlink.fabric",
             "nodetopo.io/nvlink.links",
             "nodetopo.io/nvlink.switch",
+            // The RDMA probe answered: this machine has no RDMA NIC.
+            "nodetopo.io/rdma.count",
+            "nodetopo.io/rdma.gpudirect",
+            "nodetopo.io/rdma.rail-aligned",
         ]
     );
     assert!(
         text.contains("nodetopo.io/gpu.memory-mib=143771\n"),
+        "{text}"
+    );
+    assert!(text.contains("nodetopo.io/rdma.count=0\n"), "{text}");
+    assert!(
+        text.contains("nodetopo.io/rdma.gpudirect=false\n"),
         "{text}"
     );
 }

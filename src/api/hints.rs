@@ -1,8 +1,9 @@
 //! Placement hints for a set of GPUs: the GPU to NIC pairing and the environment variables that
 //! make UCX and NCCL use the paired NICs.
 //!
-//! [`placement_hints`] is a small local adapter over the model's rail pairing; the full hints
-//! policy can replace it without touching the gRPC service.
+//! [`placement_hints`] resolves the GPU selection, takes the pairs from the model's rail pairing
+//! and the environment from the hints policy ([`crate::hints::env_hints`]), the same variables
+//! that `nodetopo probe -o env` prints.
 
 use thiserror::Error;
 
@@ -20,6 +21,9 @@ pub enum HintsError {
         /// The node's indices, e.g. `0,1,2,3`, or `none`.
         indices: String,
     },
+    /// The hints policy refused the selection.
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// A selected GPU and its paired NIC port.
@@ -78,10 +82,9 @@ pub fn select_gpus(topo: &NodeTopology, selectors: &[String]) -> Result<Vec<u32>
     Ok(out)
 }
 
-/// Hints for the selected GPUs, from the node's rail pairing.
-///
-/// Sets `NODETOPO_GPU_HCA_MAP` (`gpu=nic:port,...`), `UCX_NET_DEVICES` (`nic:port,...`) and
-/// `NCCL_IB_HCA` (`=nic:port,...`, exact match) when at least one selected GPU has a NIC.
+/// Hints for the selected GPUs: their rail pairs and the environment variables of
+/// [`crate::hints::env_hints`] (`DEEP_EP_DEVICE_TO_HCA_MAPPING`, `UCX_NET_DEVICES`,
+/// `NCCL_IB_HCA`, `NVSHMEM_HCA_LIST`, ...).
 pub fn placement_hints(topo: &NodeTopology, selectors: &[String]) -> Result<Hints, HintsError> {
     let selected = select_gpus(topo, selectors)?;
     let pairs: Vec<GpuNic> = selected
@@ -98,23 +101,13 @@ pub fn placement_hints(topo: &NodeTopology, selectors: &[String]) -> Result<Hint
             })
         })
         .collect();
-    let mut env = Vec::new();
-    if !pairs.is_empty() {
-        let mut devices: Vec<String> = Vec::new();
-        for p in &pairs {
-            let d = format!("{}:{}", p.nic, p.port);
-            if !devices.contains(&d) {
-                devices.push(d);
-            }
-        }
-        let map: Vec<String> = pairs
-            .iter()
-            .map(|p| format!("{}={}:{}", p.gpu, p.nic, p.port))
-            .collect();
-        env.push(("NODETOPO_GPU_HCA_MAP".to_string(), map.join(",")));
-        env.push(("UCX_NET_DEVICES".to_string(), devices.join(",")));
-        env.push(("NCCL_IB_HCA".to_string(), format!("={}", devices.join(","))));
-    }
+    let selection: Vec<crate::hints::GpuSelector> = selected
+        .iter()
+        .map(|&i| crate::hints::GpuSelector::Index(i))
+        .collect();
+    let env = crate::hints::env_hints(topo, Some(&selection))
+        .map_err(|e| HintsError::Policy(e.to_string()))?
+        .vars;
     Ok(Hints { env, pairs })
 }
 
@@ -150,15 +143,18 @@ mod tests {
     #[test]
     fn by_index_and_uuid() {
         let h = placement_hints(&topo(), &["2".into(), "gpu-0".into(), "2".into()]).unwrap();
+        // GPUs 0 and 2 are positions 0 and 1 of the selection (what CUDA numbers them in a pod
+        // that holds those two GPUs).
         assert_eq!(
             h.env,
             vec![
                 (
-                    "NODETOPO_GPU_HCA_MAP".into(),
-                    "0=mlx5_0:1,2=mlx5_2:1".into()
+                    "DEEP_EP_DEVICE_TO_HCA_MAPPING".into(),
+                    "0:mlx5_0:1,1:mlx5_2:1".into()
                 ),
                 ("UCX_NET_DEVICES".into(), "mlx5_0:1,mlx5_2:1".into()),
                 ("NCCL_IB_HCA".into(), "=mlx5_0:1,mlx5_2:1".into()),
+                ("NVSHMEM_HCA_LIST".into(), "mlx5_0:1,mlx5_2:1".into()),
             ]
         );
         assert_eq!(h.pairs.len(), 2);

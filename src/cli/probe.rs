@@ -5,6 +5,7 @@ use std::{io::Write, path::PathBuf, time::SystemTime};
 use anyhow::{Context, bail};
 use clap::Args;
 use nodetopo::{
+    hints::{GpuSelector, env_hints},
     labels::LabelConfig,
     probe::{
         Prober,
@@ -34,6 +35,9 @@ pub struct ProbeArgs {
     /// Node name to report (defaults to the host name).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// With `-o env`: only these GPUs (NVML indices or UUIDs, comma-separated), in this order.
+    #[arg(long, value_name = "LIST")]
+    gpus: Option<String>,
     /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
     #[arg(long)]
     query_all_p2p: bool,
@@ -57,6 +61,11 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
             nodetopo::deploy::compat::CompatOptions::parse_list(&args.compat_labels)
                 .context("--compat-labels")?,
         );
+    let selection = match &args.gpus {
+        Some(_) if args.output != Format::Env => bail!("--gpus needs -o env"),
+        Some(list) => Some(GpuSelector::parse_list(list).context("--gpus")?),
+        None => None,
+    };
     let sysfs = SysfsRoot::new(&args.sysfs_root);
     if !args.sysfs_root.is_dir() {
         tracing::warn!(root = %args.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
@@ -94,9 +103,10 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         tracing::info!(source = %s.source, error = %s.error, "probe source failed");
     }
     let mut out = std::io::stdout().lock();
-    let text = match args.output {
-        Format::Labels => render::labels(&topo, &label_config),
-        f => render::render(&topo, f),
+    let text = match (&selection, args.output) {
+        (Some(sel), Format::Env) => env_hints(&topo, Some(sel)).context("--gpus")?.to_shell(),
+        (_, Format::Labels) => render::labels(&topo, &label_config),
+        (_, f) => render::render(&topo, f),
     };
     out.write_all(text.as_bytes())?;
     out.flush()?;

@@ -1,4 +1,4 @@
-//! Hardware probes: NVML (GPUs, NVLink, fabric) and sysfs, composed into one
+//! Hardware probes: NVML (GPUs, NVLink, fabric), sysfs and ibverbs (RDMA NICs, PCIe tree),
 //! [`NodeTopology`](crate::model::NodeTopology).
 //!
 //! Every probe reports its outcome as a [`SourceStatus`](crate::model::SourceStatus); a failing
@@ -6,10 +6,16 @@
 
 pub mod fabric;
 pub mod gpu;
+pub mod gpudirect;
+pub mod network;
 pub mod nvml;
 pub mod nvml_live;
+pub mod pci;
+pub mod rdma;
 pub mod snapshot;
 pub mod sysfs;
+#[cfg(feature = "verbs")]
+pub mod verbs;
 
 use std::time::SystemTime;
 
@@ -85,6 +91,7 @@ impl Prober {
                     .push(SourceStatus::failed(SOURCE_FABRIC, "not probed: no NVML"));
             }
         }
+        network::fill(&self.sysfs, &mut topo);
         topo
     }
 }

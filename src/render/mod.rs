@@ -1,4 +1,5 @@
-//! Renderers of a [`NodeTopology`](crate::model::NodeTopology): table, JSON, YAML and Graphviz.
+//! Renderers of a [`NodeTopology`](crate::model::NodeTopology): table, JSON, YAML, Graphviz and
+//! RDMA env hints.
 
 pub mod dot;
 pub mod table;
@@ -18,6 +19,8 @@ pub enum Format {
     Dot,
     /// The node labels the agent would apply, one `key=value` per line.
     Labels,
+    /// RDMA environment hints as `export` lines (see [`crate::hints`]).
+    Env,
 }
 
 /// Renders `topo` in `format`.
@@ -28,6 +31,10 @@ pub fn render(topo: &NodeTopology, format: Format) -> String {
         Format::Yaml => serde_yaml_ng::to_string(topo).expect("model always serializes"),
         Format::Dot => dot::render(topo),
         Format::Labels => labels(topo, &LabelConfig::default()),
+        Format::Env => match crate::hints::env_hints(topo, None) {
+            Ok(h) => h.to_shell(),
+            Err(e) => format!("# no hints: {e}\n"),
+        },
     }
 }
 

@@ -1,0 +1,407 @@
+//! Environment hints for RDMA libraries, derived from the rail pairing: which NIC (and port)
+//! each GPU of a workload should use.
+//!
+//! [`env_hints`] is a pure function from a [`NodeTopology`] and an optional GPU selection to an
+//! ordered list of variables ([`EnvHints`]), rendered as `export` lines by
+//! [`EnvHints::to_shell`]. Variables produced:
+//! - `DEEP_EP_DEVICE_TO_HCA_MAPPING`: `<cuda ordinal>:<nic>:<port>` per selected GPU; the ordinal
+//!   is the GPU's position in the selection, which is its CUDA ordinal when the process sees
+//!   exactly the selected GPUs in that order (as a pod allocated those GPUs does);
+//! - `UCX_NET_DEVICES`, `NVSHMEM_HCA_LIST`: `<nic>:<port>` of the selected GPUs' rails;
+//! - `NCCL_IB_HCA`: the same list with `=` (exact names, not prefixes);
+//! - `NVSHMEM_HCA_PREFIX`: only when the rail NICs are not named `mlx5_*` and share a prefix;
+//! - for RoCE rails, `NCCL_IB_GID_INDEX` and `NVSHMEM_IB_GID_INDEX`: the RoCE v2 GID index
+//!   with an IPv4-mapped address, when every rail port uses the same one.
+
+use std::fmt::Write;
+
+use thiserror::Error;
+
+use crate::model::{LinkLayer, NicPort, NodeTopology, PortState};
+
+/// A GPU named by NVML index or by UUID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelector {
+    /// NVML index.
+    Index(u32),
+    /// GPU UUID (`GPU-…`).
+    Uuid(String),
+}
+
+impl GpuSelector {
+    /// Parses one selector: a decimal index, else a UUID.
+    pub fn parse(s: &str) -> Result<Self, HintError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(HintError::BadSelector(s.to_string()));
+        }
+        if s.chars().all(|c| c.is_ascii_digit()) {
+            return s
+                .parse()
+                .map(Self::Index)
+                .map_err(|_| HintError::BadSelector(s.to_string()));
+        }
+        Ok(Self::Uuid(s.to_string()))
+    }
+
+    /// Parses a comma-separated list (`0,1` or `GPU-…,GPU-…`).
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, HintError> {
+        s.split(',').map(Self::parse).collect()
+    }
+}
+
+impl std::fmt::Display for GpuSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Index(i) => write!(f, "{i}"),
+            Self::Uuid(u) => f.write_str(u),
+        }
+    }
+}
+
+/// Why hints could not be made.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HintError {
+    /// The selection names a GPU this node does not have.
+    #[error("unknown GPU {0}")]
+    UnknownGpu(String),
+    /// A selector is empty or malformed.
+    #[error("bad GPU selector {0:?}")]
+    BadSelector(String),
+    /// The same GPU is selected twice.
+    #[error("GPU {0} is selected more than once")]
+    Duplicate(u32),
+}
+
+/// Ordered environment variables plus remarks for the reader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvHints {
+    /// `(name, value)` in output order.
+    pub vars: Vec<(String, String)>,
+    /// Remarks (rendered as shell comments), e.g. a GPU without a rail or a port that is down.
+    pub notes: Vec<String>,
+}
+
+impl EnvHints {
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `# note` lines, then `export NAME="value"` lines, for `source` or `eval`.
+    pub fn to_shell(&self) -> String {
+        let mut out = String::new();
+        for n in &self.notes {
+            let _ = writeln!(out, "# {}", n.replace('\n', " "));
+        }
+        for (k, v) in &self.vars {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+                .replace('`', "\\`");
+            let _ = writeln!(out, "export {k}=\"{v}\"");
+        }
+        out
+    }
+}
+
+/// The RoCE v2 IPv4 GID index of a port, if it has one.
+fn roce_v2_ipv4_gid(port: &NicPort) -> Option<u32> {
+    port.gids
+        .iter()
+        .filter(|g| g.gid_type.eq_ignore_ascii_case("RoCE v2"))
+        .find(|g| g.gid.starts_with("0000:0000:0000:0000:0000:ffff:"))
+        .map(|g| g.index)
+}
+
+/// The name prefix shared by all `names` up to the trailing digits (`ibp` for `ibp0`, `ibp1`).
+fn common_prefix(names: &[&str]) -> Option<String> {
+    let strip = |n: &str| n.trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+    let first = strip(names.first()?);
+    (!first.is_empty() && names.iter().all(|n| strip(n) == first)).then_some(first)
+}
+
+/// Env hints for the selected GPUs (all GPUs, in index order, when `selection` is `None`).
+pub fn env_hints(
+    topo: &NodeTopology,
+    selection: Option<&[GpuSelector]>,
+) -> Result<EnvHints, HintError> {
+    let gpus: Vec<u32> = match selection {
+        None => {
+            let mut v: Vec<u32> = topo.gpus.iter().map(|g| g.index).collect();
+            v.sort_unstable();
+            v
+        }
+        Some(sel) => {
+            let mut v = Vec::with_capacity(sel.len());
+            for s in sel {
+                let g = topo
+                    .gpus
+                    .iter()
+                    .find(|g| match s {
+                        GpuSelector::Index(i) => g.index == *i,
+                        GpuSelector::Uuid(u) => g.uuid.eq_ignore_ascii_case(u),
+                    })
+                    .ok_or_else(|| HintError::UnknownGpu(s.to_string()))?;
+                if v.contains(&g.index) {
+                    return Err(HintError::Duplicate(g.index));
+                }
+                v.push(g.index);
+            }
+            v
+        }
+    };
+
+    let mut hints = EnvHints::default();
+    let mut mapping = Vec::new();
+    let mut rails: Vec<(String, u32)> = Vec::new();
+    for (ordinal, gpu) in gpus.iter().enumerate() {
+        let Some(pair) = topo.rail_pairing.pairs.iter().find(|p| p.gpu == *gpu) else {
+            hints.notes.push(format!("GPU {gpu} has no RDMA rail"));
+            continue;
+        };
+        mapping.push(format!("{ordinal}:{}:{}", pair.nic, pair.port));
+        let rail = (pair.nic.clone(), pair.port);
+        if !rails.contains(&rail) {
+            rails.push(rail);
+        }
+    }
+    if rails.is_empty() {
+        hints.notes.push("no RDMA rails: no hints".into());
+        return Ok(hints);
+    }
+
+    // Facts about the rail ports, for notes and RoCE settings.
+    let mut link_layers = Vec::new();
+    let mut gid_indices = Vec::new();
+    for (nic, port) in &rails {
+        let p = topo
+            .nics
+            .iter()
+            .find(|n| &n.name == nic)
+            .and_then(|n| n.ports.iter().find(|p| p.port == *port));
+        match p {
+            Some(p) => {
+                if p.state != PortState::Active {
+                    hints
+                        .notes
+                        .push(format!("{nic} port {port} is not active ({:?})", p.state));
+                }
+                if !link_layers.contains(&p.link_layer) {
+                    link_layers.push(p.link_layer);
+                }
+                if p.link_layer == LinkLayer::Ethernet {
+                    gid_indices.push(roce_v2_ipv4_gid(p));
+                }
+            }
+            None => hints
+                .notes
+                .push(format!("{nic} port {port} is not in the NIC list")),
+        }
+    }
+    if link_layers.len() > 1 {
+        hints.notes.push(
+            "rails mix InfiniBand and Ethernet (RoCE); the two cannot talk to each other".into(),
+        );
+    }
+
+    let list = rails
+        .iter()
+        .map(|(n, p)| format!("{n}:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    hints
+        .vars
+        .push(("DEEP_EP_DEVICE_TO_HCA_MAPPING".into(), mapping.join(",")));
+    hints.vars.push(("UCX_NET_DEVICES".into(), list.clone()));
+    hints.vars.push(("NCCL_IB_HCA".into(), format!("={list}")));
+    hints.vars.push(("NVSHMEM_HCA_LIST".into(), list));
+    let names: Vec<&str> = rails.iter().map(|(n, _)| n.as_str()).collect();
+    if !names.iter().all(|n| n.starts_with("mlx5_")) {
+        if let Some(prefix) = common_prefix(&names) {
+            hints.vars.push(("NVSHMEM_HCA_PREFIX".into(), prefix));
+        }
+    }
+    if !gid_indices.is_empty() {
+        let first = gid_indices[0];
+        match first {
+            Some(i) if gid_indices.iter().all(|g| *g == Some(i)) => {
+                hints.vars.push(("NCCL_IB_GID_INDEX".into(), i.to_string()));
+                hints
+                    .vars
+                    .push(("NVSHMEM_IB_GID_INDEX".into(), i.to_string()));
+            }
+            _ => hints.notes.push(
+                "RoCE rails have no common RoCE v2 IPv4 GID index; set NCCL_IB_GID_INDEX by hand"
+                    .into(),
+            ),
+        }
+    }
+    Ok(hints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Connection, Gid, Gpu, Nic, RailPair, RailPairing};
+
+    fn topo(link: LinkLayer) -> NodeTopology {
+        let gpus = (0..4)
+            .map(|i| Gpu {
+                index: i,
+                uuid: format!("GPU-{i}"),
+                ..Gpu::default()
+            })
+            .collect();
+        let nics = (0..3)
+            .map(|i| Nic {
+                name: format!("mlx5_{i}"),
+                ports: vec![NicPort {
+                    port: 1,
+                    state: if i == 2 {
+                        PortState::Down
+                    } else {
+                        PortState::Active
+                    },
+                    link_layer: link,
+                    gids: vec![
+                        Gid {
+                            index: 0,
+                            gid: "fe80:0000:0000:0000:0000:0000:0000:0001".into(),
+                            gid_type: "IB/RoCE v1".into(),
+                            netdev: String::new(),
+                        },
+                        Gid {
+                            index: 3,
+                            gid: "0000:0000:0000:0000:0000:ffff:0a00:0001".into(),
+                            gid_type: "RoCE v2".into(),
+                            netdev: String::new(),
+                        },
+                    ],
+                    ..NicPort::default()
+                }],
+                ..Nic::default()
+            })
+            .collect();
+        // GPU 3 has no rail; GPU 2's rail is down.
+        let pairs = (0..3)
+            .map(|i| RailPair {
+                gpu: i,
+                nic: format!("mlx5_{}", 2 - i),
+                port: 1,
+                connection: Connection::Pix,
+            })
+            .collect();
+        NodeTopology {
+            gpus,
+            nics,
+            rail_pairing: RailPairing {
+                rail_aligned: false,
+                pairs,
+            },
+            ..NodeTopology::default()
+        }
+    }
+
+    #[test]
+    fn all_gpus() {
+        let h = env_hints(&topo(LinkLayer::Infiniband), None).unwrap();
+        assert_eq!(
+            h.get("DEEP_EP_DEVICE_TO_HCA_MAPPING"),
+            Some("0:mlx5_2:1,1:mlx5_1:1,2:mlx5_0:1")
+        );
+        assert_eq!(h.get("UCX_NET_DEVICES"), Some("mlx5_2:1,mlx5_1:1,mlx5_0:1"));
+        assert_eq!(h.get("NCCL_IB_HCA"), Some("=mlx5_2:1,mlx5_1:1,mlx5_0:1"));
+        assert_eq!(
+            h.get("NVSHMEM_HCA_LIST"),
+            Some("mlx5_2:1,mlx5_1:1,mlx5_0:1")
+        );
+        assert_eq!(h.get("NVSHMEM_HCA_PREFIX"), None);
+        assert_eq!(h.get("NCCL_IB_GID_INDEX"), None);
+        assert!(h.notes.iter().any(|n| n.contains("GPU 3")), "{:?}", h.notes);
+        assert!(
+            h.notes.iter().any(|n| n.contains("mlx5_2 port 1")),
+            "{:?}",
+            h.notes
+        );
+    }
+
+    #[test]
+    fn selection_uses_cuda_ordinals() {
+        let sel = GpuSelector::parse_list("1,GPU-0").unwrap();
+        let h = env_hints(&topo(LinkLayer::Infiniband), Some(&sel)).unwrap();
+        assert_eq!(
+            h.get("DEEP_EP_DEVICE_TO_HCA_MAPPING"),
+            Some("0:mlx5_1:1,1:mlx5_2:1")
+        );
+        assert_eq!(h.get("NCCL_IB_HCA"), Some("=mlx5_1:1,mlx5_2:1"));
+    }
+
+    #[test]
+    fn unknown_and_bad_selections() {
+        let t = topo(LinkLayer::Infiniband);
+        assert_eq!(
+            env_hints(&t, Some(&[GpuSelector::Index(9)])),
+            Err(HintError::UnknownGpu("9".into()))
+        );
+        assert_eq!(
+            env_hints(&t, Some(&[GpuSelector::Uuid("GPU-x".into())])),
+            Err(HintError::UnknownGpu("GPU-x".into()))
+        );
+        assert_eq!(
+            env_hints(&t, Some(&GpuSelector::parse_list("1,1").unwrap())),
+            Err(HintError::Duplicate(1))
+        );
+        assert!(GpuSelector::parse_list("0,,1").is_err());
+        assert!(GpuSelector::parse("99999999999").is_err());
+    }
+
+    #[test]
+    fn roce_gets_gid_index() {
+        let h = env_hints(&topo(LinkLayer::Ethernet), None).unwrap();
+        assert_eq!(h.get("NCCL_IB_GID_INDEX"), Some("3"));
+        assert_eq!(h.get("NVSHMEM_IB_GID_INDEX"), Some("3"));
+        let mut t = topo(LinkLayer::Ethernet);
+        t.nics[1].ports[0].gids.pop();
+        let h = env_hints(&t, None).unwrap();
+        assert_eq!(h.get("NCCL_IB_GID_INDEX"), None);
+        assert!(h.notes.iter().any(|n| n.contains("GID index")));
+    }
+
+    #[test]
+    fn other_nic_names_get_a_prefix() {
+        let mut t = topo(LinkLayer::Infiniband);
+        for n in &mut t.nics {
+            n.name = n.name.replace("mlx5_", "ibp");
+        }
+        for p in &mut t.rail_pairing.pairs {
+            p.nic = p.nic.replace("mlx5_", "ibp");
+        }
+        let h = env_hints(&t, None).unwrap();
+        assert_eq!(h.get("NVSHMEM_HCA_PREFIX"), Some("ibp"));
+    }
+
+    #[test]
+    fn no_rails_no_vars() {
+        let h = env_hints(&NodeTopology::default(), None).unwrap();
+        assert!(h.vars.is_empty());
+        assert!(h.to_shell().lines().all(|l| l.starts_with('#')));
+    }
+
+    #[test]
+    fn shell_quoting() {
+        let h = EnvHints {
+            vars: vec![("A".into(), "x\"$y`z\\".into())],
+            notes: vec!["two\nlines".into()],
+        };
+        assert_eq!(
+            h.to_shell(),
+            "# two lines\nexport A=\"x\\\"\\$y\\`z\\\\\"\n"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! Composes the RDMA side of a probe: NICs (sysfs, plus ibverbs with the `verbs` feature),
+//! their PCIe placement relative to the GPUs, rail pairing and GPUDirect readiness.
+//!
+//! Called by [`Prober::probe`](super::Prober::probe) after the GPUs are known.
+
+use crate::model::{NodeTopology, SourceStatus};
+
+use super::{
+    gpudirect::{self, GpuDirectFacts, SOURCE_GPUDIRECT},
+    pci::{self, SOURCE_PCI},
+    rdma::{self, RdmaProbe},
+    sysfs::SysfsRoot,
+};
+
+/// Probes the NICs under `root` and fills the RDMA part of `topo` (whose GPUs must already be
+/// set). With the `verbs` feature every NIC is also checked through ibverbs.
+pub fn fill(root: &SysfsRoot, topo: &mut NodeTopology) {
+    #[allow(unused_mut)]
+    let mut rdma = rdma::probe(root);
+    #[cfg(feature = "verbs")]
+    let verbs = Some(super::verbs::check(&super::verbs::Ibverbs, &mut rdma.nics));
+    #[cfg(not(feature = "verbs"))]
+    let verbs = None;
+    finish(root, topo, rdma, verbs);
+}
+
+/// Fills `topo` from an RDMA probe result and an optional verbs status: PCIe affinity, rail
+/// pairing, GPUDirect readiness and the source statuses (`rdma`, `sysfs-pci`, `gpudirect`,
+/// then `verbs` when given).
+pub fn finish(
+    root: &SysfsRoot,
+    topo: &mut NodeTopology,
+    rdma: RdmaProbe,
+    verbs: Option<SourceStatus>,
+) {
+    topo.sources.push(rdma.status());
+    topo.nics = rdma.nics;
+
+    let placement = pci::place(root, &topo.gpus, &topo.nics);
+    topo.gpu_nic_affinity = pci::gpu_nic_affinity(&placement);
+    topo.rail_pairing = pci::rail_pairing(&topo.gpus, &topo.nics, &topo.gpu_nic_affinity);
+    let mut problems = placement.errors.clone();
+    let tree = pci::gpu_pairs_from_tree(&placement);
+    for (a, b, sysfs, nvml) in pci::disagreements(&tree, &topo.gpu_pairs) {
+        if a < b {
+            problems.push(format!(
+                "GPU {a}-{b}: PCI tree says {}, NVML says {}",
+                sysfs.as_str(),
+                nvml.as_str()
+            ));
+        }
+    }
+    topo.sources.push(if problems.is_empty() {
+        SourceStatus::ok(SOURCE_PCI)
+    } else {
+        SourceStatus::failed(SOURCE_PCI, problems.join("; "))
+    });
+
+    let facts = GpuDirectFacts::read(root, topo.nics.len(), topo.gpus.len());
+    topo.gpudirect = gpudirect::assess(&facts);
+    topo.sources.push(SourceStatus::ok(SOURCE_GPUDIRECT));
+
+    if let Some(v) = verbs {
+        topo.sources.push(v);
+    }
+}

@@ -1,0 +1,706 @@
+//! PCIe placement from the sysfs PCI tree: where each device hangs, and how far apart two
+//! devices are in the terms of `nvidia-smi topo -m` (PIX, PXB, PHB, NODE, SYS).
+//!
+//! The tree is read once per device ([`PciPath::resolve`]: the `bus/pci/devices/<bdf>` link,
+//! canonicalized under the sysfs root); classification, ranking and rail pairing are pure
+//! functions over the resolved paths and the model.
+
+use std::{
+    collections::HashSet,
+    fmt, io,
+    path::{Component, Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use crate::model::{
+    Connection, Gpu, GpuNicAffinity, GpuPair, Nic, PortState, RailPair, RailPairing,
+};
+
+use super::sysfs::{SysfsRoot, sysfs_bdf};
+
+/// Name of the PCI tree source in [`SourceStatus`](crate::model::SourceStatus).
+pub const SOURCE_PCI: &str = "sysfs-pci";
+
+/// A PCI function address `domain:bus:device.function`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PciAddress {
+    /// PCI domain (segment).
+    pub domain: u32,
+    /// Bus number.
+    pub bus: u8,
+    /// Device number (0..=31).
+    pub device: u8,
+    /// Function number (0..=7).
+    pub function: u8,
+}
+
+impl PciAddress {
+    /// Parses the sysfs form `0000:1b:00.0` (also NVML's `00000000:1B:00.0`). `None` for
+    /// anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split(':');
+        let (d, b, df) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || d.is_empty() || d.len() > 8 || b.len() != 2 {
+            return None;
+        }
+        let (dev, func) = df.split_once('.')?;
+        if dev.len() != 2 || func.len() != 1 {
+            return None;
+        }
+        let hex = |x: &str| x.chars().all(|c| c.is_ascii_hexdigit());
+        if !(hex(d) && hex(b) && hex(dev) && hex(func)) {
+            return None;
+        }
+        let device = u8::from_str_radix(dev, 16).ok()?;
+        let function = u8::from_str_radix(func, 16).ok()?;
+        if device > 0x1f || function > 7 {
+            return None;
+        }
+        Some(Self {
+            domain: u32::from_str_radix(d, 16).ok()?,
+            bus: u8::from_str_radix(b, 16).ok()?,
+            device,
+            function,
+        })
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+/// Parses a Linux cpulist (`0-3,8,10-11`, as in `local_cpulist`). `None` when malformed, when a
+/// range is reversed, or when it names a CPU above 65535 (no such machine; keeps memory bounded).
+pub fn parse_cpulist(s: &str) -> Option<Vec<u32>> {
+    const MAX_CPU: u32 = 65_535;
+    let s = s.trim();
+    let mut out = Vec::new();
+    if s.is_empty() {
+        return Some(out);
+    }
+    for part in s.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let v = part.parse::<u32>().ok()?;
+                (v, v)
+            }
+        };
+        if lo > hi || hi > MAX_CPU {
+            return None;
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// Resolves a sysfs symlink the cheap way: one `readlink`, the target joined to the link's
+/// directory and `..` folded lexically. sysfs links (`bus/pci/devices/<bdf>`,
+/// `class/infiniband/<dev>`, `device`) are single relative hops into `devices/`, so this equals
+/// the canonical path without a `readlink` per component. A path that is not a link is
+/// returned as is; a link whose target does not exist is an error (`NotFound`).
+pub fn resolve_link(path: &Path) -> io::Result<PathBuf> {
+    let target = match std::fs::read_link(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(path.to_path_buf()),
+        Err(e) => return Err(e),
+    };
+    let joined = match path.parent() {
+        Some(dir) if target.is_relative() => dir.join(&target),
+        _ => target,
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} leaves the root", path.display()),
+                    ));
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if !out.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} does not exist", out.display()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Why a device's place in the PCI tree is unknown.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PciError {
+    /// The address is not a PCI address.
+    #[error("{0:?} is not a PCI address")]
+    BadAddress(String),
+    /// `bus/pci/devices/<bdf>` could not be resolved.
+    #[error("cannot resolve bus/pci/devices/{bdf}")]
+    Resolve {
+        /// The device.
+        bdf: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The link resolves outside `devices/pci<domain>:<bus>/`.
+    #[error("bus/pci/devices/{bdf} does not resolve into devices/pci*/ ({path})")]
+    NotInTree {
+        /// The device.
+        bdf: String,
+        /// Where it resolved to.
+        path: String,
+    },
+}
+
+/// Where a PCI function sits: its host bridge and the chain of functions from the root port
+/// down to itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciPath {
+    /// Host bridge directory name, e.g. `pci0000:00`.
+    pub host_bridge: String,
+    /// Functions from the root port (first) to the device itself (last).
+    pub chain: Vec<PciAddress>,
+    /// NUMA node from the device's `numa_node`, when known (not -1).
+    pub numa_node: Option<i32>,
+}
+
+impl PciPath {
+    /// Builds a path from the part of a canonical sysfs path below `devices/`, e.g.
+    /// `pci0000:00/0000:00:01.0/0000:01:00.0`. Components that are not PCI addresses end the
+    /// chain only if they come last; anything else is an error.
+    pub fn from_devices_rel(rel: &Path, numa_node: Option<i32>) -> Option<Self> {
+        let mut comps = rel.iter().map(|c| c.to_str());
+        let host_bridge = comps.next()??;
+        if !host_bridge.starts_with("pci") {
+            return None;
+        }
+        let mut chain = Vec::new();
+        for c in comps {
+            chain.push(PciAddress::parse(c?)?);
+        }
+        if chain.is_empty() {
+            return None;
+        }
+        Some(Self {
+            host_bridge: host_bridge.to_string(),
+            chain,
+            numa_node,
+        })
+    }
+
+    /// Resolves `bus/pci/devices/<bdf>` under `root` (any address form [`sysfs_bdf`] accepts).
+    pub fn resolve(root: &SysfsRoot, bdf: &str) -> Result<Self, PciError> {
+        let bdf = sysfs_bdf(bdf).ok_or_else(|| PciError::BadAddress(bdf.to_string()))?;
+        let link = root.pci_device(&bdf);
+        let real = resolve_link(&link).map_err(|source| PciError::Resolve {
+            bdf: bdf.clone(),
+            source,
+        })?;
+        let not_in_tree = |path: &Path| PciError::NotInTree {
+            bdf: bdf.clone(),
+            path: path.display().to_string(),
+        };
+        let numa = || root.pci_numa_node(&bdf);
+        if let Ok(rel) = real.strip_prefix(root.path("devices")) {
+            return Self::from_devices_rel(rel, numa()).ok_or_else(|| not_in_tree(&real));
+        }
+        // An unusual tree (the root itself reached through links): compare canonical paths.
+        let canon = link.canonicalize().map_err(|source| PciError::Resolve {
+            bdf: bdf.clone(),
+            source,
+        })?;
+        let devices = root
+            .root()
+            .canonicalize()
+            .map(|r| r.join("devices"))
+            .map_err(|source| PciError::Resolve {
+                bdf: bdf.clone(),
+                source,
+            })?;
+        let rel = canon
+            .strip_prefix(&devices)
+            .map_err(|_| not_in_tree(&canon))?;
+        Self::from_devices_rel(rel, numa()).ok_or_else(|| not_in_tree(&canon))
+    }
+}
+
+/// Classifies the PCIe path between two devices like `nvidia-smi topo -m`:
+/// - different host bridges: SYS across NUMA nodes (both known and different), else NODE;
+/// - same host bridge, no common bridge below it: PHB;
+/// - a common bridge, each device at most one switch port below it: PIX;
+/// - a common bridge further up (several switches): PXB.
+pub fn classify(a: &PciPath, b: &PciPath) -> Connection {
+    if a.host_bridge != b.host_bridge {
+        return match (a.numa_node, b.numa_node) {
+            (Some(x), Some(y)) if x != y => Connection::Sys,
+            _ => Connection::Node,
+        };
+    }
+    let common = a
+        .chain
+        .iter()
+        .zip(&b.chain)
+        .take_while(|(x, y)| x == y)
+        .count();
+    if common == 0 {
+        return Connection::Phb;
+    }
+    if common == a.chain.len() || common == b.chain.len() {
+        // One device is an ancestor of the other (a bridge and something below it).
+        return Connection::Pix;
+    }
+    // `common - 1` is the index of the deepest common bridge. A device one switch away sits
+    // at most two levels below it (downstream port, then the device).
+    let below = (a.chain.len() - common).max(b.chain.len() - common);
+    if below <= 2 {
+        Connection::Pix
+    } else {
+        Connection::Pxb
+    }
+}
+
+/// Resolved PCI paths of the GPUs and NICs, and what could not be resolved.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// GPU index and its path.
+    pub gpus: Vec<(u32, PciPath)>,
+    /// NIC name and its path.
+    pub nics: Vec<(String, PciPath)>,
+    /// One message per device that could not be placed.
+    pub errors: Vec<String>,
+}
+
+/// Resolves every GPU (by its NVML bus id) and every NIC (by its PCI address) in the tree.
+pub fn place(root: &SysfsRoot, gpus: &[Gpu], nics: &[Nic]) -> Placement {
+    let mut out = Placement::default();
+    for g in gpus {
+        match PciPath::resolve(root, &g.pci_bus_id) {
+            Ok(p) => out.gpus.push((g.index, p)),
+            Err(e) => out.errors.push(format!("GPU {}: {e}", g.index)),
+        }
+    }
+    for n in nics {
+        if n.pci_address.is_empty() {
+            out.errors.push(format!("NIC {}: no PCI address", n.name));
+            continue;
+        }
+        match PciPath::resolve(root, &n.pci_address) {
+            Ok(p) => out.nics.push((n.name.clone(), p)),
+            Err(e) => out.errors.push(format!("NIC {}: {e}", n.name)),
+        }
+    }
+    out
+}
+
+/// Every GPU↔NIC pair, classified, ranked per GPU (rank 0 = nearest; ties by NIC name).
+/// GPUs or NICs without a path get no entries.
+pub fn gpu_nic_affinity(p: &Placement) -> Vec<GpuNicAffinity> {
+    let mut out = Vec::new();
+    let mut gpus: Vec<&(u32, PciPath)> = p.gpus.iter().collect();
+    gpus.sort_by_key(|(i, _)| *i);
+    for (gpu, gp) in gpus {
+        let mut row: Vec<GpuNicAffinity> = p
+            .nics
+            .iter()
+            .map(|(name, np)| GpuNicAffinity {
+                gpu: *gpu,
+                nic: name.clone(),
+                connection: classify(gp, np),
+                rank: 0,
+            })
+            .collect();
+        row.sort_by(|x, y| {
+            (x.connection.distance(), &x.nic).cmp(&(y.connection.distance(), &y.nic))
+        });
+        for (r, a) in row.iter_mut().enumerate() {
+            a.rank = r as u32;
+        }
+        out.extend(row);
+    }
+    out
+}
+
+/// The port a rail uses on `nic`: the lowest-numbered active port, else the lowest port, else 1.
+pub fn rail_port(nic: &Nic) -> (u32, bool) {
+    if let Some(p) = nic
+        .ports
+        .iter()
+        .filter(|p| p.state == PortState::Active)
+        .min_by_key(|p| p.port)
+    {
+        return (p.port, true);
+    }
+    (nic.ports.iter().map(|p| p.port).min().unwrap_or(1), false)
+}
+
+/// One-to-one GPU↔NIC pairing. Candidates are taken nearest first (by PCIe distance, then
+/// active before inactive, then GPU index, then NIC name); a GPU or NIC already paired is
+/// skipped. A GPU left without a NIC gets no pair. `rail_aligned` is true when every GPU got a
+/// distinct NIC at PIX or PXB.
+///
+/// PCIe distance wins over port state on purpose: a rail is a wiring fact, and a down port is a
+/// fault to report, not a reason to move a GPU onto another GPU's or a storage NIC.
+pub fn rail_pairing(gpus: &[Gpu], nics: &[Nic], affinity: &[GpuNicAffinity]) -> RailPairing {
+    let port_of = |name: &str| nics.iter().find(|n| n.name == name).map(rail_port);
+    let mut cands: Vec<(u8, bool, u32, &str, u32)> = affinity
+        .iter()
+        .filter_map(|a| {
+            let (port, active) = port_of(&a.nic)?;
+            Some((
+                a.connection.distance(),
+                !active,
+                a.gpu,
+                a.nic.as_str(),
+                port,
+            ))
+        })
+        .collect();
+    cands.sort();
+    let mut used_gpu = HashSet::new();
+    let mut used_nic = HashSet::new();
+    let mut pairs = Vec::new();
+    for (_, _, gpu, nic, port) in cands {
+        if used_gpu.contains(&gpu) || used_nic.contains(nic) {
+            continue;
+        }
+        used_gpu.insert(gpu);
+        used_nic.insert(nic);
+        let connection = affinity
+            .iter()
+            .find(|a| a.gpu == gpu && a.nic == nic)
+            .map(|a| a.connection)
+            .unwrap_or_default();
+        pairs.push(RailPair {
+            gpu,
+            nic: nic.to_string(),
+            port,
+            connection,
+        });
+    }
+    pairs.sort_by_key(|p| p.gpu);
+    let rail_aligned = !gpus.is_empty()
+        && gpus.iter().all(|g| {
+            pairs.iter().any(|p| {
+                p.gpu == g.index && matches!(p.connection, Connection::Pix | Connection::Pxb)
+            })
+        });
+    RailPairing {
+        rail_aligned,
+        pairs,
+    }
+}
+
+/// Classifies every ordered GPU pair from the sysfs tree: `(a, b, connection)`. Used to check
+/// the tree against NVML's common-ancestor answer ([`GpuPair::pcie`]).
+pub fn gpu_pairs_from_tree(p: &Placement) -> Vec<(u32, u32, Connection)> {
+    let mut out = Vec::new();
+    for (a, pa) in &p.gpus {
+        for (b, pb) in &p.gpus {
+            if a != b {
+                out.push((*a, *b, classify(pa, pb)));
+            }
+        }
+    }
+    out.sort_by_key(|(a, b, _)| (*a, *b));
+    out
+}
+
+/// Pairs where the sysfs tree and NVML disagree: `(a, b, sysfs, nvml)`. NVML pairs whose
+/// answer is unknown are skipped.
+pub fn disagreements(
+    tree: &[(u32, u32, Connection)],
+    nvml: &[GpuPair],
+) -> Vec<(u32, u32, Connection, Connection)> {
+    tree.iter()
+        .filter_map(|&(a, b, c)| {
+            let n = nvml.iter().find(|p| p.a == a && p.b == b)?;
+            (n.pcie != Connection::Unknown && n.pcie != c).then_some((a, b, c, n.pcie))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NicPort;
+
+    fn addr(s: &str) -> PciAddress {
+        PciAddress::parse(s).unwrap()
+    }
+
+    fn path(hb: &str, chain: &[&str], numa: Option<i32>) -> PciPath {
+        PciPath {
+            host_bridge: hb.into(),
+            chain: chain.iter().map(|s| addr(s)).collect(),
+            numa_node: numa,
+        }
+    }
+
+    #[test]
+    fn pci_address_round_trip() {
+        let a = addr("0000:1b:00.0");
+        assert_eq!((a.domain, a.bus, a.device, a.function), (0, 0x1b, 0, 0));
+        assert_eq!(a.to_string(), "0000:1b:00.0");
+        assert_eq!(addr("00000001:C1:1f.7").to_string(), "0001:c1:1f.7");
+        for bad in [
+            "",
+            "0000:1b:00",
+            "0000:1b:20.0",
+            "0000:1b:00.8",
+            "0000:1b:00.0:1",
+            "x:1b:00.0",
+            "0000:1bb:00.0",
+            "+000:1b:00.0",
+            "0000:1b:0.0",
+        ] {
+            assert_eq!(PciAddress::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpulists() {
+        assert_eq!(parse_cpulist("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
+        assert_eq!(parse_cpulist("5").unwrap(), vec![5]);
+        assert_eq!(parse_cpulist("").unwrap(), Vec::<u32>::new());
+        assert_eq!(parse_cpulist("3-1"), None);
+        assert_eq!(parse_cpulist("0-4294967295"), None);
+        assert_eq!(parse_cpulist("a"), None);
+        assert_eq!(parse_cpulist("1,,2"), None);
+    }
+
+    #[test]
+    fn classification_levels() {
+        // Root port 00:01.0, switch upstream 01:00.0, downstream ports 02:00.0 and 02:01.0.
+        let gpu = path(
+            "pci0000:00",
+            &[
+                "0000:00:01.0",
+                "0000:01:00.0",
+                "0000:02:00.0",
+                "0000:03:00.0",
+            ],
+            Some(0),
+        );
+        let nic = path(
+            "pci0000:00",
+            &[
+                "0000:00:01.0",
+                "0000:01:00.0",
+                "0000:02:01.0",
+                "0000:04:00.0",
+            ],
+            Some(0),
+        );
+        assert_eq!(classify(&gpu, &nic), Connection::Pix);
+        assert_eq!(classify(&nic, &gpu), Connection::Pix);
+        // Two switch levels between them.
+        let deep = path(
+            "pci0000:00",
+            &[
+                "0000:00:01.0",
+                "0000:01:00.0",
+                "0000:02:02.0",
+                "0000:05:00.0",
+                "0000:06:00.0",
+                "0000:07:00.0",
+            ],
+            Some(0),
+        );
+        assert_eq!(classify(&gpu, &deep), Connection::Pxb);
+        // Different root ports of one host bridge.
+        let other_rp = path("pci0000:00", &["0000:00:02.0", "0000:08:00.0"], Some(0));
+        assert_eq!(classify(&gpu, &other_rp), Connection::Phb);
+        // Flat tree: functions directly on the root bus.
+        let f1 = path("pci0000:00", &["0000:00:06.0"], None);
+        let f2 = path("pci0000:00", &["0000:00:07.0"], None);
+        assert_eq!(classify(&f1, &f2), Connection::Phb);
+        // Other host bridges.
+        let same_node = path("pci0000:40", &["0000:40:01.0", "0000:41:00.0"], Some(0));
+        let other_node = path("pci0000:80", &["0000:80:01.0", "0000:81:00.0"], Some(1));
+        let unknown_node = path("pci0000:c0", &["0000:c0:01.0"], None);
+        assert_eq!(classify(&gpu, &same_node), Connection::Node);
+        assert_eq!(classify(&gpu, &other_node), Connection::Sys);
+        assert_eq!(classify(&other_node, &unknown_node), Connection::Node);
+    }
+
+    fn nic(name: &str, active: bool) -> Nic {
+        Nic {
+            name: name.into(),
+            ports: vec![NicPort {
+                port: 1,
+                state: if active {
+                    PortState::Active
+                } else {
+                    PortState::Down
+                },
+                ..NicPort::default()
+            }],
+            ..Nic::default()
+        }
+    }
+
+    fn gpu(i: u32) -> Gpu {
+        Gpu {
+            index: i,
+            ..Gpu::default()
+        }
+    }
+
+    fn aff(gpu: u32, nic: &str, c: Connection) -> GpuNicAffinity {
+        GpuNicAffinity {
+            gpu,
+            nic: nic.into(),
+            connection: c,
+            rank: 0,
+        }
+    }
+
+    #[test]
+    fn ranking_breaks_ties_by_name() {
+        let g = path("pci0000:00", &["0000:00:01.0"], Some(0));
+        let p = Placement {
+            gpus: vec![(0, g)],
+            nics: vec![
+                (
+                    "mlx5_1".into(),
+                    path("pci0000:10", &["0000:10:01.0"], Some(0)),
+                ),
+                (
+                    "mlx5_0".into(),
+                    path("pci0000:20", &["0000:20:01.0"], Some(0)),
+                ),
+                (
+                    "mlx5_2".into(),
+                    path("pci0000:00", &["0000:00:02.0"], Some(0)),
+                ),
+            ],
+            errors: vec![],
+        };
+        let a = gpu_nic_affinity(&p);
+        let order: Vec<(&str, Connection, u32)> = a
+            .iter()
+            .map(|x| (x.nic.as_str(), x.connection, x.rank))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("mlx5_2", Connection::Phb, 0),
+                ("mlx5_0", Connection::Node, 1),
+                ("mlx5_1", Connection::Node, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn pairing_is_one_to_one_and_prefers_active_on_ties() {
+        let gpus = vec![gpu(0), gpu(1)];
+        let nics = vec![nic("a", false), nic("b", true), nic("c", true)];
+        let affinity = vec![
+            aff(0, "a", Connection::Pix),
+            aff(0, "b", Connection::Pix),
+            aff(0, "c", Connection::Sys),
+            aff(1, "a", Connection::Pxb),
+            aff(1, "b", Connection::Node),
+            aff(1, "c", Connection::Sys),
+        ];
+        let r = rail_pairing(&gpus, &nics, &affinity);
+        let got: Vec<(u32, &str, Connection)> = r
+            .pairs
+            .iter()
+            .map(|p| (p.gpu, p.nic.as_str(), p.connection))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0, "b", Connection::Pix), (1, "a", Connection::Pxb)]
+        );
+        assert!(r.rail_aligned);
+
+        // Three GPUs, two NICs: the third GPU gets none and the node is not rail-aligned.
+        let gpus3 = vec![gpu(0), gpu(1), gpu(2)];
+        let mut affinity3 = affinity.clone();
+        affinity3.push(aff(2, "a", Connection::Pix));
+        let r = rail_pairing(&gpus3, &nics[..2], &affinity3);
+        assert_eq!(r.pairs.len(), 2);
+        assert!(!r.rail_aligned);
+        let mut nics_used: Vec<&str> = r.pairs.iter().map(|p| p.nic.as_str()).collect();
+        nics_used.dedup();
+        assert_eq!(nics_used.len(), 2);
+    }
+
+    #[test]
+    fn pairing_without_nics_is_not_aligned() {
+        let r = rail_pairing(&[gpu(0)], &[], &[]);
+        assert!(r.pairs.is_empty());
+        assert!(!r.rail_aligned);
+    }
+
+    #[test]
+    fn rail_port_prefers_active() {
+        let mut n = nic("x", false);
+        n.ports.push(NicPort {
+            port: 2,
+            state: PortState::Active,
+            ..NicPort::default()
+        });
+        assert_eq!(rail_port(&n), (2, true));
+        assert_eq!(rail_port(&nic("y", false)), (1, false));
+    }
+
+    #[test]
+    fn resolves_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir
+            .path()
+            .join("devices/pci0000:00/0000:00:01.0/0000:01:00.0");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::write(real.join("numa_node"), "1\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("bus/pci/devices")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0",
+            dir.path().join("bus/pci/devices/0000:01:00.0"),
+        )
+        .unwrap();
+        let root = SysfsRoot::new(dir.path());
+        let p = PciPath::resolve(&root, "00000000:01:00.0").unwrap();
+        assert_eq!(p.host_bridge, "pci0000:00");
+        assert_eq!(p.chain, vec![addr("0000:00:01.0"), addr("0000:01:00.0")]);
+        assert_eq!(p.numa_node, Some(1));
+        assert!(matches!(
+            PciPath::resolve(&root, "0000:02:00.0"),
+            Err(PciError::Resolve { .. })
+        ));
+        let nested = dir.path().join("class/infiniband");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::os::unix::fs::symlink("../../bus/pci/devices/0000:01:00.0", nested.join("x")).unwrap();
+        assert_eq!(
+            resolve_link(&nested.join("x")).unwrap(),
+            dir.path().join("bus/pci/devices/0000:01:00.0")
+        );
+        std::os::unix::fs::symlink(
+            "../../../../../../../../../../../../../../../../x",
+            nested.join("far"),
+        )
+        .unwrap();
+        assert!(resolve_link(&nested.join("far")).is_err());
+        assert!(matches!(
+            PciPath::resolve(&root, "nonsense"),
+            Err(PciError::BadAddress(_))
+        ));
+    }
+}
