@@ -6,6 +6,7 @@
 // FFI is confined to the modules that need it (NVML in `probe::nvml_live`); each opts in.
 #![deny(unsafe_code)]
 
+pub mod extender;
 pub mod model;
 pub mod probe;
 pub mod proto;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod extender;
 mod probe;
 
 /// Discovers this node's GPU, NVLink, multi-node NVLink and RDMA topology.
@@ -22,6 +23,8 @@ pub struct Cli {
 enum Command {
     /// Probe this node's hardware and print its topology.
     Probe(probe::ProbeArgs),
+    /// Serve the kube-scheduler extender that places pod groups by topology.
+    Extender(extender::ExtenderArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -43,6 +46,7 @@ pub fn init_tracing(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe(args) => probe::run(args),
+        Command::Extender(args) => extender::run(args),
     }
 }
 
