@@ -4,7 +4,10 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/nodetopo/v1/topology.proto"];
+    let protos = [
+        "proto/nodetopo/v1/topology.proto",
+        "proto/nodetopo/v1/topology_service.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,12 +1,18 @@
 //! nodetopo: discovers a GPU node's NVLink, multi-node NVLink and RDMA topology and publishes it.
 //!
 //! Data flows one way: hardware probes ([`probe`]) produce the [`model::NodeTopology`]; pure
-//! policy and renderers ([`render`]) turn it into output.
+//! policy ([`labels`]) and renderers ([`render`]) turn it into output; the [`agent`] keeps it
+//! current and publishes it over gRPC ([`api`]), as node labels ([`kube`]) and as [`metrics`].
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml_live`); each opts in.
 #![deny(unsafe_code)]
 
+pub mod agent;
+pub mod api;
 pub mod extender;
+pub mod kube;
+pub mod labels;
+pub mod metrics;
 pub mod model;
 pub mod probe;
 pub mod proto;

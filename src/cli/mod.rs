@@ -5,8 +5,19 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod extender;
 mod probe;
+mod query;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Discovers this node's GPU, NVLink, multi-node NVLink and RDMA topology.
 #[derive(Debug, Parser)]
@@ -15,6 +26,9 @@ pub struct Cli {
     /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,10 +39,14 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Serve the kube-scheduler extender that places pod groups by topology.
     Extender(extender::ExtenderArgs),
+    /// Run the node agent: probe loop, gRPC topology service, node labels, metrics.
+    Agent(agent::AgentArgs),
+    /// Ask a running agent for its topology over gRPC.
+    Query(query::QueryArgs),
 }
 
 /// Sets up `tracing` on stderr.
-pub fn init_tracing(verbose: u8) {
+pub fn init_tracing(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -36,10 +54,13 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// Runs the chosen subcommand.
@@ -47,6 +68,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe(args) => probe::run(args),
         Command::Extender(args) => extender::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Query(args) => query::run(args),
     }
 }
 

@@ -5,6 +5,7 @@ use std::{io::Write, path::PathBuf, time::SystemTime};
 use anyhow::{Context, bail};
 use clap::Args;
 use nodetopo::{
+    labels::LabelConfig,
     probe::{
         Prober,
         gpu::{GpuProber, ProbeOptions},
@@ -39,9 +40,13 @@ pub struct ProbeArgs {
     /// Path of the NVML library (default: `libnvidia-ml.so.1` from the loader's search path).
     #[arg(long, value_name = "PATH", env = "NODETOPO_NVML_LIB")]
     nvml_lib: Option<PathBuf>,
+    /// Label key prefix for `-o labels`.
+    #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
+    label_prefix: String,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
+    let label_config = LabelConfig::new(&args.label_prefix).context("--label-prefix")?;
     let sysfs = SysfsRoot::new(&args.sysfs_root);
     if !args.sysfs_root.is_dir() {
         tracing::warn!(root = %args.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
@@ -79,7 +84,11 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         tracing::info!(source = %s.source, error = %s.error, "probe source failed");
     }
     let mut out = std::io::stdout().lock();
-    out.write_all(render::render(&topo, args.output).as_bytes())?;
+    let text = match args.output {
+        Format::Labels => render::labels(&topo, &label_config),
+        f => render::render(&topo, f),
+    };
+    out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }

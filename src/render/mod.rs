@@ -3,7 +3,7 @@
 pub mod dot;
 pub mod table;
 
-use crate::model::NodeTopology;
+use crate::{labels::LabelConfig, model::NodeTopology};
 
 /// Output formats of `probe` and `query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -16,6 +16,8 @@ pub enum Format {
     Yaml,
     /// A Graphviz picture.
     Dot,
+    /// The node labels the agent would apply, one `key=value` per line.
+    Labels,
 }
 
 /// Renders `topo` in `format`.
@@ -25,5 +27,11 @@ pub fn render(topo: &NodeTopology, format: Format) -> String {
         Format::Json => serde_json::to_string_pretty(topo).expect("model always serializes") + "\n",
         Format::Yaml => serde_yaml_ng::to_string(topo).expect("model always serializes"),
         Format::Dot => dot::render(topo),
+        Format::Labels => labels(topo, &LabelConfig::default()),
     }
+}
+
+/// The node labels for `topo` under `config`, one `key=value` per line.
+pub fn labels(topo: &NodeTopology, config: &LabelConfig) -> String {
+    crate::labels::render(&crate::labels::desired_labels(topo, config))
 }

@@ -1,0 +1,189 @@
+//! Keeping last good data: the pure merge of a fresh probe into the previous topology.
+//!
+//! A source that fails and returns nothing keeps the data it gave last time, marked stale in its
+//! [`SourceStatus`], so a transient fault never empties the topology (and never removes labels).
+//! A source that fails partially (some data, plus errors) is taken as probed: its data is newer
+//! than anything kept.
+
+use crate::model::{FabricState, NodeTopology, SourceStatus};
+
+/// Which part of the topology each source fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    /// Driver, GPUs and GPU pairs.
+    Gpus,
+    /// The node fabric.
+    Fabric,
+    /// NICs, GPU-NIC affinity, rail pairing and GPUDirect.
+    Rdma,
+}
+
+fn section_of(source: &str) -> Option<Section> {
+    match source {
+        "nvml" => Some(Section::Gpus),
+        "fabric" => Some(Section::Fabric),
+        "rdma" | "sysfs-pci" | "pci" | "verbs" | "gpudirect" => Some(Section::Rdma),
+        _ => None,
+    }
+}
+
+fn is_empty(t: &NodeTopology, s: Section) -> bool {
+    match s {
+        Section::Gpus => t.gpus.is_empty(),
+        // A source that failed reports "none" or nothing: no knowledge to keep.
+        Section::Fabric => matches!(t.fabric.state, FabricState::Unknown | FabricState::None),
+        Section::Rdma => t.nics.is_empty(),
+    }
+}
+
+fn copy(from: &NodeTopology, to: &mut NodeTopology, s: Section) {
+    match s {
+        Section::Gpus => {
+            to.driver = from.driver.clone();
+            to.gpus = from.gpus.clone();
+            to.gpu_pairs = from.gpu_pairs.clone();
+        }
+        Section::Fabric => to.fabric = from.fabric.clone(),
+        Section::Rdma => {
+            to.nics = from.nics.clone();
+            to.gpu_nic_affinity = from.gpu_nic_affinity.clone();
+            to.rail_pairing = from.rail_pairing.clone();
+            to.gpudirect = from.gpudirect.clone();
+        }
+    }
+}
+
+/// Merges a `fresh` probe into the `previous` published topology.
+///
+/// The result has the fresh probe's time; its revision is the previous one (the caller bumps it
+/// when the content changed).
+pub fn merge(previous: &NodeTopology, mut fresh: NodeTopology) -> NodeTopology {
+    fresh.revision = previous.revision;
+    let failed: Vec<(usize, Section)> = fresh
+        .sources
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.ok)
+        .filter_map(|(i, s)| section_of(&s.source).map(|sec| (i, sec)))
+        .collect();
+    for (i, sec) in failed {
+        if is_empty(&fresh, sec) && !is_empty(previous, sec) {
+            copy(previous, &mut fresh, sec);
+            let status: &mut SourceStatus = &mut fresh.sources[i];
+            status.stale = true;
+        }
+    }
+    fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::model::{DriverInfo, Fabric, Gpu, Nic};
+
+    fn good(t: u64) -> NodeTopology {
+        NodeTopology {
+            node_name: "n".into(),
+            revision: 3,
+            probe_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
+            driver: DriverInfo {
+                driver_version: Some("580".into()),
+                ..DriverInfo::default()
+            },
+            gpus: vec![Gpu {
+                uuid: "GPU-0".into(),
+                ..Gpu::default()
+            }],
+            fabric: Fabric {
+                state: FabricState::Ready,
+                domain: Some("c.1".into()),
+                ..Fabric::default()
+            },
+            nics: vec![Nic {
+                name: "mlx5_0".into(),
+                ..Nic::default()
+            }],
+            sources: vec![
+                SourceStatus::ok("nvml"),
+                SourceStatus::ok("fabric"),
+                SourceStatus::ok("rdma"),
+            ],
+            ..NodeTopology::default()
+        }
+    }
+
+    #[test]
+    fn all_good_takes_fresh() {
+        let prev = good(1);
+        let mut fresh = good(2);
+        fresh.gpus[0].uuid = "GPU-9".into();
+        let m = merge(&prev, fresh.clone());
+        assert_eq!(m.gpus[0].uuid, "GPU-9");
+        assert_eq!(m.revision, 3);
+        assert_eq!(m.probe_time, fresh.probe_time);
+        assert!(m.sources.iter().all(|s| !s.stale));
+    }
+
+    #[test]
+    fn failed_empty_source_keeps_last_good_data_marked_stale() {
+        let prev = good(1);
+        let fresh = NodeTopology {
+            node_name: "n".into(),
+            probe_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2)),
+            nics: prev.nics.clone(),
+            sources: vec![
+                SourceStatus::failed("nvml", "driver gone"),
+                SourceStatus::failed("fabric", "not probed"),
+                SourceStatus::ok("rdma"),
+            ],
+            ..NodeTopology::default()
+        };
+        let m = merge(&prev, fresh);
+        assert_eq!(m.gpus, prev.gpus);
+        assert_eq!(m.driver, prev.driver);
+        assert_eq!(m.fabric, prev.fabric);
+        let nvml = &m.sources[0];
+        assert!(!nvml.ok && nvml.stale && nvml.error == "driver gone");
+        assert!(m.sources[1].stale);
+        assert!(!m.sources[2].stale);
+        assert!(!m.same_content(&prev), "the stale mark is content");
+    }
+
+    #[test]
+    fn partial_failure_keeps_fresh_data() {
+        let prev = good(1);
+        let mut fresh = good(2);
+        fresh.gpus[0].uuid = "GPU-new".into();
+        fresh.sources[0] = SourceStatus::failed("nvml", "GPU 1: mig mode: unknown error");
+        let m = merge(&prev, fresh);
+        assert_eq!(m.gpus[0].uuid, "GPU-new");
+        assert!(!m.sources[0].stale);
+    }
+
+    #[test]
+    fn first_probe_failing_stays_empty() {
+        let fresh = NodeTopology {
+            sources: vec![SourceStatus::failed("nvml", "no NVML")],
+            ..NodeTopology::default()
+        };
+        let m = merge(&NodeTopology::default(), fresh.clone());
+        assert_eq!(m, fresh);
+    }
+
+    #[test]
+    fn stale_data_survives_repeated_failures() {
+        let prev = good(1);
+        let failing = |t| NodeTopology {
+            probe_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
+            node_name: "n".into(),
+            sources: vec![SourceStatus::failed("nvml", "x")],
+            ..NodeTopology::default()
+        };
+        let once = merge(&prev, failing(2));
+        let twice = merge(&once, failing(3));
+        assert_eq!(twice.gpus, prev.gpus);
+        assert!(once.same_content(&twice));
+    }
+}

@@ -1,0 +1,402 @@
+//! The node agent: a probe loop that keeps the last good topology current, and the publishers
+//! that read it (gRPC, node labels, metrics).
+//!
+//! The probe runs on the blocking pool (NVML and sysfs block), one probe at a time, every
+//! interval. Its result is merged into the previous state ([`merge::merge`]) and published on a
+//! `watch` channel; the revision moves only when the content changes ([`next_state`]).
+
+pub mod merge;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    api::{self, Published, ServerLimits, TopologyApi},
+    kube::{Backoff, NodeLabeler},
+    labels::{self, LabelConfig, Labels},
+    metrics::Metrics,
+    model::NodeTopology,
+    probe::{
+        Prober,
+        gpu::{GpuProber, ProbeOptions},
+        snapshot::NvmlSnapshot,
+        sysfs::SysfsRoot,
+    },
+};
+
+/// Where GPU facts come from.
+#[derive(Debug, Clone)]
+pub enum GpuSource {
+    /// The live driver; NVML stays open between probes.
+    Live,
+    /// A recorded snapshot file, read again on every probe.
+    Replay(PathBuf),
+}
+
+/// The agent's validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probe once, apply labels, exit.
+    pub oneshot: bool,
+    /// GPU facts source.
+    pub gpu_source: GpuSource,
+    /// Probe options.
+    pub probe_options: ProbeOptions,
+    /// sysfs root.
+    pub sysfs_root: PathBuf,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_listen: SocketAddr,
+    /// gRPC limits.
+    pub limits: ServerLimits,
+    /// Label naming.
+    pub labels: LabelConfig,
+    /// Write node labels to Kubernetes.
+    pub kube: bool,
+    /// Timeout of one label write.
+    pub kube_timeout: Duration,
+    /// How long to wait for streams to drain on shutdown.
+    pub grace: Duration,
+}
+
+/// Probes the node, keeping NVML open where it is live.
+enum Source {
+    Live(Box<Prober>),
+    Replay {
+        path: PathBuf,
+        sysfs: SysfsRoot,
+        node: String,
+        options: ProbeOptions,
+    },
+}
+
+impl Source {
+    fn new(cfg: &AgentConfig) -> Self {
+        let sysfs = SysfsRoot::new(&cfg.sysfs_root);
+        match &cfg.gpu_source {
+            GpuSource::Live => Self::Live(Box::new(Prober::live(
+                sysfs,
+                cfg.node_name.clone(),
+                cfg.probe_options,
+                None,
+            ))),
+            GpuSource::Replay(path) => Self::Replay {
+                path: path.clone(),
+                sysfs,
+                node: cfg.node_name.clone(),
+                options: cfg.probe_options,
+            },
+        }
+    }
+
+    /// Blocking: probes once.
+    fn probe(&mut self, now: SystemTime) -> NodeTopology {
+        match self {
+            Self::Live(p) => p.probe(now),
+            Self::Replay {
+                path,
+                sysfs,
+                node,
+                options,
+            } => {
+                let gpu = NvmlSnapshot::load(path)
+                    .map(|s| GpuProber::new(Box::new(s), *options))
+                    .map_err(|e| format!("snapshot {}: {e}", path.display()));
+                Prober::new(gpu, sysfs.clone(), node.clone()).probe(now)
+            }
+        }
+    }
+}
+
+/// The next published state from the previous one and a fresh probe. The first published
+/// revision is `first_revision` (the agent passes its start time in milliseconds, so revisions
+/// keep increasing across restarts); later ones move by one per content change.
+pub fn next_state(prev: &NodeTopology, fresh: NodeTopology, first_revision: u64) -> NodeTopology {
+    let mut next = merge::merge(prev, fresh);
+    next.revision = if prev.revision == 0 {
+        first_revision.max(1)
+    } else if next.same_content(prev) {
+        prev.revision
+    } else {
+        prev.revision + 1
+    };
+    next
+}
+
+/// Runs one probe on the blocking pool.
+async fn probe_once(mut source: Source) -> anyhow::Result<(Source, NodeTopology, Duration)> {
+    Ok(tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let t = source.probe(SystemTime::now());
+        (source, t, start.elapsed())
+    })
+    .await?)
+}
+
+fn log_failures(t: &NodeTopology) {
+    for s in t.sources.iter().filter(|s| !s.ok) {
+        tracing::warn!(source = %s.source, error = %s.error, stale = s.stale, "probe source failed");
+    }
+}
+
+/// `--oneshot`: probes once, prints the labels, applies them when Kubernetes is enabled.
+pub async fn run_oneshot(cfg: AgentConfig) -> anyhow::Result<()> {
+    let (_, fresh, _) = probe_once(Source::new(&cfg)).await?;
+    let topo = next_state(&NodeTopology::default(), fresh, 1);
+    log_failures(&topo);
+    let labels = labels::desired_labels(&topo, &cfg.labels);
+    print!("{}", labels::render(&labels));
+    if cfg.kube {
+        let client = kube_client().await?;
+        let mut labeler = NodeLabeler::new(
+            client,
+            cfg.node_name.clone(),
+            cfg.kube_timeout,
+            Metrics::new(),
+        );
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match labeler.apply(&labels).await {
+                Ok(_) => break,
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(error = %e, attempt, "label write failed; retrying");
+                    tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(node = %cfg.node_name, "node labels applied");
+    }
+    Ok(())
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    kube::Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (run with --no-kube outside a cluster)")
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let start_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1);
+    let metrics = Metrics::new();
+    let (state_tx, state_rx) = watch::channel(Arc::new(Published::default()));
+    let (labels_tx, labels_rx) = watch::channel::<Option<Labels>>(None);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .with_context(|| format!("--grpc-listen {}", cfg.grpc_listen))?;
+    let http = tokio::net::TcpListener::bind(cfg.metrics_listen)
+        .await
+        .with_context(|| format!("--metrics-listen {}", cfg.metrics_listen))?;
+    tracing::info!(grpc = ?api::local_addr(&grpc), metrics = ?http.local_addr().ok(), node = %cfg.node_name, "agent listening");
+
+    let labeler = if cfg.kube {
+        let client = kube_client().await?;
+        let l = NodeLabeler::new(
+            client,
+            cfg.node_name.clone(),
+            cfg.kube_timeout,
+            metrics.clone(),
+        );
+        Some(tokio::spawn(l.run(
+            labels_rx,
+            shutdown_rx.clone(),
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+        )))
+    } else {
+        drop(labels_rx);
+        None
+    };
+
+    let health = tonic_health::server::HealthReporter::new();
+    let health_svc = health.clone();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(api::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+        .await;
+
+    let topo_api = TopologyApi::new(state_rx, cfg.limits.max_watchers, Arc::new(metrics.clone()));
+    let grpc_task = tokio::spawn({
+        let limits = cfg.limits.clone();
+        let mut sd = shutdown_rx.clone();
+        async move {
+            api::serve(grpc, topo_api, health_svc, &limits, async move {
+                let _ = sd.wait_for(|s| *s).await;
+            })
+            .await
+        }
+    });
+    let http_task = tokio::spawn({
+        let router = metrics.router();
+        let mut sd = shutdown_rx.clone();
+        async move {
+            axum::serve(http, router)
+                .with_graceful_shutdown(async move {
+                    let _ = sd.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+
+    let probe_task = tokio::spawn(probe_loop(
+        cfg.clone(),
+        state_tx,
+        labels_tx,
+        health,
+        metrics,
+        shutdown_rx,
+        start_ms,
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining streams, labels stay in place");
+    let _ = shutdown_tx.send(true);
+    let drain = async {
+        let _ = probe_task.await;
+        if let Some(l) = labeler {
+            let _ = l.await;
+        }
+        let _ = http_task.await;
+        grpc_task.await
+    };
+    match tokio::time::timeout(cfg.grace, drain).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            tracing::warn!(grace = ?cfg.grace, "shutdown grace period over; exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn probe_loop(
+    cfg: AgentConfig,
+    state: watch::Sender<Arc<Published>>,
+    labels_tx: watch::Sender<Option<Labels>>,
+    health: tonic_health::server::HealthReporter,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+    start_ms: u64,
+) {
+    let mut source = Some(Source::new(&cfg));
+    let mut first = true;
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Some(src) = source.take() else { return };
+        let (src, fresh, took) = tokio::select! {
+            r = probe_once(src) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "probe task failed; stopping the probe loop");
+                    return;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        source = Some(src);
+        let prev = state.borrow().topo.clone();
+        let next = next_state(&prev, fresh, start_ms);
+        let changed = next.revision != prev.revision;
+        metrics.observe_probe(&next, took);
+        if changed {
+            log_failures(&next);
+            tracing::info!(revision = next.revision, took = ?took, "topology changed");
+            let _ = labels_tx.send(Some(labels::desired_labels(&next, &cfg.labels)));
+        }
+        let published = Arc::new(Published::new(next));
+        // Watchers wake only on a new revision; a new probe time alone is stored silently.
+        state.send_if_modified(|cur| {
+            *cur = published;
+            changed
+        });
+        if first {
+            first = false;
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            health
+                .set_service_status(api::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SourceStatus;
+
+    fn probe(t: u64, driver: &str) -> NodeTopology {
+        NodeTopology {
+            node_name: "n".into(),
+            probe_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
+            driver: crate::model::DriverInfo {
+                driver_version: Some(driver.into()),
+                ..Default::default()
+            },
+            sources: vec![SourceStatus::ok("nvml")],
+            ..NodeTopology::default()
+        }
+    }
+
+    #[test]
+    fn revision_moves_only_on_content() {
+        let s1 = next_state(&NodeTopology::default(), probe(1, "a"), 1000);
+        assert_eq!(s1.revision, 1000);
+        let s2 = next_state(&s1, probe(2, "a"), 1000);
+        assert_eq!(s2.revision, 1000, "probe time is not content");
+        assert_eq!(s2.probe_time, probe(2, "a").probe_time);
+        let s3 = next_state(&s2, probe(3, "b"), 1000);
+        assert_eq!(s3.revision, 1001);
+    }
+}

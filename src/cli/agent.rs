@@ -1,0 +1,109 @@
+//! `nodetopo agent`: flags become an [`AgentConfig`], then the agent runs.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nodetopo::{
+    agent::{self, AgentConfig, GpuSource},
+    api::ServerLimits,
+    labels::LabelConfig,
+    probe::gpu::ProbeOptions,
+};
+
+/// Flags of `nodetopo agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Time between probes (e.g. `60s`, `200ms`).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Probe once, print and apply the labels, then exit.
+    #[arg(long)]
+    oneshot: bool,
+    /// Read NVML answers from a snapshot FILE (read again on every probe) instead of the driver.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Root of the sysfs tree to read (`/host-sys` inside the DaemonSet).
+    #[arg(long, value_name = "DIR", default_value_os_t = super::default_sysfs(), env = "NODETOPO_SYSFS_ROOT")]
+    sysfs_root: PathBuf,
+    /// This node's name (the Node whose labels are written).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// gRPC listen address.
+    #[arg(long, default_value = "0.0.0.0:9750")]
+    grpc_listen: SocketAddr,
+    /// Metrics and health HTTP listen address.
+    #[arg(long, default_value = "0.0.0.0:9751")]
+    metrics_listen: SocketAddr,
+    /// Most concurrent watch streams.
+    #[arg(long, default_value_t = 1024)]
+    max_watchers: usize,
+    /// Label key prefix.
+    #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
+    label_prefix: String,
+    /// Do not write node labels (no cluster needed): gRPC and metrics only.
+    #[arg(long)]
+    no_kube: bool,
+    /// Timeout of one label write.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    kube_timeout: Duration,
+    /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
+    #[arg(long)]
+    query_all_p2p: bool,
+}
+
+impl AgentArgs {
+    fn into_config(self) -> anyhow::Result<AgentConfig> {
+        if self.interval < Duration::from_millis(10) {
+            bail!(
+                "--interval {:?} is too short (at least 10ms)",
+                self.interval
+            );
+        }
+        if self.max_watchers == 0 {
+            bail!("--max-watchers must be at least 1");
+        }
+        let labels = LabelConfig::new(&self.label_prefix).context("--label-prefix")?;
+        if !self.sysfs_root.is_dir() {
+            tracing::warn!(root = %self.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
+        }
+        Ok(AgentConfig {
+            node_name: super::node_name(self.node_name),
+            interval: self.interval,
+            oneshot: self.oneshot,
+            gpu_source: match self.replay {
+                Some(p) => GpuSource::Replay(p),
+                None => GpuSource::Live,
+            },
+            probe_options: ProbeOptions {
+                query_all_p2p: self.query_all_p2p,
+            },
+            sysfs_root: self.sysfs_root,
+            grpc_listen: self.grpc_listen,
+            metrics_listen: self.metrics_listen,
+            limits: ServerLimits {
+                max_watchers: self.max_watchers,
+                ..ServerLimits::default()
+            },
+            labels,
+            kube: !self.no_kube,
+            kube_timeout: self.kube_timeout,
+            grace: Duration::from_secs(10),
+        })
+    }
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let cfg = args.into_config()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    if cfg.oneshot {
+        rt.block_on(agent::run_oneshot(cfg))
+    } else {
+        rt.block_on(agent::run(cfg))
+    }
+}

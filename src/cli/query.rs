@@ -1,0 +1,119 @@
+//! `nodetopo query`: the gRPC client of a running agent, printing with the same renderers as
+//! `probe`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use nodetopo::{
+    api,
+    labels::{DEFAULT_PREFIX, LabelConfig},
+    model::NodeTopology,
+    proto::v1 as pb,
+    render::{self, Format},
+};
+
+/// Flags of `nodetopo query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The agent's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:9750", global = true)]
+    endpoint: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// Print the current topology.
+    Get,
+    /// Print the topology now and after every change.
+    Watch {
+        /// Only revisions after this one.
+        #[arg(long, default_value_t = 0)]
+        since_revision: u64,
+    },
+    /// Print placement hints (environment variables) for GPUs given by index or UUID.
+    Hints {
+        /// GPU indices or UUIDs; none means every GPU.
+        gpus: Vec<String>,
+    },
+}
+
+fn print(topo: &pb::NodeTopology, format: Format) -> anyhow::Result<()> {
+    let model = NodeTopology::from(topo);
+    let text = match format {
+        Format::Labels => render::labels(&model, &LabelConfig::new(DEFAULT_PREFIX)?),
+        f => render::render(&model, f),
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let mut client = api::connect(&args.endpoint)
+        .await
+        .with_context(|| format!("connecting to {}", args.endpoint))?;
+    match args.what {
+        What::Get => {
+            let r = client
+                .get_node_topology(pb::GetNodeTopologyRequest {})
+                .await?
+                .into_inner();
+            print(&r.topology.unwrap_or_default(), args.output)
+        }
+        What::Watch { since_revision } => {
+            let mut s = client
+                .watch_node_topology(pb::WatchNodeTopologyRequest { since_revision })
+                .await?
+                .into_inner();
+            while let Some(msg) = s.message().await? {
+                print(&msg.topology.unwrap_or_default(), args.output)?;
+            }
+            Ok(())
+        }
+        What::Hints { gpus } => {
+            let r = client
+                .get_placement_hints(pb::GetPlacementHintsRequest { gpus })
+                .await?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            match args.output {
+                Format::Json | Format::Yaml => {
+                    let v = serde_json::json!({
+                        "revision": r.revision,
+                        "env": r.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect::<Vec<_>>(),
+                        "pairs": r.pairs.iter().map(|p| serde_json::json!({
+                            "gpu": p.gpu, "gpu_uuid": p.gpu_uuid, "nic": p.nic, "port": p.port,
+                        })).collect::<Vec<_>>(),
+                    });
+                    let text = if args.output == Format::Json {
+                        serde_json::to_string_pretty(&v)? + "\n"
+                    } else {
+                        serde_yaml_ng::to_string(&v)?
+                    };
+                    out.write_all(text.as_bytes())?;
+                }
+                _ => {
+                    for e in &r.env {
+                        writeln!(out, "{}={}", e.name, e.value)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(query(args))
+}

@@ -1,0 +1,181 @@
+//! Node labels in Kubernetes: server-side apply of the desired label set on the agent's own
+//! Node, with field manager `nodetopo` and force.
+//!
+//! The writer only applies what the pure policy ([`crate::labels`]) decided. It skips a write
+//! when the desired set equals the last applied one, retries failures with exponential backoff
+//! and jitter, and never deletes labels: keys it stops applying are dropped by the API server's
+//! field ownership, and on shutdown the labels stay in place.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use tokio::sync::watch;
+
+use crate::{labels::Labels, metrics::Metrics};
+
+/// Field manager of every write.
+pub const FIELD_MANAGER: &str = "nodetopo";
+
+/// Exponential backoff with full jitter. The jitter draw is passed in, so the policy is pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff starting at `base`, capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        debug_assert!(base <= max);
+        Self {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The delay before the next attempt: a random point (`jitter` in `[0, 1)`) in the upper half
+    /// of `base * 2^attempt`, capped at `max`.
+    pub fn next_delay(&mut self, jitter: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let j = jitter.clamp(0.0, 1.0);
+        exp.mul_f64(0.5 + 0.5 * j)
+    }
+
+    /// Back to the first delay, after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The SSA body: a Node with only its name and the labels.
+pub fn apply_body(node: &str, labels: &Labels) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(node.to_string()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    }
+}
+
+/// Writes labels on one Node.
+pub struct NodeLabeler {
+    api: Api<Node>,
+    node: String,
+    last_applied: Option<Labels>,
+    request_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl NodeLabeler {
+    /// A labeler of `node`. Each request is abandoned after `request_timeout`.
+    pub fn new(
+        client: kube::Client,
+        node: String,
+        request_timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            api: Api::all(client),
+            node,
+            last_applied: None,
+            request_timeout,
+            metrics,
+        }
+    }
+
+    /// Applies `labels` unless they equal the last applied set. `Ok(false)` when skipped.
+    pub async fn apply(&mut self, labels: &Labels) -> Result<bool, WriteError> {
+        if self.last_applied.as_ref() == Some(labels) {
+            return Ok(false);
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let body = apply_body(&self.node, labels);
+        let res = tokio::time::timeout(
+            self.request_timeout,
+            self.api.patch(&self.node, &params, &Patch::Apply(&body)),
+        )
+        .await;
+        let res = match res {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Api(Box::new(e))),
+            Err(_) => Err(WriteError::Timeout(self.request_timeout)),
+        };
+        self.metrics.label_write(res.is_ok());
+        res?;
+        self.last_applied = Some(labels.clone());
+        Ok(true)
+    }
+
+    /// Applies every new desired set from `desired` until `shutdown` fires or the sender is
+    /// dropped. Failures are retried with backoff; a newer desired set replaces a failing one.
+    /// On shutdown an in-flight write is abandoned and the labels stay as they are.
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Option<Labels>>,
+        mut shutdown: watch::Receiver<bool>,
+        mut backoff: Backoff,
+    ) {
+        loop {
+            let want = desired.borrow_and_update().clone();
+            if let Some(want) = want {
+                tokio::select! {
+                    res = self.apply(&want) => match res {
+                        Ok(wrote) => {
+                            backoff.reset();
+                            if wrote {
+                                tracing::info!(node = %self.node, labels = want.len(), "node labels applied");
+                            }
+                        }
+                        Err(e) => {
+                            let delay = backoff.next_delay(rand::random::<f64>());
+                            tracing::warn!(node = %self.node, error = %e, retry_in = ?delay, "node label write failed");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                changed = desired.changed() => if changed.is_err() { return },
+                                _ = shutdown.changed() => return,
+                            }
+                            continue;
+                        }
+                    },
+                    _ = shutdown.changed() => {
+                        tracing::info!("shutdown: label write abandoned; labels stay in place");
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                changed = desired.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Why a label write failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The API server answered with an error, or the connection failed.
+    #[error("applying node labels")]
+    Api(#[source] Box<kube::Error>),
+    /// No answer in time.
+    #[error("applying node labels: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+#[cfg(test)]
+mod tests;

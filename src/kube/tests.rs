@@ -1,0 +1,211 @@
+//! Label writer tests at the HTTP boundary: a mock API server checks every request.
+
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::client::Body;
+use tower_test::mock;
+
+use super::*;
+use crate::labels::{LabelConfig, LabelKey, LabelValue};
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+fn labels(count: &str) -> Labels {
+    let p = LabelConfig::default();
+    let mut l = Labels::new();
+    l.insert(
+        LabelKey::new(Some(p.prefix()), "gpu.count").unwrap(),
+        LabelValue::new(count).unwrap(),
+    );
+    l.insert(
+        LabelKey::new(Some(p.prefix()), "gpu.product").unwrap(),
+        LabelValue::new("NVIDIA-H200").unwrap(),
+    );
+    l
+}
+
+fn labeler() -> (NodeLabeler, Handle, Metrics) {
+    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let metrics = Metrics::new();
+    (
+        NodeLabeler::new(
+            client,
+            "node-a".into(),
+            Duration::from_secs(10),
+            metrics.clone(),
+        ),
+        handle,
+        metrics,
+    )
+}
+
+/// Checks one SSA request and returns its labels.
+async fn expect_apply(req: Request<Body>) -> serde_json::Map<String, serde_json::Value> {
+    assert_eq!(req.method(), http::Method::PATCH);
+    assert_eq!(req.uri().path(), "/api/v1/nodes/node-a");
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let params: Vec<&str> = query.split('&').filter(|s| !s.is_empty()).collect();
+    assert!(params.contains(&"fieldManager=nodetopo"), "{query}");
+    assert!(params.contains(&"force=true"), "{query}");
+    assert_eq!(
+        req.headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("application/apply-patch+yaml")
+    );
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["apiVersion"], "v1");
+    assert_eq!(body["kind"], "Node");
+    let meta = body["metadata"].as_object().unwrap();
+    let mut keys: Vec<&str> = meta.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["labels", "name"], "only name and labels: {body}");
+    assert_eq!(meta["name"], "node-a");
+    let others: Vec<&String> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| !["apiVersion", "kind", "metadata"].contains(&k.as_str()))
+        .collect();
+    assert!(others.is_empty(), "nothing but metadata: {body}");
+    meta["labels"].as_object().unwrap().clone()
+}
+
+fn node_ok() -> Response<Body> {
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a", "labels": {"nodetopo.io/gpu.count": "4"}},
+    });
+    Response::builder()
+        .status(200)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("injected {code}"), "reason": reason, "code": code,
+    });
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+fn as_map(l: &Labels) -> serde_json::Map<String, serde_json::Value> {
+    l.iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect()
+}
+
+#[tokio::test]
+async fn apply_sends_exactly_the_desired_labels_once() {
+    let (mut labeler, mut handle, metrics) = labeler();
+    let want = labels("4");
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("one request");
+        let got = expect_apply(req).await;
+        send.send_response(node_ok());
+        (got, handle)
+    });
+    assert!(labeler.apply(&want).await.unwrap());
+    let (got, mut handle) = server.await.unwrap();
+    assert_eq!(got, as_map(&want));
+
+    // Unchanged labels: zero requests.
+    assert!(!labeler.apply(&want).await.unwrap());
+    tokio::time::pause();
+    let next = tokio::time::timeout(Duration::from_secs(3600), handle.next_request()).await;
+    assert!(next.is_err(), "no request for an unchanged label set");
+    assert!(metrics.encode().contains("nodetopo_label_writes_total 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn converges_through_500_409_timeout_without_duplicates() {
+    let (labeler, mut handle, metrics) = labeler();
+    let want = labels("4");
+    let (desired_tx, desired_rx) = watch::channel(Some(want.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(labeler.run(
+        desired_rx,
+        shutdown_rx,
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+    ));
+
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(expect_apply(req).await, as_map(&want));
+    send.send_response(status(500, "InternalError"));
+
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(expect_apply(req).await, as_map(&want));
+    send.send_response(status(409, "Conflict"));
+
+    // No answer: the write times out (10 s) and is retried.
+    let (req, hung) = handle.next_request().await.unwrap();
+    assert_eq!(expect_apply(req).await, as_map(&want));
+
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(expect_apply(req).await, as_map(&want));
+    send.send_response(node_ok());
+    drop(hung);
+
+    // Converged: nothing more is sent while nothing changes.
+    let next = tokio::time::timeout(Duration::from_secs(3600), handle.next_request()).await;
+    assert!(next.is_err(), "no duplicate write after convergence");
+    let text = metrics.encode();
+    assert!(text.contains("nodetopo_label_writes_total 1"), "{text}");
+    assert!(
+        text.contains("nodetopo_label_write_errors_total 3"),
+        "{text}"
+    );
+
+    // A new desired set is written exactly once.
+    let newer = labels("8");
+    desired_tx.send(Some(newer.clone())).unwrap();
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(expect_apply(req).await, as_map(&newer));
+    send.send_response(node_ok());
+    let next = tokio::time::timeout(Duration::from_secs(3600), handle.next_request()).await;
+    assert!(next.is_err());
+
+    shutdown_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), run)
+        .await
+        .expect("labeler stops on shutdown")
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_abandons_an_in_flight_write() {
+    let (labeler, mut handle, _) = labeler();
+    let (_desired_tx, desired_rx) = watch::channel(Some(labels("4")));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(labeler.run(
+        desired_rx,
+        shutdown_rx,
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+    ));
+    let (_req, _hung) = handle.next_request().await.unwrap();
+    shutdown_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_millis(10), run)
+        .await
+        .expect("in-flight write abandoned at once")
+        .unwrap();
+}
+
+#[test]
+fn backoff_grows_with_jitter_and_caps() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    assert_eq!(b.next_delay(1.0), Duration::from_millis(100));
+    assert_eq!(b.next_delay(0.0), Duration::from_millis(100));
+    assert_eq!(b.next_delay(1.0), Duration::from_millis(400));
+    for _ in 0..40 {
+        assert!(b.next_delay(1.0) <= Duration::from_secs(1));
+    }
+    b.reset();
+    assert_eq!(b.next_delay(0.0), Duration::from_millis(50));
+}
