@@ -7,12 +7,12 @@ use anyhow::Context;
 use clap::Args;
 use nodetopo::extender::{
     Extender,
+    grpc::GrpcConnector,
     placement::MemoryPlacementIndex,
     policy::Weights,
     server::{self, ServerConfig},
     source::{
-        AgentConnector, AgentEndpoints, Backoff, BoxFuture, FileConnector, SchemeConnector,
-        SourceError, TopologyStream, watch_agent,
+        AgentConnector, AgentEndpoints, Backoff, FileConnector, SchemeConnector, watch_agent,
     },
     view::{ClusterView, LabelConfig, SharedView, ViewEvent},
 };
@@ -116,24 +116,6 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
     })
 }
 
-/// Stand-in for `host:port` endpoints until the gRPC client is wired in.
-struct NoNetwork;
-
-impl AgentConnector for NoNetwork {
-    fn connect<'a>(
-        &'a self,
-        endpoint: &'a str,
-        _since_revision: u64,
-    ) -> BoxFuture<'a, Result<Box<dyn TopologyStream>, SourceError>> {
-        Box::pin(async move {
-            Err(SourceError::Connect {
-                endpoint: endpoint.to_string(),
-                message: "no gRPC topology client in this build".into(),
-            })
-        })
-    }
-}
-
 /// Runs the extender until a shutdown signal.
 pub fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
@@ -156,7 +138,7 @@ async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {
         file: Arc::new(FileConnector {
             poll: Duration::from_millis(200),
         }),
-        network: Arc::new(NoNetwork),
+        network: Arc::new(GrpcConnector),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();

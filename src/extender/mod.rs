@@ -12,6 +12,7 @@ use serde::Serialize;
 
 pub mod facts;
 pub mod group;
+pub mod grpc;
 pub mod placement;
 pub mod policy;
 pub mod server;

@@ -7,7 +7,7 @@
 //! - [`FileConnector`]: `file:PATH` endpoints, a snapshot file that is re-read when it changes
 //!   (for running without agents, and for tests).
 //!
-//! The gRPC connector lives with the gRPC client; this module only knows the trait.
+//! The gRPC connector is in [`super::grpc`]; this module only knows the trait.
 
 use std::{
     collections::BTreeMap,

@@ -136,13 +136,25 @@ impl ClusterView {
 
     fn refresh_facts(&self, e: &mut NodeEntry) {
         let block = block_from(&e.labels, self.labels.block_label.as_deref());
+        let from_labels = NodeFacts::from_labels(
+            &e.labels,
+            &self.labels.prefix,
+            self.labels.block_label.as_deref(),
+        );
         e.facts = match &e.topology {
-            Some(t) => Some(NodeFacts::from_topology(t, block)),
-            None => NodeFacts::from_labels(
-                &e.labels,
-                &self.labels.prefix,
-                self.labels.block_label.as_deref(),
-            ),
+            Some(t) => {
+                let mut f = NodeFacts::from_topology(t, block);
+                // An agent built without the RDMA probe reports no NICs: take the RDMA facts
+                // from the node's labels instead.
+                if f.link_layer.is_none()
+                    && let Some(l) = &from_labels
+                {
+                    f.link_layer = l.link_layer;
+                    f.ib_subnets = l.ib_subnets.clone();
+                }
+                Some(f)
+            }
+            None => from_labels,
         };
     }
 
