@@ -187,7 +187,7 @@ impl ClusterView {
     }
 
     /// Facts for `node`. Order: a live agent topology; else the request's labels (when they
-    /// carry the agent's labels); else the view's labels; else the stale topology. `None`
+    /// carry the agent's labels); else the stale topology; else the view's labels. `None`
     /// when nothing is known.
     pub fn resolve<'a>(
         &'a self,
@@ -226,17 +226,10 @@ impl ClusterView {
             });
         }
         let e = entry?;
-        if let Some(f) = NodeFacts::from_labels(&e.labels, &self.labels.prefix, block_label)
-            && (e.topology.is_none() || e.stale)
-        {
-            return Some(Resolved {
-                facts: Cow::Owned(f),
-                freshness: Freshness::LabelsOnly,
-            });
-        }
+        // The stale topology (more complete than partial labels), else the view's labels.
         e.facts.as_ref().map(|f| Resolved {
             facts: Cow::Borrowed(f),
-            freshness: if e.stale {
+            freshness: if e.topology.is_some() {
                 Freshness::Stale
             } else {
                 Freshness::LabelsOnly
@@ -334,5 +327,32 @@ mod tests {
         assert_eq!(r.facts.clique_id, Some(1));
         v.apply(ViewEvent::Removed { node: "n".into() });
         assert!(v.resolve("n", None).is_none());
+    }
+
+    #[test]
+    fn rdma_facts_from_labels_when_the_agent_reports_no_nics() {
+        let mut v = ClusterView::new(cfg());
+        v.apply(ViewEvent::Labels {
+            node: "n".into(),
+            labels: [
+                ("nodetopo.io/rdma.link-layer", "infiniband"),
+                ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0007"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        });
+        v.apply(ViewEvent::Topology {
+            node: "n".into(),
+            topology: topo(1),
+        });
+        let r = v.resolve("n", None).unwrap();
+        assert_eq!(r.freshness, Freshness::Live);
+        assert_eq!(
+            r.facts.link_layer,
+            Some(crate::model::LinkLayer::Infiniband)
+        );
+        assert_eq!(r.facts.ib_subnets, vec!["fe80000000000007"]);
+        assert_eq!(r.facts.gpu_count, 4);
     }
 }
