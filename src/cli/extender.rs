@@ -7,8 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use nodetopo::extender::{
     Extender,
+    cluster::ClusterSource,
     grpc::GrpcConnector,
-    placement::MemoryPlacementIndex,
+    placement::{MemoryPlacementIndex, PlacementIndex},
     policy::Weights,
     server::{self, ServerConfig},
     source::{
@@ -60,6 +61,12 @@ pub struct ExtenderArgs {
     /// Longest reconnect delay for agent streams.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     backoff_max: Duration,
+    /// How often Nodes are re-listed (in a cluster).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    node_resync: Duration,
+    /// How often bound Pods are re-listed for placements (in a cluster).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pod_resync: Duration,
 }
 
 /// Validated configuration.
@@ -71,6 +78,9 @@ struct ExtenderConfig {
     weights: Weights,
     no_kube: bool,
     backoff: Backoff,
+    agent_port: u16,
+    node_resync: Duration,
+    pod_resync: Duration,
 }
 
 fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
@@ -91,12 +101,6 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
     if args.no_kube && args.agents.is_none() {
         tracing::warn!("--no-kube without --agents: only node labels in requests are used");
     }
-    if !args.no_kube {
-        anyhow::bail!(
-            "the Kubernetes Node and Pod watches are not built yet; run with --no-kube \
-             (and --agents FILE)"
-        );
-    }
     Ok(ExtenderConfig {
         listen: args.listen,
         server: ServerConfig {
@@ -113,6 +117,9 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
         weights,
         no_kube: args.no_kube,
         backoff: Backoff::new(args.backoff_base, args.backoff_max),
+        agent_port: args.agent_port,
+        node_resync: args.node_resync.max(Duration::from_secs(1)),
+        pod_resync: args.pod_resync.max(Duration::from_millis(200)),
     })
 }
 
@@ -152,10 +159,30 @@ async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         )));
     }
-    let _ = cfg.no_kube;
+    let placements: Arc<dyn PlacementIndex> = Arc::new(MemoryPlacementIndex::new());
+    if !cfg.no_kube {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (use --no-kube outside a cluster)")?;
+        let src = ClusterSource {
+            client,
+            agent_port: cfg.agent_port,
+            node_resync: cfg.node_resync,
+            pod_resync: cfg.pod_resync,
+            connector: connector.clone(),
+            backoff: cfg.backoff,
+            exclude: cfg.agents.endpoints.keys().cloned().collect(),
+        };
+        tasks.push(tokio::spawn(
+            src.clone().run_nodes(view.clone(), stop_rx.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            src.run_pods(placements.clone(), stop_rx.clone()),
+        ));
+    }
     let ext = Extender {
         view,
-        placements: Arc::new(MemoryPlacementIndex::new()),
+        placements,
         weights: cfg.weights,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)

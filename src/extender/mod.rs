@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
+pub mod cluster;
 pub mod facts;
 pub mod group;
 pub mod grpc;
