@@ -53,6 +53,11 @@ pub struct Explanation {
 impl Extender {
     /// Filters and scores the request's candidates. Unknown nodes are rejected with a reason.
     pub fn evaluate(&self, args: &ExtenderArgs) -> Explanation {
+        self.evaluate_with(args, true)
+    }
+
+    /// [`Self::evaluate`]; without `reasons` the rejected map stays empty (prioritize).
+    fn evaluate_with(&self, args: &ExtenderArgs, reasons: bool) -> Explanation {
         let names = args.candidate_names();
         let labels = args.node_labels();
         let pod = args.pod.clone().unwrap_or_default();
@@ -66,6 +71,9 @@ impl Extender {
             let mut passed = Vec::with_capacity(resolved.len());
             for (name, r) in &resolved {
                 let known = r.is_some() || labels.contains_key(*name);
+                if !known && !reasons {
+                    continue;
+                }
                 if !known {
                     rejected.insert(
                         (*name).clone(),
@@ -84,7 +92,9 @@ impl Extender {
                         freshness: r.as_ref().map(|r| r.freshness),
                     }),
                     (true, Err(why)) => {
-                        rejected.insert((*name).clone(), why);
+                        if reasons {
+                            rejected.insert((*name).clone(), why.to_string());
+                        }
                     }
                 }
             }
@@ -120,7 +130,7 @@ impl Extender {
 
     /// The `prioritize` verb: every candidate gets a score; rejected ones get 0.
     pub fn prioritize(&self, args: &ExtenderArgs) -> (HostPriorityList, Explanation) {
-        let ex = self.evaluate(args);
+        let ex = self.evaluate_with(args, false);
         let by_node: BTreeMap<&str, i64> = ex
             .scores
             .iter()

@@ -284,49 +284,113 @@ pub fn pod_context(
     }
 }
 
+/// Why a node is rejected. Rendered only when the reason is sent (filter, explain), so that
+/// scoring thousands of nodes does not format thousands of strings.
+#[derive(Debug, Clone, Copy)]
+pub enum Reject<'a> {
+    /// Nothing is known about the node.
+    NoTopology,
+    /// The node has no GPUs.
+    NoGpus,
+    /// The node has no active RDMA port.
+    NoRdma,
+    /// Another link layer than a placed member's.
+    LinkLayer {
+        /// The node's.
+        have: crate::model::LinkLayer,
+        /// The member's.
+        member: &'a PeerFacts,
+    },
+    /// No RDMA while the group uses RDMA.
+    NoRdmaForGroup {
+        /// The member.
+        member: &'a PeerFacts,
+    },
+    /// No shared IB subnet with a placed member.
+    Subnet {
+        /// The node's subnets.
+        have: &'a [String],
+        /// The member.
+        member: &'a PeerFacts,
+    },
+    /// Fabric not usable for an MNNVL group.
+    Fabric(FabricState),
+    /// Outside the group's NVLink cluster.
+    OutsideCluster {
+        /// The group's cluster.
+        cluster: &'a str,
+        /// The node's.
+        node: Option<&'a str>,
+    },
+}
+
+impl std::fmt::Display for Reject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reject::NoTopology => f.write_str(
+                "no topology for this node: no agent data and no nodetopo labels (is the agent running?)",
+            ),
+            Reject::NoGpus => f.write_str("node reports no GPUs"),
+            Reject::NoRdma => f.write_str("node has no active RDMA port"),
+            Reject::LinkLayer { have, member } => write!(
+                f,
+                "RDMA link layer {} differs from the group's {} (pod {} on {})",
+                ll(*have),
+                member.facts.link_layer.map_or("unknown", ll),
+                member.pod,
+                member.node
+            ),
+            Reject::NoRdmaForGroup { member } => write!(
+                f,
+                "no active RDMA port; the group uses {} (pod {} on {})",
+                member.facts.link_layer.map_or("unknown", ll),
+                member.pod,
+                member.node
+            ),
+            Reject::Subnet { have, member } => write!(
+                f,
+                "InfiniBand subnet {:?} differs from the group's {:?} (pod {} on {})",
+                have, member.facts.ib_subnets, member.pod, member.node
+            ),
+            Reject::Fabric(state) => write!(
+                f,
+                "NVLink fabric is {} and the group is on multi-node NVLink",
+                state.as_str()
+            ),
+            Reject::OutsideCluster { cluster, node } => write!(
+                f,
+                "outside the group's NVLink cluster {cluster} (node: {})",
+                node.unwrap_or("none")
+            ),
+        }
+    }
+}
+
 /// The hard rules for one node: `Err(reason)` rejects it.
-pub fn filter_node(ctx: &PodContext, node: Option<&NodeFacts>) -> Result<(), String> {
+pub fn filter_node<'a>(ctx: &'a PodContext, node: Option<&'a NodeFacts>) -> Result<(), Reject<'a>> {
     let Some(f) = node else {
-        return Err(
-            "no topology for this node: no agent data and no nodetopo labels (is the agent running?)"
-                .into(),
-        );
+        return Err(Reject::NoTopology);
     };
     if ctx.requires_gpu && f.gpu_count == 0 {
-        return Err("node reports no GPUs".into());
+        return Err(Reject::NoGpus);
     }
     if ctx.requires_rdma && f.link_layer.is_none() {
-        return Err("node has no active RDMA port".into());
+        return Err(Reject::NoRdma);
     }
     for m in &ctx.members {
         let Some(want) = m.facts.link_layer else {
             continue;
         };
         match f.link_layer {
-            Some(have) if have != want => {
-                return Err(format!(
-                    "RDMA link layer {} differs from the group's {} (pod {} on {})",
-                    ll(have),
-                    ll(want),
-                    m.pod,
-                    m.node
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "no active RDMA port; the group uses {} (pod {} on {})",
-                    ll(want),
-                    m.pod,
-                    m.node
-                ));
-            }
+            Some(have) if have != want => return Err(Reject::LinkLayer { have, member: m }),
+            None => return Err(Reject::NoRdmaForGroup { member: m }),
             _ => {}
         }
         if !f.rdma_compatible(&m.facts) {
-            return Err(format!(
-                "InfiniBand subnet {:?} differs from the group's {:?} (pod {} on {})",
-                f.ib_subnets, m.facts.ib_subnets, m.pod, m.node
-            ));
+            return Err(Reject::Subnet {
+                have: &f.ib_subnets,
+                member: m,
+            });
         }
     }
     if let Some(cluster) = ctx.mnnvl_cluster() {
@@ -334,16 +398,13 @@ pub fn filter_node(ctx: &PodContext, node: Option<&NodeFacts>) -> Result<(), Str
             f.fabric_state,
             FabricState::Pending | FabricState::Degraded | FabricState::Inconsistent
         ) {
-            return Err(format!(
-                "NVLink fabric is {} and the group is on multi-node NVLink",
-                f.fabric_state.as_str()
-            ));
+            return Err(Reject::Fabric(f.fabric_state));
         }
         if f.cluster_uuid.as_deref() != Some(cluster) {
-            return Err(format!(
-                "outside the group's NVLink cluster {cluster} (node: {})",
-                f.cluster_uuid.as_deref().unwrap_or("none")
-            ));
+            return Err(Reject::OutsideCluster {
+                cluster,
+                node: f.cluster_uuid.as_deref(),
+            });
         }
     }
     Ok(())

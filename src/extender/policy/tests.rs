@@ -61,7 +61,12 @@ fn ctx(members: Vec<PeerFacts>) -> PodContext {
 #[test]
 fn rejects_unknown_and_gpu_less_and_rdma_less_nodes() {
     let c = ctx(Vec::new());
-    assert!(filter_node(&c, None).unwrap_err().contains("no topology"));
+    assert!(
+        filter_node(&c, None)
+            .unwrap_err()
+            .to_string()
+            .contains("no topology")
+    );
     let no_gpu = NodeFacts {
         gpu_count: 0,
         ..ib("s1")
@@ -69,6 +74,7 @@ fn rejects_unknown_and_gpu_less_and_rdma_less_nodes() {
     assert!(
         filter_node(&c, Some(&no_gpu))
             .unwrap_err()
+            .to_string()
             .contains("no GPUs")
     );
     let no_rdma = NodeFacts {
@@ -78,6 +84,7 @@ fn rejects_unknown_and_gpu_less_and_rdma_less_nodes() {
     assert!(
         filter_node(&c, Some(&no_rdma))
             .unwrap_err()
+            .to_string()
             .contains("no active RDMA")
     );
     assert!(filter_node(&c, Some(&ib("s1"))).is_ok());
@@ -89,11 +96,13 @@ fn rejects_other_link_layer_and_other_subnet() {
     assert!(
         filter_node(&c, Some(&roce()))
             .unwrap_err()
+            .to_string()
             .contains("link layer ethernet")
     );
     assert!(
         filter_node(&c, Some(&ib("s2")))
             .unwrap_err()
+            .to_string()
             .contains("subnet")
     );
     assert!(filter_node(&c, Some(&ib("s1"))).is_ok());
@@ -106,6 +115,7 @@ fn mnnvl_group_stays_in_its_cluster_and_on_healthy_fabric() {
     assert!(
         filter_node(&c, Some(&nvl("u2", 0, FabricState::Ready)))
             .unwrap_err()
+            .to_string()
             .contains("outside the group's NVLink cluster u1")
     );
     for bad in [
@@ -113,7 +123,9 @@ fn mnnvl_group_stays_in_its_cluster_and_on_healthy_fabric() {
         FabricState::Degraded,
         FabricState::Inconsistent,
     ] {
-        let e = filter_node(&c, Some(&nvl("u1", 1, bad))).unwrap_err();
+        let e = filter_node(&c, Some(&nvl("u1", 1, bad)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(bad.as_str()), "{e}");
     }
     assert!(filter_node(&c, Some(&nvl("u1", 1, FabricState::Ready))).is_ok());
