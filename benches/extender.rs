@@ -3,7 +3,10 @@
 //! - filter + prioritize for one pod over 5,000 nodes in names-only mode, the pod's group
 //!   half-placed and its counterpart role placed (criterion; the median is the p50);
 //! - memory of 5,000 node topologies in the view: JSON size, and the resident-set growth while
-//!   building the view (Linux `/proc/self/statm`).
+//!   building the view (Linux `/proc/self/statm`);
+//! - how long a change in one agent takes to reach the extender's view: a real agent
+//!   (`nodetopo agent --no-kube --interval 100ms`, replaying a GB200 tray) on 127.0.0.1, the
+//!   extender's gRPC watcher in process, the agent's snapshot edited 20 times.
 
 use std::{hint::black_box, sync::Arc};
 
@@ -167,5 +170,133 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Agent change → view latency; printed, not a criterion measurement.
+fn agent_latency(_c: &mut Criterion) {
+    match measure_agent_latency() {
+        Ok(mut ms) => {
+            ms.sort_by(f64::total_cmp);
+            let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+            eprintln!(
+                "agent change -> view ({} changes, agent probe interval 100 ms): median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+                ms.len(),
+                at(0.5),
+                at(0.9),
+                at(1.0)
+            );
+        }
+        Err(e) => eprintln!("agent latency not measured: {e}"),
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    use std::time::{Duration, Instant};
+
+    use nodetopo::extender::{
+        grpc::GrpcConnector,
+        source::{Backoff, watch_agent},
+    };
+
+    let dir = tempfile::tempdir()?;
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gb200/tray-a1.json"
+    );
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture)?)?;
+    let snap = dir.path().join("snap.json");
+    std::fs::write(&snap, base.to_string())?;
+    let sysfs = dir.path().join("sys");
+    std::fs::create_dir_all(&sysfs)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "agent",
+            "--no-kube",
+            "--interval",
+            "100ms",
+            "--node-name",
+            "lat",
+        ])
+        .arg("--replay")
+        .arg(&snap)
+        .arg("--sysfs-root")
+        .arg(&sysfs)
+        .args(["--grpc-listen", &grpc, "--metrics-listen", &metrics])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let view = SharedView::new(ClusterView::new(LabelConfig {
+        prefix: "nodetopo.io".into(),
+        block_label: None,
+    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let _guard = rt.enter();
+    let task = rt.spawn(watch_agent(
+        "lat".into(),
+        grpc,
+        Arc::new(GrpcConnector),
+        view.clone(),
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
+        stop_rx,
+    ));
+    let driver = |v: &SharedView| {
+        v.read(|v| {
+            v.entry("lat")
+                .and_then(|e| e.topology.as_ref())
+                .and_then(|t| t.driver.driver_version.clone())
+        })
+    };
+    let wait = |want: &str, limit: Duration| {
+        let t0 = Instant::now();
+        while driver(&view).as_deref() != Some(want) {
+            if t0.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Some(t0.elapsed())
+    };
+    let mut out = Vec::new();
+    let first = base["driver_version"]["Ok"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if wait(&first, Duration::from_secs(30)).is_none() {
+        let _ = child.kill();
+        return Err("the agent's first topology never arrived".into());
+    }
+    for i in 0..20 {
+        let want = format!("999.{i}.0");
+        let mut v = base.clone();
+        v["driver_version"]["Ok"] = serde_json::Value::String(want.clone());
+        let tmp = dir.path().join("snap.tmp");
+        std::fs::write(&tmp, v.to_string())?;
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, &snap)?;
+        match wait(&want, Duration::from_secs(10)) {
+            Some(_) => out.push(t0.elapsed().as_secs_f64() * 1e3),
+            None => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(task);
+    let _ = child.kill();
+    let _ = child.wait();
+    if out.is_empty() {
+        return Err("no change reached the view".into());
+    }
+    Ok(out)
+}
+
+criterion_group!(benches, bench, agent_latency);
 criterion_main!(benches);
