@@ -108,18 +108,24 @@ impl Extender {
         })
     }
 
-    /// The `filter` verb.
+    /// The `filter` verb. The rejections move into the result; the returned explanation keeps
+    /// the scores.
     pub fn filter(&self, args: &ExtenderArgs) -> (ExtenderFilterResult, Explanation) {
-        let ex = self.evaluate(args);
+        let mut ex = self.evaluate(args);
         let keep: std::collections::BTreeSet<String> =
             ex.scores.iter().map(|s| s.node.clone()).collect();
         let mut out = ExtenderFilterResult {
-            failed_and_unresolvable_nodes: ex.rejected.clone(),
+            failed_and_unresolvable_nodes: std::mem::take(&mut ex.rejected),
             ..Default::default()
         };
-        if args.node_names.is_some() {
-            let names = args.candidate_names();
-            out.node_names = Some(names.into_iter().filter(|n| keep.contains(n)).collect());
+        if let Some(names) = &args.node_names {
+            out.node_names = Some(
+                names
+                    .iter()
+                    .filter(|n| keep.contains(*n))
+                    .cloned()
+                    .collect(),
+            );
         } else if let Some(list) = &args.nodes {
             out.nodes = Some(wire::retain_nodes(list, &keep));
         } else {
@@ -138,10 +144,10 @@ impl Extender {
             .collect();
         let list = args
             .candidate_names()
-            .into_iter()
-            .map(|n| {
-                let score = by_node.get(n.as_str()).copied().unwrap_or(0);
-                HostPriority { host: n, score }
+            .iter()
+            .map(|n| HostPriority {
+                host: n.clone(),
+                score: by_node.get(n.as_str()).copied().unwrap_or(0),
             })
             .collect();
         (list, ex)

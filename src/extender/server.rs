@@ -61,8 +61,19 @@ fn bad_request(msg: String) -> Response {
 }
 
 fn parse_args(body: &[u8]) -> Result<ExtenderArgs, Box<Response>> {
-    serde_json::from_slice(body)
-        .map_err(|e| Box::new(bad_request(format!("malformed ExtenderArgs JSON: {e}"))))
+    let args: ExtenderArgs = serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(format!("malformed ExtenderArgs JSON: {e}"))))?;
+    if args.pod.is_none() {
+        return Err(Box::new(bad_request(
+            "malformed ExtenderArgs: Pod is missing".into(),
+        )));
+    }
+    if args.nodes.is_none() && args.node_names.is_none() {
+        return Err(Box::new(bad_request(
+            "malformed ExtenderArgs: neither Nodes nor NodeNames is set".into(),
+        )));
+    }
+    Ok(args)
 }
 
 /// `/x/` and `x` → `/x`; `/` → empty.
@@ -101,7 +112,11 @@ async fn filter(State(s): State<AppState>, body: Bytes) -> Response {
     };
     let (out, ex) = s.ext.filter(&args);
     if s.cfg.explain {
-        tracing::info!(explain = %serde_json::to_string(&ex).unwrap_or_default(), "filter");
+        tracing::info!(
+            explain = %serde_json::to_string(&ex).unwrap_or_default(),
+            rejected = %serde_json::to_string(&out.failed_and_unresolvable_nodes).unwrap_or_default(),
+            "filter"
+        );
     }
     Json(out).into_response()
 }

@@ -33,19 +33,21 @@ pub struct ExtenderArgs {
 
 impl ExtenderArgs {
     /// The candidate node names, in request order, whichever mode the request uses.
-    pub fn candidate_names(&self) -> Vec<String> {
+    pub fn candidate_names(&self) -> std::borrow::Cow<'_, [String]> {
         if let Some(names) = &self.node_names {
-            return names.clone();
+            return std::borrow::Cow::Borrowed(names.as_slice());
         }
-        self.nodes
-            .as_ref()
-            .map(|l| {
-                l.items
-                    .iter()
-                    .filter_map(|n| n.metadata.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        std::borrow::Cow::Owned(
+            self.nodes
+                .as_ref()
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter_map(|n| n.metadata.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
     }
 
     /// The labels of each full Node object in the request (empty in names-only mode).
@@ -120,7 +122,7 @@ mod tests {
     fn parses_names_only_args() {
         let j = r#"{"Pod":{"metadata":{"name":"p","namespace":"ns"}},"Nodes":null,"NodeNames":["a","b"]}"#;
         let a: ExtenderArgs = serde_json::from_str(j).unwrap();
-        assert_eq!(a.candidate_names(), vec!["a", "b"]);
+        assert_eq!(a.candidate_names().as_ref(), ["a", "b"]);
         assert!(a.node_labels().is_empty());
     }
 
@@ -128,7 +130,7 @@ mod tests {
     fn parses_full_nodes_args() {
         let j = r#"{"Pod":{"metadata":{"name":"p"}},"Nodes":{"items":[{"metadata":{"name":"a","labels":{"x":"y"}}}]}}"#;
         let a: ExtenderArgs = serde_json::from_str(j).unwrap();
-        assert_eq!(a.candidate_names(), vec!["a"]);
+        assert_eq!(a.candidate_names().as_ref(), ["a"]);
         assert_eq!(a.node_labels()["a"]["x"], "y");
     }
 

@@ -70,6 +70,19 @@ async fn malformed_json_is_400_with_a_message() {
     let (s, b) = call(app, "POST", "/filter", "{not json".into()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&b).contains("malformed ExtenderArgs JSON"));
+    let app = router(ext(), ServerConfig::default());
+    let (s, b) = call(
+        app.clone(),
+        "POST",
+        "/prioritize",
+        r#"{"NodeNames":["a"]}"#.into(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("Pod is missing"));
+    let (s, b) = call(app, "POST", "/filter", format!(r#"{{"Pod":{POD}}}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("neither Nodes nor NodeNames"));
 }
 
 #[tokio::test]
