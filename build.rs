@@ -20,6 +20,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Hand-written with the same wire format, so one revision is encoded once for every
+        // Get and watcher (src/api/wire.rs).
+        .extern_path(
+            ".nodetopo.v1.GetNodeTopologyResponse",
+            "crate::api::wire::GetNodeTopologyResponse",
+        )
+        .extern_path(
+            ".nodetopo.v1.WatchNodeTopologyResponse",
+            "crate::api::wire::WatchNodeTopologyResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -5,14 +5,25 @@
 //! when the desired set equals the last applied one, retries failures with exponential backoff
 //! and jitter, and never deletes labels: keys it stops applying are dropped by the API server's
 //! field ownership, and on shutdown the labels stay in place.
+#![forbid(unsafe_code)]
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use k8s_openapi::{
+    api::core::v1::{Event, EventSource, Node, ObjectReference},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
+};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
-use crate::{labels::Labels, metrics::Metrics};
+use crate::{
+    labels::Labels,
+    metrics::Metrics,
+    model::{Fabric, FabricState},
+};
 
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "nodetopo";
@@ -161,6 +172,111 @@ impl NodeLabeler {
                 changed = desired.changed() => if changed.is_err() { return },
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+/// A Kubernetes Event to record on the Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEvent {
+    /// Machine-readable reason, e.g. `NVLinkFabricChanged`.
+    pub reason: &'static str,
+    /// What happened, in words.
+    pub message: String,
+    /// A `Warning` rather than a `Normal` event.
+    pub warning: bool,
+}
+
+/// The event for a change of the node's NVLink fabric state or domain; `None` when neither
+/// changed.
+pub fn fabric_event(prev: &Fabric, next: &Fabric) -> Option<NodeEvent> {
+    if prev.state == next.state && prev.domain == next.domain {
+        return None;
+    }
+    let domain = |f: &Fabric| f.domain.clone().unwrap_or_else(|| "none".into());
+    Some(NodeEvent {
+        reason: "NVLinkFabricChanged",
+        message: format!(
+            "NVLink fabric {} (domain {}) -> {} (domain {}): {}",
+            prev.state.as_str(),
+            domain(prev),
+            next.state.as_str(),
+            domain(next),
+            next.reason
+        ),
+        warning: matches!(
+            next.state,
+            FabricState::Degraded | FabricState::Inconsistent | FabricState::Error
+        ),
+    })
+}
+
+/// Namespace of Node events (Nodes are cluster-scoped; `kubectl describe node` looks here).
+pub const EVENT_NAMESPACE: &str = "default";
+
+/// The Event object for `ev` on Node `node` at `now`.
+pub fn event_body(node: &str, ev: &NodeEvent, now: SystemTime) -> Event {
+    let ts = k8s_openapi::jiff::Timestamp::try_from(now).ok();
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{node}.")),
+            namespace: Some(EVENT_NAMESPACE.to_string()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            ..ObjectReference::default()
+        },
+        reason: Some(ev.reason.to_string()),
+        message: Some(ev.message.clone()),
+        type_: Some(if ev.warning { "Warning" } else { "Normal" }.to_string()),
+        source: Some(EventSource {
+            component: Some(FIELD_MANAGER.to_string()),
+            host: Some(node.to_string()),
+        }),
+        reporting_component: Some(FIELD_MANAGER.to_string()),
+        reporting_instance: Some(node.to_string()),
+        action: Some("Probe".into()),
+        count: Some(1),
+        first_timestamp: ts.map(Time),
+        last_timestamp: ts.map(Time),
+        event_time: ts.map(MicroTime),
+        ..Event::default()
+    }
+}
+
+/// Records `ev` on Node `node`; best effort, abandoned after `timeout`.
+pub async fn record_event(
+    client: kube::Client,
+    node: &str,
+    ev: &NodeEvent,
+    now: SystemTime,
+    timeout: Duration,
+) -> Result<(), WriteError> {
+    let api: Api<Event> = Api::namespaced(client, EVENT_NAMESPACE);
+    let body = event_body(node, ev, now);
+    match tokio::time::timeout(timeout, api.create(&PostParams::default(), &body)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(WriteError::Api(Box::new(e))),
+        Err(_) => Err(WriteError::Timeout(timeout)),
+    }
+}
+
+/// Records every event from `events` until the channel closes; failures are logged, not
+/// retried.
+pub async fn record_events(
+    client: kube::Client,
+    node: String,
+    timeout: Duration,
+    mut events: tokio::sync::mpsc::Receiver<NodeEvent>,
+) {
+    while let Some(ev) = events.recv().await {
+        let now = SystemTime::now();
+        match record_event(client.clone(), &node, &ev, now, timeout).await {
+            Ok(()) => tracing::info!(reason = ev.reason, message = %ev.message, "event recorded"),
+            Err(e) => tracing::warn!(error = %e, reason = ev.reason, "event not recorded"),
         }
     }
 }

@@ -3,12 +3,16 @@
 //! [`LabelKey`] and [`LabelValue`] can only hold syntax the Kubernetes API server accepts, so a
 //! label set built here never fails validation on the server. A fact that is unknown produces
 //! no key at all, never a placeholder.
+#![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, fmt};
 
 use thiserror::Error;
 
-use crate::model::{FabricState, GpuFamily, LinkLayer, NodeTopology, PortState};
+use crate::{
+    model::{FabricState, GpuFamily, LinkLayer, NodeTopology, PortState},
+    probe::gpu::{SOURCE_FABRIC, SOURCE_NVML},
+};
 
 /// Default label key prefix.
 pub const DEFAULT_PREFIX: &str = "nodetopo.io";
@@ -50,16 +54,16 @@ fn is_label_name(s: &str) -> bool {
 
 /// True for a lowercase RFC 1123 DNS subdomain of at most 253 characters.
 fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     !s.is_empty()
         && s.len() <= MAX_PREFIX
         && s.split('.').all(|part| {
             let b = part.as_bytes();
             !b.is_empty()
                 && b.len() <= 63
-                && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
-                && (b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit())
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+                && b.iter().all(|c| alnum(c) || *c == b'-')
         })
 }
 
@@ -210,7 +214,7 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
         }
     };
 
-    let nvml_ok = topo.sources.iter().any(|s| s.source == "nvml" && s.ok);
+    let nvml_ok = topo.sources.iter().any(|s| s.source == SOURCE_NVML && s.ok);
     let gpus = &topo.gpus;
     let first = gpus.first();
     put(
@@ -275,9 +279,24 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
             bool_str(all).to_string()
         }),
     );
+    // A fabric source that failed without an answer ("none" or unknown) is no fact; a failed
+    // query that was answered reports `error`, which is.
+    // A source that failed without data to keep: its facts are unknown. Stale data is the last
+    // good answer, so it still counts as known.
+    let failed = |source: &str| {
+        topo.sources
+            .iter()
+            .any(|s| s.source == source && !s.ok && !s.stale)
+    };
+    let fabric_failed = failed(SOURCE_FABRIC);
+    let fabric_known = match topo.fabric.state {
+        FabricState::Unknown => false,
+        FabricState::None => !fabric_failed,
+        _ => true,
+    };
     put(
         "nvlink.fabric",
-        (topo.fabric.state != FabricState::Unknown).then(|| topo.fabric.state.as_str().to_string()),
+        fabric_known.then(|| topo.fabric.state.as_str().to_string()),
     );
     put(
         "nvlink.domain",
@@ -320,11 +339,13 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
         );
         put(
             "rdma.gpudirect",
-            Some(bool_str(topo.gpudirect.ready).into()),
+            (!failed("gpudirect")).then(|| bool_str(topo.gpudirect.ready).into()),
         );
         put(
             "rdma.rail-aligned",
-            first.map(|_| bool_str(topo.rail_pairing.rail_aligned).into()),
+            first
+                .filter(|_| !failed("sysfs-pci"))
+                .map(|_| bool_str(topo.rail_pairing.rail_aligned).into()),
         );
     }
     out

@@ -1,5 +1,6 @@
 //! Agent metrics (Prometheus text format) and the HTTP endpoints `/metrics`, `/healthz` and
 //! `/readyz`.
+#![forbid(unsafe_code)]
 
 use std::{
     sync::{
@@ -71,7 +72,7 @@ impl Metrics {
         });
         r.register(
             "probe_duration_seconds",
-            "Duration of one probe, per source",
+            "Duration of the probe pass that produced each source's data",
             probe_duration.clone(),
         );
         let probe_errors = Family::<SourceLabel, Counter>::default();

@@ -5,6 +5,9 @@
 /// `nodetopo.v1` messages and services.
 pub mod v1 {
     tonic::include_proto!("nodetopo.v1");
+
+    /// Hand-written (same wire format) so the server encodes each revision once.
+    pub use crate::api::wire::{GetNodeTopologyResponse, WatchNodeTopologyResponse};
 }
 
 /// Encoded file descriptor set of the contract, for gRPC server reflection.

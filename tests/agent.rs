@@ -414,3 +414,155 @@ async fn watcher_cap_and_sigterm_drain() {
     };
     assert!(code.success(), "{code:?}");
 }
+
+#[test]
+fn oneshot_prints_labels_and_exits_with_json_logs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "-v",
+            "--log-format",
+            "json",
+            "agent",
+            "--oneshot",
+            "--no-kube",
+        ])
+        .args(["--label-prefix", "example.com"])
+        .arg("--replay")
+        .arg(Path::new(FIXTURE).join("snapshot.json"))
+        .arg("--sysfs-root")
+        .arg(Path::new(FIXTURE).join("sysfs/sys"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("example.com/gpu.count=4\n"), "{stdout}");
+    assert!(
+        stdout.contains("example.com/gpu.product=NVIDIA-H200\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("example.com/nvlink.fabric=none\n"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.lines().count() >= 1, "the -v info line is logged");
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(v.get("level").is_some(), "{line}");
+    }
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "agent",
+            "--no-kube",
+            "--oneshot",
+            "--label-prefix",
+            "Not_A_Domain",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--label-prefix"), "{err}");
+}
+
+#[tokio::test]
+async fn broken_snapshot_keeps_last_good_data_marked_stale() {
+    let agent = Agent::start(&[]);
+    let mut c = agent.ready().await;
+    let r0 = get(&mut c).await.revision;
+    let (_, before) = agent.http_get("/metrics").await;
+    let errors_before = sample(&before, "nodetopo_probe_errors_total{source=\"nvml\"}");
+
+    let tmp = agent.snapshot.with_extension("tmp");
+    std::fs::write(&tmp, "{ not json").unwrap();
+    std::fs::rename(&tmp, &agent.snapshot).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let t = loop {
+        let t = get(&mut c).await;
+        if t.revision != r0 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "failure never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(t.revision, r0 + 1);
+    assert_eq!(t.gpus.len(), 4, "the topology is never emptied");
+    assert_eq!(driver(&t), DRIVER);
+    let nvml = t.sources.iter().find(|s| s.source == "nvml").unwrap();
+    assert!(!nvml.ok && nvml.stale, "{nvml:?}");
+    assert!(nvml.error.contains("snapshot"), "{}", nvml.error);
+    let (_, after) = agent.http_get("/metrics").await;
+    assert!(
+        sample(&after, "nodetopo_probe_errors_total{source=\"nvml\"}") > errors_before,
+        "probe errors counted"
+    );
+
+    // Back to good data: one more revision, no longer stale.
+    agent.set_driver(DRIVER);
+    let deadline = Instant::now() + DEADLINE;
+    let t = loop {
+        let t = get(&mut c).await;
+        if t.revision != r0 + 1 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "recovery never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(t.revision, r0 + 2);
+    assert!(
+        t.sources.iter().all(|s| s.ok && !s.stale),
+        "{:?}",
+        t.sources
+    );
+}
+
+#[test]
+fn probe_prints_labels() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args(["probe", "-o", "labels"])
+        .arg("--replay")
+        .arg(Path::new(FIXTURE).join("snapshot.json"))
+        .arg("--sysfs-root")
+        .arg(Path::new(FIXTURE).join("sysfs/sys"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|kv| kv.0)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "nodetopo.io/cuda.driver",
+            "nodetopo.io/gpu.compute",
+            "nodetopo.io/gpu.count",
+            "nodetopo.io/gpu.driver",
+            "nodetopo.io/gpu.family",
+            "nodetopo.io/gpu.memory-mib",
+            "nodetopo.io/gpu.product",
+            "nodetopo.io/nvlink.all-to-all",
+            "nodetopo.io/nvlink.fabric",
+            "nodetopo.io/nvlink.links",
+            "nodetopo.io/nvlink.switch",
+        ]
+    );
+    assert!(
+        text.contains("nodetopo.io/gpu.memory-mib=143771\n"),
+        "{text}"
+    );
+}

@@ -5,24 +5,34 @@
 //! A source that fails partially (some data, plus errors) is taken as probed: its data is newer
 //! than anything kept.
 
-use crate::model::{FabricState, NodeTopology, SourceStatus};
+use crate::{
+    model::{FabricState, NodeTopology, SourceStatus},
+    probe::gpu::{SOURCE_FABRIC, SOURCE_NVML},
+};
 
 /// Which part of the topology each source fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Section {
-    /// Driver, GPUs and GPU pairs.
+    /// `nvml`: driver, GPUs and GPU pairs.
     Gpus,
-    /// The node fabric.
+    /// `fabric`: the node fabric.
     Fabric,
-    /// NICs, GPU-NIC affinity, rail pairing and GPUDirect.
-    Rdma,
+    /// `rdma`: the NICs.
+    Nics,
+    /// `sysfs-pci`: GPU-NIC affinity and rail pairing.
+    Pci,
+    /// `gpudirect`: GPUDirect readiness.
+    GpuDirect,
 }
 
 fn section_of(source: &str) -> Option<Section> {
     match source {
-        "nvml" => Some(Section::Gpus),
-        "fabric" => Some(Section::Fabric),
-        "rdma" | "sysfs-pci" | "pci" | "verbs" | "gpudirect" => Some(Section::Rdma),
+        SOURCE_NVML => Some(Section::Gpus),
+        SOURCE_FABRIC => Some(Section::Fabric),
+        "rdma" => Some(Section::Nics),
+        "sysfs-pci" => Some(Section::Pci),
+        "gpudirect" => Some(Section::GpuDirect),
+        // Other sources (e.g. `verbs`) only annotate data of another source.
         _ => None,
     }
 }
@@ -32,7 +42,9 @@ fn is_empty(t: &NodeTopology, s: Section) -> bool {
         Section::Gpus => t.gpus.is_empty(),
         // A source that failed reports "none" or nothing: no knowledge to keep.
         Section::Fabric => matches!(t.fabric.state, FabricState::Unknown | FabricState::None),
-        Section::Rdma => t.nics.is_empty(),
+        Section::Nics => t.nics.is_empty(),
+        Section::Pci => t.gpu_nic_affinity.is_empty() && t.rail_pairing.pairs.is_empty(),
+        Section::GpuDirect => t.gpudirect.method.is_empty() && !t.gpudirect.ready,
     }
 }
 
@@ -44,12 +56,12 @@ fn copy(from: &NodeTopology, to: &mut NodeTopology, s: Section) {
             to.gpu_pairs = from.gpu_pairs.clone();
         }
         Section::Fabric => to.fabric = from.fabric.clone(),
-        Section::Rdma => {
-            to.nics = from.nics.clone();
+        Section::Nics => to.nics = from.nics.clone(),
+        Section::Pci => {
             to.gpu_nic_affinity = from.gpu_nic_affinity.clone();
             to.rail_pairing = from.rail_pairing.clone();
-            to.gpudirect = from.gpudirect.clone();
         }
+        Section::GpuDirect => to.gpudirect = from.gpudirect.clone(),
     }
 }
 
@@ -149,6 +161,38 @@ mod tests {
         assert!(m.sources[1].stale);
         assert!(!m.sources[2].stale);
         assert!(!m.same_content(&prev), "the stale mark is content");
+    }
+
+    #[test]
+    fn each_rdma_source_keeps_its_own_section() {
+        let mut prev = good(1);
+        prev.gpudirect = crate::model::GpuDirect {
+            ready: true,
+            method: "dma-buf".into(),
+            reason: "ok".into(),
+        };
+        prev.rail_pairing.rail_aligned = true;
+        prev.rail_pairing.pairs = vec![crate::model::RailPair {
+            gpu: 0,
+            nic: "mlx5_0".into(),
+            ..Default::default()
+        }];
+        prev.sources.push(SourceStatus::ok("sysfs-pci"));
+        prev.sources.push(SourceStatus::ok("gpudirect"));
+        let mut fresh = good(2);
+        fresh
+            .sources
+            .push(SourceStatus::failed("sysfs-pci", "walk failed"));
+        fresh
+            .sources
+            .push(SourceStatus::failed("gpudirect", "no modules"));
+        fresh.sources[2] = SourceStatus::failed("rdma", "no class/infiniband");
+        fresh.nics.clear();
+        let m = merge(&prev, fresh);
+        assert_eq!(m.nics, prev.nics);
+        assert_eq!(m.rail_pairing, prev.rail_pairing);
+        assert_eq!(m.gpudirect, prev.gpudirect);
+        assert!(m.sources[2..].iter().all(|s| s.stale && !s.ok));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The probe runs on the blocking pool (NVML and sysfs block), one probe at a time, every
 //! interval. Its result is merged into the previous state ([`merge::merge`]) and published on a
 //! `watch` channel; the revision moves only when the content changes ([`next_state`]).
+#![forbid(unsafe_code)]
 
 pub mod merge;
 
@@ -14,11 +15,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     api::{self, Published, ServerLimits, TopologyApi},
-    kube::{Backoff, NodeLabeler},
+    kube::{Backoff, NodeEvent, NodeLabeler},
     labels::{self, LabelConfig, Labels},
     metrics::Metrics,
     model::NodeTopology,
@@ -112,7 +113,7 @@ impl Source {
             } => {
                 let gpu = NvmlSnapshot::load(path)
                     .map(|s| GpuProber::new(Box::new(s), *options))
-                    .map_err(|e| format!("snapshot {}: {e}", path.display()));
+                    .map_err(|e| e.to_string());
                 Prober::new(gpu, sysfs.clone(), node.clone()).probe(now)
             }
         }
@@ -155,6 +156,11 @@ pub async fn run_oneshot(cfg: AgentConfig) -> anyhow::Result<()> {
     let (_, fresh, _) = probe_once(Source::new(&cfg)).await?;
     let topo = next_state(&NodeTopology::default(), fresh, 1);
     log_failures(&topo);
+    tracing::info!(
+        gpus = topo.gpus.len(),
+        fabric = topo.fabric.state.as_str(),
+        "probed once"
+    );
     let labels = labels::desired_labels(&topo, &cfg.labels);
     print!("{}", labels::render(&labels));
     if cfg.kube {
@@ -210,8 +216,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("--metrics-listen {}", cfg.metrics_listen))?;
     tracing::info!(grpc = ?api::local_addr(&grpc), metrics = ?http.local_addr().ok(), node = %cfg.node_name, "agent listening");
 
+    // Events are best effort: a full queue drops them, and they are never retried.
+    let (events_tx, mut events_rx) = mpsc::channel::<NodeEvent>(16);
     let labeler = if cfg.kube {
         let client = kube_client().await?;
+        tokio::spawn(crate::kube::record_events(
+            client.clone(),
+            cfg.node_name.clone(),
+            cfg.kube_timeout,
+            events_rx,
+        ));
         let l = NodeLabeler::new(
             client,
             cfg.node_name.clone(),
@@ -225,6 +239,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         )))
     } else {
         drop(labels_rx);
+        events_rx.close();
         None
     };
 
@@ -263,28 +278,41 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let probe_task = tokio::spawn(probe_loop(
         cfg.clone(),
         state_tx,
-        labels_tx,
-        health,
-        metrics,
+        Publishers {
+            labels: labels_tx,
+            events: events_tx,
+            health,
+            metrics,
+        },
         shutdown_rx,
         start_ms,
     ));
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining streams, labels stay in place");
+    let (mut grpc_task, mut http_task) = (grpc_task, http_task);
+    // A server that stops on its own is fatal: the DaemonSet restarts the pod.
+    let early = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = &mut grpc_task => Some(("gRPC server", flatten(r))),
+        r = &mut http_task => Some(("metrics server", flatten(r))),
+    };
     let _ = shutdown_tx.send(true);
+    if let Some((what, result)) = early {
+        return Err(match result {
+            Ok(()) => anyhow::anyhow!("{what} stopped"),
+            Err(e) => e.context(format!("{what} failed")),
+        });
+    }
+    tracing::info!("shutting down: draining streams, labels stay in place");
     let drain = async {
         let _ = probe_task.await;
         if let Some(l) = labeler {
             let _ = l.await;
         }
         let _ = http_task.await;
-        grpc_task.await
+        flatten(grpc_task.await)
     };
     match tokio::time::timeout(cfg.grace, drain).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.into()),
-        Ok(Err(e)) => Err(e.into()),
+        Ok(r) => r,
         Err(_) => {
             tracing::warn!(grace = ?cfg.grace, "shutdown grace period over; exiting");
             Ok(())
@@ -292,15 +320,37 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
+/// A task's outcome as one result.
+fn flatten<E: Into<anyhow::Error>>(
+    r: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match r {
+        Ok(inner) => inner.map_err(Into::into),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where the probe loop hands each new state.
+struct Publishers {
+    labels: watch::Sender<Option<Labels>>,
+    events: mpsc::Sender<NodeEvent>,
+    health: tonic_health::server::HealthReporter,
+    metrics: Metrics,
+}
+
 async fn probe_loop(
     cfg: AgentConfig,
     state: watch::Sender<Arc<Published>>,
-    labels_tx: watch::Sender<Option<Labels>>,
-    health: tonic_health::server::HealthReporter,
-    metrics: Metrics,
+    out: Publishers,
     mut shutdown: watch::Receiver<bool>,
     start_ms: u64,
 ) {
+    let Publishers {
+        labels: labels_tx,
+        events,
+        health,
+        metrics,
+    } = out;
     let mut source = Some(Source::new(&cfg));
     let mut first = true;
     let mut ticker = tokio::time::interval(cfg.interval);
@@ -330,6 +380,11 @@ async fn probe_loop(
             log_failures(&next);
             tracing::info!(revision = next.revision, took = ?took, "topology changed");
             let _ = labels_tx.send(Some(labels::desired_labels(&next, &cfg.labels)));
+            if prev.revision != 0 {
+                if let Some(ev) = crate::kube::fabric_event(&prev.fabric, &next.fabric) {
+                    let _ = events.try_send(ev);
+                }
+            }
         }
         let published = Arc::new(Published::new(next));
         // Watchers wake only on a new revision; a new probe time alone is stored silently.

@@ -43,12 +43,24 @@ async fn watch(api: &TopologyApi, since: u64) -> Result<WatchStream, Status> {
     .map(Response::into_inner)
 }
 
+/// The revision of a stream item, read back through its wire form as a client would.
 fn rev(m: Option<Result<pb::WatchNodeTopologyResponse, Status>>) -> u64 {
-    m.expect("a message")
-        .expect("not an error")
+    use prost::Message;
+    let bytes = m.expect("a message").expect("not an error").encode_to_vec();
+    pb::WatchNodeTopologyResponse::decode(bytes.as_slice())
+        .unwrap()
         .topology
         .expect("a topology")
         .revision
+}
+
+/// A Get response read back through its wire form.
+fn decoded(r: pb::GetNodeTopologyResponse) -> pb::NodeTopology {
+    use prost::Message;
+    pb::GetNodeTopologyResponse::decode(r.encode_to_vec().as_slice())
+        .unwrap()
+        .topology
+        .expect("a topology")
 }
 
 #[tokio::test]
@@ -59,14 +71,14 @@ async fn get_returns_current_state() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.topology.unwrap().revision, 0, "before the first probe");
+    assert_eq!(decoded(r).revision, 0, "before the first probe");
     tx.send(topo(7)).unwrap();
     let r = api
         .get_node_topology(Request::new(pb::GetNodeTopologyRequest {}))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.topology.unwrap().node_name, "n");
+    assert_eq!(decoded(r).node_name, "n");
 }
 
 #[tokio::test]

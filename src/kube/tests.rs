@@ -1,6 +1,6 @@
 //! Label writer tests at the HTTP boundary: a mock API server checks every request.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
 use kube::client::Body;
@@ -208,4 +208,70 @@ fn backoff_grows_with_jitter_and_caps() {
     }
     b.reset();
     assert_eq!(b.next_delay(0.0), Duration::from_millis(50));
+}
+
+#[test]
+fn fabric_event_only_on_state_or_domain_change() {
+    let ready = Fabric {
+        state: FabricState::Ready,
+        reason: "ok".into(),
+        domain: Some("c.1".into()),
+        cluster_uuid: Some("c".into()),
+        clique_id: Some(1),
+    };
+    assert_eq!(fabric_event(&ready, &ready.clone()), None);
+    let mut reason_only = ready.clone();
+    reason_only.reason = "different words".into();
+    assert_eq!(fabric_event(&ready, &reason_only), None);
+    let degraded = Fabric {
+        state: FabricState::Degraded,
+        reason: "degraded-bandwidth".into(),
+        domain: None,
+        ..ready.clone()
+    };
+    let ev = fabric_event(&ready, &degraded).unwrap();
+    assert!(ev.warning);
+    assert_eq!(
+        ev.message,
+        "NVLink fabric ready (domain c.1) -> degraded (domain none): degraded-bandwidth"
+    );
+    let mut moved = ready.clone();
+    moved.domain = Some("c.2".into());
+    assert!(!fabric_event(&ready, &moved).unwrap().warning);
+}
+
+#[tokio::test]
+async fn event_is_posted_on_the_node() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let ev = NodeEvent {
+        reason: "NVLinkFabricChanged",
+        message: "m".into(),
+        warning: true,
+    };
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/default/events");
+        let body: serde_json::Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        send.send_response(
+            Response::builder()
+                .status(201)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        body
+    });
+    record_event(client, "node-a", &ev, now, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let body = server.await.unwrap();
+    assert_eq!(body["involvedObject"]["kind"], "Node");
+    assert_eq!(body["involvedObject"]["name"], "node-a");
+    assert_eq!(body["reason"], "NVLinkFabricChanged");
+    assert_eq!(body["type"], "Warning");
+    assert_eq!(body["reportingComponent"], "nodetopo");
+    assert_eq!(body["lastTimestamp"], "2027-01-15T08:00:00Z");
 }

@@ -58,7 +58,7 @@ fn two_gpu_node() -> NodeTopology {
             state: FabricState::None,
             ..Fabric::default()
         },
-        sources: vec![SourceStatus::ok("nvml")],
+        sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("fabric")],
         ..NodeTopology::default()
     }
 }
@@ -90,10 +90,35 @@ fn h200_node_labels() {
 #[test]
 fn no_nvml_means_no_gpu_count() {
     let t = NodeTopology {
-        sources: vec![SourceStatus::failed("nvml", "not installed")],
+        fabric: Fabric {
+            state: FabricState::None,
+            ..Fabric::default()
+        },
+        sources: vec![
+            SourceStatus::failed("nvml", "not installed"),
+            SourceStatus::failed("fabric", "not probed: no NVML"),
+        ],
         ..NodeTopology::default()
     };
     assert!(desired_labels(&t, &LabelConfig::default()).is_empty());
+}
+
+#[test]
+fn stale_data_keeps_its_labels() {
+    let good = two_gpu_node();
+    let mut stale = good.clone();
+    stale.sources = vec![
+        SourceStatus {
+            stale: true,
+            ..SourceStatus::failed("nvml", "driver gone")
+        },
+        SourceStatus {
+            stale: true,
+            ..SourceStatus::failed("fabric", "not probed: no NVML")
+        },
+    ];
+    let c = LabelConfig::default();
+    assert_eq!(desired_labels(&stale, &c), desired_labels(&good, &c));
 }
 
 #[test]
@@ -145,6 +170,14 @@ fn rdma_facts() {
     assert_eq!(get(&l, "rdma.rate-gbps"), Some("200"));
     assert_eq!(get(&l, "rdma.gpudirect"), Some("false"));
     assert_eq!(get(&l, "rdma.rail-aligned"), Some("false"));
+
+    // Failed sources without kept data: unknown, so no key.
+    t.sources.push(SourceStatus::failed("gpudirect", "x"));
+    t.sources.push(SourceStatus::failed("sysfs-pci", "y"));
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "rdma.gpudirect"), None);
+    assert_eq!(get(&l, "rdma.rail-aligned"), None);
+    assert_eq!(get(&l, "rdma.count"), Some("2"));
 }
 
 #[test]
@@ -261,7 +294,7 @@ proptest! {
                 ..Fabric::default()
             },
             nics,
-            sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("rdma")],
+            sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("fabric"), SourceStatus::ok("rdma")],
             ..NodeTopology::default()
         };
         for prefix in [DEFAULT_PREFIX, "a", "x-1.example.com"] {
