@@ -156,7 +156,124 @@ impl ClusterSource {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use tower_test::mock;
+
     use super::*;
+    use crate::extender::{
+        placement::MemoryPlacementIndex,
+        source::{BoxFuture, SourceError, TopologyStream},
+        view::{ClusterView, LabelConfig},
+    };
+
+    /// Records the endpoints it is asked for and refuses them all.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl AgentConnector for Recorder {
+        fn connect<'a>(
+            &'a self,
+            endpoint: &'a str,
+            _since: u64,
+        ) -> BoxFuture<'a, Result<Box<dyn TopologyStream>, SourceError>> {
+            Box::pin(async move {
+                self.0.lock().unwrap().push(endpoint.to_string());
+                Err(SourceError::Connect {
+                    endpoint: endpoint.into(),
+                    message: "test".into(),
+                })
+            })
+        }
+    }
+
+    fn ok(v: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(200)
+            .body(Body::from(serde_json::to_vec(&v).unwrap()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn node_and_pod_lists_feed_the_view_the_agents_and_the_placements() {
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let rec = Arc::new(Recorder::default());
+        let src = ClusterSource {
+            client: kube::Client::new(svc, "default"),
+            agent_port: 9750,
+            node_resync: Duration::from_secs(3600),
+            pod_resync: Duration::from_secs(3600),
+            connector: rec.clone(),
+            backoff: Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600)),
+            exclude: ["pinned".to_string()].into(),
+        };
+        let view = SharedView::new(ClusterView::new(LabelConfig {
+            prefix: "nodetopo.io".into(),
+            block_label: Some("leaf".into()),
+        }));
+        let placements = Arc::new(MemoryPlacementIndex::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let nodes = tokio::spawn(src.clone().run_nodes(view.clone(), stop_rx.clone()));
+        let server = async {
+            let (req, send) = handle.next_request().await.expect("a node list");
+            assert_eq!(req.method(), http::Method::GET);
+            assert_eq!(req.uri().path(), "/api/v1/nodes");
+            send.send_response(ok(serde_json::json!({
+                "apiVersion": "v1", "kind": "NodeList", "metadata": {},
+                "items": [
+                    {"metadata": {"name": "a", "labels": {"leaf": "l1",
+                        "nodetopo.io/gpu.count": "4", "nodetopo.io/rdma.link-layer": "ethernet"}},
+                     "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}},
+                    {"metadata": {"name": "pinned"},
+                     "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]}}
+                ]
+            })));
+            let (req, send) = handle.next_request().await.expect("a pod list");
+            assert_eq!(req.uri().path(), "/api/v1/pods");
+            assert!(
+                req.uri()
+                    .query()
+                    .unwrap_or_default()
+                    .contains("fieldSelector=spec.nodeName"),
+                "{:?}",
+                req.uri()
+            );
+            send.send_response(ok(serde_json::json!({
+                "apiVersion": "v1", "kind": "PodList", "metadata": {},
+                "items": [{"metadata": {"name": "p", "namespace": "ns",
+                    "labels": {"llm-d.ai/role": "decode"}},
+                    "spec": {"containers": [], "nodeName": "a"}}]
+            })));
+        };
+        let pods = tokio::spawn(src.run_pods(placements.clone(), stop_rx));
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("both lists requested");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rec.0.lock().unwrap().is_empty() || placements.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no agent task or placement"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*rec.0.lock().unwrap(), vec!["10.0.0.1:9750".to_string()]);
+        view.read(|v| {
+            let r = v.resolve("a", None).unwrap();
+            assert_eq!(r.facts.block.as_deref(), Some("l1"));
+            assert!(v.entry("pinned").is_some());
+        });
+        assert_eq!(placements.len(), 1);
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            nodes.await.unwrap();
+            pods.await.unwrap();
+        })
+        .await
+        .expect("loops stop");
+    }
 
     #[test]
     fn endpoint_from_internal_ip() {
