@@ -74,10 +74,22 @@ impl ClusterSource {
         let api: Api<Node> = Api::all(self.client.clone());
         let mut tasks: BTreeMap<String, (String, watch::Sender<bool>, JoinHandle<()>)> =
             BTreeMap::new();
+        let mut known: std::collections::BTreeSet<String> = Default::default();
         loop {
             match api.list(&ListParams::default()).await {
                 Ok(list) => {
                     let mut seen = BTreeMap::new();
+                    let listed: std::collections::BTreeSet<String> = list
+                        .items
+                        .iter()
+                        .filter_map(|n| n.metadata.name.clone())
+                        .collect();
+                    for gone in known.difference(&listed) {
+                        if !tasks.contains_key(gone) && !self.exclude.contains(gone) {
+                            view.apply(ViewEvent::Removed { node: gone.clone() });
+                        }
+                    }
+                    known = listed;
                     for n in &list.items {
                         let Some(name) = n.metadata.name.clone() else {
                             continue;
