@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod api;
 pub mod deploy;
+pub mod extender;
 pub mod hints;
 pub mod kube;
 pub mod labels;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod extender;
 mod manifests;
 mod probe;
 mod query;
@@ -37,6 +38,8 @@ pub struct Cli {
 enum Command {
     /// Probe this node's hardware and print its topology.
     Probe(probe::ProbeArgs),
+    /// Serve the kube-scheduler extender that places pod groups by topology.
+    Extender(extender::ExtenderArgs),
     /// Print manifests built from nodetopo's labels (scheduler topology objects).
     Manifests(manifests::ManifestsArgs),
     /// Run the node agent: probe loop, gRPC topology service, node labels, metrics.
@@ -67,6 +70,7 @@ pub fn init_tracing(verbose: u8, format: LogFormat) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe(args) => probe::run(args),
+        Command::Extender(args) => extender::run(args),
         Command::Manifests(args) => manifests::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Query(args) => query::run(args),

@@ -1,0 +1,302 @@
+//! Extender benchmark (a bench binary; its figures go into BENCHMARKS.md).
+//!
+//! - filter + prioritize for one pod over 5,000 nodes in names-only mode, the pod's group
+//!   half-placed and its counterpart role placed (criterion; the median is the p50);
+//! - memory of 5,000 node topologies in the view: JSON size, and the resident-set growth while
+//!   building the view (Linux `/proc/self/statm`);
+//! - how long a change in one agent takes to reach the extender's view: a real agent
+//!   (`nodetopo agent --no-kube --interval 100ms`, replaying a GB200 tray) on 127.0.0.1, the
+//!   extender's gRPC watcher in process, the agent's snapshot edited 20 times.
+
+use std::{hint::black_box, sync::Arc};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use k8s_openapi::api::core::v1::Pod;
+use nodetopo::{
+    extender::{
+        Extender,
+        group::group_of,
+        placement::{MemoryPlacementIndex, PlacedPod, PlacementIndex, PodEvent},
+        policy::Weights,
+        view::{ClusterView, LabelConfig, SharedView, ViewEvent},
+        wire::ExtenderArgs,
+    },
+    model::{Fabric, FabricState, Gpu, LinkLayer, Nic, NicPort, NodeTopology, PortState},
+};
+
+const NODES: usize = 5_000;
+
+fn topology(i: usize) -> NodeTopology {
+    let rack = i / 18;
+    NodeTopology {
+        node_name: format!("node-{i:05}"),
+        revision: 1,
+        gpus: (0..4)
+            .map(|g| Gpu {
+                index: g,
+                uuid: format!("GPU-{i:05}-{g}"),
+                name: "NVIDIA GB200".into(),
+                memory_total_bytes: 186 << 30,
+                compute_major: 10,
+                ..Default::default()
+            })
+            .collect(),
+        fabric: Fabric {
+            state: FabricState::Ready,
+            reason: "4 GPUs registered in one clique".into(),
+            domain: Some(format!("cluster-{rack:04}.{}", (i % 18) / 9)),
+            cluster_uuid: Some(format!("cluster-{rack:04}")),
+            clique_id: Some(u32::try_from((i % 18) / 9).unwrap_or(0)),
+        },
+        nics: (0..4)
+            .map(|n| Nic {
+                name: format!("mlx5_{n}"),
+                ports: vec![NicPort {
+                    port: 1,
+                    state: PortState::Active,
+                    link_layer: LinkLayer::Infiniband,
+                    rate_gbps: 400.0,
+                    subnet_prefix: "fe80:0000:0000:0000".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn pod(name: &str, lws: &str, role: &str, node: Option<&str>) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name, "namespace": "bench",
+            "labels": {
+                "leaderworkerset.sigs.k8s.io/name": lws,
+                "leaderworkerset.sigs.k8s.io/group-index": "0",
+                "llm-d.ai/role": role, "llm-d.ai/model": "m",
+            },
+            "annotations": {"leaderworkerset.sigs.k8s.io/size": "8"},
+        },
+        "spec": {"containers": [], "nodeName": node},
+    }))
+    .unwrap_or_default()
+}
+
+fn setup() -> (Extender, ExtenderArgs) {
+    let topologies: Vec<NodeTopology> = (0..NODES).map(topology).collect();
+    let json_bytes: usize = topologies
+        .iter()
+        .map(|t| serde_json::to_vec(t).map(|v| v.len()).unwrap_or(0))
+        .sum();
+    let before = rss_bytes();
+    let view = SharedView::new(ClusterView::new(LabelConfig {
+        prefix: "nodetopo.io".into(),
+        block_label: Some("leaf".into()),
+    }));
+    for (i, t) in topologies.into_iter().enumerate() {
+        let node = t.node_name.clone();
+        view.apply(ViewEvent::Labels {
+            node: node.clone(),
+            labels: [("leaf".to_string(), format!("leaf-{}", i / 180))].into(),
+        });
+        view.apply(ViewEvent::Topology {
+            node,
+            topology: Arc::new(t),
+        });
+    }
+    let after = rss_bytes();
+    eprintln!(
+        "memory: {NODES} topologies, JSON {:.1} MiB ({} B/node); view RSS growth {}",
+        json_bytes as f64 / (1 << 20) as f64,
+        json_bytes / NODES,
+        match (before, after) {
+            (Some(b), Some(a)) =>
+                format!("{:.1} MiB", a.saturating_sub(b) as f64 / (1 << 20) as f64),
+            _ => "n/a".into(),
+        }
+    );
+    let placements = Arc::new(MemoryPlacementIndex::new());
+    for (i, node) in [
+        (0, "node-00100"),
+        (1, "node-00101"),
+        (2, "node-00102"),
+        (3, "node-00103"),
+    ] {
+        let p = pod(&format!("d-{i}"), "m-decode", "decode", Some(node));
+        if let Some(ev) = PodEvent::from_pod(&p) {
+            placements.apply(ev);
+        }
+    }
+    let prefill = pod("p-0", "m-prefill", "prefill", Some("node-00200"));
+    if let Some(g) = group_of(&prefill) {
+        placements.apply(PodEvent::Placed(PlacedPod {
+            pod: "bench/p-0".into(),
+            node: "node-00200".into(),
+            group: g,
+        }));
+    }
+    let ext = Extender {
+        view,
+        placements,
+        weights: Weights::default(),
+    };
+    let args = ExtenderArgs {
+        pod: Some(pod("d-4", "m-decode", "decode", None)),
+        nodes: None,
+        node_names: Some((0..NODES).map(|i| format!("node-{i:05}")).collect()),
+    };
+    (ext, args)
+}
+
+fn bench(c: &mut Criterion) {
+    let (ext, args) = setup();
+    let (f, _) = ext.filter(&args);
+    eprintln!(
+        "filter keeps {} of {NODES} (MNNVL group: its own rack only)",
+        f.node_names.as_ref().map_or(0, Vec::len)
+    );
+    c.bench_function("filter+prioritize 5000 nodes (names only)", |b| {
+        b.iter(|| {
+            let f = ext.filter(black_box(&args));
+            let p = ext.prioritize(black_box(&args));
+            black_box((f, p))
+        })
+    });
+}
+
+/// Agent change → view latency; printed, not a criterion measurement.
+fn agent_latency(_c: &mut Criterion) {
+    match measure_agent_latency() {
+        Ok(mut ms) => {
+            ms.sort_by(f64::total_cmp);
+            let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+            eprintln!(
+                "agent change -> view ({} changes, agent probe interval 100 ms): median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+                ms.len(),
+                at(0.5),
+                at(0.9),
+                at(1.0)
+            );
+        }
+        Err(e) => eprintln!("agent latency not measured: {e}"),
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    use std::time::{Duration, Instant};
+
+    use nodetopo::extender::{
+        grpc::GrpcConnector,
+        source::{Backoff, watch_agent},
+    };
+
+    let dir = tempfile::tempdir()?;
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gb200/tray-a1.json"
+    );
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture)?)?;
+    let snap = dir.path().join("snap.json");
+    std::fs::write(&snap, base.to_string())?;
+    let sysfs = dir.path().join("sys");
+    std::fs::create_dir_all(&sysfs)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "agent",
+            "--no-kube",
+            "--interval",
+            "100ms",
+            "--node-name",
+            "lat",
+        ])
+        .arg("--replay")
+        .arg(&snap)
+        .arg("--sysfs-root")
+        .arg(&sysfs)
+        .args(["--grpc-listen", &grpc, "--metrics-listen", &metrics])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let view = SharedView::new(ClusterView::new(LabelConfig {
+        prefix: "nodetopo.io".into(),
+        block_label: None,
+    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let _guard = rt.enter();
+    let task = rt.spawn(watch_agent(
+        "lat".into(),
+        grpc,
+        Arc::new(GrpcConnector),
+        view.clone(),
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
+        stop_rx,
+    ));
+    let driver = |v: &SharedView| {
+        v.read(|v| {
+            v.entry("lat")
+                .and_then(|e| e.topology.as_ref())
+                .and_then(|t| t.driver.driver_version.clone())
+        })
+    };
+    let wait = |want: &str, limit: Duration| {
+        let t0 = Instant::now();
+        while driver(&view).as_deref() != Some(want) {
+            if t0.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Some(t0.elapsed())
+    };
+    let mut out = Vec::new();
+    let first = base["driver_version"]["Ok"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if wait(&first, Duration::from_secs(30)).is_none() {
+        let _ = child.kill();
+        return Err("the agent's first topology never arrived".into());
+    }
+    for i in 0..20 {
+        let want = format!("999.{i}.0");
+        let mut v = base.clone();
+        v["driver_version"]["Ok"] = serde_json::Value::String(want.clone());
+        let tmp = dir.path().join("snap.tmp");
+        std::fs::write(&tmp, v.to_string())?;
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, &snap)?;
+        match wait(&want, Duration::from_secs(10)) {
+            Some(_) => out.push(t0.elapsed().as_secs_f64() * 1e3),
+            None => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(task);
+    let _ = child.kill();
+    let _ = child.wait();
+    if out.is_empty() {
+        return Err("no change reached the view".into());
+    }
+    Ok(out)
+}
+
+criterion_group!(benches, bench, agent_latency);
+criterion_main!(benches);

@@ -1,0 +1,314 @@
+//! The few facts about a node that placement needs, read from a [`NodeTopology`] or, as a
+//! fallback, from the node labels that the agent publishes.
+//!
+//! The policy never looks at a whole topology: extracting these facts once per update keeps a
+//! request over thousands of nodes cheap, and lets topology and labels feed one shape.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::{FabricState, LinkLayer, NodeTopology, PortState};
+
+/// Label keys (after `<prefix>/`) that the agent publishes and the fallback reads.
+pub mod keys {
+    /// Number of GPUs.
+    pub const GPU_COUNT: &str = "gpu.count";
+    /// The fabric state (`ready`, `pending`, ...).
+    pub const NVLINK_FABRIC: &str = "nvlink.fabric";
+    /// The ClusterUUID.
+    pub const NVLINK_CLUSTER: &str = "nvlink.cluster";
+    /// The clique id.
+    pub const NVLINK_CLIQUE: &str = "nvlink.clique";
+    /// `<ClusterUUID>.<CliqueId>`.
+    pub const NVLINK_DOMAIN: &str = "nvlink.domain";
+    /// `infiniband` or `ethernet`.
+    pub const RDMA_LINK_LAYER: &str = "rdma.link-layer";
+    /// IB subnet prefix, with `-` or `.` in place of `:` (label values cannot hold `:`).
+    pub const RDMA_IB_SUBNET: &str = "rdma.ib-subnet";
+}
+
+/// The placement facts of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct NodeFacts {
+    /// Number of GPUs.
+    pub gpu_count: u32,
+    /// Multi-node NVLink state.
+    pub fabric_state: FabricState,
+    /// The NVLink cluster (ClusterUUID), lowercase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_uuid: Option<String>,
+    /// The clique id inside the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clique_id: Option<u32>,
+    /// The RDMA link layer used for GPU traffic; `None` without an active RDMA port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_layer: Option<LinkLayer>,
+    /// Normalised InfiniBand subnet prefixes (hex digits only), sorted and distinct.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ib_subnets: Vec<String>,
+    /// The value of the leaf/block label, when the node has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+}
+
+/// Keeps only the hex digits of a subnet prefix, lowercase, so that `fe80:0000:…` and the label
+/// form `fe80-0000-…` compare equal.
+pub fn normalize_subnet(s: &str) -> String {
+    s.chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+impl NodeFacts {
+    /// Facts from an agent's topology. `block` comes from the node's labels.
+    pub fn from_topology(t: &NodeTopology, block: Option<String>) -> Self {
+        let mut ib = 0usize;
+        let mut eth = 0usize;
+        let mut subnets: Vec<String> = Vec::new();
+        // Prefer the rail-paired NICs (the GPU traffic path) when the pairing names any.
+        let rail: Vec<&str> = t
+            .rail_pairing
+            .pairs
+            .iter()
+            .map(|p| p.nic.as_str())
+            .collect();
+        let use_rail = t.nics.iter().any(|n| rail.contains(&n.name.as_str()));
+        for nic in &t.nics {
+            if use_rail && !rail.contains(&nic.name.as_str()) {
+                continue;
+            }
+            for p in &nic.ports {
+                if !matches!(p.state, PortState::Active | PortState::ActiveDefer) {
+                    continue;
+                }
+                match p.link_layer {
+                    LinkLayer::Infiniband => {
+                        ib += 1;
+                        if !p.subnet_prefix.is_empty() {
+                            subnets.push(normalize_subnet(&p.subnet_prefix));
+                        }
+                    }
+                    LinkLayer::Ethernet => eth += 1,
+                    LinkLayer::Unknown => {}
+                }
+            }
+        }
+        subnets.sort();
+        subnets.dedup();
+        let link_layer = match (ib, eth) {
+            (0, 0) => None,
+            (i, e) if i >= e => Some(LinkLayer::Infiniband),
+            _ => Some(LinkLayer::Ethernet),
+        };
+        if link_layer != Some(LinkLayer::Infiniband) {
+            subnets.clear();
+        }
+        let f = &t.fabric;
+        Self {
+            gpu_count: u32::try_from(t.gpus.len()).unwrap_or(u32::MAX),
+            fabric_state: f.state,
+            cluster_uuid: f
+                .cluster_uuid
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(str::to_ascii_lowercase),
+            clique_id: f.clique_id,
+            link_layer,
+            ib_subnets: subnets,
+            block,
+        }
+    }
+
+    /// Facts from node labels under `prefix` (e.g. `nodetopo.io`); `None` when the node carries
+    /// none of the agent's labels.
+    pub fn from_labels(
+        labels: &BTreeMap<String, String>,
+        prefix: &str,
+        block_label: Option<&str>,
+    ) -> Option<Self> {
+        let get = |k: &str| labels.get(&format!("{prefix}/{k}")).map(String::as_str);
+        let any = [
+            keys::GPU_COUNT,
+            keys::NVLINK_FABRIC,
+            keys::NVLINK_CLUSTER,
+            keys::NVLINK_DOMAIN,
+            keys::RDMA_LINK_LAYER,
+        ]
+        .iter()
+        .any(|k| get(k).is_some());
+        if !any {
+            return None;
+        }
+        let fabric_state = match get(keys::NVLINK_FABRIC) {
+            Some("none") => FabricState::None,
+            Some("pending") => FabricState::Pending,
+            Some("ready") => FabricState::Ready,
+            Some("degraded") => FabricState::Degraded,
+            Some("inconsistent") => FabricState::Inconsistent,
+            Some("error") => FabricState::Error,
+            _ => FabricState::Unknown,
+        };
+        // `nvlink.domain` is `<uuid>.<clique>`; the separate keys win when present.
+        let (dom_uuid, dom_clique) = match get(keys::NVLINK_DOMAIN).and_then(|d| d.rsplit_once('.'))
+        {
+            Some((u, c)) => (Some(u.to_ascii_lowercase()), c.parse::<u32>().ok()),
+            None => (None, None),
+        };
+        let cluster_uuid = get(keys::NVLINK_CLUSTER)
+            .map(str::to_ascii_lowercase)
+            .or(dom_uuid)
+            .filter(|s| !s.is_empty());
+        let clique_id = get(keys::NVLINK_CLIQUE)
+            .and_then(|c| c.parse().ok())
+            .or(dom_clique);
+        let link_layer = match get(keys::RDMA_LINK_LAYER) {
+            // `mixed`: GPU rails are InfiniBand and a front-end port is Ethernet, the usual case.
+            Some("infiniband" | "ib" | "mixed") => Some(LinkLayer::Infiniband),
+            Some("ethernet" | "roce") => Some(LinkLayer::Ethernet),
+            _ => None,
+        };
+        let ib_subnets = match (link_layer, get(keys::RDMA_IB_SUBNET)) {
+            (Some(LinkLayer::Infiniband), Some(s)) => vec![normalize_subnet(s)],
+            _ => Vec::new(),
+        };
+        Some(Self {
+            gpu_count: get(keys::GPU_COUNT)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            fabric_state,
+            cluster_uuid,
+            clique_id,
+            link_layer,
+            ib_subnets,
+            block: block_from(labels, block_label),
+        })
+    }
+
+    /// True when both nodes can reach each other over RDMA: the same link layer and, for
+    /// InfiniBand, a shared subnet (nodes whose subnet is unknown are given the benefit).
+    pub fn rdma_compatible(&self, other: &NodeFacts) -> bool {
+        match (self.link_layer, other.link_layer) {
+            (Some(a), Some(b)) if a == b => {
+                a != LinkLayer::Infiniband
+                    || self.ib_subnets.is_empty()
+                    || other.ib_subnets.is_empty()
+                    || self.ib_subnets.iter().any(|s| other.ib_subnets.contains(s))
+            }
+            _ => false,
+        }
+    }
+
+    /// The NVLink clique key `<cluster>.<clique>`, only when the fabric is ready.
+    pub fn clique_key(&self) -> Option<(&str, u32)> {
+        match (&self.cluster_uuid, self.clique_id, self.fabric_state) {
+            (Some(u), Some(c), FabricState::Ready) => Some((u.as_str(), c)),
+            _ => None,
+        }
+    }
+}
+
+/// The block label's value on a node, when the label is configured and present.
+pub fn block_from(labels: &BTreeMap<String, String>, block_label: Option<&str>) -> Option<String> {
+    block_label
+        .and_then(|k| labels.get(k))
+        .filter(|v| !v.is_empty())
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Fabric, Gpu, Nic, NicPort, RailPair};
+
+    fn port(ll: LinkLayer, subnet: &str) -> NicPort {
+        NicPort {
+            port: 1,
+            state: PortState::Active,
+            link_layer: ll,
+            subnet_prefix: subnet.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn topology_facts_prefer_rail_nics() {
+        let t = NodeTopology {
+            gpus: vec![Gpu::default(); 4],
+            fabric: Fabric {
+                state: FabricState::Ready,
+                cluster_uuid: Some("ABC".into()),
+                clique_id: Some(3),
+                ..Default::default()
+            },
+            nics: vec![
+                Nic {
+                    name: "mlx5_0".into(),
+                    ports: vec![port(LinkLayer::Infiniband, "fe80:0000:0000:0001")],
+                    ..Default::default()
+                },
+                Nic {
+                    name: "mlx5_1".into(),
+                    ports: vec![port(LinkLayer::Ethernet, ""), port(LinkLayer::Ethernet, "")],
+                    ..Default::default()
+                },
+            ],
+            rail_pairing: crate::model::RailPairing {
+                rail_aligned: true,
+                pairs: vec![RailPair {
+                    gpu: 0,
+                    nic: "mlx5_0".into(),
+                    ..Default::default()
+                }],
+            },
+            ..Default::default()
+        };
+        let f = NodeFacts::from_topology(&t, Some("leaf-1".into()));
+        assert_eq!(f.gpu_count, 4);
+        assert_eq!(f.link_layer, Some(LinkLayer::Infiniband));
+        assert_eq!(f.ib_subnets, vec!["fe80000000000001"]);
+        assert_eq!(f.cluster_uuid.as_deref(), Some("abc"));
+        assert_eq!(f.clique_key(), Some(("abc", 3)));
+        assert_eq!(f.block.as_deref(), Some("leaf-1"));
+    }
+
+    #[test]
+    fn label_facts_round_trip() {
+        let labels: BTreeMap<String, String> = [
+            ("nodetopo.io/gpu.count", "4"),
+            ("nodetopo.io/nvlink.fabric", "ready"),
+            ("nodetopo.io/nvlink.domain", "abc-def.7"),
+            ("nodetopo.io/rdma.link-layer", "infiniband"),
+            ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0001"),
+            ("leaf", "b"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let f = NodeFacts::from_labels(&labels, "nodetopo.io", Some("leaf")).unwrap();
+        assert_eq!(f.gpu_count, 4);
+        assert_eq!(f.clique_key(), Some(("abc-def", 7)));
+        assert_eq!(f.ib_subnets, vec!["fe80000000000001"]);
+        assert_eq!(f.block.as_deref(), Some("b"));
+        assert!(NodeFacts::from_labels(&BTreeMap::new(), "nodetopo.io", None).is_none());
+    }
+
+    #[test]
+    fn rdma_compatibility() {
+        let ib = |s: &str| NodeFacts {
+            link_layer: Some(LinkLayer::Infiniband),
+            ib_subnets: vec![s.into()],
+            ..Default::default()
+        };
+        let roce = NodeFacts {
+            link_layer: Some(LinkLayer::Ethernet),
+            ..Default::default()
+        };
+        assert!(ib("a").rdma_compatible(&ib("a")));
+        assert!(!ib("a").rdma_compatible(&ib("b")));
+        assert!(!ib("a").rdma_compatible(&roce));
+        assert!(roce.rdma_compatible(&roce));
+        assert!(!NodeFacts::default().rdma_compatible(&roce));
+    }
+}

@@ -1,0 +1,60 @@
+//! The gRPC topology source: an [`AgentConnector`] that opens an agent's `WatchNodeTopology`
+//! stream and turns each message back into the model.
+
+use super::source::{AgentConnector, BoxFuture, SourceError, TopologyStream};
+use crate::{api, model::NodeTopology, proto::v1 as pb};
+
+/// Connects to agents over gRPC (`host:port` or `http://host:port`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcConnector;
+
+struct GrpcStream {
+    endpoint: String,
+    inner: tonic::Streaming<pb::WatchNodeTopologyResponse>,
+}
+
+impl TopologyStream for GrpcStream {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<NodeTopology, SourceError>>> {
+        Box::pin(async move {
+            match self.inner.message().await {
+                Ok(Some(msg)) => Some(Ok(msg
+                    .topology
+                    .as_ref()
+                    .map(NodeTopology::from)
+                    .unwrap_or_default())),
+                Ok(None) => None,
+                Err(status) => Some(Err(SourceError::Stream {
+                    endpoint: self.endpoint.clone(),
+                    message: status.message().to_string(),
+                })),
+            }
+        })
+    }
+}
+
+impl AgentConnector for GrpcConnector {
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a str,
+        since_revision: u64,
+    ) -> BoxFuture<'a, Result<Box<dyn TopologyStream>, SourceError>> {
+        Box::pin(async move {
+            let connect_err = |message: String| SourceError::Connect {
+                endpoint: endpoint.to_string(),
+                message,
+            };
+            let mut client = api::connect(endpoint)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let inner = client
+                .watch_node_topology(pb::WatchNodeTopologyRequest { since_revision })
+                .await
+                .map_err(|s| connect_err(s.message().to_string()))?
+                .into_inner();
+            Ok(Box::new(GrpcStream {
+                endpoint: endpoint.to_string(),
+                inner,
+            }) as Box<dyn TopologyStream>)
+        })
+    }
+}

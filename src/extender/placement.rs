@@ -1,0 +1,200 @@
+//! Where the members of each group already run: a [`PlacementIndex`] fed by pod events.
+//!
+//! In a cluster the pod watcher turns bound pods into [`PodEvent`]s; tests and the debug
+//! endpoint feed the same events, so the policy never knows where they came from.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::RwLock,
+};
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::group::{GroupInfo, Role, group_of, pod_key};
+
+/// A pod that is bound to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedPod {
+    /// `<namespace>/<name>`.
+    pub pod: String,
+    /// The node it is bound to.
+    pub node: String,
+    /// Its group.
+    pub group: GroupInfo,
+}
+
+/// A change in where pods run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodEvent {
+    /// The pod is bound to a node (new, or moved).
+    Placed(PlacedPod),
+    /// The pod is gone (deleted, or finished).
+    Removed {
+        /// `<namespace>/<name>`.
+        pod: String,
+    },
+}
+
+impl PodEvent {
+    /// The event a pod watcher derives from a pod object: `Placed` when it is bound and in a
+    /// group, `Removed` otherwise (finished pods free their place).
+    pub fn from_pod(pod: &Pod) -> Option<PodEvent> {
+        let key = pod_key(pod)?;
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        match (node, group_of(pod)) {
+            (Some(node), Some(group)) if !finished && pod.metadata.deletion_timestamp.is_none() => {
+                Some(PodEvent::Placed(PlacedPod {
+                    pod: key,
+                    node,
+                    group,
+                }))
+            }
+            _ => Some(PodEvent::Removed { pod: key }),
+        }
+    }
+}
+
+/// Read side of the placement index, as the policy sees it.
+pub trait PlacementIndex: Send + Sync {
+    /// Placed members of `group_id`, sorted by pod key.
+    fn members(&self, group_id: &str) -> Vec<PlacedPod>;
+    /// Placed pods of `deployment` with role `role`, sorted by pod key.
+    fn with_role(&self, deployment: &str, role: Role) -> Vec<PlacedPod>;
+    /// Applies one event.
+    fn apply(&self, event: PodEvent);
+    /// Replaces the whole content (after a full re-list).
+    fn replace_all(&self, placed: Vec<PlacedPod>);
+}
+
+/// The in-memory index.
+#[derive(Debug, Default)]
+pub struct MemoryPlacementIndex {
+    pods: RwLock<BTreeMap<String, PlacedPod>>,
+}
+
+impl MemoryPlacementIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, PlacedPod>> {
+        // A panic while holding the lock cannot leave the map half-written (single inserts).
+        self.pods.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, PlacedPod>> {
+        self.pods.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of placed pods.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// True when nothing is placed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pods per group (for the debug view).
+    pub fn summary(&self) -> HashMap<String, Vec<(String, String)>> {
+        let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for p in self.read().values() {
+            out.entry(p.group.group_id.clone())
+                .or_default()
+                .push((p.pod.clone(), p.node.clone()));
+        }
+        out
+    }
+}
+
+impl PlacementIndex for MemoryPlacementIndex {
+    fn members(&self, group_id: &str) -> Vec<PlacedPod> {
+        self.read()
+            .values()
+            .filter(|p| p.group.group_id == group_id)
+            .cloned()
+            .collect()
+    }
+
+    fn with_role(&self, deployment: &str, role: Role) -> Vec<PlacedPod> {
+        self.read()
+            .values()
+            .filter(|p| p.group.deployment == deployment && p.group.role == Some(role))
+            .cloned()
+            .collect()
+    }
+
+    fn apply(&self, event: PodEvent) {
+        let mut pods = self.write();
+        match event {
+            PodEvent::Placed(p) => {
+                pods.insert(p.pod.clone(), p);
+            }
+            PodEvent::Removed { pod } => {
+                pods.remove(&pod);
+            }
+        }
+    }
+
+    fn replace_all(&self, placed: Vec<PlacedPod>) {
+        let map = placed.into_iter().map(|p| (p.pod.clone(), p)).collect();
+        *self.write() = map;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extender::group::{GroupKind, lws};
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+
+    fn pod(name: &str, node: Option<&str>, role: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.labels = Some(
+            [
+                (lws::NAME.to_string(), "m".to_string()),
+                ("llm-d.ai/role".to_string(), role.to_string()),
+            ]
+            .into(),
+        );
+        p.spec = Some(PodSpec {
+            node_name: node.map(str::to_string),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn events_from_pods_feed_the_index() {
+        let idx = MemoryPlacementIndex::new();
+        idx.apply(PodEvent::from_pod(&pod("a", Some("n1"), "decode")).unwrap());
+        idx.apply(PodEvent::from_pod(&pod("b", Some("n2"), "prefill")).unwrap());
+        idx.apply(PodEvent::from_pod(&pod("c", None, "decode")).unwrap());
+        assert_eq!(idx.len(), 2);
+        let m = idx.members("ns/lws:m/0");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].group.kind, GroupKind::Lws);
+        let d = idx.with_role("ns/lws:m", Role::Decode);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].node, "n1");
+
+        let mut done = pod("a", Some("n1"), "decode");
+        done.status = Some(PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
+        idx.apply(PodEvent::from_pod(&done).unwrap());
+        assert!(idx.with_role("ns/lws:m", Role::Decode).is_empty());
+        idx.replace_all(Vec::new());
+        assert!(idx.is_empty());
+    }
+}

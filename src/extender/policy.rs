@@ -1,0 +1,572 @@
+//! Placement policy: pure functions from the cluster view, the placed pods and one pod to a
+//! filter verdict and a 0..=10 score per candidate node, each with its explanation.
+//!
+//! Hard rules (filter) keep a group on one RDMA fabric and, once it is on multi-node NVLink,
+//! inside one healthy NVLink cluster. Soft rules (prioritize) rank nodes by how close they are to
+//! the group's placed members (clique > cluster > leaf/block > fabric), then to the
+//! counterpart role (prefill ↔ decode), then by whether their domain can still hold the rest of
+//! the group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    facts::NodeFacts,
+    group::{GroupInfo, group_of},
+    placement::PlacementIndex,
+    view::{ClusterView, Freshness},
+    wire::MAX_EXTENDER_PRIORITY,
+};
+use crate::model::FabricState;
+
+/// How close two nodes are, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Level {
+    /// Nothing in common (or unknown).
+    None,
+    /// The same RDMA fabric (link layer and IB subnet).
+    Fabric,
+    /// The same leaf/block label value.
+    Block,
+    /// The same NVLink cluster (ClusterUUID).
+    Cluster,
+    /// The same NVLink clique.
+    Clique,
+}
+
+/// Weights of the score terms and the value of each proximity level. Only the ratios matter:
+/// the weighted sum is scaled to 0..=10.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Weights {
+    /// Closeness to the group's placed members.
+    pub within_group: f64,
+    /// Closeness to the counterpart role of the same deployment; must not exceed
+    /// `within_group`.
+    pub counterpart: f64,
+    /// Whether the node's domain can hold the rest of the group.
+    pub capacity: f64,
+    /// Value of the same clique, in 0..=1.
+    pub level_clique: f64,
+    /// Value of the same NVLink cluster.
+    pub level_cluster: f64,
+    /// Value of the same leaf/block.
+    pub level_block: f64,
+    /// Value of the same RDMA fabric.
+    pub level_fabric: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            within_group: 6.0,
+            counterpart: 2.0,
+            capacity: 2.0,
+            level_clique: 1.0,
+            level_cluster: 0.75,
+            level_block: 0.5,
+            level_fabric: 0.25,
+        }
+    }
+}
+
+/// Invalid weights.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum WeightsError {
+    /// A weight is negative or not finite.
+    #[error("weight {name} = {value} must be a finite number >= 0")]
+    Negative {
+        /// Field name.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A level value is outside 0..=1.
+    #[error("level value {name} = {value} must be within 0..=1")]
+    LevelRange {
+        /// Field name.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// Levels must not rank a farther level above a closer one.
+    #[error("level values must not increase with distance (clique >= cluster >= block >= fabric)")]
+    LevelOrder,
+    /// The counterpart term is larger than the within-group term.
+    #[error("counterpart weight {counterpart} must not exceed within_group weight {within_group}")]
+    CounterpartTooLarge {
+        /// Counterpart weight.
+        counterpart: f64,
+        /// Within-group weight.
+        within_group: f64,
+    },
+    /// All weights are zero.
+    #[error("at least one of within_group, counterpart, capacity must be > 0")]
+    AllZero,
+}
+
+impl Weights {
+    /// Checks the weights.
+    pub fn validate(&self) -> Result<(), WeightsError> {
+        for (name, value) in [
+            ("within_group", self.within_group),
+            ("counterpart", self.counterpart),
+            ("capacity", self.capacity),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(WeightsError::Negative { name, value });
+            }
+        }
+        for (name, value) in [
+            ("level_clique", self.level_clique),
+            ("level_cluster", self.level_cluster),
+            ("level_block", self.level_block),
+            ("level_fabric", self.level_fabric),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(WeightsError::LevelRange { name, value });
+            }
+        }
+        if !(self.level_clique >= self.level_cluster
+            && self.level_cluster >= self.level_block
+            && self.level_block >= self.level_fabric)
+        {
+            return Err(WeightsError::LevelOrder);
+        }
+        if self.counterpart > self.within_group {
+            return Err(WeightsError::CounterpartTooLarge {
+                counterpart: self.counterpart,
+                within_group: self.within_group,
+            });
+        }
+        if self.within_group + self.counterpart + self.capacity <= 0.0 {
+            return Err(WeightsError::AllZero);
+        }
+        Ok(())
+    }
+
+    /// The value of a level.
+    pub fn level_value(&self, l: Level) -> f64 {
+        match l {
+            Level::Clique => self.level_clique,
+            Level::Cluster => self.level_cluster,
+            Level::Block => self.level_block,
+            Level::Fabric => self.level_fabric,
+            Level::None => 0.0,
+        }
+    }
+}
+
+/// How close `a` is to `b`.
+pub fn proximity(a: &NodeFacts, b: &NodeFacts) -> Level {
+    if a.clique_key().is_some() && a.clique_key() == b.clique_key() {
+        return Level::Clique;
+    }
+    if a.cluster_uuid.is_some() && a.cluster_uuid == b.cluster_uuid {
+        return Level::Cluster;
+    }
+    let rdma = a.rdma_compatible(b);
+    let rdma_unknown = a.link_layer.is_none() || b.link_layer.is_none();
+    if a.block.is_some() && a.block == b.block && (rdma || rdma_unknown) {
+        return Level::Block;
+    }
+    if rdma { Level::Fabric } else { Level::None }
+}
+
+/// One placed pod whose node facts are known.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerFacts {
+    /// `<namespace>/<name>`.
+    pub pod: String,
+    /// Its node.
+    pub node: String,
+    /// The node's facts.
+    #[serde(skip)]
+    pub facts: NodeFacts,
+}
+
+/// Everything the policy knows about the pod being placed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodContext {
+    /// The pod's group, when it is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupInfo>,
+    /// The pod asks for GPUs (or is in a group).
+    pub requires_gpu: bool,
+    /// The pod needs RDMA (a multi-node group, or an RDMA resource).
+    pub requires_rdma: bool,
+    /// Placed members of the group (excluding this pod).
+    pub members: Vec<PeerFacts>,
+    /// Placed pods of the counterpart role.
+    pub counterparts: Vec<PeerFacts>,
+    /// Members still to place, this pod included; `None` when the group size is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u32>,
+}
+
+impl PodContext {
+    /// The NVLink cluster that the group's placed members are on, when it is on MNNVL.
+    pub fn mnnvl_cluster(&self) -> Option<&str> {
+        self.members
+            .iter()
+            .find_map(|m| m.facts.clique_key().map(|(u, _)| u))
+    }
+}
+
+fn resource_names(pod: &Pod) -> impl Iterator<Item = &str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .filter_map(|c| c.resources.as_ref())
+        .flat_map(|r| r.limits.iter().flatten().chain(r.requests.iter().flatten()))
+        .map(|(k, _)| k.as_str())
+}
+
+/// Builds the pod's context from the placement index and the view. Members on nodes the view
+/// cannot resolve are left out.
+pub fn pod_context(
+    pod: &Pod,
+    view: &ClusterView,
+    placements: &dyn PlacementIndex,
+    request_labels: &BTreeMap<String, BTreeMap<String, String>>,
+) -> PodContext {
+    let group = group_of(pod);
+    let me = super::group::pod_key(pod);
+    let facts_of = |node: &str| {
+        view.resolve(node, request_labels.get(node))
+            .map(|r| r.facts.into_owned())
+    };
+    let peers = |list: Vec<super::placement::PlacedPod>| -> Vec<PeerFacts> {
+        list.into_iter()
+            .filter(|p| Some(&p.pod) != me.as_ref())
+            .filter_map(|p| {
+                facts_of(&p.node).map(|facts| PeerFacts {
+                    pod: p.pod,
+                    node: p.node,
+                    facts,
+                })
+            })
+            .collect()
+    };
+    let (members, counterparts, placed) = match &group {
+        Some(g) => {
+            let all = placements.members(&g.group_id);
+            let placed = all.iter().filter(|p| Some(&p.pod) != me.as_ref()).count();
+            let counterparts = g
+                .role
+                .map(|r| peers(placements.with_role(&g.deployment, r.counterpart())))
+                .unwrap_or_default();
+            (peers(all), counterparts, placed)
+        }
+        None => (Vec::new(), Vec::new(), 0),
+    };
+    let remaining = group.as_ref().and_then(|g| g.size).map(|s| {
+        s.saturating_sub(u32::try_from(placed).unwrap_or(u32::MAX))
+            .max(1)
+    });
+    let gpu_resource = resource_names(pod).any(|k| k.contains("gpu"));
+    let rdma_resource = resource_names(pod).any(|k| k.starts_with("rdma/") || k.contains("hca"));
+    PodContext {
+        requires_gpu: gpu_resource || group.is_some(),
+        requires_rdma: rdma_resource || group.as_ref().and_then(|g| g.size).unwrap_or(1) > 1,
+        members,
+        counterparts,
+        remaining,
+        group,
+    }
+}
+
+/// Why a node is rejected. Rendered only when the reason is sent (filter, explain), so that
+/// scoring thousands of nodes does not format thousands of strings.
+#[derive(Debug, Clone, Copy)]
+pub enum Reject<'a> {
+    /// Nothing is known about the node.
+    NoTopology,
+    /// The node has no GPUs.
+    NoGpus,
+    /// The node has no active RDMA port.
+    NoRdma,
+    /// Another link layer than a placed member's.
+    LinkLayer {
+        /// The node's.
+        have: crate::model::LinkLayer,
+        /// The member's.
+        member: &'a PeerFacts,
+    },
+    /// No RDMA while the group uses RDMA.
+    NoRdmaForGroup {
+        /// The member.
+        member: &'a PeerFacts,
+    },
+    /// No shared IB subnet with a placed member.
+    Subnet {
+        /// The node's subnets.
+        have: &'a [String],
+        /// The member.
+        member: &'a PeerFacts,
+    },
+    /// Fabric not usable for an MNNVL group.
+    Fabric(FabricState),
+    /// Outside the group's NVLink cluster.
+    OutsideCluster {
+        /// The group's cluster.
+        cluster: &'a str,
+        /// The node's.
+        node: Option<&'a str>,
+    },
+}
+
+impl std::fmt::Display for Reject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reject::NoTopology => f.write_str(
+                "no topology for this node: no agent data and no nodetopo labels (is the agent running?)",
+            ),
+            Reject::NoGpus => f.write_str("node reports no GPUs"),
+            Reject::NoRdma => f.write_str("node has no active RDMA port"),
+            Reject::LinkLayer { have, member } => write!(
+                f,
+                "RDMA link layer {} differs from the group's {} (pod {} on {})",
+                ll(*have),
+                member.facts.link_layer.map_or("unknown", ll),
+                member.pod,
+                member.node
+            ),
+            Reject::NoRdmaForGroup { member } => write!(
+                f,
+                "no active RDMA port; the group uses {} (pod {} on {})",
+                member.facts.link_layer.map_or("unknown", ll),
+                member.pod,
+                member.node
+            ),
+            Reject::Subnet { have, member } => write!(
+                f,
+                "InfiniBand subnet {:?} differs from the group's {:?} (pod {} on {})",
+                have, member.facts.ib_subnets, member.pod, member.node
+            ),
+            Reject::Fabric(state) => write!(
+                f,
+                "NVLink fabric is {} and the group is on multi-node NVLink",
+                state.as_str()
+            ),
+            Reject::OutsideCluster { cluster, node } => write!(
+                f,
+                "outside the group's NVLink cluster {cluster} (node: {})",
+                node.unwrap_or("none")
+            ),
+        }
+    }
+}
+
+/// The hard rules for one node: `Err(reason)` rejects it.
+pub fn filter_node<'a>(ctx: &'a PodContext, node: Option<&'a NodeFacts>) -> Result<(), Reject<'a>> {
+    let Some(f) = node else {
+        return Err(Reject::NoTopology);
+    };
+    if ctx.requires_gpu && f.gpu_count == 0 {
+        return Err(Reject::NoGpus);
+    }
+    if ctx.requires_rdma && f.link_layer.is_none() {
+        return Err(Reject::NoRdma);
+    }
+    for m in &ctx.members {
+        let Some(want) = m.facts.link_layer else {
+            continue;
+        };
+        match f.link_layer {
+            Some(have) if have != want => return Err(Reject::LinkLayer { have, member: m }),
+            None => return Err(Reject::NoRdmaForGroup { member: m }),
+            _ => {}
+        }
+        if !f.rdma_compatible(&m.facts) {
+            return Err(Reject::Subnet {
+                have: &f.ib_subnets,
+                member: m,
+            });
+        }
+    }
+    if let Some(cluster) = ctx.mnnvl_cluster() {
+        if matches!(
+            f.fabric_state,
+            FabricState::Pending | FabricState::Degraded | FabricState::Inconsistent
+        ) {
+            return Err(Reject::Fabric(f.fabric_state));
+        }
+        if f.cluster_uuid.as_deref() != Some(cluster) {
+            return Err(Reject::OutsideCluster {
+                cluster,
+                node: f.cluster_uuid.as_deref(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn ll(l: crate::model::LinkLayer) -> &'static str {
+    match l {
+        crate::model::LinkLayer::Infiniband => "infiniband",
+        crate::model::LinkLayer::Ethernet => "ethernet",
+        crate::model::LinkLayer::Unknown => "unknown",
+    }
+}
+
+/// One candidate, as the policy sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate<'a> {
+    /// Node name.
+    pub name: &'a str,
+    /// Facts, when known.
+    pub facts: Option<&'a NodeFacts>,
+    /// Their freshness.
+    pub freshness: Option<Freshness>,
+}
+
+/// The score of one node and how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreBreakdown {
+    /// Node name.
+    pub node: String,
+    /// Final score, 0..=10.
+    pub score: i64,
+    /// Within-group term, 0..=1 (mean level value to the placed members).
+    pub within_group: f64,
+    /// Counterpart term, 0..=1 (best level value to a counterpart pod).
+    pub counterpart: f64,
+    /// Capacity term, 0..=1.
+    pub capacity: f64,
+    /// Closest level to any placed member.
+    pub nearest_member: Level,
+    /// The domain level that can hold the rest of the group, if any.
+    pub capacity_level: Level,
+    /// Freshness of the facts used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
+    /// Why the node scored 0 without being scored, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Domain keys of a node, one per level (where the node has one).
+fn domain_keys(f: &NodeFacts) -> [(Level, Option<String>); 4] {
+    let fabric = f.link_layer.map(|l| {
+        let subnet = f.ib_subnets.first().map(String::as_str).unwrap_or("");
+        format!("{}/{subnet}", ll(l))
+    });
+    [
+        (
+            Level::Clique,
+            f.clique_key().map(|(u, c)| format!("{u}.{c}")),
+        ),
+        (Level::Cluster, f.cluster_uuid.clone()),
+        (
+            Level::Block,
+            f.block
+                .as_ref()
+                .map(|b| format!("{}|{b}", fabric.as_deref().unwrap_or(""))),
+        ),
+        (Level::Fabric, fabric),
+    ]
+}
+
+/// Scores every candidate (in input order). Candidates without facts score 0.
+pub fn score_nodes(
+    ctx: &PodContext,
+    candidates: &[Candidate<'_>],
+    w: &Weights,
+) -> Vec<ScoreBreakdown> {
+    // Capacity: candidate nodes per domain, at each level.
+    let mut counts: HashMap<(Level, String), u32> = HashMap::new();
+    if ctx.remaining.is_some() {
+        for c in candidates {
+            if let Some(f) = c.facts {
+                for (lvl, key) in domain_keys(f) {
+                    if let Some(k) = key {
+                        *counts.entry((lvl, k)).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    // Only the terms that apply to this pod count, so that the first pod of a group (no
+    // members yet) still spreads its scores over 0..=10.
+    let active = |on: bool, weight: f64| if on { weight } else { 0.0 };
+    let total = active(!ctx.members.is_empty(), w.within_group)
+        + active(!ctx.counterparts.is_empty(), w.counterpart)
+        + active(ctx.remaining.is_some(), w.capacity);
+    candidates
+        .iter()
+        .map(|c| {
+            let Some(f) = c.facts else {
+                return ScoreBreakdown {
+                    node: c.name.to_string(),
+                    score: 0,
+                    within_group: 0.0,
+                    counterpart: 0.0,
+                    capacity: 0.0,
+                    nearest_member: Level::None,
+                    capacity_level: Level::None,
+                    freshness: c.freshness,
+                    note: Some("no topology facts".into()),
+                };
+            };
+            let levels: Vec<Level> = ctx.members.iter().map(|m| proximity(f, &m.facts)).collect();
+            let within = if levels.is_empty() {
+                0.0
+            } else {
+                levels.iter().map(|l| w.level_value(*l)).sum::<f64>() / levels.len() as f64
+            };
+            let nearest_member = levels.iter().copied().max().unwrap_or(Level::None);
+            let counterpart = ctx
+                .counterparts
+                .iter()
+                .map(|p| w.level_value(proximity(f, &p.facts)))
+                .fold(0.0, f64::max);
+            let mut capacity_level = Level::None;
+            if let Some(rem) = ctx.remaining {
+                for (lvl, key) in domain_keys(f) {
+                    if let Some(k) = key
+                        && counts.get(&(lvl, k)).copied().unwrap_or(0) >= rem
+                    {
+                        capacity_level = lvl;
+                        break;
+                    }
+                }
+            }
+            let capacity = w.level_value(capacity_level);
+            let raw = if total > 0.0 {
+                (w.within_group * within + w.counterpart * counterpart + w.capacity * capacity)
+                    / total
+            } else {
+                0.0
+            };
+            let score = (raw * MAX_EXTENDER_PRIORITY as f64).round();
+            let score = if score.is_finite() {
+                (score as i64).clamp(0, MAX_EXTENDER_PRIORITY)
+            } else {
+                0
+            };
+            ScoreBreakdown {
+                node: c.name.to_string(),
+                score,
+                within_group: within,
+                counterpart,
+                capacity,
+                nearest_member,
+                capacity_level,
+                freshness: c.freshness,
+                note: None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! HTTP front end: the extender verbs, health and debug endpoints (axum).
+//!
+//! Bodies are parsed by hand so that malformed JSON gets a 400 that says what is wrong; the
+//! body size is capped; handlers only read the view and call the pure policy.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use k8s_openapi::api::core::v1::Pod;
+use serde::Serialize;
+
+use super::{Extender, placement::PodEvent, wire::ExtenderArgs};
+
+/// Default request body limit: 16 MiB (a full NodeList of 5,000 nodes fits).
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Path prefix of the verbs, e.g. `/` or `/nodetopo`.
+    pub prefix: String,
+    /// Log every score breakdown.
+    pub explain: bool,
+    /// Accept `POST {prefix}/debug/placed` (pod events from outside; for tests and demos).
+    pub debug_placements: bool,
+    /// Body size limit in bytes.
+    pub body_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "/".into(),
+            explain: false,
+            debug_placements: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    ext: Extender,
+    cfg: Arc<ServerConfig>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(ErrorBody { error: msg })).into_response()
+}
+
+fn parse_args(body: &[u8]) -> Result<ExtenderArgs, Box<Response>> {
+    let args: ExtenderArgs = serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(format!("malformed ExtenderArgs JSON: {e}"))))?;
+    if args.pod.is_none() {
+        return Err(Box::new(bad_request(
+            "malformed ExtenderArgs: Pod is missing".into(),
+        )));
+    }
+    if args.nodes.is_none() && args.node_names.is_none() {
+        return Err(Box::new(bad_request(
+            "malformed ExtenderArgs: neither Nodes nor NodeNames is set".into(),
+        )));
+    }
+    Ok(args)
+}
+
+/// `/x/` and `x` → `/x`; `/` → empty.
+pub fn normalize_prefix(p: &str) -> String {
+    let t = p.trim_matches('/');
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("/{t}")
+    }
+}
+
+/// The router.
+pub fn router(ext: Extender, cfg: ServerConfig) -> Router {
+    let prefix = normalize_prefix(&cfg.prefix);
+    let limit = cfg.body_limit;
+    let state = AppState {
+        ext,
+        cfg: Arc::new(cfg),
+    };
+    Router::new()
+        .route(&format!("{prefix}/filter"), post(filter))
+        .route(&format!("{prefix}/prioritize"), post(prioritize))
+        .route(&format!("{prefix}/debug/explain"), post(explain))
+        .route(&format!("{prefix}/debug/placed"), post(placed))
+        .route(&format!("{prefix}/debug/view"), get(view))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn filter(State(s): State<AppState>, body: Bytes) -> Response {
+    let args = match parse_args(&body) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let (out, ex) = s.ext.filter(&args);
+    if s.cfg.explain {
+        tracing::info!(
+            explain = %serde_json::to_string(&ex).unwrap_or_default(),
+            rejected = %serde_json::to_string(&out.failed_and_unresolvable_nodes).unwrap_or_default(),
+            "filter"
+        );
+    }
+    Json(out).into_response()
+}
+
+async fn prioritize(State(s): State<AppState>, body: Bytes) -> Response {
+    let args = match parse_args(&body) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let (out, ex) = s.ext.prioritize(&args);
+    if s.cfg.explain {
+        tracing::info!(explain = %serde_json::to_string(&ex).unwrap_or_default(), "prioritize");
+    }
+    Json(out).into_response()
+}
+
+async fn explain(State(s): State<AppState>, body: Bytes) -> Response {
+    match parse_args(&body) {
+        Ok(a) => Json(s.ext.evaluate(&a)).into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// A pod as the pod watcher sees it: bound (`spec.nodeName`) → placed; unbound, finished or
+/// deleting → removed.
+async fn placed(State(s): State<AppState>, body: Bytes) -> Response {
+    if !s.cfg.debug_placements {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(ErrorBody {
+                error: "debug placements are off (--debug-placements)".into(),
+            }),
+        )
+            .into_response();
+    }
+    let pod: Pod = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return bad_request(format!("malformed Pod JSON: {e}")),
+    };
+    match PodEvent::from_pod(&pod) {
+        Some(ev) => {
+            s.ext.placements.apply(ev);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => bad_request("pod has no metadata.name".into()),
+    }
+}
+
+#[derive(Serialize)]
+struct ViewRow {
+    node: String,
+    freshness: Option<super::view::Freshness>,
+    stale_reason: String,
+    facts: Option<super::facts::NodeFacts>,
+}
+
+async fn view(State(s): State<AppState>) -> Response {
+    let rows: Vec<ViewRow> = s.ext.view.read(|v| {
+        v.node_names()
+            .into_iter()
+            .map(|n| {
+                let r = v.resolve(&n, None);
+                let reason = v
+                    .entry(&n)
+                    .map(|e| e.stale_reason.clone())
+                    .unwrap_or_default();
+                ViewRow {
+                    freshness: r.as_ref().map(|r| r.freshness),
+                    facts: r.map(|r| r.facts.into_owned()),
+                    stale_reason: reason,
+                    node: n,
+                }
+            })
+            .collect()
+    });
+    Json(rows).into_response()
+}
+
+#[cfg(test)]
+mod tests;

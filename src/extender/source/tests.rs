@@ -1,0 +1,156 @@
+use std::sync::Mutex;
+
+use super::*;
+use crate::extender::view::{ClusterView, Freshness, LabelConfig};
+
+#[test]
+fn backoff_doubles_to_the_cap_and_resets() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+    assert_eq!(b.next_delay(), Duration::from_millis(100));
+    assert_eq!(b.next_delay(), Duration::from_millis(200));
+    assert_eq!(b.next_delay(), Duration::from_millis(350));
+    assert_eq!(b.next_delay(), Duration::from_millis(350));
+    b.reset();
+    assert_eq!(b.next_delay(), Duration::from_millis(100));
+}
+
+#[test]
+fn agents_file_yaml_and_json() {
+    let y = "a: 10.0.0.1:9750\nb:\n  endpoint: file:/x.json\n  labels: {leaf: l1}\nc:\n  labels: {leaf: l2}\n";
+    let e = AgentEndpoints::parse(y, Path::new("agents.yaml")).unwrap();
+    assert_eq!(e.endpoints["a"], "10.0.0.1:9750");
+    assert_eq!(e.endpoints["b"], "file:/x.json");
+    assert!(!e.endpoints.contains_key("c"));
+    assert_eq!(e.labels["c"]["leaf"], "l2");
+    let j = r#"{"a": "h:1", "b": {"endpoint": "h:2"}}"#;
+    let e = AgentEndpoints::parse(j, Path::new("agents.json")).unwrap();
+    assert_eq!(e.endpoints.len(), 2);
+    let err = AgentEndpoints::parse("a: [1, 2]", Path::new("bad.yaml")).unwrap_err();
+    assert!(err.to_string().contains("bad.yaml"), "{err}");
+}
+
+/// A connector whose behaviour the test scripts: each connect pops one plan.
+struct Scripted {
+    plans: Mutex<Vec<Option<Vec<NodeTopology>>>>,
+    connects: Mutex<u32>,
+}
+
+struct VecStream(Vec<NodeTopology>);
+
+impl TopologyStream for VecStream {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<NodeTopology, SourceError>>> {
+        Box::pin(async move {
+            if self.0.is_empty() {
+                None
+            } else {
+                Some(Ok(self.0.remove(0)))
+            }
+        })
+    }
+}
+
+impl AgentConnector for Scripted {
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a str,
+        _since: u64,
+    ) -> BoxFuture<'a, Result<Box<dyn TopologyStream>, SourceError>> {
+        Box::pin(async move {
+            *self.connects.lock().unwrap() += 1;
+            let plan = {
+                let mut p = self.plans.lock().unwrap();
+                if p.is_empty() { None } else { p.remove(0) }
+            };
+            match plan {
+                Some(items) => Ok(Box::new(VecStream(items)) as Box<dyn TopologyStream>),
+                None => Err(SourceError::Connect {
+                    endpoint: endpoint.into(),
+                    message: "refused".into(),
+                }),
+            }
+        })
+    }
+}
+
+fn topo(rev: u64) -> NodeTopology {
+    NodeTopology {
+        node_name: "n".into(),
+        revision: rev,
+        ..Default::default()
+    }
+}
+
+async fn wait_for(view: &SharedView, want: Freshness, rev: Option<u64>) {
+    for _ in 0..400 {
+        let ok = view.read(|v| {
+            v.resolve("n", None).map(|r| r.freshness) == Some(want)
+                && rev.is_none_or(|r| {
+                    v.entry("n")
+                        .and_then(|e| e.topology.as_ref())
+                        .is_some_and(|t| t.revision == r)
+                })
+        });
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("node never became {want:?} at {rev:?}");
+}
+
+#[tokio::test]
+async fn watcher_marks_stale_and_recovers() {
+    let view = SharedView::new(ClusterView::new(LabelConfig {
+        prefix: "nodetopo.io".into(),
+        block_label: None,
+    }));
+    let conn = Arc::new(Scripted {
+        // Connect 1: two updates then the stream ends; connect 2: refused; connect 3: one update,
+        // then the stream ends again, and every later connect is refused.
+        plans: Mutex::new(vec![
+            Some(vec![topo(1), topo(2)]),
+            None,
+            Some(vec![topo(3)]),
+        ]),
+        connects: Mutex::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(watch_agent(
+        "n".into(),
+        "agent:1".into(),
+        conn.clone(),
+        view.clone(),
+        Backoff::new(Duration::from_millis(20), Duration::from_millis(40)),
+        stop_rx,
+    ));
+    wait_for(&view, Freshness::Stale, Some(2)).await;
+    wait_for(&view, Freshness::Stale, Some(3)).await;
+    assert!(*conn.connects.lock().unwrap() >= 3);
+    view.read(|v| {
+        assert!(
+            v.entry("n").unwrap().stale_reason.contains("refused")
+                || v.entry("n").unwrap().stale_reason.contains("ended")
+        )
+    });
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("watcher stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn file_connector_streams_changes_and_fails_when_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.json");
+    let c = FileConnector {
+        poll: Duration::from_millis(5),
+    };
+    let ep = format!("file:{}", path.display());
+    assert!(c.connect(&ep, 0).await.is_err());
+    std::fs::write(&path, serde_json::to_string(&topo(7)).unwrap()).unwrap();
+    let mut s = c.connect(&ep, 0).await.unwrap();
+    assert_eq!(s.next().await.unwrap().unwrap().revision, 7);
+    std::fs::remove_file(&path).unwrap();
+    assert!(s.next().await.unwrap().is_err());
+}

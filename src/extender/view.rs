@@ -1,0 +1,358 @@
+//! The cluster view: node name → the latest topology facts and how fresh they are.
+//!
+//! Sources (agent streams, the Node watch, the agents file) only send [`ViewEvent`]s; the view
+//! applies them. Requests read it through [`ClusterView::resolve`], which falls back to the
+//! node labels in the request when an agent's data is stale or missing.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use serde::Serialize;
+
+use super::facts::{NodeFacts, block_from};
+use crate::model::NodeTopology;
+
+/// How current a node's facts are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Freshness {
+    /// From a connected agent.
+    Live,
+    /// The agent's last data; it is disconnected now.
+    Stale,
+    /// From the node's labels only.
+    LabelsOnly,
+}
+
+/// One node in the view.
+#[derive(Debug, Clone, Default)]
+pub struct NodeEntry {
+    /// The agent's last topology.
+    pub topology: Option<Arc<NodeTopology>>,
+    /// Facts from `topology` (or from `labels` when there is no topology).
+    pub facts: Option<NodeFacts>,
+    /// True while the agent's stream is down.
+    pub stale: bool,
+    /// Node labels known to the view (Node watch or agents file).
+    pub labels: BTreeMap<String, String>,
+    /// Why the node is stale, when it is.
+    pub stale_reason: String,
+}
+
+/// A change to the view.
+#[derive(Debug, Clone)]
+pub enum ViewEvent {
+    /// An agent sent a topology.
+    Topology {
+        /// Node name.
+        node: String,
+        /// The topology.
+        topology: Arc<NodeTopology>,
+    },
+    /// An agent's stream is down; keep the last data but mark it stale.
+    Disconnected {
+        /// Node name.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node's labels (from the Node watch or the agents file).
+    Labels {
+        /// Node name.
+        node: String,
+        /// All labels.
+        labels: BTreeMap<String, String>,
+    },
+    /// The node is gone.
+    Removed {
+        /// Node name.
+        node: String,
+    },
+}
+
+/// Settings the view needs to read labels.
+#[derive(Debug, Clone)]
+pub struct LabelConfig {
+    /// The agent's label prefix, e.g. `nodetopo.io`.
+    pub prefix: String,
+    /// The leaf/block label key, when configured.
+    pub block_label: Option<String>,
+}
+
+/// Resolved facts for one candidate node.
+#[derive(Debug, Clone)]
+pub struct Resolved<'a> {
+    /// The facts.
+    pub facts: Cow<'a, NodeFacts>,
+    /// Their freshness.
+    pub freshness: Freshness,
+}
+
+/// node name → entry.
+#[derive(Debug)]
+pub struct ClusterView {
+    nodes: HashMap<String, NodeEntry>,
+    labels: LabelConfig,
+}
+
+impl ClusterView {
+    /// An empty view.
+    pub fn new(labels: LabelConfig) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            labels,
+        }
+    }
+
+    /// The label settings.
+    pub fn label_config(&self) -> &LabelConfig {
+        &self.labels
+    }
+
+    /// Number of known nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when no node is known.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The entry of `node`.
+    pub fn entry(&self, node: &str) -> Option<&NodeEntry> {
+        self.nodes.get(node)
+    }
+
+    /// Node names, sorted.
+    pub fn node_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.nodes.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn refresh_facts(&self, e: &mut NodeEntry) {
+        let block = block_from(&e.labels, self.labels.block_label.as_deref());
+        let from_labels = NodeFacts::from_labels(
+            &e.labels,
+            &self.labels.prefix,
+            self.labels.block_label.as_deref(),
+        );
+        e.facts = match &e.topology {
+            Some(t) => {
+                let mut f = NodeFacts::from_topology(t, block);
+                // An agent built without the RDMA probe reports no NICs: take the RDMA facts
+                // from the node's labels instead.
+                if f.link_layer.is_none()
+                    && let Some(l) = &from_labels
+                {
+                    f.link_layer = l.link_layer;
+                    f.ib_subnets = l.ib_subnets.clone();
+                }
+                Some(f)
+            }
+            None => from_labels,
+        };
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, ev: ViewEvent) {
+        match ev {
+            ViewEvent::Topology { node, topology } => {
+                let mut e = self.nodes.remove(&node).unwrap_or_default();
+                e.topology = Some(topology);
+                e.stale = false;
+                e.stale_reason.clear();
+                self.refresh_facts(&mut e);
+                self.nodes.insert(node, e);
+            }
+            ViewEvent::Disconnected { node, reason } => {
+                let e = self.nodes.entry(node).or_default();
+                e.stale = true;
+                e.stale_reason = reason;
+            }
+            ViewEvent::Labels { node, labels } => {
+                let mut e = self.nodes.remove(&node).unwrap_or_default();
+                e.labels = labels;
+                self.refresh_facts(&mut e);
+                self.nodes.insert(node, e);
+            }
+            ViewEvent::Removed { node } => {
+                self.nodes.remove(&node);
+            }
+        }
+    }
+
+    /// Facts for `node`. Order: a live agent topology; else the request's labels (when they
+    /// carry the agent's labels); else the stale topology; else the view's labels. `None`
+    /// when nothing is known.
+    pub fn resolve<'a>(
+        &'a self,
+        node: &str,
+        request_labels: Option<&BTreeMap<String, String>>,
+    ) -> Option<Resolved<'a>> {
+        let entry = self.nodes.get(node);
+        let block_label = self.labels.block_label.as_deref();
+        if let Some(e) = entry
+            && e.topology.is_some()
+            && !e.stale
+            && let Some(f) = &e.facts
+        {
+            // A live topology; a block label in the request still wins over a stored one.
+            if let Some(b) = request_labels.and_then(|l| block_from(l, block_label))
+                && f.block.as_deref() != Some(b.as_str())
+            {
+                let mut f = f.clone();
+                f.block = Some(b);
+                return Some(Resolved {
+                    facts: Cow::Owned(f),
+                    freshness: Freshness::Live,
+                });
+            }
+            return Some(Resolved {
+                facts: Cow::Borrowed(f),
+                freshness: Freshness::Live,
+            });
+        }
+        if let Some(f) =
+            request_labels.and_then(|l| NodeFacts::from_labels(l, &self.labels.prefix, block_label))
+        {
+            return Some(Resolved {
+                facts: Cow::Owned(f),
+                freshness: Freshness::LabelsOnly,
+            });
+        }
+        let e = entry?;
+        // The stale topology (more complete than partial labels), else the view's labels.
+        e.facts.as_ref().map(|f| Resolved {
+            facts: Cow::Borrowed(f),
+            freshness: if e.topology.is_some() {
+                Freshness::Stale
+            } else {
+                Freshness::LabelsOnly
+            },
+        })
+    }
+}
+
+/// A view shared between sources (writers) and request handlers (readers). Locks are held for
+/// one event or one request, never across an await.
+#[derive(Debug, Clone)]
+pub struct SharedView(Arc<RwLock<ClusterView>>);
+
+impl SharedView {
+    /// Wraps a view.
+    pub fn new(view: ClusterView) -> Self {
+        Self(Arc::new(RwLock::new(view)))
+    }
+
+    /// Applies one event.
+    pub fn apply(&self, ev: ViewEvent) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).apply(ev);
+    }
+
+    /// Runs `f` with the view read-locked.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterView) -> R) -> R {
+        f(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Fabric, FabricState, Gpu};
+
+    fn topo(clique: u32) -> Arc<NodeTopology> {
+        Arc::new(NodeTopology {
+            gpus: vec![Gpu::default(); 4],
+            fabric: Fabric {
+                state: FabricState::Ready,
+                cluster_uuid: Some("u".into()),
+                clique_id: Some(clique),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn cfg() -> LabelConfig {
+        LabelConfig {
+            prefix: "nodetopo.io".into(),
+            block_label: Some("leaf".into()),
+        }
+    }
+
+    #[test]
+    fn live_then_stale_then_labels_then_recovered() {
+        let mut v = ClusterView::new(cfg());
+        v.apply(ViewEvent::Labels {
+            node: "n".into(),
+            labels: [("leaf".to_string(), "a".to_string())].into(),
+        });
+        v.apply(ViewEvent::Topology {
+            node: "n".into(),
+            topology: topo(1),
+        });
+        let r = v.resolve("n", None).unwrap();
+        assert_eq!(r.freshness, Freshness::Live);
+        assert_eq!(r.facts.clique_id, Some(1));
+        assert_eq!(r.facts.block.as_deref(), Some("a"));
+
+        v.apply(ViewEvent::Disconnected {
+            node: "n".into(),
+            reason: "gone".into(),
+        });
+        assert_eq!(v.resolve("n", None).unwrap().freshness, Freshness::Stale);
+        let labels: BTreeMap<String, String> = [
+            ("nodetopo.io/gpu.count", "4"),
+            ("nodetopo.io/nvlink.domain", "u.2"),
+            ("nodetopo.io/nvlink.fabric", "ready"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let r = v.resolve("n", Some(&labels)).unwrap();
+        assert_eq!(r.freshness, Freshness::LabelsOnly);
+        assert_eq!(r.facts.clique_id, Some(2));
+
+        v.apply(ViewEvent::Topology {
+            node: "n".into(),
+            topology: topo(1),
+        });
+        let r = v.resolve("n", Some(&labels)).unwrap();
+        assert_eq!(r.freshness, Freshness::Live);
+        assert_eq!(r.facts.clique_id, Some(1));
+        v.apply(ViewEvent::Removed { node: "n".into() });
+        assert!(v.resolve("n", None).is_none());
+    }
+
+    #[test]
+    fn rdma_facts_from_labels_when_the_agent_reports_no_nics() {
+        let mut v = ClusterView::new(cfg());
+        v.apply(ViewEvent::Labels {
+            node: "n".into(),
+            labels: [
+                ("nodetopo.io/rdma.link-layer", "infiniband"),
+                ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0007"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        });
+        v.apply(ViewEvent::Topology {
+            node: "n".into(),
+            topology: topo(1),
+        });
+        let r = v.resolve("n", None).unwrap();
+        assert_eq!(r.freshness, Freshness::Live);
+        assert_eq!(
+            r.facts.link_layer,
+            Some(crate::model::LinkLayer::Infiniband)
+        );
+        assert_eq!(r.facts.ib_subnets, vec!["fe80000000000007"]);
+        assert_eq!(r.facts.gpu_count, 4);
+    }
+}
