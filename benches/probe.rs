@@ -141,11 +141,7 @@ fn main() {
                 "--query-all-p2p".into(),
             ],
         ),
-        ("floor (nvmlInit + same NVML calls)", vec![floor.clone()]),
-        (
-            "floor with NVML_INIT_FLAG_NO_ATTACH (experiment)",
-            vec!["env".into(), "NVML_FLOOR_NO_ATTACH=1".into(), floor],
-        ),
+        ("floor (nvmlInit + same NVML calls)", vec![floor]),
         (
             "nvidia-smi -q -x",
             vec!["nvidia-smi".into(), "-q".into(), "-x".into()],

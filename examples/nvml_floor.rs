@@ -3,16 +3,12 @@
 
 use std::{mem, process::ExitCode};
 
-use nvml_wrapper::{Nvml, bitmasks::InitFlags, enum_wrappers::device::P2pCapabilitiesIndex};
+use nvml_wrapper::{Nvml, enum_wrappers::device::P2pCapabilitiesIndex};
 use nvml_wrapper_sys::bindings::{NVML_NVLINK_MAX_LINKS, nvmlGpuFabricInfo_v3_t};
 
 fn main() -> ExitCode {
     let mut builder = Nvml::builder();
     builder.lib_path(std::ffi::OsStr::new("libnvidia-ml.so.1"));
-    // Experiment: NVML_INIT_FLAG_NO_ATTACH (attach GPUs lazily) when NVML_FLOOR_NO_ATTACH is set.
-    if std::env::var_os("NVML_FLOOR_NO_ATTACH").is_some() {
-        builder.flags(InitFlags::NO_ATTACH);
-    }
     let Ok(nvml) = builder.init() else {
         eprintln!("NVML not available");
         return ExitCode::FAILURE;
