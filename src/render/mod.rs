@@ -19,7 +19,7 @@ pub enum Format {
     Dot,
     /// The node labels the agent would apply, one `key=value` per line.
     Labels,
-    /// RDMA environment hints as `export` lines (see [`crate::hints`]).
+    /// RDMA environment hints (DeepEP, UCX, NCCL, NVSHMEM) as `export` lines.
     Env,
 }
 
