@@ -161,12 +161,18 @@ impl GidValue {
 /// attribute (at most a page) in one read, so this does open, one read and close, which matters
 /// for GID tables of 255 entries per RoCE port. Longer files are read to the end.
 fn read_attr(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
     let mut f = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    read_open(&mut f)
+}
+
+/// Reads an open attribute file: one `read` for the usual small attribute, trimmed; not UTF-8
+/// is an `InvalidData` error.
+fn read_open(f: &mut fs::File) -> std::io::Result<Option<String>> {
+    use std::io::Read;
     let mut buf = [0u8; 4096];
     let n = f.read(&mut buf)?;
     let mut bytes = buf[..n].to_vec();
@@ -212,17 +218,7 @@ impl DirAttrs {
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let mut f = fs::File::from(fd);
-        use std::io::Read;
-        let mut buf = [0u8; 4096];
-        let n = f.read(&mut buf)?;
-        let mut bytes = buf[..n].to_vec();
-        if n == buf.len() {
-            f.read_to_end(&mut bytes)?;
-        }
-        String::from_utf8(bytes)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        read_open(&mut fs::File::from(fd))
     }
 }
 
