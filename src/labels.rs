@@ -347,6 +347,19 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
                 .min_by(f64::total_cmp)
                 .map(|r| r.to_string()),
         );
+        // The InfiniBand subnet, when every active IB port is on one (label values cannot hold
+        // `:`, so `fe80:0000:0000:0000` becomes `fe80-0000-0000-0000`).
+        let mut subnets: Vec<&str> = active
+            .iter()
+            .filter(|p| p.link_layer == LinkLayer::Infiniband && !p.subnet_prefix.is_empty())
+            .map(|p| p.subnet_prefix.as_str())
+            .collect();
+        subnets.sort_unstable();
+        subnets.dedup();
+        put(
+            "rdma.ib-subnet",
+            (subnets.len() == 1).then(|| subnets[0].replace(':', "-")),
+        );
         put(
             "rdma.gpudirect",
             (!failed("gpudirect")).then(|| bool_str(topo.gpudirect.ready).into()),

@@ -409,3 +409,32 @@ fn compat_labels_follow_the_strict_domain_only() {
         "{pending}"
     );
 }
+
+#[test]
+fn ib_subnet_label_only_for_one_infiniband_subnet() {
+    let labels = |sysfs: &str| {
+        stdout(&nodetopo(&[
+            "probe",
+            "-o",
+            "labels",
+            "--replay",
+            fixtures().join("h100x8-ib/snapshot.json").to_str().unwrap(),
+            "--sysfs-root",
+            fixtures().join(sysfs).to_str().unwrap(),
+        ]))
+    };
+    let ib = labels("h100x8-ib/sysfs/sys");
+    assert!(
+        ib.contains("nodetopo.io/rdma.ib-subnet=fe80-0000-0000-0000\n"),
+        "{ib}"
+    );
+    let roce = labels("h100x8-roce/sysfs/sys");
+    assert!(
+        !roce.contains("rdma.ib-subnet"),
+        "RoCE has no IB subnet: {roce}"
+    );
+    assert!(
+        roce.contains("nodetopo.io/rdma.link-layer=ethernet\n"),
+        "{roce}"
+    );
+}
