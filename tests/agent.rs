@@ -227,6 +227,15 @@ async fn get_health_reflection_metrics_and_hints() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.revision, t.revision);
+    // The 4xH200 machine has no RDMA NIC: no variables, and notes that say why.
+    assert!(ok.env.is_empty() && ok.pairs.is_empty(), "{ok:?}");
+    assert!(
+        ok.notes
+            .iter()
+            .any(|n| n.contains("GPU 1") && n.contains("no RDMA rail")),
+        "{:?}",
+        ok.notes
+    );
 
     // Metrics, parsed.
     let (code, text) = agent.http_get("/metrics").await;
@@ -265,6 +274,18 @@ async fn get_health_reflection_metrics_and_hints() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["gpus"].as_array().map(Vec::len), Some(4));
     assert_eq!(v["driver"]["driver_version"], DRIVER);
+
+    // `query hints` prints what `probe -o env` prints: here only the notes, as comments.
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args(["query", "hints", "0", "--endpoint", &agent.grpc])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.is_empty() && text.lines().all(|l| l.starts_with("# ")),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -48,6 +48,8 @@ pub struct Hints {
     pub env: Vec<(String, String)>,
     /// Selected GPUs with a paired NIC.
     pub pairs: Vec<GpuNic>,
+    /// Remarks, e.g. a GPU without a rail or a port that is down.
+    pub notes: Vec<String>,
 }
 
 /// Resolves selectors (an index like `"0"` or a UUID) to GPU indices, sorted and deduplicated.
@@ -105,10 +107,10 @@ pub fn placement_hints(topo: &NodeTopology, selectors: &[String]) -> Result<Hint
         .iter()
         .map(|&i| crate::hints::GpuSelector::Index(i))
         .collect();
-    let env = crate::hints::env_hints(topo, Some(&selection))
-        .map_err(|e| HintsError::Policy(e.to_string()))?
-        .vars;
-    Ok(Hints { env, pairs })
+    let crate::hints::EnvHints { vars: env, notes } =
+        crate::hints::env_hints(topo, Some(&selection))
+            .map_err(|e| HintsError::Policy(e.to_string()))?;
+    Ok(Hints { env, pairs, notes })
 }
 
 #[cfg(test)]

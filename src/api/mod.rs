@@ -206,6 +206,7 @@ impl TopologyService for TopologyApi {
                     connection: pb::Connection::from(p.connection).into(),
                 })
                 .collect(),
+            notes: h.notes,
         }))
     }
 }

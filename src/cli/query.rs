@@ -91,6 +91,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
                         "pairs": r.pairs.iter().map(|p| serde_json::json!({
                             "gpu": p.gpu, "gpu_uuid": p.gpu_uuid, "nic": p.nic, "port": p.port,
                         })).collect::<Vec<_>>(),
+                        "notes": r.notes,
                     });
                     let text = if args.output == Format::Json {
                         serde_json::to_string_pretty(&v)? + "\n"
@@ -100,9 +101,12 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
                     out.write_all(text.as_bytes())?;
                 }
                 _ => {
-                    for e in &r.env {
-                        writeln!(out, "{}={}", e.name, e.value)?;
-                    }
+                    // The same `# note` and `export NAME="value"` lines as `probe -o env`.
+                    let hints = nodetopo::hints::EnvHints {
+                        vars: r.env.into_iter().map(|e| (e.name, e.value)).collect(),
+                        notes: r.notes,
+                    };
+                    out.write_all(hints.to_shell().as_bytes())?;
                 }
             }
             Ok(())
