@@ -1,6 +1,9 @@
 //! Whole-binary tests of `nodetopo agent`: the real binary on 127.0.0.1 against the recorded
 //! 4xH200 snapshot and sysfs fixture, talked to over gRPC and HTTP.
 
+mod common;
+use common::free_port;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -19,13 +22,6 @@ const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/h200x
 const DRIVER: &str = "580.159.04";
 /// Upper bound for anything the agent should do within a few probe intervals.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A running agent; killed on drop.
 struct Agent {

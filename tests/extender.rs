@@ -7,6 +7,9 @@
 //! RoCE nodes. Four rack-A trays are real agents replaying the GB200 fixtures (one of them a
 //! degraded fabric); the rest are snapshot files generated here.
 
+mod common;
+use common::free_port;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
@@ -24,13 +27,6 @@ const GB200: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gb200")
 const LEAF: &str = "network.topology.nvidia.com/leaf";
 const SUBNET: &str = "fe80:0000:0000:0000";
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A child process killed on drop.
 struct Proc(Child);

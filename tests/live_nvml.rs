@@ -5,6 +5,8 @@
 //! pynvml (`tests/live/pynvml_facts.py`), checks that the NVSwitch P2P shortcut gives the same
 //! answer as asking NVML, and that a recorded snapshot replays to the same topology.
 
+mod common;
+
 use std::{path::Path, process::Command, time::SystemTime};
 
 use nodetopo::{
@@ -58,20 +60,9 @@ fn live_probe_matches_nvidia_smi() {
     let t = live_probe(ProbeOptions::default());
     eprintln!("{}", nodetopo::render::table::render(&t));
     let xml = run("nvidia-smi", &["-q", "-x"]);
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: true,
-        ..Default::default()
-    };
-    let doc = roxmltree::Document::parse_with_options(&xml, opts).unwrap();
+    let doc = common::nvidia_smi_doc(&xml);
     let root = doc.root_element();
-    let text = |n: roxmltree::Node, tag: &str| -> String {
-        n.children()
-            .find(|c| c.has_tag_name(tag))
-            .and_then(|c| c.text())
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
+    let text = common::xml_text;
     assert_eq!(
         t.driver.driver_version.as_deref(),
         Some(text(root, "driver_version").as_str())

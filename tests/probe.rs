@@ -1,5 +1,7 @@
 //! Whole-binary tests of `nodetopo probe` over recorded NVML snapshots and sysfs fixtures.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -82,20 +84,9 @@ fn check_against_vendor_tools(dir: &str) -> NodeTopology {
     assert_eq!(t.node_name, "test-node");
 
     let xml = std::fs::read_to_string(dir.join("nvidia-smi-q.xml")).unwrap();
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: true,
-        ..Default::default()
-    };
-    let doc = roxmltree::Document::parse_with_options(&xml, opts).unwrap();
+    let doc = common::nvidia_smi_doc(&xml);
     let root = doc.root_element();
-    let text = |n: roxmltree::Node, tag: &str| -> String {
-        n.children()
-            .find(|c| c.has_tag_name(tag))
-            .and_then(|c| c.text())
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
+    let text = common::xml_text;
     assert_eq!(t.driver.driver_version, Some(text(root, "driver_version")));
     assert_eq!(
         t.driver.cuda_driver_version,

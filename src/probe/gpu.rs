@@ -577,8 +577,8 @@ mod tests {
         if let Ok(id) = &mut swapped.devices[2].identity {
             id.uuid = "GPU-00000000-0000-0000-0000-00000000beef".into();
         }
-        // The prober keeps its cache across sources only through the same object, so swap the
-        // source's data in place via a shared cell.
+        // The prober keeps its cache only within one source, so the test swaps that source's
+        // data in place through a shared cell.
         struct Swap(std::sync::Mutex<NvmlSnapshot>, Arc<AtomicUsize>);
         impl NvmlSource for Swap {
             fn driver_version(&self) -> Fact<String> {
@@ -621,46 +621,7 @@ mod tests {
         }
         let numa_calls = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Swap(std::sync::Mutex::new(snap), numa_calls.clone()));
-        struct Handle(Arc<Swap>);
-        impl NvmlSource for Handle {
-            fn driver_version(&self) -> Fact<String> {
-                self.0.driver_version()
-            }
-            fn cuda_driver_version(&self) -> Fact<i32> {
-                self.0.cuda_driver_version()
-            }
-            fn nvml_version(&self) -> Fact<String> {
-                self.0.nvml_version()
-            }
-            fn device_count(&self) -> Fact<u32> {
-                self.0.device_count()
-            }
-            fn identity(&self, i: u32) -> Fact<DeviceIdentity> {
-                self.0.identity(i)
-            }
-            fn numa_node(&self, i: u32) -> Fact<u32> {
-                self.0.numa_node(i)
-            }
-            fn mig_mode(&self, i: u32) -> Fact<(u32, u32)> {
-                self.0.mig_mode(i)
-            }
-            fn cpu_affinity(&self, i: u32) -> Fact<Vec<u64>> {
-                self.0.cpu_affinity(i)
-            }
-            fn nvlinks(&self, i: u32) -> Fact<Vec<RawNvLink>> {
-                self.0.nvlinks(i)
-            }
-            fn p2p_nvlink(&self, a: u32, b: u32) -> Fact<u32> {
-                self.0.p2p_nvlink(a, b)
-            }
-            fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32> {
-                self.0.common_ancestor(a, b)
-            }
-            fn fabric(&self, i: u32) -> Fact<RawFabric> {
-                self.0.fabric(i)
-            }
-        }
-        let mut p = GpuProber::new(Box::new(Handle(shared.clone())), ProbeOptions::default());
+        let mut p = GpuProber::new(Box::new(shared.clone()), ProbeOptions::default());
         p.probe(&sysfs);
         assert_eq!(numa_calls.load(Ordering::SeqCst), 4);
         *shared.0.lock().unwrap() = swapped;

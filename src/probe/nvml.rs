@@ -144,6 +144,47 @@ pub trait NvmlSource: Send {
     fn fabric(&self, index: u32) -> Fact<RawFabric>;
 }
 
+/// A shared source answers like the source it shares (e.g. one snapshot read by several
+/// probers).
+impl<T: NvmlSource + Sync + ?Sized> NvmlSource for std::sync::Arc<T> {
+    fn driver_version(&self) -> Fact<String> {
+        (**self).driver_version()
+    }
+    fn cuda_driver_version(&self) -> Fact<i32> {
+        (**self).cuda_driver_version()
+    }
+    fn nvml_version(&self) -> Fact<String> {
+        (**self).nvml_version()
+    }
+    fn device_count(&self) -> Fact<u32> {
+        (**self).device_count()
+    }
+    fn identity(&self, index: u32) -> Fact<DeviceIdentity> {
+        (**self).identity(index)
+    }
+    fn numa_node(&self, index: u32) -> Fact<u32> {
+        (**self).numa_node(index)
+    }
+    fn mig_mode(&self, index: u32) -> Fact<(u32, u32)> {
+        (**self).mig_mode(index)
+    }
+    fn cpu_affinity(&self, index: u32) -> Fact<Vec<u64>> {
+        (**self).cpu_affinity(index)
+    }
+    fn nvlinks(&self, index: u32) -> Fact<Vec<RawNvLink>> {
+        (**self).nvlinks(index)
+    }
+    fn p2p_nvlink(&self, a: u32, b: u32) -> Fact<u32> {
+        (**self).p2p_nvlink(a, b)
+    }
+    fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32> {
+        (**self).common_ancestor(a, b)
+    }
+    fn fabric(&self, index: u32) -> Fact<RawFabric> {
+        (**self).fabric(index)
+    }
+}
+
 /// NVML's `NVML_NVLINK_VERSION_*` code as a version string.
 pub fn nvlink_version_name(code: u32) -> String {
     match code {
