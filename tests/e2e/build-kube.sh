@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the real control plane the end-to-end tests run against, from the Go module proxy:
+# kube-apiserver, kube-controller-manager (only its admission-policy status controller runs in
+# the tests), kube-scheduler and kubectl (tests/e2e/kube), helm (tests/e2e/helm), etcd from the
+# etcd-bin-vendored-linux-amd64 crate, and the released CRDs of the topology-aware schedulers
+# whose Go modules the proxy serves (Kueue).
+#
+# Binaries go to a cache outside the repository, keyed by a hash of the wrapper modules' go.mod
+# and go.sum files and the versions below, so a second run builds nothing. Prints the binary folder
+# as its last line of standard output.
+#
+#   tests/e2e/build-kube.sh            # build (or reuse) and print the folder
+#   NODETOPO_KUBE_CACHE=DIR ...        # cache root (default ~/.cache/nodetopo-e2e)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+
+KUBE_VERSION=v1.37.2
+HELM_VERSION=v3.22.0
+ETCD_CRATE_VERSION=3.7.2
+KUEUE_VERSION=v0.17.0
+KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl"
+
+key=$( { cat "$here/kube/go.mod" "$here/kube/go.sum" "$here/helm/go.mod" "$here/helm/go.sum"
+  echo "$KUBE_VERSION $HELM_VERSION $ETCD_CRATE_VERSION $KUEUE_VERSION $KUBE_CMDS"; } | sha256sum | cut -c1-16)
+root="${NODETOPO_KUBE_CACHE:-$HOME/.cache/nodetopo-e2e}"
+bin="$root/bin-$key"
+
+log() { printf '[build-kube %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [ -f "$bin/.complete" ]; then
+  log "cached: $bin"
+  echo "$bin"
+  exit 0
+fi
+
+mkdir -p "$bin.tmp"
+started=$(date +%s)
+
+major=${KUBE_VERSION#v}; major=${major%%.*}
+minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
+kube_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+  kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+export CGO_ENABLED=0 GOFLAGS=-mod=mod
+for cmd in $KUBE_CMDS; do
+  if [ -x "$bin.tmp/$cmd" ]; then log "$cmd: already built in this run"; continue; fi
+  log "building $cmd $KUBE_VERSION (a cold build takes many minutes on 2 cores)"
+  t0=$(date +%s)
+  (cd "$here/kube" && go build -trimpath -ldflags "$kube_ldflags" -o "$bin.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+  log "$cmd built in $(( $(date +%s) - t0 )) s"
+done
+
+if [ ! -x "$bin.tmp/helm" ]; then
+  log "building helm $HELM_VERSION"
+  t0=$(date +%s)
+  helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    helm_ldflags+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  (cd "$here/helm" && go build -trimpath -ldflags "$helm_ldflags" -o "$bin.tmp/helm" helm.sh/helm/v3/cmd/helm)
+  log "helm built in $(( $(date +%s) - t0 )) s"
+fi
+
+if [ ! -x "$bin.tmp/etcd" ]; then
+  log "fetching etcd $ETCD_CRATE_VERSION (crate etcd-bin-vendored-linux-amd64)"
+  crate_dir=$(mktemp -d)
+  curl -fsSL --retry 3 -o "$crate_dir/etcd.crate" \
+    "https://static.crates.io/crates/etcd-bin-vendored-linux-amd64/etcd-bin-vendored-linux-amd64-$ETCD_CRATE_VERSION.crate"
+  tar -xzf "$crate_dir/etcd.crate" -C "$crate_dir"
+  found="$crate_dir/etcd-bin-vendored-linux-amd64-$ETCD_CRATE_VERSION/bin/etcd"
+  [ -f "$found" ] || { log "no bin/etcd in the crate"; exit 1; }
+  install -m 0755 "$found" "$bin.tmp/etcd"
+  rm -rf "$crate_dir"
+fi
+
+if [ ! -f "$bin.tmp/crds/kueue-topologies.yaml" ]; then
+  log "fetching the Kueue $KUEUE_VERSION Topology CRD (module sigs.k8s.io/kueue)"
+  dir=$(cd "$(mktemp -d)" && GOFLAGS= go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || { log "sigs.k8s.io/kueue@$KUEUE_VERSION was not served"; exit 1; }
+  mkdir -p "$bin.tmp/crds"
+  cp "$dir/config/components/crd/bases/kueue.x-k8s.io_topologies.yaml" "$bin.tmp/crds/kueue-topologies.yaml"
+fi
+
+for b in $KUBE_CMDS; do
+  "$bin.tmp/$b" --version >&2
+done
+"$bin.tmp/helm" version --short >&2
+"$bin.tmp/etcd" --version | head -n1 >&2
+
+touch "$bin.tmp/.complete"
+rm -rf "$bin"
+mv "$bin.tmp" "$bin"
+log "control plane ready in $(( $(date +%s) - started )) s: $bin"
+echo "$bin"
