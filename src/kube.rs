@@ -4,7 +4,9 @@
 //! The writer only applies what the pure policy ([`crate::labels`]) decided. It skips a write
 //! when the desired set equals the last applied one, retries failures with exponential backoff
 //! and jitter, and never deletes labels: keys it stops applying are dropped by the API server's
-//! field ownership, and on shutdown the labels stay in place.
+//! field ownership, and on shutdown the labels stay in place. Before its first write it reads
+//! the Node once: when the labels it owns there (by `managedFields`) already equal the desired
+//! set, as after a restart with the same facts, it writes nothing.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -82,11 +84,43 @@ pub fn apply_body(node: &str, labels: &Labels) -> Node {
     }
 }
 
+/// The labels on `node` that field manager `manager` owns through server-side apply, with their
+/// current values; `None` when the manager owns no labels there.
+pub fn applied_labels(node: &Node, manager: &str) -> Option<BTreeMap<String, String>> {
+    let entry = node.metadata.managed_fields.as_ref()?.iter().find(|m| {
+        m.manager.as_deref() == Some(manager)
+            && m.operation.as_deref() == Some("Apply")
+            && m.subresource.as_deref().unwrap_or_default().is_empty()
+    })?;
+    let fields = entry.fields_v1.as_ref()?;
+    let owned = fields.0.get("f:metadata")?.get("f:labels")?.as_object()?;
+    let current = node.metadata.labels.clone().unwrap_or_default();
+    Some(
+        owned
+            .keys()
+            .filter_map(|k| k.strip_prefix("f:"))
+            .map(|k| (k.to_string(), current.get(k).cloned().unwrap_or_default()))
+            .collect(),
+    )
+}
+
+/// True when `labels` is exactly the set `owned` holds, keys and values.
+fn same_labels(owned: &BTreeMap<String, String>, labels: &Labels) -> bool {
+    owned.len() == labels.len()
+        && labels.iter().all(|(k, v)| {
+            owned
+                .get(&k.to_string())
+                .is_some_and(|o| *o == v.to_string())
+        })
+}
+
 /// Writes labels on one Node.
 pub struct NodeLabeler {
     api: Api<Node>,
     node: String,
     last_applied: Option<Labels>,
+    /// The Node was read once, before the first write.
+    read_current: bool,
     request_timeout: Duration,
     metrics: Metrics,
 }
@@ -103,6 +137,7 @@ impl NodeLabeler {
             api: Api::all(client),
             node,
             last_applied: None,
+            read_current: false,
             request_timeout,
             metrics,
         }
@@ -112,6 +147,26 @@ impl NodeLabeler {
     pub async fn apply(&mut self, labels: &Labels) -> Result<bool, WriteError> {
         if self.last_applied.as_ref() == Some(labels) {
             return Ok(false);
+        }
+        if !self.read_current {
+            match tokio::time::timeout(self.request_timeout, self.api.get(&self.node)).await {
+                Ok(Ok(node)) => {
+                    self.read_current = true;
+                    if applied_labels(&node, FIELD_MANAGER).is_some_and(|o| same_labels(&o, labels))
+                    {
+                        tracing::info!(node = %self.node, "node labels already applied; nothing to write");
+                        self.last_applied = Some(labels.clone());
+                        return Ok(false);
+                    }
+                }
+                // The write below reports the cause when the server is really unreachable.
+                Ok(Err(e)) => {
+                    tracing::debug!(node = %self.node, error = %e, "reading the node before the first write failed");
+                }
+                Err(_) => {
+                    tracing::debug!(node = %self.node, "reading the node before the first write timed out");
+                }
+            }
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let body = apply_body(&self.node, labels);

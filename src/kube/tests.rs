@@ -85,6 +85,37 @@ fn node_ok() -> Response<Body> {
         .unwrap()
 }
 
+/// Answers the one GET of the Node that precedes the first write with `resp`.
+async fn expect_get(handle: &mut Handle, resp: Response<Body>) {
+    let (req, send) = handle.next_request().await.expect("a GET first");
+    assert_eq!(req.method(), http::Method::GET);
+    assert_eq!(req.uri().path(), "/api/v1/nodes/node-a");
+    send.send_response(resp);
+}
+
+/// A Node whose labels `owned` are owned by field manager `manager` through apply.
+fn node_owned_by(manager: &str, labels: &[(&str, &str)], owned: &[&str]) -> Response<Body> {
+    let fields: serde_json::Map<String, serde_json::Value> = owned
+        .iter()
+        .map(|k| (format!("f:{k}"), serde_json::json!({})))
+        .collect();
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), serde_json::json!(v)))
+        .collect();
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a", "labels": labels, "managedFields": [{
+            "manager": manager, "operation": "Apply", "apiVersion": "v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": fields}},
+        }]},
+    });
+    Response::builder()
+        .status(200)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
 fn status(code: u16, reason: &str) -> Response<Body> {
     let body = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -107,6 +138,7 @@ async fn apply_sends_exactly_the_desired_labels_once() {
     let (mut labeler, mut handle, metrics) = labeler();
     let want = labels("4");
     let server = tokio::spawn(async move {
+        expect_get(&mut handle, status(404, "NotFound")).await;
         let (req, send) = handle.next_request().await.expect("one request");
         let got = expect_apply(req).await;
         send.send_response(node_ok());
@@ -136,6 +168,19 @@ async fn converges_through_500_409_timeout_without_duplicates() {
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
     ));
 
+    // The Node carries the labels, but another manager owns them: nodetopo applies its own.
+    expect_get(
+        &mut handle,
+        node_owned_by(
+            "kubectl",
+            &[
+                ("nodetopo.io/gpu.count", "4"),
+                ("nodetopo.io/gpu.product", "NVIDIA-H200"),
+            ],
+            &["nodetopo.io/gpu.count", "nodetopo.io/gpu.product"],
+        ),
+    )
+    .await;
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(expect_apply(req).await, as_map(&want));
     send.send_response(status(500, "InternalError"));
@@ -189,6 +234,7 @@ async fn shutdown_abandons_an_in_flight_write() {
         shutdown_rx,
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
     ));
+    expect_get(&mut handle, node_ok()).await;
     let (_req, _hung) = handle.next_request().await.unwrap();
     shutdown_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_millis(10), run)
@@ -274,4 +320,67 @@ async fn event_is_posted_on_the_node() {
     assert_eq!(body["type"], "Warning");
     assert_eq!(body["reportingComponent"], "nodetopo");
     assert_eq!(body["lastTimestamp"], "2027-01-15T08:00:00Z");
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_with_the_same_labels_writes_nothing() {
+    let (mut labeler, mut handle, metrics) = labeler();
+    let want = labels("4");
+    let server = tokio::spawn(async move {
+        expect_get(
+            &mut handle,
+            node_owned_by(
+                FIELD_MANAGER,
+                &[
+                    ("nodetopo.io/gpu.count", "4"),
+                    ("nodetopo.io/gpu.product", "NVIDIA-H200"),
+                    ("example.com/rack", "r1"),
+                ],
+                &["nodetopo.io/gpu.count", "nodetopo.io/gpu.product"],
+            ),
+        )
+        .await;
+        handle
+    });
+    assert!(!labeler.apply(&want).await.unwrap(), "nothing written");
+    let mut handle = server.await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(3600), handle.next_request()).await;
+    assert!(next.is_err(), "no write after the GET");
+    assert!(metrics.encode().contains("nodetopo_label_writes_total 0"));
+
+    // A changed fact is written, without another GET.
+    let newer = labels("8");
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        let got = expect_apply(req).await;
+        send.send_response(node_ok());
+        got
+    });
+    assert!(labeler.apply(&newer).await.unwrap());
+    assert_eq!(server.await.unwrap(), as_map(&newer));
+}
+
+#[test]
+fn applied_labels_reads_only_the_managers_apply_entry() {
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n", "labels": {"a/x": "1", "a/y": "2", "b/z": "3"},
+            "managedFields": [
+                {"manager": "nodetopo", "operation": "Update", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:metadata": {"f:labels": {"f:b/z": {}}}}},
+                {"manager": "nodetopo", "operation": "Apply", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:metadata": {"f:labels": {"f:a/x": {}, "f:a/gone": {}}}}},
+                {"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:metadata": {"f:labels": {"f:a/y": {}}}}},
+            ]},
+    }))
+    .unwrap();
+    let owned = applied_labels(&node, "nodetopo").unwrap();
+    assert_eq!(
+        owned.into_iter().collect::<Vec<_>>(),
+        [
+            ("a/gone".to_string(), String::new()),
+            ("a/x".to_string(), "1".to_string())
+        ]
+    );
+    assert!(applied_labels(&node, "other").is_none());
 }

@@ -18,16 +18,36 @@ KUBE_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 ETCD_CRATE_VERSION=3.7.2
 KUEUE_VERSION=v0.17.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
 KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl"
 
 key=$( { cat "$here/kube/go.mod" "$here/kube/go.sum" "$here/helm/go.mod" "$here/helm/go.sum"
-  echo "$KUBE_VERSION $HELM_VERSION $ETCD_CRATE_VERSION $KUEUE_VERSION $KUBE_CMDS"; } | sha256sum | cut -c1-16)
+  echo "$KUBE_VERSION $HELM_VERSION $ETCD_CRATE_VERSION $KUBE_CMDS"; } | sha256sum | cut -c1-16)
 root="${NODETOPO_KUBE_CACHE:-$HOME/.cache/nodetopo-e2e}"
 bin="$root/bin-$key"
 
 log() { printf '[build-kube %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# CRDs come from the modules that release them; a file name carries its module version.
+crd() { # crd NAME MODULE VERSION PATH-IN-MODULE
+  local dest="$1/crds/$2-$4.yaml"
+  [ -f "$dest" ] && return 0
+  log "fetching $2 CRD from $3@$4"
+  local dir
+  dir=$(cd "$(mktemp -d)" && GOFLAGS= go mod download -json "$3@$4" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || { log "$3@$4 was not served"; return 1; }
+  mkdir -p "$1/crds"
+  cp "$dir/$5" "$dest.tmp" && mv "$dest.tmp" "$dest"
+}
+crds() {
+  crd "$1" kueue-topologies sigs.k8s.io/kueue "$KUEUE_VERSION" \
+    config/components/crd/bases/kueue.x-k8s.io_topologies.yaml
+  crd "$1" prometheus-podmonitors github.com/prometheus-operator/prometheus-operator \
+    "$PROMETHEUS_OPERATOR_VERSION" example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml
+}
+
 if [ -f "$bin/.complete" ]; then
+  crds "$bin"
   log "cached: $bin"
   echo "$bin"
   exit 0
@@ -44,7 +64,8 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+# The committed go.mod and go.sum are complete: the build never changes them.
+export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 for cmd in $KUBE_CMDS; do
   if [ -x "$bin.tmp/$cmd" ]; then log "$cmd: already built in this run"; continue; fi
   log "building $cmd $KUBE_VERSION (a cold build takes many minutes on 2 cores)"
@@ -77,17 +98,12 @@ if [ ! -x "$bin.tmp/etcd" ]; then
   rm -rf "$crate_dir"
 fi
 
-if [ ! -f "$bin.tmp/crds/kueue-topologies.yaml" ]; then
-  log "fetching the Kueue $KUEUE_VERSION Topology CRD (module sigs.k8s.io/kueue)"
-  dir=$(cd "$(mktemp -d)" && GOFLAGS= go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-  [ -n "$dir" ] || { log "sigs.k8s.io/kueue@$KUEUE_VERSION was not served"; exit 1; }
-  mkdir -p "$bin.tmp/crds"
-  cp "$dir/config/components/crd/bases/kueue.x-k8s.io_topologies.yaml" "$bin.tmp/crds/kueue-topologies.yaml"
-fi
+crds "$bin.tmp"
 
-for b in $KUBE_CMDS; do
+for b in kube-apiserver kube-controller-manager kube-scheduler; do
   "$bin.tmp/$b" --version >&2
 done
+"$bin.tmp/kubectl" version --client >&2
 "$bin.tmp/helm" version --short >&2
 "$bin.tmp/etcd" --version | head -n1 >&2
 

@@ -1,0 +1,322 @@
+//! The Helm chart and the plain manifests against a real API server: helm lint and template for
+//! every optional part, helm install with every object read back, the admission policy's type
+//! check by the real status controller, server-side dry runs of `daemonset/`, and `daemonset/`
+//! compared with the chart's defaults as the server returns them.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use kube::Api;
+use serde_json::Value;
+
+use crate::harness::{self, ControlPlane, ROOT};
+
+const NS: &str = "nodetopo";
+
+fn chart() -> String {
+    format!("{ROOT}/charts/nodetopo")
+}
+
+/// The documents of a multi-document YAML stream, empty ones dropped.
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(objs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = objs
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+fn template(cp: &ControlPlane, set: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec!["template", "nodetopo", &chart[..], "--namespace", NS];
+    for s in set {
+        args.push("--set");
+        args.push(s);
+    }
+    docs(&cp.helm(&args))
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    objs.iter().find(|o| o["kind"] == kind)
+}
+
+/// A server's answer reduced to what the manifests say: identity, generated fields, status and
+/// the labels and annotations helm adds are dropped.
+fn normalize(mut v: Value) -> Value {
+    if let Some(m) = v["metadata"].as_object_mut() {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+            "generation",
+        ] {
+            m.remove(k);
+        }
+        for (field, helm_keys) in [
+            (
+                "labels",
+                &[
+                    "helm.sh/chart",
+                    "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/version",
+                ][..],
+            ),
+            (
+                "annotations",
+                &[
+                    "meta.helm.sh/release-name",
+                    "meta.helm.sh/release-namespace",
+                ][..],
+            ),
+        ] {
+            if let Some(map) = m.get_mut(field).and_then(Value::as_object_mut) {
+                for k in helm_keys {
+                    map.remove(*k);
+                }
+                if map.is_empty() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    // Pod template labels carry the same helm labels.
+    if let Some(l) = v
+        .pointer_mut("/spec/template/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        for k in [
+            "helm.sh/chart",
+            "app.kubernetes.io/managed-by",
+            "app.kubernetes.io/version",
+        ] {
+            l.remove(k);
+        }
+    }
+    v
+}
+
+/// `kubectl apply --server-side --dry-run=server -o json` of `input` (a path, or `-` with
+/// `stdin`): the objects as the server would store them, by kind/name.
+fn dry_run(cp: &ControlPlane, input: &[&str], stdin: Option<&str>) -> BTreeMap<String, Value> {
+    let args = [
+        &["apply", "--server-side", "--dry-run=server", "-o", "json"][..],
+        input,
+    ]
+    .concat();
+    let out = cp.kubectl_input(&args, stdin.unwrap_or_default());
+    assert!(
+        out.status.success(),
+        "dry run of {input:?} refused:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("kubectl -o json");
+    let items = if v["kind"] == "List" {
+        v["items"].as_array().unwrap().clone()
+    } else {
+        vec![v]
+    };
+    items
+        .into_iter()
+        .map(|o| {
+            let key = format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            );
+            (key, normalize(o))
+        })
+        .collect()
+}
+
+fn to_yaml(objs: &[Value]) -> String {
+    objs.iter()
+        .map(|o| format!("---\n{}", serde_yaml_ng::to_string(o).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn chart_renders_installs_and_matches_daemonset() {
+    let cp = ControlPlane::start(harness::Options {
+        policy_status_controller: true,
+    });
+    let admin = cp.admin().await;
+
+    // Lint, strictly: a warning fails too.
+    cp.helm(&["lint", "--strict", &chart()]);
+
+    // Render each optional part and check what it adds or removes.
+    let default = template(&cp, &[]);
+    let kd = kinds(&default);
+    for want in [
+        "DaemonSet/nodetopo-agent",
+        "ServiceAccount/nodetopo-agent",
+        "ClusterRole/nodetopo-agent",
+        "ClusterRoleBinding/nodetopo-agent",
+        "ValidatingAdmissionPolicy/nodetopo-agent-own-node",
+        "ValidatingAdmissionPolicyBinding/nodetopo-agent-own-node",
+    ] {
+        assert!(
+            kd.contains(&want.to_string()),
+            "default render lacks {want}: {kd:?}"
+        );
+    }
+    assert!(find(&default, "Deployment").is_none() && find(&default, "PodMonitor").is_none());
+
+    let extender = template(&cp, &["extender.enabled=true"]);
+    let ke = kinds(&extender);
+    assert!(ke.iter().any(|k| k.starts_with("Deployment/")), "{ke:?}");
+    assert!(ke.iter().any(|k| k.starts_with("Service/")), "{ke:?}");
+    assert!(ke.iter().any(|k| k.starts_with("ConfigMap/")), "{ke:?}");
+    assert!(ke.len() > kd.len());
+
+    let compat = template(&cp, &["compatLabels={topograph,gfd-clique}"]);
+    let ds = find(&compat, "DaemonSet").unwrap();
+    let args =
+        serde_json::to_string(&ds["spec"]["template"]["spec"]["containers"][0]["args"]).unwrap();
+    assert!(
+        args.contains("topograph") && args.contains("gfd-clique"),
+        "{args}"
+    );
+    let vap = serde_json::to_string(find(&compat, "ValidatingAdmissionPolicy").unwrap()).unwrap();
+    assert!(
+        vap.contains("accelerator.topograph.run/domain") && vap.contains("nvidia.com/gpu.clique"),
+        "the policy lets the agent write the compatibility keys: {vap}"
+    );
+
+    let monitor = template(&cp, &["monitoring.podMonitor.enabled=true"]);
+    assert!(find(&monitor, "PodMonitor").is_some());
+
+    let no_policy = template(&cp, &["admissionPolicy.enabled=false"]);
+    assert!(find(&no_policy, "ValidatingAdmissionPolicy").is_none());
+    assert!(find(&no_policy, "ValidatingAdmissionPolicyBinding").is_none());
+    assert!(find(&no_policy, "DaemonSet").is_some());
+
+    // daemonset/ against the server, before the chart owns anything: a server-side dry run of
+    // both kustomizations, and the objects compared with the chart's defaults as the server
+    // returns them (defaults filled in, helm's own labels dropped).
+    cp.kubectl(&["create", "namespace", NS]);
+    let plain = dry_run(&cp, &["-k", &format!("{ROOT}/daemonset")], None);
+    let plain_ext = dry_run(&cp, &["-k", &format!("{ROOT}/daemonset/extender")], None);
+    let chart_default = dry_run(&cp, &["-f", "-"], Some(&to_yaml(&default)));
+    let mut plain_objs = plain.clone();
+    plain_objs.remove(&format!("Namespace/{NS}"));
+    assert_eq!(
+        plain_objs.keys().collect::<Vec<_>>(),
+        chart_default.keys().collect::<Vec<_>>(),
+        "daemonset/ and the chart's defaults hold the same objects"
+    );
+    for (k, v) in &plain_objs {
+        assert_eq!(
+            v, &chart_default[k],
+            "{k}: daemonset/ differs from the chart's default"
+        );
+    }
+    let chart_ext = dry_run(&cp, &["-f", "-"], Some(&to_yaml(&extender)));
+    for (k, v) in &plain_ext {
+        let c = chart_ext
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} of daemonset/extender/ is not in the chart"));
+        assert_eq!(
+            v, c,
+            "{k}: daemonset/extender/ differs from the chart with the extender on"
+        );
+    }
+
+    // helm install (no --wait: no kubelet runs) with every optional part whose CRD is here.
+    let podmonitor_crd = harness::crd("prometheus-podmonitors");
+    cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        podmonitor_crd.to_str().unwrap(),
+    ]);
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/podmonitors.monitoring.coreos.com",
+    ]);
+    cp.helm(&[
+        "install",
+        "nodetopo",
+        &chart(),
+        "--namespace",
+        NS,
+        "--set",
+        "extender.enabled=true",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+        "--set",
+        "compatLabels={topograph}",
+    ]);
+    let manifest = docs(&cp.helm(&["get", "manifest", "nodetopo", "--namespace", NS]));
+    assert!(manifest.len() >= 12, "{:?}", kinds(&manifest));
+    for o in &manifest {
+        let kind = o["kind"].as_str().unwrap();
+        let name = o["metadata"]["name"].as_str().unwrap();
+        let api = o["apiVersion"].as_str().unwrap();
+        let group = api.split_once('/').map(|(g, _)| g).unwrap_or("");
+        let resource = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut args = vec!["get", &resource[..], name, "-o", "json"];
+        if o["metadata"]["namespace"].is_string() || !is_cluster_scoped(kind) {
+            args.extend(["--namespace", NS]);
+        }
+        let got: Value = serde_json::from_str(&cp.kubectl(&args)).unwrap();
+        assert_eq!(
+            got["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm",
+            "{kind}/{name}"
+        );
+    }
+
+    // The admission policy type-checks without warnings (filled in by the real status
+    // controller of kube-controller-manager).
+    let vaps: Api<ValidatingAdmissionPolicy> = Api::all(admin.clone());
+    let status = harness::eventually(
+        Duration::from_secs(60),
+        "the policy's type check",
+        || async {
+            let p = vaps.get("nodetopo-agent-own-node").await.ok()?;
+            let st = p.status?;
+            (st.observed_generation == p.metadata.generation)
+                .then_some(st)?
+                .type_checking
+        },
+    )
+    .await;
+    let warnings = status.expression_warnings.unwrap_or_default();
+    assert!(warnings.is_empty(), "type-check warnings: {warnings:?}");
+}
+
+fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(
+        kind,
+        "ClusterRole"
+            | "ClusterRoleBinding"
+            | "ValidatingAdmissionPolicy"
+            | "ValidatingAdmissionPolicyBinding"
+            | "Namespace"
+            | "CustomResourceDefinition"
+    )
+}
