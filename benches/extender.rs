@@ -141,11 +141,7 @@ fn setup() -> (Extender, ExtenderArgs) {
             group: g,
         }));
     }
-    let ext = Extender {
-        view,
-        placements,
-        weights: Weights::default(),
-    };
+    let ext = Extender::new(view, placements, Weights::default());
     let args = ExtenderArgs {
         pod: Some(pod("d-4", "m-decode", "decode", None)),
         nodes: None,

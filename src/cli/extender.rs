@@ -180,11 +180,7 @@ async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {
             src.run_pods(placements.clone(), stop_rx.clone()),
         ));
     }
-    let ext = Extender {
-        view,
-        placements,
-        weights: cfg.weights,
-    };
+    let ext = Extender::new(view, placements, cfg.weights);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("--listen {}", cfg.listen))?;

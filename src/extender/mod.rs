@@ -6,7 +6,11 @@
 //! the candidates and calls the pure [`policy`]; [`server`] speaks the HTTP wire format
 //! ([`wire`]).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -22,11 +26,84 @@ pub mod view;
 pub mod wire;
 
 use placement::PlacementIndex;
-use policy::{Candidate, PodContext, ScoreBreakdown, Weights};
+use policy::{Candidate, Domain, GroupDomain, Held, PodContext, ScoreBreakdown, Weights};
 use view::SharedView;
 use wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, HostPriorityList};
 
-/// The extender's state: the view, the placements and the weights.
+/// How long a group's domain stays reserved after its first member was placed, unless every
+/// member has been seen placed before.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(600);
+
+/// Domains reserved for groups when their first member passed the filter. kube-scheduler binds
+/// asynchronously and places the next member at once, before the pod watch shows the first: the
+/// reservation keeps that member in the same domain, and keeps other groups from counting the
+/// room as free.
+#[derive(Debug, Default)]
+pub struct Reservations(Mutex<HashMap<String, Reservation>>);
+
+#[derive(Debug, Clone)]
+struct Reservation {
+    domain: Domain,
+    size: u32,
+    at: Instant,
+}
+
+impl Reservations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reservation>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The domain reserved for `group`, if any and not expired at `now`.
+    pub fn get(&self, group: &str, now: Instant) -> Option<Domain> {
+        self.lock()
+            .get(group)
+            .filter(|r| now.duration_since(r.at) < RESERVATION_TTL)
+            .map(|r| r.domain.clone())
+    }
+
+    /// Reserves `domain` for `group` of `size` pods; drops expired reservations.
+    pub fn reserve(&self, group: &str, domain: Domain, size: u32, now: Instant) {
+        let mut m = self.lock();
+        m.retain(|_, r| now.duration_since(r.at) < RESERVATION_TTL);
+        m.insert(
+            group.to_string(),
+            Reservation {
+                domain,
+                size,
+                at: now,
+            },
+        );
+    }
+
+    /// The room other groups still hold: each reservation but `group`'s, less its placed
+    /// members.
+    pub fn held(&self, group: &str, placements: &dyn PlacementIndex, now: Instant) -> Vec<Held> {
+        self.lock()
+            .iter()
+            .filter(|(g, r)| g.as_str() != group && now.duration_since(r.at) < RESERVATION_TTL)
+            .filter_map(|(g, r)| {
+                let placed = u32::try_from(placements.members(g).len()).unwrap_or(u32::MAX);
+                let remaining = r.size.saturating_sub(placed);
+                (remaining > 0).then(|| Held {
+                    domain: r.domain.clone(),
+                    remaining,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of reservations.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is reserved.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The extender's state: the view, the placements, the weights and the group reservations.
 #[derive(Clone)]
 pub struct Extender {
     /// The cluster view.
@@ -35,6 +112,8 @@ pub struct Extender {
     pub placements: Arc<dyn PlacementIndex>,
     /// Score weights.
     pub weights: Weights,
+    /// Domains reserved for groups.
+    pub reservations: Arc<Reservations>,
 }
 
 /// The whole explanation of one request.
@@ -46,21 +125,65 @@ pub struct Explanation {
     pub context: PodContext,
     /// Rejected nodes and why.
     pub rejected: BTreeMap<String, String>,
+    /// The domain the pod's group is kept in, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<GroupDomain>,
     /// Scores of the nodes that passed.
     pub scores: Vec<ScoreBreakdown>,
 }
 
 impl Extender {
-    /// Filters and scores the request's candidates. Unknown nodes are rejected with a reason.
-    pub fn evaluate(&self, args: &ExtenderArgs) -> Explanation {
-        self.evaluate_with(args, true)
+    /// An extender over `view` and `placements`, with no reservations yet.
+    pub fn new(view: SharedView, placements: Arc<dyn PlacementIndex>, weights: Weights) -> Self {
+        Self {
+            view,
+            placements,
+            weights,
+            reservations: Arc::default(),
+        }
     }
 
-    /// [`Self::evaluate`]; without `reasons` the rejected map stays empty (prioritize).
-    fn evaluate_with(&self, args: &ExtenderArgs, reasons: bool) -> Explanation {
+    /// Filters and scores the request's candidates. Unknown nodes are rejected with a reason.
+    /// Explaining reserves nothing.
+    pub fn evaluate(&self, args: &ExtenderArgs) -> Explanation {
+        self.evaluate_with(args, true, false)
+    }
+
+    /// Remembers the labels of the request's Node objects (full-Node mode) where the view has
+    /// none or only older labels, so that a group member's node stays known after it leaves the candidate
+    /// list (kube-scheduler drops nodes that are full before it calls the extender).
+    fn remember_request_nodes(&self, labels: &BTreeMap<String, BTreeMap<String, String>>) {
+        if labels.is_empty() {
+            return;
+        }
+        let stale: Vec<&String> = self.view.read(|v| {
+            labels
+                .iter()
+                .filter(|(n, l)| match v.entry(n) {
+                    None => true,
+                    // Newer labels of a node known by its labels alone; an agent's topology
+                    // and labels from the watch are not replaced by a request's.
+                    Some(e) => e.topology.is_none() && !l.is_empty() && e.labels != **l,
+                })
+                .map(|(n, _)| n)
+                .collect()
+        });
+        for node in stale {
+            self.view.apply(view::ViewEvent::Labels {
+                node: node.clone(),
+                labels: labels[node].clone(),
+            });
+        }
+    }
+
+    /// [`Self::evaluate`]; without `reasons` the rejected map stays empty (prioritize); with
+    /// `reserve` a domain chosen for a group's first member is reserved (filter).
+    fn evaluate_with(&self, args: &ExtenderArgs, reasons: bool, reserve: bool) -> Explanation {
         let names = args.candidate_names();
         let labels = args.node_labels();
+        self.remember_request_nodes(&labels);
         let pod = args.pod.clone().unwrap_or_default();
+        let now = Instant::now();
         self.view.read(|view| {
             let ctx = policy::pod_context(&pod, view, self.placements.as_ref(), &labels);
             let resolved: Vec<_> = names
@@ -69,49 +192,122 @@ impl Extender {
                 .collect();
             let mut rejected = BTreeMap::new();
             let mut passed = Vec::with_capacity(resolved.len());
+            // A pod the extender does not place passes every node, known or not.
+            if !ctx.managed() {
+                let scores = policy::score_nodes(
+                    &ctx,
+                    &resolved
+                        .iter()
+                        .map(|(name, r)| Candidate {
+                            name: name.as_str(),
+                            facts: r.as_ref().map(|r| r.facts.as_ref()),
+                            freshness: r.as_ref().map(|r| r.freshness),
+                        })
+                        .collect::<Vec<_>>(),
+                    &self.weights,
+                );
+                return Explanation {
+                    pod: group::pod_key(&pod),
+                    context: ctx,
+                    rejected,
+                    domain: None,
+                    scores,
+                };
+            }
             for (name, r) in &resolved {
-                let known = r.is_some() || labels.contains_key(*name);
-                if !known && !reasons {
+                let Some(r) = r else {
+                    if reasons {
+                        let why = if labels.contains_key(*name) {
+                            policy::Reject::NoTopology.to_string()
+                        } else {
+                            "unknown node: not in the extender's view and no Node object in the request"
+                                .to_string()
+                        };
+                        rejected.insert((*name).clone(), why);
+                    }
                     continue;
-                }
-                if !known {
-                    rejected.insert(
-                        (*name).clone(),
-                        "unknown node: not in the extender's view and no Node object in the request"
-                            .to_string(),
-                    );
-                    continue;
-                }
-                let facts = r.as_ref().map(|r| r.facts.as_ref());
-                // A pod that needs nothing from the topology passes any known node.
-                let needs = ctx.requires_gpu || ctx.requires_rdma;
-                match (needs, policy::filter_node(&ctx, facts)) {
-                    (false, _) | (true, Ok(())) => passed.push(Candidate {
+                };
+                match policy::filter_node(&ctx, Some(r.facts.as_ref())) {
+                    Ok(()) => passed.push(Candidate {
                         name: name.as_str(),
-                        facts,
-                        freshness: r.as_ref().map(|r| r.freshness),
+                        facts: Some(r.facts.as_ref()),
+                        freshness: Some(r.freshness),
                     }),
-                    (true, Err(why)) => {
+                    Err(why) => {
                         if reasons {
                             rejected.insert((*name).clone(), why.to_string());
                         }
                     }
                 }
             }
+            let domain = self.group_domain(&ctx, &passed, reserve, now);
+            if let Some(d) = &domain {
+                let dom = d.domain();
+                passed.retain(|c| {
+                    let inside = c.facts.is_some_and(|f| dom.contains(f));
+                    if !inside && reasons {
+                        rejected.insert(
+                            c.name.to_string(),
+                            format!("outside {dom}, where the pod's group is kept"),
+                        );
+                    }
+                    inside
+                });
+            }
             let scores = policy::score_nodes(&ctx, &passed, &self.weights);
             Explanation {
                 pod: group::pod_key(&pod),
                 context: ctx,
                 rejected,
+                domain,
                 scores,
             }
         })
     }
 
+    /// The domain the pod's group is kept in: the placed members' tightest domain that still has
+    /// a candidate; else the group's reservation; else, for a group of known size, the domain
+    /// chosen now (and reserved when `reserve`). `None` leaves the candidates as they are.
+    fn group_domain(
+        &self,
+        ctx: &PodContext,
+        passed: &[Candidate<'_>],
+        reserve: bool,
+        now: Instant,
+    ) -> Option<GroupDomain> {
+        let group = ctx.group.as_ref()?;
+        let has_candidate = |d: &Domain| {
+            passed
+                .iter()
+                .any(|c| c.facts.is_some_and(|f| d.contains(f)))
+        };
+        if !ctx.members.is_empty() {
+            return policy::members_domains(&ctx.members)
+                .into_iter()
+                .find(|d| has_candidate(d))
+                .map(|domain| GroupDomain::Members { domain });
+        }
+        if let Some(domain) = self.reservations.get(&group.group_id, now)
+            && has_candidate(&domain)
+        {
+            return Some(GroupDomain::Reserved { domain });
+        }
+        let remaining = ctx.remaining?;
+        let held = self
+            .reservations
+            .held(&group.group_id, self.placements.as_ref(), now);
+        let chosen = policy::choose_domain(remaining, &ctx.counterparts, passed, &held)?;
+        if reserve && let Some(size) = group.size {
+            self.reservations
+                .reserve(&group.group_id, chosen.domain().clone(), size, now);
+        }
+        Some(chosen)
+    }
+
     /// The `filter` verb. The rejections move into the result; the returned explanation keeps
     /// the scores.
     pub fn filter(&self, args: &ExtenderArgs) -> (ExtenderFilterResult, Explanation) {
-        let mut ex = self.evaluate(args);
+        let mut ex = self.evaluate_with(args, true, true);
         let keep: std::collections::BTreeSet<String> =
             ex.scores.iter().map(|s| s.node.clone()).collect();
         let mut out = ExtenderFilterResult {
@@ -136,7 +332,7 @@ impl Extender {
 
     /// The `prioritize` verb: every candidate gets a score; rejected ones get 0.
     pub fn prioritize(&self, args: &ExtenderArgs) -> (HostPriorityList, Explanation) {
-        let ex = self.evaluate_with(args, false);
+        let ex = self.evaluate_with(args, false, false);
         let by_node: BTreeMap<&str, i64> = ex
             .scores
             .iter()
@@ -153,3 +349,6 @@ impl Extender {
         (list, ex)
     }
 }
+
+#[cfg(test)]
+mod tests;

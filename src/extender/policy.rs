@@ -197,6 +197,8 @@ pub struct PodContext {
     pub group: Option<GroupInfo>,
     /// The pod asks for GPUs (or is in a group).
     pub requires_gpu: bool,
+    /// The pod itself requests a GPU resource.
+    pub requests_gpu: bool,
     /// The pod needs RDMA (a multi-node group, or an RDMA resource).
     pub requires_rdma: bool,
     /// Placed members of the group (excluding this pod).
@@ -209,6 +211,12 @@ pub struct PodContext {
 }
 
 impl PodContext {
+    /// True when the extender places this pod: it is in a group and requests GPUs. Every other
+    /// pod passes every node unchanged.
+    pub fn managed(&self) -> bool {
+        self.group.is_some() && self.requests_gpu
+    }
+
     /// The NVLink cluster that the group's placed members are on, when it is on MNNVL.
     pub fn mnnvl_cluster(&self) -> Option<&str> {
         self.members
@@ -276,6 +284,7 @@ pub fn pod_context(
     let rdma_resource = resource_names(pod).any(|k| k.starts_with("rdma/") || k.contains("hca"));
     PodContext {
         requires_gpu: gpu_resource || group.is_some(),
+        requests_gpu: gpu_resource,
         requires_rdma: rdma_resource || group.as_ref().and_then(|g| g.size).unwrap_or(1) > 1,
         members,
         counterparts,
@@ -456,24 +465,175 @@ pub struct ScoreBreakdown {
 
 /// Domain keys of a node, one per level (where the node has one).
 fn domain_keys(f: &NodeFacts) -> [(Level, Option<String>); 4] {
-    let fabric = f.link_layer.map(|l| {
-        let subnet = f.ib_subnets.first().map(String::as_str).unwrap_or("");
-        format!("{}/{subnet}", ll(l))
-    });
-    [
-        (
-            Level::Clique,
-            f.clique_key().map(|(u, c)| format!("{u}.{c}")),
-        ),
-        (Level::Cluster, f.cluster_uuid.clone()),
-        (
-            Level::Block,
-            f.block
-                .as_ref()
-                .map(|b| format!("{}|{b}", fabric.as_deref().unwrap_or(""))),
-        ),
-        (Level::Fabric, fabric),
-    ]
+    DOMAIN_LEVELS.map(|l| (l, domain_key(f, l)))
+}
+
+/// The levels a group can be kept in, tightest first.
+pub const DOMAIN_LEVELS: [Level; 4] = [Level::Clique, Level::Cluster, Level::Block, Level::Fabric];
+
+/// The key of `f`'s domain at `level`: nodes with equal keys are in one domain.
+pub fn domain_key(f: &NodeFacts, level: Level) -> Option<String> {
+    let fabric = || {
+        f.link_layer.map(|l| {
+            let subnet = f.ib_subnets.first().map(String::as_str).unwrap_or("");
+            format!("{}/{subnet}", ll(l))
+        })
+    };
+    match level {
+        Level::Clique => f.clique_key().map(|(u, c)| format!("{u}.{c}")),
+        Level::Cluster => f.cluster_uuid.clone(),
+        Level::Block => f
+            .block
+            .as_ref()
+            .map(|b| format!("{}|{b}", fabric().as_deref().unwrap_or(""))),
+        Level::Fabric => fabric(),
+        Level::None => None,
+    }
+}
+
+/// One domain: a level and the key its nodes share there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Domain {
+    /// The level.
+    pub level: Level,
+    /// The nodes' key at that level.
+    pub key: String,
+}
+
+impl Domain {
+    /// True when `f` is in this domain.
+    pub fn contains(&self, f: &NodeFacts) -> bool {
+        domain_key(f, self.level).as_deref() == Some(self.key.as_str())
+    }
+}
+
+impl std::fmt::Display for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = match self.level {
+            Level::Clique => "clique",
+            Level::Cluster => "NVLink cluster",
+            Level::Block => "block",
+            Level::Fabric => "fabric",
+            Level::None => "none",
+        };
+        write!(f, "{level} {}", self.key)
+    }
+}
+
+/// Where a group's next member must go, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "from", rename_all = "kebab-case")]
+pub enum GroupDomain {
+    /// The tightest domain holding every placed member that still has a candidate node.
+    Members {
+        /// The domain.
+        domain: Domain,
+    },
+    /// Reserved for the group when its first member was placed (the member is not yet visible
+    /// in the pod watch).
+    Reserved {
+        /// The domain.
+        domain: Domain,
+    },
+    /// Chosen now, for the group's first member: at the tightest level with a domain whose
+    /// candidate nodes can hold the whole rest of the group, the domain closest to the
+    /// counterpart role, then the one that fits most tightly.
+    Chosen {
+        /// The domain.
+        domain: Domain,
+        /// Candidate nodes in it, less those held for other groups.
+        room: u32,
+        /// Its closeness to the counterpart role's placed pods.
+        counterpart: Level,
+    },
+}
+
+impl GroupDomain {
+    /// The domain.
+    pub fn domain(&self) -> &Domain {
+        match self {
+            Self::Members { domain } | Self::Reserved { domain } | Self::Chosen { domain, .. } => {
+                domain
+            }
+        }
+    }
+}
+
+/// A domain held for another group that still has `remaining` members to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The domain.
+    pub domain: Domain,
+    /// Members still to place there.
+    pub remaining: u32,
+}
+
+/// The domains that hold every placed member, tightest first.
+pub fn members_domains(members: &[PeerFacts]) -> Vec<Domain> {
+    let Some(first) = members.first() else {
+        return Vec::new();
+    };
+    DOMAIN_LEVELS
+        .iter()
+        .filter_map(|&level| {
+            let key = domain_key(&first.facts, level)?;
+            members[1..]
+                .iter()
+                .all(|m| domain_key(&m.facts, level).as_deref() == Some(key.as_str()))
+                .then_some(Domain { level, key })
+        })
+        .collect()
+}
+
+/// The domain for the first member of a group of `remaining` pods: at the tightest level where
+/// some domain's candidates, less the room `held` for other groups, can hold all `remaining`,
+/// the domain closest to a counterpart pod; among equals the tightest fit, then the smallest
+/// key. `None` when no domain at any level can hold the group.
+pub fn choose_domain(
+    remaining: u32,
+    counterparts: &[PeerFacts],
+    candidates: &[Candidate<'_>],
+    held: &[Held],
+) -> Option<GroupDomain> {
+    for level in DOMAIN_LEVELS {
+        // key -> (candidate count, closeness to a counterpart)
+        let mut domains: BTreeMap<String, (u32, Level)> = BTreeMap::new();
+        for c in candidates {
+            let Some(f) = c.facts else { continue };
+            let Some(key) = domain_key(f, level) else {
+                continue;
+            };
+            let near = counterparts
+                .iter()
+                .map(|p| proximity(f, &p.facts))
+                .max()
+                .unwrap_or(Level::None);
+            let e = domains.entry(key).or_insert((0, Level::None));
+            e.0 += 1;
+            e.1 = e.1.max(near);
+        }
+        let best = domains
+            .into_iter()
+            .filter_map(|(key, (count, near))| {
+                let taken: u32 = held
+                    .iter()
+                    .filter(|h| h.domain.level == level && h.domain.key == key)
+                    .map(|h| h.remaining)
+                    .sum();
+                let room = count.saturating_sub(taken);
+                (room >= remaining).then_some((key, room, near))
+            })
+            // Closest to the counterpart, then the tightest fit, then the smallest key.
+            .min_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+        if let Some((key, room, counterpart)) = best {
+            return Some(GroupDomain::Chosen {
+                domain: Domain { level, key },
+                room,
+                counterpart,
+            });
+        }
+    }
+    None
 }
 
 /// Scores every candidate (in input order). Candidates without facts score 0.

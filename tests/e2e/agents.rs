@@ -292,7 +292,15 @@ async fn agents_label_their_own_nodes() {
         v
     };
     let writes_before: Vec<usize> = MACHINES.iter().map(|m| node_writes(&cp, m.node)).collect();
-    let window = Duration::from_secs(6);
+    // NODETOPO_E2E_STEADY_SECS lengthens the window for the writes-per-hour figure.
+    let window = Duration::from_secs(
+        std::env::var("NODETOPO_E2E_STEADY_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(6),
+    );
+    let requests_before: usize = MACHINES.iter().map(|m| node_requests(&cp, m.node)).sum();
+    let all_before = cp.audited(AGENT_USER).len();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let steady = t0.elapsed();
@@ -310,11 +318,19 @@ async fn agents_label_their_own_nodes() {
             m.node
         );
     }
+    let requests: usize = MACHINES.iter().map(|m| node_requests(&cp, m.node)).sum();
+    let all = cp.audited(AGENT_USER).len();
+    assert_eq!(
+        requests, requests_before,
+        "the agents read or wrote Nodes in steady state"
+    );
     let probes = (steady.as_secs_f64() / INTERVAL.as_secs_f64()) as u64 * MACHINES.len() as u64;
     eprintln!(
-        "steady state: {} agents, {:.1} s, about {probes} probes, 0 node writes (0 writes/hour)",
+        "steady state: {} agents, {:.1} s, about {probes} probes: 0 node writes, {} API requests \
+         of any kind (0 writes/hour)",
         MACHINES.len(),
-        steady.as_secs_f64()
+        steady.as_secs_f64(),
+        all - all_before
     );
 
     // 3. The replayed facts change: the label follows within one interval, and the key whose

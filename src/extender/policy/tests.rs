@@ -51,6 +51,7 @@ fn ctx(members: Vec<PeerFacts>) -> PodContext {
     PodContext {
         group: None,
         requires_gpu: true,
+        requests_gpu: true,
         requires_rdma: true,
         members,
         counterparts: Vec::new(),
@@ -362,6 +363,7 @@ proptest! {
         let c = PodContext {
             group: None,
             requires_gpu: true,
+            requests_gpu: true,
             requires_rdma: remaining.unwrap_or(1) > 1,
             members: members.into_iter().flatten().enumerate().map(|(i, f)| peer(&format!("m{i}"), f)).collect(),
             counterparts: counterparts.into_iter().flatten().enumerate().map(|(i, f)| peer(&format!("c{i}"), f)).collect(),

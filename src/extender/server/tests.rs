@@ -36,11 +36,11 @@ fn ext() -> Extender {
         node: "b".into(),
         labels: labels("u.1"),
     });
-    Extender {
+    Extender::new(
         view,
-        placements: Arc::new(MemoryPlacementIndex::new()),
-        weights: Weights::default(),
-    }
+        Arc::new(MemoryPlacementIndex::new()),
+        Weights::default(),
+    )
 }
 
 async fn call(app: Router, method: &str, uri: &str, body: String) -> (StatusCode, Vec<u8>) {
@@ -62,7 +62,29 @@ async fn call(app: Router, method: &str, uri: &str, body: String) -> (StatusCode
     (status, bytes)
 }
 
-const POD: &str = r#"{"metadata":{"name":"p","namespace":"ns","labels":{"leaderworkerset.sigs.k8s.io/name":"d"},"annotations":{"leaderworkerset.sigs.k8s.io/size":"2"}}}"#;
+const POD: &str = r#"{"metadata":{"name":"p","namespace":"ns","labels":{"leaderworkerset.sigs.k8s.io/name":"d"},"annotations":{"leaderworkerset.sigs.k8s.io/size":"2"}},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"4"}}}]}}"#;
+
+#[tokio::test]
+async fn pods_the_extender_does_not_place_pass_every_node() {
+    // No GPU request (a group's router, a CPU pod), and a GPU pod in no group.
+    let cpu = POD.replace(r#"{"limits":{"nvidia.com/gpu":"4"}}"#, "{}");
+    let single = r#"{"metadata":{"name":"s","namespace":"ns"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"1"}}}]}}"#;
+    for pod in [cpu.as_str(), single] {
+        let app = router(ext(), ServerConfig::default());
+        let body = format!(r#"{{"Pod":{pod},"NodeNames":["a","b","ghost"]}}"#);
+        let (s, b) = call(app.clone(), "POST", "/filter", body.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+        let r: ExtenderFilterResult = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            r.node_names,
+            Some(vec!["a".into(), "b".into(), "ghost".into()]),
+            "{pod}"
+        );
+        assert!(r.failed_and_unresolvable_nodes.is_empty(), "{pod}");
+        let (s, _) = call(app, "POST", "/prioritize", body).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+}
 
 #[tokio::test]
 async fn malformed_json_is_400_with_a_message() {
@@ -160,10 +182,7 @@ async fn placements_only_when_enabled_and_health() {
         ..Default::default()
     };
     let app = router(e.clone(), cfg);
-    let bound = POD.replace(
-        r#""metadata""#,
-        r#""spec":{"containers":[],"nodeName":"a"},"metadata""#,
-    );
+    let bound = POD.replace(r#""spec":{"#, r#""spec":{"nodeName":"a","#);
     let (s, _) = call(app.clone(), "POST", "/debug/placed", bound).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert_eq!(e.placements.members("ns/lws:d/0").len(), 1);

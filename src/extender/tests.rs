@@ -1,0 +1,296 @@
+//! Group placement through the whole extender (view, placements, reservations, filter and
+//! prioritize), driven the way kube-scheduler drives it: candidates that still have room, the
+//! best score wins with random tie-breaks, and a bound pod shows up in the pod watch only later.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::*;
+use crate::extender::{
+    placement::{MemoryPlacementIndex, PlacedPod, PodEvent},
+    view::{ClusterView, ViewEvent},
+};
+
+const UUID_A: &str = "4f1c2d3e-5a6b-47c8-a9d0-e1f2a3b4c5d6";
+
+/// Labels of a GB200 tray in clique `clique` of NVLink cluster `cluster`, on leaf `leaf`.
+fn tray(cluster: &str, clique: u32, leaf: &str) -> BTreeMap<String, String> {
+    [
+        ("nodetopo.io/gpu.count", "4".to_string()),
+        ("nodetopo.io/nvlink.fabric", "ready".into()),
+        ("nodetopo.io/nvlink.cluster", cluster.into()),
+        ("nodetopo.io/nvlink.domain", format!("{cluster}.{clique}")),
+        ("nodetopo.io/rdma.link-layer", "infiniband".into()),
+        ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0000".into()),
+        ("leaf", leaf.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Labels of an 8-GPU InfiniBand node (no multi-node NVLink) on leaf `leaf`.
+fn hgx(leaf: &str) -> BTreeMap<String, String> {
+    [
+        ("nodetopo.io/gpu.count", "8"),
+        ("nodetopo.io/nvlink.fabric", "none"),
+        ("nodetopo.io/rdma.link-layer", "infiniband"),
+        ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0000"),
+        ("leaf", leaf),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn extender() -> (Extender, Arc<MemoryPlacementIndex>) {
+    let view = SharedView::new(ClusterView::new(view::LabelConfig {
+        prefix: "nodetopo.io".into(),
+        block_label: Some("leaf".into()),
+    }));
+    let placements = Arc::new(MemoryPlacementIndex::new());
+    (
+        Extender::new(view, placements.clone(), Weights::default()),
+        placements,
+    )
+}
+
+/// Pod `index` of LWS group `group` of LeaderWorkerSet `lws` (size `size`), asking for GPUs.
+fn lws_pod(lws: &str, group: u32, index: u32, size: u32) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": format!("{lws}-{group}-{index}"), "namespace": "ns",
+            "labels": {
+                "leaderworkerset.sigs.k8s.io/name": lws,
+                "leaderworkerset.sigs.k8s.io/group-index": group.to_string(),
+                "leaderworkerset.sigs.k8s.io/worker-index": index.to_string(),
+            },
+            "annotations": {"leaderworkerset.sigs.k8s.io/size": size.to_string()},
+        },
+        "spec": {"containers": [{"name": "w", "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+    }))
+    .unwrap()
+}
+
+fn names_args(pod: &Pod, nodes: &[String]) -> ExtenderArgs {
+    ExtenderArgs {
+        pod: Some(pod.clone()),
+        nodes: None,
+        node_names: Some(nodes.to_vec()),
+    }
+}
+
+fn full_args(pod: &Pod, nodes: &[(String, BTreeMap<String, String>)]) -> ExtenderArgs {
+    let items: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|(n, l)| serde_json::json!({"metadata": {"name": n, "labels": l}}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "Pod": pod, "Nodes": {"items": items},
+    }))
+    .unwrap()
+}
+
+fn kept(ext: &Extender, args: &ExtenderArgs) -> Vec<String> {
+    let (r, _) = ext.filter(args);
+    match (r.node_names, r.nodes) {
+        (Some(n), _) => n,
+        (None, Some(list)) => list
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect(),
+        (None, None) => Vec::new(),
+    }
+}
+
+fn place(placements: &MemoryPlacementIndex, pod: &Pod, node: &str) {
+    placements.apply(PodEvent::Placed(PlacedPod {
+        pod: group::pod_key(pod).unwrap(),
+        node: node.into(),
+        group: group::group_of(pod).unwrap(),
+    }));
+}
+
+/// Fault 1: in full-Node mode a member whose node has filled up (so kube-scheduler no longer
+/// lists it) must keep its group together.
+#[test]
+fn a_member_on_a_full_node_still_holds_its_group() {
+    let (ext, placements) = extender();
+    let nodes: Vec<(String, BTreeMap<String, String>)> = vec![
+        ("a1".into(), tray(UUID_A, 1, "l1")),
+        ("a2".into(), tray(UUID_A, 1, "l1")),
+        ("b1".into(), tray(UUID_A, 2, "l2")),
+        ("b2".into(), tray(UUID_A, 2, "l2")),
+        ("b3".into(), tray(UUID_A, 2, "l2")),
+    ];
+    let p0 = lws_pod("decode", 0, 0, 2);
+    let first = kept(&ext, &full_args(&p0, &nodes));
+    assert_eq!(
+        first,
+        ["a1", "a2"],
+        "the only clique that fits the group tightly"
+    );
+    place(&placements, &p0, "a1");
+    // a1 is full now: kube-scheduler leaves it out of the next request.
+    let p1 = lws_pod("decode", 0, 1, 2);
+    let rest: Vec<_> = nodes.iter().filter(|(n, _)| n != "a1").cloned().collect();
+    let (r, ex) = ext.filter(&full_args(&p1, &rest));
+    assert_eq!(
+        ex.context.members.len(),
+        1,
+        "the member on a1 is still known"
+    );
+    let kept: Vec<String> = r
+        .nodes
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(kept, ["a2"]);
+    assert!(r.failed_and_unresolvable_nodes["b1"].contains("outside clique"));
+}
+
+/// kube-scheduler binds in the background and places the next member at once: before the pod
+/// watch shows the first member, the group's reservation keeps the second in the same domain,
+/// and another group does not count that room as free.
+#[test]
+fn reservation_bridges_the_pod_watch_delay() {
+    let (ext, _placements) = extender();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("a{i}"))
+        .chain((1..=2).map(|i| format!("b{i}")))
+        .collect();
+    for n in &names {
+        let clique = if n.starts_with('a') { 1 } else { 2 };
+        ext.view.apply(ViewEvent::Labels {
+            node: n.clone(),
+            labels: tray(UUID_A, clique, "l1"),
+        });
+    }
+    let g0 = |i| lws_pod("decode", 0, i, 2);
+    // Best fit: clique 2 holds exactly 2.
+    assert_eq!(kept(&ext, &names_args(&g0(0), &names)), ["b1", "b2"]);
+    // b1 taken, the watch has not shown it yet.
+    let left: Vec<String> = names.iter().filter(|n| *n != "b1").cloned().collect();
+    assert_eq!(kept(&ext, &names_args(&g0(1), &left)), ["b2"]);
+    // Another group of 2 sees clique 2 as held (1 member still to come) and takes clique 1.
+    let h = lws_pod("prefill", 0, 0, 2);
+    assert_eq!(kept(&ext, &names_args(&h, &left)), ["a1", "a2", "a3"]);
+    assert_eq!(ext.reservations.len(), 2);
+}
+
+#[derive(Debug, Clone)]
+struct Cluster {
+    /// Free nodes per clique (the cliques of one NVLink cluster) or per leaf.
+    free: Vec<u32>,
+    nvlink: bool,
+    size: u32,
+    seed: u64,
+    /// Chance that a bound member is visible to the pod watch before the next member.
+    visible: f64,
+}
+
+fn arb_cluster() -> impl Strategy<Value = Cluster> {
+    (
+        proptest::collection::vec(0u32..6, 2..7),
+        any::<bool>(),
+        2u32..6,
+        any::<u64>(),
+        prop_oneof![Just(0.0), Just(0.5), Just(1.0)],
+    )
+        .prop_map(|(free, nvlink, size, seed, visible)| Cluster {
+            free,
+            nvlink,
+            size,
+            seed,
+            visible,
+        })
+}
+
+/// Places a group of `c.size` pods as kube-scheduler would: each pod's candidates are the free
+/// nodes, filter then prioritize, the best score wins with a random tie-break. A decode group
+/// already runs in the first domain, so that counterpart closeness pulls the new group there.
+fn place_group(c: &Cluster) -> (Vec<usize>, BTreeMap<String, usize>) {
+    let (ext, placements) = extender();
+    let mut rng = StdRng::seed_from_u64(c.seed);
+    let mut domain_of = BTreeMap::new();
+    let mut free: BTreeSet<String> = BTreeSet::new();
+    for (d, n) in c.free.iter().enumerate() {
+        // One busy node per domain runs the decode group's pods (domain 0 only).
+        for i in 0..=*n {
+            let name = format!("d{d}-n{i}");
+            let labels = if c.nvlink {
+                tray(UUID_A, u32::try_from(d).unwrap() + 1, "l1")
+            } else {
+                hgx(&format!("leaf{d}"))
+            };
+            ext.view.apply(ViewEvent::Labels {
+                node: name.clone(),
+                labels,
+            });
+            domain_of.insert(name.clone(), d);
+            if i == 0 {
+                if d == 0 {
+                    place(&placements, &lws_pod("m-decode", 0, 0, 1), &name);
+                }
+            } else {
+                free.insert(name);
+            }
+        }
+    }
+    let mut chosen = Vec::new();
+    let mut pending: Vec<(Pod, String)> = Vec::new();
+    for i in 0..c.size {
+        let pod = lws_pod("m-prefill", 0, i, c.size);
+        let cands: Vec<String> = free.iter().cloned().collect();
+        let args = names_args(&pod, &cands);
+        let keep = kept(&ext, &args);
+        let args = names_args(&pod, &keep);
+        let (scores, _) = ext.prioritize(&args);
+        let Some(best) = scores.iter().map(|h| h.score).max() else {
+            break;
+        };
+        let top: Vec<&String> = scores
+            .iter()
+            .filter(|h| h.score == best)
+            .map(|h| &h.host)
+            .collect();
+        let node = top[rng.random_range(0..top.len())].clone();
+        free.remove(&node);
+        chosen.push(domain_of[&node]);
+        pending.push((pod, node));
+        // The watch delivers some bindings before the next pod, some later.
+        pending.retain(|(p, n)| {
+            if rng.random_bool(c.visible) {
+                place(&placements, p, n);
+                false
+            } else {
+                true
+            }
+        });
+    }
+    (chosen, domain_of)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Fault 2: with fragmented free capacity, a group whose size fits in some domain is never
+    /// split, whatever the counterpart pull and the watch delay.
+    #[test]
+    fn a_group_that_fits_a_domain_is_never_split(c in arb_cluster()) {
+        let fits = c.free.iter().any(|n| *n >= c.size);
+        let (chosen, _) = place_group(&c);
+        if fits {
+            prop_assert_eq!(chosen.len(), c.size as usize);
+            let first = chosen[0];
+            prop_assert!(chosen.iter().all(|d| *d == first), "split: {:?} for {:?}", chosen, c);
+            prop_assert!(c.free[first] >= c.size, "a domain too small was chosen: {:?}", c);
+        }
+    }
+}
