@@ -481,7 +481,12 @@ pub fn domain_key(f: &NodeFacts, level: Level) -> Option<String> {
     };
     match level {
         Level::Clique => f.clique_key().map(|(u, c)| format!("{u}.{c}")),
-        Level::Cluster => f.cluster_uuid.clone(),
+        // A node whose fabric is not ready is in no NVLink cluster domain: the cluster's
+        // multi-node NVLink does not reach it.
+        Level::Cluster => f
+            .cluster_uuid
+            .clone()
+            .filter(|_| f.fabric_state == FabricState::Ready),
         Level::Block => f
             .block
             .as_ref()

@@ -168,7 +168,8 @@ sc = e["schedulerConfig"]
 check("scheduler extender", sched["extenders"], [{
     "urlPrefix": f"http://nodetopo-extender.{NAMESPACE}.svc:{e['port']}", "filterVerb": "filter",
     "prioritizeVerb": "prioritize", "weight": sc["weight"], "nodeCacheCapable": sc["nodeCacheCapable"],
-    "ignorable": sc["ignorable"], "httpTimeout": sc["httpTimeout"]}])
+    "ignorable": sc["ignorable"], "httpTimeout": sc["httpTimeout"],
+    "managedResources": [{"name": r, "ignoredByScheduler": False} for r in sc["managedResources"]]}])
 
 if failures:
     print("daemonset/ and the chart's defaults differ:", *failures, sep="\n  ")

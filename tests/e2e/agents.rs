@@ -23,15 +23,15 @@ const INTERVAL: Duration = Duration::from_millis(250);
 const SLACK: Duration = Duration::from_secs(4);
 const PREFIX: &str = "nodetopo.io/";
 
-fn fixture(p: &str) -> PathBuf {
+pub fn fixture(p: &str) -> PathBuf {
     Path::new(ROOT).join("tests/fixtures").join(p)
 }
 
 /// One replayed machine.
-struct Machine {
-    node: &'static str,
-    snapshot: &'static str,
-    sysfs: &'static str,
+pub struct Machine {
+    pub node: &'static str,
+    pub snapshot: &'static str,
+    pub sysfs: &'static str,
 }
 
 const MACHINES: [Machine; 3] = [
@@ -53,7 +53,7 @@ const MACHINES: [Machine; 3] = [
 ];
 
 /// A running agent; killed on drop.
-struct Agent {
+pub struct Agent {
     child: Child,
     snapshot: PathBuf,
     args: Vec<std::ffi::OsString>,
@@ -62,7 +62,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(m: &Machine, kubeconfig: &Path) -> Self {
+    pub fn start(m: &Machine, kubeconfig: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = dir.path().join("snapshot.json");
         std::fs::copy(fixture(m.snapshot), &snapshot).unwrap();
@@ -131,7 +131,7 @@ impl Drop for Agent {
 }
 
 /// The labels `nodetopo probe` derives from the same replayed facts: what the Node must carry.
-fn probe_labels(snapshot: &Path, sysfs: &Path, node: &str) -> BTreeMap<String, String> {
+pub fn probe_labels(snapshot: &Path, sysfs: &Path, node: &str) -> BTreeMap<String, String> {
     let out = Command::new(NODETOPO)
         .args(["probe", "-o", "labels", "--node-name", node, "--replay"])
         .arg(snapshot)
@@ -170,7 +170,7 @@ fn rv(node: &Node) -> String {
 }
 
 /// Waits until Node `name` carries exactly `want` under the prefix.
-async fn converge(
+pub async fn converge(
     client: &Client,
     name: &str,
     want: &BTreeMap<String, String>,

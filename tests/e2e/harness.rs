@@ -579,6 +579,16 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
 
 /// Creates a ready GPU Node `name` with `labels`, as a kubelet would register it.
 pub async fn create_node(client: &Client, name: &str, labels: &[(&str, &str)]) -> Node {
+    create_node_with(client, name, labels, 4).await
+}
+
+/// [`create_node`] with `gpus` allocatable `nvidia.com/gpu`.
+pub async fn create_node_with(
+    client: &Client,
+    name: &str,
+    labels: &[(&str, &str)],
+    gpus: u32,
+) -> Node {
     let api: Api<Node> = Api::all(client.clone());
     let labels: serde_json::Map<String, serde_json::Value> = labels
         .iter()
@@ -589,13 +599,13 @@ pub async fn create_node(client: &Client, name: &str, labels: &[(&str, &str)]) -
         "metadata": {"name": name, "labels": labels},
     }))
     .unwrap();
-    let created = api
-        .create(&PostParams::default(), &node)
+    api.create(&PostParams::default(), &node)
         .await
         .unwrap_or_else(|e| panic!("create node {name}: {e}"));
+    let gpus = gpus.to_string();
     let status = json!({"status": {
-        "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "4"},
-        "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "4"},
+        "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus},
+        "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus},
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                         "message": "e2e", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
                         "lastTransitionTime": "2026-01-01T00:00:00Z"}],
@@ -607,7 +617,15 @@ pub async fn create_node(client: &Client, name: &str, labels: &[(&str, &str)]) -
     )
     .await
     .unwrap_or_else(|e| panic!("patch node {name} status: {e}"));
-    created
+    // The TaintNodesByCondition admission plugin gives a new Node the not-ready taint; the node
+    // lifecycle controller would lift it once the kubelet reports Ready. No controller runs here.
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&json!({"spec": {"taints": null}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("untaint node {name}: {e}"))
 }
 
 /// Creates a Pod in `ns` under service account `sa`, already bound to `node`.

@@ -9,4 +9,5 @@ mod admission;
 mod agents;
 mod chart;
 mod harness;
+mod scheduler;
 mod topology;
