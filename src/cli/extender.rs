@@ -61,12 +61,12 @@ pub struct ExtenderArgs {
     /// Longest reconnect delay for agent streams.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     backoff_max: Duration,
-    /// How often Nodes are re-listed (in a cluster).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    node_resync: Duration,
-    /// How often bound Pods are re-listed for placements (in a cluster).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pod_resync: Duration,
+    /// Ignored (deprecated: Nodes and Pods are watched).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    node_resync: Option<Duration>,
+    /// Ignored (deprecated: Nodes and Pods are watched).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pod_resync: Option<Duration>,
 }
 
 /// Validated configuration.
@@ -79,8 +79,6 @@ struct ExtenderConfig {
     no_kube: bool,
     backoff: Backoff,
     agent_port: u16,
-    node_resync: Duration,
-    pod_resync: Duration,
 }
 
 fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
@@ -98,6 +96,14 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
         Some(p) => AgentEndpoints::load(p).context("--agents")?,
         None => AgentEndpoints::default(),
     };
+    for (flag, given) in [
+        ("--node-resync", args.node_resync.is_some()),
+        ("--pod-resync", args.pod_resync.is_some()),
+    ] {
+        if given {
+            tracing::warn!(flag, "deprecated and ignored: Nodes and Pods are watched");
+        }
+    }
     if args.no_kube && args.agents.is_none() {
         tracing::warn!("--no-kube without --agents: only node labels in requests are used");
     }
@@ -118,8 +124,6 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
         no_kube: args.no_kube,
         backoff: Backoff::new(args.backoff_base, args.backoff_max),
         agent_port: args.agent_port,
-        node_resync: args.node_resync.max(Duration::from_secs(1)),
-        pod_resync: args.pod_resync.max(Duration::from_millis(200)),
     })
 }
 
@@ -167,8 +171,6 @@ async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {
         let src = ClusterSource {
             client,
             agent_port: cfg.agent_port,
-            node_resync: cfg.node_resync,
-            pod_resync: cfg.pod_resync,
             connector: connector.clone(),
             backoff: cfg.backoff,
             exclude: cfg.agents.endpoints.keys().cloned().collect(),
