@@ -30,14 +30,15 @@ use policy::{Candidate, Domain, GroupDomain, Held, PodContext, ScoreBreakdown, W
 use view::SharedView;
 use wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, HostPriorityList};
 
-/// How long a group's domain stays reserved after its first member was placed, unless every
-/// member has been seen placed before.
+/// How long a group's domain stays reserved after its first member passed the filter, unless
+/// every member has passed before.
 pub const RESERVATION_TTL: Duration = Duration::from_secs(600);
 
 /// Domains reserved for groups when their first member passed the filter. kube-scheduler binds
 /// asynchronously and places the next member at once, before the pod watch shows the first: the
 /// reservation keeps that member in the same domain, and keeps other groups from counting the
-/// room as free.
+/// room as free. A reservation holds room for the members that have not passed the filter yet,
+/// and ends when all have, or after [`RESERVATION_TTL`].
 #[derive(Debug, Default)]
 pub struct Reservations(Mutex<HashMap<String, Reservation>>);
 
@@ -46,6 +47,17 @@ struct Reservation {
     domain: Domain,
     size: u32,
     at: Instant,
+    /// Pods that passed the filter into the domain.
+    admitted: std::collections::BTreeSet<String>,
+}
+
+impl Reservation {
+    /// Members still to come: neither admitted nor seen placed.
+    fn remaining(&self, placed: usize) -> u32 {
+        let done = placed.max(self.admitted.len());
+        self.size
+            .saturating_sub(u32::try_from(done).unwrap_or(u32::MAX))
+    }
 }
 
 impl Reservations {
@@ -61,35 +73,54 @@ impl Reservations {
             .map(|r| r.domain.clone())
     }
 
-    /// Reserves `domain` for `group` of `size` pods; drops expired reservations.
-    pub fn reserve(&self, group: &str, domain: Domain, size: u32, now: Instant) {
+    /// Reserves `domain` for `group` of `size` pods, `pod` admitted first; drops expired
+    /// reservations.
+    pub fn reserve(&self, group: &str, pod: &str, domain: Domain, size: u32, now: Instant) {
         let mut m = self.lock();
         m.retain(|_, r| now.duration_since(r.at) < RESERVATION_TTL);
-        m.insert(
-            group.to_string(),
-            Reservation {
-                domain,
-                size,
-                at: now,
-            },
-        );
+        let mut r = Reservation {
+            domain,
+            size,
+            at: now,
+            admitted: Default::default(),
+        };
+        r.admitted.insert(pod.to_string());
+        if r.remaining(0) > 0 {
+            m.insert(group.to_string(), r);
+        } else {
+            m.remove(group);
+        }
     }
 
-    /// The room other groups still hold: each reservation but `group`'s, less its placed
-    /// members.
+    /// Records that `pod` of `group` passed the filter; the reservation ends when every member
+    /// has.
+    pub fn admit(&self, group: &str, pod: &str, placed: usize) {
+        let mut m = self.lock();
+        if let Some(r) = m.get_mut(group) {
+            r.admitted.insert(pod.to_string());
+            if r.remaining(placed) == 0 {
+                m.remove(group);
+            }
+        }
+    }
+
+    /// The room other groups still hold: each reservation but `group`'s, for its members still
+    /// to come. Expired and fulfilled reservations are dropped.
     pub fn held(&self, group: &str, placements: &dyn PlacementIndex, now: Instant) -> Vec<Held> {
-        self.lock()
-            .iter()
-            .filter(|(g, r)| g.as_str() != group && now.duration_since(r.at) < RESERVATION_TTL)
-            .filter_map(|(g, r)| {
-                let placed = u32::try_from(placements.members(g).len()).unwrap_or(u32::MAX);
-                let remaining = r.size.saturating_sub(placed);
-                (remaining > 0).then(|| Held {
+        let mut m = self.lock();
+        let mut out = Vec::new();
+        m.retain(|g, r| {
+            let remaining = r.remaining(placements.members(g).len());
+            let keep = now.duration_since(r.at) < RESERVATION_TTL && remaining > 0;
+            if keep && g != group {
+                out.push(Held {
                     domain: r.domain.clone(),
                     remaining,
-                })
-            })
-            .collect()
+                });
+            }
+            keep
+        });
+        out
     }
 
     /// Number of reservations.
@@ -240,7 +271,8 @@ impl Extender {
                     }
                 }
             }
-            let domain = self.group_domain(&ctx, &passed, reserve, now);
+            let key = group::pod_key(&pod).unwrap_or_default();
+            let domain = self.group_domain(&ctx, &key, &passed, reserve, now);
             if let Some(d) = &domain {
                 let dom = d.domain();
                 passed.retain(|c| {
@@ -271,6 +303,7 @@ impl Extender {
     fn group_domain(
         &self,
         ctx: &PodContext,
+        pod: &str,
         passed: &[Candidate<'_>],
         reserve: bool,
         now: Instant,
@@ -281,27 +314,33 @@ impl Extender {
                 .iter()
                 .any(|c| c.facts.is_some_and(|f| d.contains(f)))
         };
-        if !ctx.members.is_empty() {
-            return policy::members_domains(&ctx.members)
+        let found = if !ctx.members.is_empty() {
+            policy::members_domains(&ctx.members)
                 .into_iter()
                 .find(|d| has_candidate(d))
-                .map(|domain| GroupDomain::Members { domain });
-        }
-        if let Some(domain) = self.reservations.get(&group.group_id, now)
+                .map(|domain| GroupDomain::Members { domain })
+        } else if let Some(domain) = self.reservations.get(&group.group_id, now)
             && has_candidate(&domain)
         {
-            return Some(GroupDomain::Reserved { domain });
-        }
-        let remaining = ctx.remaining?;
-        let held = self
-            .reservations
-            .held(&group.group_id, self.placements.as_ref(), now);
-        let chosen = policy::choose_domain(remaining, &ctx.counterparts, passed, &held)?;
-        if reserve && let Some(size) = group.size {
+            Some(GroupDomain::Reserved { domain })
+        } else {
+            let held = self
+                .reservations
+                .held(&group.group_id, self.placements.as_ref(), now);
+            let chosen = ctx
+                .remaining
+                .and_then(|r| policy::choose_domain(r, &ctx.counterparts, passed, &held));
+            if reserve && let (Some(c), Some(size)) = (&chosen, group.size) {
+                self.reservations
+                    .reserve(&group.group_id, pod, c.domain().clone(), size, now);
+            }
+            return chosen;
+        };
+        if reserve && found.is_some() {
             self.reservations
-                .reserve(&group.group_id, chosen.domain().clone(), size, now);
+                .admit(&group.group_id, pod, ctx.members.len());
         }
-        Some(chosen)
+        found
     }
 
     /// The `filter` verb. The rejections move into the result; the returned explanation keeps

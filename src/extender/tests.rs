@@ -175,13 +175,14 @@ fn reservation_bridges_the_pod_watch_delay() {
     let g0 = |i| lws_pod("decode", 0, i, 2);
     // Best fit: clique 2 holds exactly 2.
     assert_eq!(kept(&ext, &names_args(&g0(0), &names)), ["b1", "b2"]);
-    // b1 taken, the watch has not shown it yet.
+    // b1 taken, the watch has not shown it yet. A single-pod group would fit b2 best, but b2
+    // is held for the decode group's second member: it goes to clique 1.
     let left: Vec<String> = names.iter().filter(|n| *n != "b1").cloned().collect();
+    let single = lws_pod("prefill", 0, 0, 1);
+    assert_eq!(kept(&ext, &names_args(&single, &left)), ["a1", "a2", "a3"]);
+    // The decode group's second member joins the first.
     assert_eq!(kept(&ext, &names_args(&g0(1), &left)), ["b2"]);
-    // Another group of 2 sees clique 2 as held (1 member still to come) and takes clique 1.
-    let h = lws_pod("prefill", 0, 0, 2);
-    assert_eq!(kept(&ext, &names_args(&h, &left)), ["a1", "a2", "a3"]);
-    assert_eq!(ext.reservations.len(), 2);
+    assert!(ext.reservations.is_empty(), "every member passed");
 }
 
 #[derive(Debug, Clone)]
@@ -293,4 +294,62 @@ proptest! {
             prop_assert!(c.free[first] >= c.size, "a domain too small was chosen: {:?}", c);
         }
     }
+}
+
+/// A group whose members were all seen placed no longer holds room, even after its pods are
+/// deleted: the next group may use the domain.
+#[test]
+fn a_complete_group_releases_its_reservation() {
+    let (ext, placements) = extender();
+    let names: Vec<String> = (1..=2).map(|i| format!("b{i}")).collect();
+    for n in &names {
+        ext.view.apply(ViewEvent::Labels {
+            node: n.clone(),
+            labels: tray(UUID_A, 2, "l1"),
+        });
+    }
+    let g = |i| lws_pod("decode", 0, i, 2);
+    assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
+    place(&placements, &g(0), "b1");
+    assert_eq!(kept(&ext, &names_args(&g(1), &names[1..])), ["b2"]);
+    assert_eq!(
+        ext.reservations.len(),
+        0,
+        "the last member admitted ends the reservation"
+    );
+    place(&placements, &g(1), "b2");
+    let h = lws_pod("prefill", 0, 0, 2);
+    // The domain is full of decode.
+    assert!(kept(&ext, &names_args(&h, &[])).is_empty());
+    for i in 0..2 {
+        placements.apply(PodEvent::Removed {
+            pod: group::pod_key(&g(i)).unwrap(),
+        });
+    }
+    assert_eq!(kept(&ext, &names_args(&h, &names)), ["b1", "b2"]);
+}
+
+/// Members that passed the filter but are not in the pod watch yet (and may already be deleted
+/// again) hold no room once every member has passed.
+#[test]
+fn a_reservation_ends_when_every_member_passed_the_filter() {
+    let (ext, _placements) = extender();
+    let names: Vec<String> = (1..=2).map(|i| format!("b{i}")).collect();
+    for n in &names {
+        ext.view.apply(ViewEvent::Labels {
+            node: n.clone(),
+            labels: tray(UUID_A, 2, "l1"),
+        });
+    }
+    let g = |i| lws_pod("decode", 0, i, 2);
+    assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
+    assert_eq!(ext.reservations.len(), 1);
+    // Filtered again (a retry) is the same pod: still one member to come.
+    assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
+    assert_eq!(ext.reservations.len(), 1);
+    assert_eq!(kept(&ext, &names_args(&g(1), &names[1..])), ["b2"]);
+    assert!(ext.reservations.is_empty());
+    // Both pods were deleted before the watch showed them: the room is free for the next group.
+    let h = lws_pod("prefill", 0, 0, 2);
+    assert_eq!(kept(&ext, &names_args(&h, &names)), ["b1", "b2"]);
 }

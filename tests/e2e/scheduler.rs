@@ -63,10 +63,16 @@ fn tray(cluster: &str, clique: u32, fabric: &str) -> Vec<(String, String)> {
         ("nodetopo.io/nvlink.fabric".into(), fabric.into()),
         ("nodetopo.io/nvlink.cluster".into(), cluster.into()),
         ("nodetopo.io/rdma.link-layer".into(), "infiniband".into()),
-        ("nodetopo.io/rdma.ib-subnet".into(), "fe80-0000-0000-0000".into()),
+        (
+            "nodetopo.io/rdma.ib-subnet".into(),
+            "fe80-0000-0000-0000".into(),
+        ),
     ];
     if fabric == "ready" {
-        l.push(("nodetopo.io/nvlink.domain".into(), format!("{cluster}.{clique}")));
+        l.push((
+            "nodetopo.io/nvlink.domain".into(),
+            format!("{cluster}.{clique}"),
+        ));
     }
     l
 }
@@ -78,7 +84,10 @@ fn hgx(link: &str, leaf: Option<&str>) -> Vec<(String, String)> {
         ("nodetopo.io/rdma.link-layer".into(), link.into()),
     ];
     if link == "infiniband" {
-        l.push(("nodetopo.io/rdma.ib-subnet".into(), "fe80-0000-0000-0000".into()));
+        l.push((
+            "nodetopo.io/rdma.ib-subnet".into(),
+            "fe80-0000-0000-0000".into(),
+        ));
     }
     if let Some(leaf) = leaf {
         l.push(("network.example.com/leaf".into(), leaf.into()));
@@ -139,7 +148,10 @@ fn start_extender(cp: &ControlPlane) -> (Proc, u16) {
         .expect("spawn nodetopo extender");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "extender not listening");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "extender not listening"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (Proc(child), port)
@@ -147,9 +159,15 @@ fn start_extender(cp: &ControlPlane) -> (Proc, u16) {
 
 /// kube-scheduler with the shipped configuration, its `urlPrefix` pointed at the extender on
 /// 127.0.0.1, serving profile `scheduler_name`, with `ignorable` as given.
-fn start_scheduler(cp: &ControlPlane, ext_port: u16, scheduler_name: &str, ignorable: bool) -> Proc {
-    let shipped = std::fs::read_to_string(format!("{ROOT}/daemonset/extender/scheduler-config.yaml"))
-        .expect("daemonset/extender/scheduler-config.yaml");
+fn start_scheduler(
+    cp: &ControlPlane,
+    ext_port: u16,
+    scheduler_name: &str,
+    ignorable: bool,
+) -> Proc {
+    let shipped =
+        std::fs::read_to_string(format!("{ROOT}/daemonset/extender/scheduler-config.yaml"))
+            .expect("daemonset/extender/scheduler-config.yaml");
     let cm: Value = serde_yaml_ng::from_str(&shipped).unwrap();
     let mut cfg: Value =
         serde_yaml_ng::from_str(cm["data"]["scheduler-config.yaml"].as_str().unwrap()).unwrap();
@@ -162,9 +180,13 @@ fn start_scheduler(cp: &ControlPlane, ext_port: u16, scheduler_name: &str, ignor
     cfg["clientConnection"] = json!({"kubeconfig": cp.admin_kubeconfig.display().to_string()});
     cfg["leaderElection"] = json!({"leaderElect": false});
     cfg["profiles"] = json!([{"schedulerName": scheduler_name}]);
-    let path: PathBuf = cp.admin_kubeconfig.with_file_name(format!("{scheduler_name}.yaml"));
+    let path: PathBuf = cp
+        .admin_kubeconfig
+        .with_file_name(format!("{scheduler_name}.yaml"));
     std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-    let log = cp.admin_kubeconfig.with_file_name(format!("{scheduler_name}.log"));
+    let log = cp
+        .admin_kubeconfig
+        .with_file_name(format!("{scheduler_name}.log"));
     let child = Command::new(harness::bin("kube-scheduler"))
         .arg(format!("--config={}", path.display()))
         .arg("--secure-port=0")
@@ -177,7 +199,14 @@ fn start_scheduler(cp: &ControlPlane, ext_port: u16, scheduler_name: &str, ignor
 }
 
 /// A pod of group `group` (LWS name, group index, size) with `gpus` GPUs; `extra` labels.
-fn gpu_pod(name: &str, lws: &str, size: u32, gpus: u32, extra: &[(&str, &str)], scheduler: &str) -> Pod {
+fn gpu_pod(
+    name: &str,
+    lws: &str,
+    size: u32,
+    gpus: u32,
+    extra: &[(&str, &str)],
+    scheduler: &str,
+) -> Pod {
     let mut labels = serde_json::Map::new();
     labels.insert("leaderworkerset.sigs.k8s.io/name".into(), json!(lws));
     labels.insert("leaderworkerset.sigs.k8s.io/group-index".into(), json!("0"));
@@ -225,7 +254,9 @@ async fn delete_all(client: &Client) {
         grace_period_seconds: Some(0),
         ..DeleteParams::default()
     };
-    api.delete_collection(&dp, &ListParams::default()).await.unwrap();
+    api.delete_collection(&dp, &ListParams::default())
+        .await
+        .unwrap();
     harness::eventually(Duration::from_secs(30), "pods to be gone", || async {
         api.list(&ListParams::default())
             .await
@@ -248,7 +279,10 @@ fn label<'a>(nodes: &'a BTreeMap<String, Node>, node: &str, key: &str) -> Option
 fn one<'a>(values: impl IntoIterator<Item = Option<&'a str>>, what: &str) -> &'a str {
     let set: BTreeSet<Option<&str>> = values.into_iter().collect();
     assert_eq!(set.len(), 1, "{what}: split over {set:?}");
-    set.into_iter().next().unwrap().unwrap_or_else(|| panic!("{what}: no value"))
+    set.into_iter()
+        .next()
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: no value"))
 }
 
 #[tokio::test]
@@ -257,21 +291,37 @@ async fn groups_placed_by_the_real_scheduler() {
     let admin = cp.admin().await;
     cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
     cp.kubectl(&["create", "namespace", NS]);
+    // No controller manager creates the namespace's default ServiceAccount.
+    cp.kubectl(&["create", "serviceaccount", "default", "--namespace", NS]);
 
     // Real agents label three trays; the rest are labelled directly.
     let mut kept_agents = Vec::new();
     for m in &AGENT_TRAYS {
         harness::create_node(&admin, m.node, &[]).await;
-        let pod = harness::create_bound_pod(&admin, "nodetopo", "nodetopo-agent", &format!("agent-{}", m.node), m.node).await;
+        let pod = harness::create_bound_pod(
+            &admin,
+            "nodetopo",
+            "nodetopo-agent",
+            &format!("agent-{}", m.node),
+            m.node,
+        )
+        .await;
         let token = harness::sa_token(&admin, "nodetopo", "nodetopo-agent", Some(&pod)).await;
         kept_agents.push(Agent::start(m, &cp.kubeconfig_for(m.node, &token)));
     }
     for (name, labels, gpus) in direct_nodes() {
-        let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let l: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         harness::create_node_with(&admin, &name, &l, gpus).await;
     }
     for m in &AGENT_TRAYS {
-        let want = agents::probe_labels(&agents::fixture(m.snapshot), &agents::fixture(m.sysfs), m.node);
+        let want = agents::probe_labels(
+            &agents::fixture(m.snapshot),
+            &agents::fixture(m.sysfs),
+            m.node,
+        );
         agents::converge(&admin, m.node, &want, Duration::from_secs(30)).await;
     }
     let nodes: BTreeMap<String, Node> = Api::<Node>::all(admin.clone())
@@ -291,29 +341,73 @@ async fn groups_placed_by_the_real_scheduler() {
     for round in 0..ROUNDS {
         // 1. An LWS decode group of 4 GB200 pods, then its prefill group of 4.
         let decode: Vec<Pod> = (0..4)
-            .map(|i| gpu_pod(&format!("m{round}-decode-0-{i}"), &format!("m{round}-decode"), 4, 4, &[], "default-scheduler"))
+            .map(|i| {
+                gpu_pod(
+                    &format!("m{round}-decode-0-{i}"),
+                    &format!("m{round}-decode"),
+                    4,
+                    4,
+                    &[],
+                    "default-scheduler",
+                )
+            })
             .collect();
         create_all(&admin, &decode).await;
-        let names: Vec<String> = decode.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+        let names: Vec<String> = decode
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
         let d = bound(&admin, &names, Duration::from_secs(60)).await;
         let prefill: Vec<Pod> = (0..4)
-            .map(|i| gpu_pod(&format!("m{round}-prefill-0-{i}"), &format!("m{round}-prefill"), 4, 4, &[], "default-scheduler"))
+            .map(|i| {
+                gpu_pod(
+                    &format!("m{round}-prefill-0-{i}"),
+                    &format!("m{round}-prefill"),
+                    4,
+                    4,
+                    &[],
+                    "default-scheduler",
+                )
+            })
             .collect();
         create_all(&admin, &prefill).await;
-        let names: Vec<String> = prefill.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+        let names: Vec<String> = prefill
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
         let p = bound(&admin, &names, Duration::from_secs(60)).await;
 
         let dom = |m: &BTreeMap<String, String>, what: &str| {
-            one(m.values().map(|n| label(&nodes, n, "nodetopo.io/nvlink.domain")), what).to_string()
+            one(
+                m.values()
+                    .map(|n| label(&nodes, n, "nodetopo.io/nvlink.domain")),
+                what,
+            )
+            .to_string()
         };
         let d_dom = dom(&d, "decode group");
         let p_dom = dom(&p, "prefill group");
-        assert_ne!(d_dom, p_dom, "one pod per tray: two groups of 4 need two cliques");
+        assert_ne!(
+            d_dom, p_dom,
+            "one pod per tray: two groups of 4 need two cliques"
+        );
         let cluster = |dom: &str| dom.rsplit_once('.').unwrap().0.to_string();
-        assert_eq!(cluster(&d_dom), cluster(&p_dom), "prefill lands in decode's NVLink cluster");
+        assert_eq!(
+            cluster(&d_dom),
+            cluster(&p_dom),
+            "prefill lands in decode's NVLink cluster"
+        );
         for n in d.values().chain(p.values()) {
-            assert_eq!(label(&nodes, n, "nodetopo.io/nvlink.fabric"), Some("ready"), "{n}");
-            assert_eq!(label(&nodes, n, "nodetopo.io/rdma.link-layer"), Some("infiniband"), "{n}");
+            assert_eq!(
+                label(&nodes, n, "nodetopo.io/nvlink.fabric"),
+                Some("ready"),
+                "{n}"
+            );
+            assert_eq!(
+                label(&nodes, n, "nodetopo.io/rdma.link-layer"),
+                Some("infiniband"),
+                "{n}"
+            );
         }
         eprintln!("round {round}: decode in {d_dom}, prefill in {p_dom}");
 
@@ -337,18 +431,37 @@ async fn groups_placed_by_the_real_scheduler() {
         }
         let (ib_prefill, ib_decode) = ib.split_at(2);
         create_all(&admin, ib_prefill).await;
-        let names: Vec<String> = ib_prefill.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+        let names: Vec<String> = ib_prefill
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
         let ip = bound(&admin, &names, Duration::from_secs(60)).await;
         create_all(&admin, ib_decode).await;
-        let names: Vec<String> = ib_decode.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+        let names: Vec<String> = ib_decode
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
         let id = bound(&admin, &names, Duration::from_secs(60)).await;
         let leaf = |m: &BTreeMap<String, String>, what: &str| {
-            one(m.values().map(|n| label(&nodes, n, "network.example.com/leaf")), what).to_string()
+            one(
+                m.values()
+                    .map(|n| label(&nodes, n, "network.example.com/leaf")),
+                what,
+            )
+            .to_string()
         };
+        eprintln!("round {round}: IB prefill on {ip:?}, decode on {id:?}");
         let (lp, ld) = (leaf(&ip, "IB prefill"), leaf(&id, "IB decode"));
-        assert_eq!(lp, ld, "the IB decode group joins prefill's leaf, which still holds it");
+        assert_eq!(
+            lp, ld,
+            "the IB decode group joins prefill's leaf, which still holds it"
+        );
         for n in ip.values().chain(id.values()) {
-            assert_eq!(label(&nodes, n, "nodetopo.io/rdma.link-layer"), Some("infiniband"), "{n}");
+            assert_eq!(
+                label(&nodes, n, "nodetopo.io/rdma.link-layer"),
+                Some("infiniband"),
+                "{n}"
+            );
         }
 
         // 3. A pod without GPUs is not sent to the extender and lands anywhere it fits.
@@ -370,19 +483,34 @@ async fn groups_placed_by_the_real_scheduler() {
     let loose = gpu_pod("after-stop-0", "after-stop", 1, 4, &[], "default-scheduler");
     let strict = gpu_pod("strict-0", "strict", 1, 4, &[], "nodetopo-strict");
     create_all(&admin, &[loose, strict]).await;
-    bound(&admin, &["after-stop-0".to_string()], Duration::from_secs(60)).await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
-    let msg = harness::eventually(Duration::from_secs(60), "the strict pod's scheduling failure", || async {
-        let p = pods.get("strict-0").await.ok()?;
-        assert!(p.spec.as_ref()?.node_name.is_none(), "the strict pod was bound without the extender");
-        p.status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
-            .message
-    })
+    bound(
+        &admin,
+        &["after-stop-0".to_string()],
+        Duration::from_secs(60),
+    )
     .await;
-    assert!(msg.contains("127.0.0.1") || msg.contains("extender"), "{msg}");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let msg = harness::eventually(
+        Duration::from_secs(60),
+        "the strict pod's scheduling failure",
+        || async {
+            let p = pods.get("strict-0").await.ok()?;
+            assert!(
+                p.spec.as_ref()?.node_name.is_none(),
+                "the strict pod was bound without the extender"
+            );
+            p.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
+                .message
+        },
+    )
+    .await;
+    assert!(
+        msg.contains("127.0.0.1") || msg.contains("extender"),
+        "{msg}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let p = pods.get("strict-0").await.unwrap();
     assert!(p.spec.unwrap().node_name.is_none(), "still pending");
