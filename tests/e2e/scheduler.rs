@@ -56,7 +56,7 @@ const AGENT_TRAYS: [Machine; 3] = [
     },
 ];
 
-fn tray(cluster: &str, clique: u32, fabric: &str) -> Vec<(String, String)> {
+fn tray(cluster: &str, clique: u32, fabric: &str) -> Labels {
     let mut l = vec![
         ("nodetopo.io/gpu.count".into(), "4".into()),
         ("nodetopo.io/gpu.product".into(), "NVIDIA-GB200".into()),
@@ -77,7 +77,7 @@ fn tray(cluster: &str, clique: u32, fabric: &str) -> Vec<(String, String)> {
     l
 }
 
-fn hgx(link: &str, leaf: Option<&str>) -> Vec<(String, String)> {
+fn hgx(link: &str, leaf: Option<&str>) -> Labels {
     let mut l = vec![
         ("nodetopo.io/gpu.count".into(), "8".into()),
         ("nodetopo.io/nvlink.fabric".into(), "none".into()),
@@ -95,8 +95,11 @@ fn hgx(link: &str, leaf: Option<&str>) -> Vec<(String, String)> {
     l
 }
 
+/// Node labels, as key-value pairs.
+type Labels = Vec<(String, String)>;
+
 /// Nodes set directly: name, labels, allocatable GPUs.
-fn direct_nodes() -> Vec<(String, Vec<(String, String)>, u32)> {
+fn direct_nodes() -> Vec<(String, Labels, u32)> {
     let mut v = Vec::new();
     // Rack A, clique 1: two more trays beside the agents' two (four usable in all).
     for i in 3..=4 {
