@@ -170,28 +170,56 @@ async fn delete_pods(client: &Client) {
     }
 }
 
-fn scheduler(cp: &ControlPlane, extender: Option<u16>, tag: &str) -> Proc {
-    let mut cfg = json!({
-        "apiVersion": "kubescheduler.config.k8s.io/v1",
-        "kind": "KubeSchedulerConfiguration",
-        // The same generous client limits in both setups, so the API client is not the bound.
-        "clientConnection": {"kubeconfig": cp.admin_kubeconfig.display().to_string(),
-            "qps": 5000, "burst": 5000},
-        "leaderElection": {"leaderElect": false},
-    });
-    if let Some(port) = extender {
-        let shipped = std::fs::read_to_string(format!(
-            "{}/daemonset/extender/scheduler-config.yaml",
-            harness::ROOT
-        ))
-        .unwrap();
-        let cm: serde_json::Value = serde_yaml_ng::from_str(&shipped).unwrap();
-        let shipped: serde_json::Value =
-            serde_yaml_ng::from_str(cm["data"]["scheduler-config.yaml"].as_str().unwrap()).unwrap();
-        let mut ext = shipped["extenders"][0].clone();
-        ext["urlPrefix"] = json!(format!("http://127.0.0.1:{port}/"));
-        cfg["extenders"] = json!([ext]);
+/// What kube-scheduler runs with.
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    /// Stock defaults: kube-scheduler stops filtering at an adaptive sample of the nodes.
+    Alone,
+    /// Every feasible node scored, as the shipped extender configuration sets.
+    AloneAllNodes,
+    /// The shipped configuration: the extender, managedResources, percentageOfNodesToScore 100.
+    Extender,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Alone => "kube-scheduler alone (defaults)",
+            Setup::AloneAllNodes => "kube-scheduler alone, percentageOfNodesToScore 100",
+            Setup::Extender => "kube-scheduler + nodetopo extender (shipped configuration)",
+        }
     }
+}
+
+fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc {
+    let mut cfg = match setup {
+        Setup::Alone => json!({
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+        }),
+        Setup::AloneAllNodes => json!({
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "percentageOfNodesToScore": 100,
+        }),
+        Setup::Extender => {
+            let shipped = std::fs::read_to_string(format!(
+                "{}/daemonset/extender/scheduler-config.yaml",
+                harness::ROOT
+            ))
+            .unwrap();
+            let cm: serde_json::Value = serde_yaml_ng::from_str(&shipped).unwrap();
+            let mut cfg: serde_json::Value =
+                serde_yaml_ng::from_str(cm["data"]["scheduler-config.yaml"].as_str().unwrap())
+                    .unwrap();
+            cfg["extenders"][0]["urlPrefix"] = json!(format!("http://127.0.0.1:{ext_port}/"));
+            cfg
+        }
+    };
+    // The same generous client limits in every setup, so the API client is not the bound.
+    cfg["clientConnection"] = json!({"kubeconfig": cp.admin_kubeconfig.display().to_string(),
+        "qps": 5000, "burst": 5000});
+    cfg["leaderElection"] = json!({"leaderElect": false});
     let path = cp
         .admin_kubeconfig
         .with_file_name(format!("sched-{tag}.yaml"));
@@ -292,18 +320,20 @@ async fn main() {
     // Let the Node watch fill the view.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut results: Vec<(&str, f64, usize)> = Vec::new();
-    for run in 0..runs * 2 {
-        let with = run % 2 == 1;
+    let setups = [Setup::Alone, Setup::AloneAllNodes, Setup::Extender];
+    let mut results: Vec<(Setup, f64, usize)> = Vec::new();
+    for run in 0..runs * setups.len() {
+        let setup = setups[run % setups.len()];
         create_pods(&client, run).await;
         let start = Instant::now();
-        let sched = scheduler(&cp, with.then_some(port), &format!("{run}"));
+        let sched = scheduler(&cp, setup, port, &format!("{run}"));
         loop {
             let (b, n) = bound_count(&client).await;
             if b == n {
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(600),
+                start.elapsed() < Duration::from_secs(300),
                 "run {run}: {b}/{n} bound"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -311,17 +341,12 @@ async fn main() {
         let took = start.elapsed().as_secs_f64();
         drop(sched);
         let split = split_groups(&client).await;
-        let name = if with {
-            "kube-scheduler + nodetopo extender"
-        } else {
-            "kube-scheduler alone"
-        };
         let rate = (GROUPS * GROUP_SIZE) as f64 / took;
         eprintln!(
-            "run {run}: {name}: {:.1} s, {rate:.0} pods/s, {split} groups split over cliques",
-            took
+            "run {run}: {}: {took:.1} s, {rate:.0} pods/s, {split} of {GROUPS} groups split over cliques",
+            setup.name()
         );
-        results.push((name, rate, split));
+        results.push((setup, rate, split));
         delete_pods(&client).await;
     }
 
@@ -336,28 +361,32 @@ async fn main() {
         prioritize.push(post(port, "/prioritize", &body));
     }
     let rss = rss_mib(ext.0.id());
-    println!("| setup | pods/s (each run) | groups split |");
-    println!("|---|---|---:|");
-    for name in ["kube-scheduler alone", "kube-scheduler + nodetopo extender"] {
-        let rates: Vec<String> = results
-            .iter()
-            .filter(|r| r.0 == name)
-            .map(|r| format!("{:.0}", r.1))
-            .collect();
-        let split: usize = results.iter().filter(|r| r.0 == name).map(|r| r.2).sum();
-        println!("| {name} | {} | {split} |", rates.join(", "));
-    }
-    let mean = |n: &str| {
+    println!("| setup | pods/s, each run | mean pods/s | groups split over cliques, each run |");
+    println!("|---|---|---:|---|");
+    let mean = |n: Setup| {
         let v: Vec<f64> = results.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
         v.iter().sum::<f64>() / v.len() as f64
     };
-    let alone = mean("kube-scheduler alone");
-    let with = mean("kube-scheduler + nodetopo extender");
-    println!(
-        "\nthroughput with the extender / alone: {:.2} ({:.0} % cost)",
-        with / alone,
-        (1.0 - with / alone) * 100.0
-    );
+    for setup in setups {
+        let of = || results.iter().filter(move |r| r.0 == setup);
+        let rates: Vec<String> = of().map(|r| format!("{:.0}", r.1)).collect();
+        let split: Vec<String> = of().map(|r| format!("{}/{GROUPS}", r.2)).collect();
+        println!(
+            "| {} | {} | {:.0} | {} |",
+            setup.name(),
+            rates.join(", "),
+            mean(setup),
+            split.join(", ")
+        );
+    }
+    for reference in [Setup::Alone, Setup::AloneAllNodes] {
+        let ratio = mean(Setup::Extender) / mean(reference);
+        println!(
+            "\nwith the extender / {}: {ratio:.2} ({:.0} % cost)",
+            reference.name(),
+            (1.0 - ratio) * 100.0
+        );
+    }
     println!(
         "filter over HTTP, {NODES} nodes: p50 {:.2} ms, p99 {:.2} ms",
         pct(&mut filter, 0.5).as_secs_f64() * 1e3,

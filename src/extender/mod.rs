@@ -147,6 +147,16 @@ pub struct Extender {
     pub reservations: Arc<Reservations>,
 }
 
+/// Most rejected nodes that a filter answer names with a reason. kube-scheduler decodes the
+/// answer for every pod and folds the reasons into its event; thousands of them (a group kept
+/// in one clique of a 5,000-node cluster) would cost it more than the filtering itself.
+/// `/debug/explain` gives every reason.
+pub const FILTER_REASONS: usize = 64;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// The whole explanation of one request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -156,6 +166,9 @@ pub struct Explanation {
     pub context: PodContext,
     /// Rejected nodes and why.
     pub rejected: BTreeMap<String, String>,
+    /// Rejected nodes beyond those given a reason.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rejected_more: usize,
     /// The domain the pod's group is kept in, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<GroupDomain>,
@@ -177,7 +190,7 @@ impl Extender {
     /// Filters and scores the request's candidates. Unknown nodes are rejected with a reason.
     /// Explaining reserves nothing.
     pub fn evaluate(&self, args: &ExtenderArgs) -> Explanation {
-        self.evaluate_with(args, true, false)
+        self.evaluate_with(args, usize::MAX, false)
     }
 
     /// Remembers the labels of the request's Node objects (full-Node mode) where the view has
@@ -207,9 +220,10 @@ impl Extender {
         }
     }
 
-    /// [`Self::evaluate`]; without `reasons` the rejected map stays empty (prioritize); with
+    /// [`Self::evaluate`]; the rejected map holds at most `reasons` nodes (0 for prioritize,
+    /// [`FILTER_REASONS`] for filter; the rest are counted in `rejected_more`); with
     /// `reserve` a domain chosen for a group's first member is reserved (filter).
-    fn evaluate_with(&self, args: &ExtenderArgs, reasons: bool, reserve: bool) -> Explanation {
+    fn evaluate_with(&self, args: &ExtenderArgs, reasons: usize, reserve: bool) -> Explanation {
         let names = args.candidate_names();
         let labels = args.node_labels();
         self.remember_request_nodes(&labels);
@@ -222,6 +236,7 @@ impl Extender {
                 .map(|n| (n, view.resolve(n, labels.get(n))))
                 .collect();
             let mut rejected = BTreeMap::new();
+            let mut more = 0usize;
             let mut passed = Vec::with_capacity(resolved.len());
             // A pod the extender does not place passes every node, known or not.
             if !ctx.managed() {
@@ -241,13 +256,16 @@ impl Extender {
                     pod: group::pod_key(&pod),
                     context: ctx,
                     rejected,
+                    rejected_more: more,
                     domain: None,
                     scores,
                 };
             }
             for (name, r) in &resolved {
                 let Some(r) = r else {
-                    if reasons {
+                    if rejected.len() >= reasons {
+                        more += 1;
+                    } else {
                         let why = if labels.contains_key(*name) {
                             policy::Reject::NoTopology.to_string()
                         } else {
@@ -265,7 +283,9 @@ impl Extender {
                         freshness: Some(r.freshness),
                     }),
                     Err(why) => {
-                        if reasons {
+                        if rejected.len() >= reasons {
+                            more += 1;
+                        } else {
                             rejected.insert((*name).clone(), why.to_string());
                         }
                     }
@@ -277,11 +297,15 @@ impl Extender {
                 let dom = d.domain();
                 passed.retain(|c| {
                     let inside = c.facts.is_some_and(|f| dom.contains(f));
-                    if !inside && reasons {
-                        rejected.insert(
-                            c.name.to_string(),
-                            format!("outside {dom}, where the pod's group is kept"),
-                        );
+                    if !inside {
+                        if rejected.len() >= reasons {
+                            more += 1;
+                        } else {
+                            rejected.insert(
+                                c.name.to_string(),
+                                format!("outside {dom}, where the pod's group is kept"),
+                            );
+                        }
                     }
                     inside
                 });
@@ -291,6 +315,7 @@ impl Extender {
                 pod: group::pod_key(&pod),
                 context: ctx,
                 rejected,
+                rejected_more: more,
                 domain,
                 scores,
             }
@@ -346,7 +371,7 @@ impl Extender {
     /// The `filter` verb. The rejections move into the result; the returned explanation keeps
     /// the scores.
     pub fn filter(&self, args: &ExtenderArgs) -> (ExtenderFilterResult, Explanation) {
-        let mut ex = self.evaluate_with(args, true, true);
+        let mut ex = self.evaluate_with(args, FILTER_REASONS, true);
         let keep: std::collections::BTreeSet<String> =
             ex.scores.iter().map(|s| s.node.clone()).collect();
         let mut out = ExtenderFilterResult {
@@ -371,7 +396,7 @@ impl Extender {
 
     /// The `prioritize` verb: every candidate gets a score; rejected ones get 0.
     pub fn prioritize(&self, args: &ExtenderArgs) -> (HostPriorityList, Explanation) {
-        let ex = self.evaluate_with(args, false, false);
+        let ex = self.evaluate_with(args, 0, false);
         let by_node: BTreeMap<&str, i64> = ex
             .scores
             .iter()

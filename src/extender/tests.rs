@@ -353,3 +353,22 @@ fn a_reservation_ends_when_every_member_passed_the_filter() {
     let h = lws_pod("prefill", 0, 0, 2);
     assert_eq!(kept(&ext, &names_args(&h, &names)), ["b1", "b2"]);
 }
+
+/// A filter answer names at most FILTER_REASONS rejected nodes; the rest are counted.
+#[test]
+fn filter_reasons_are_bounded() {
+    let (ext, _) = extender();
+    let names: Vec<String> = (0..200).map(|i| format!("n{i:03}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        ext.view.apply(ViewEvent::Labels {
+            node: n.clone(),
+            labels: tray(UUID_A, u32::try_from(i / 10).unwrap(), "l1"),
+        });
+    }
+    let p = lws_pod("decode", 0, 0, 10);
+    let (r, ex) = ext.filter(&names_args(&p, &names));
+    assert_eq!(r.node_names.unwrap().len(), 10, "one clique of 10");
+    assert_eq!(r.failed_and_unresolvable_nodes.len(), FILTER_REASONS);
+    assert_eq!(ex.rejected_more, 190 - FILTER_REASONS);
+    assert_eq!(ext.evaluate(&names_args(&p, &names)).rejected.len(), 190);
+}

@@ -165,6 +165,7 @@ sched = yaml.safe_load(cm["data"]["scheduler-config.yaml"])
 check("scheduler config kind", (sched["apiVersion"], sched["kind"]),
       ("kubescheduler.config.k8s.io/v1", "KubeSchedulerConfiguration"))
 sc = e["schedulerConfig"]
+check("percentageOfNodesToScore", sched.get("percentageOfNodesToScore"), sc["percentageOfNodesToScore"])
 check("scheduler extender", sched["extenders"], [{
     "urlPrefix": f"http://nodetopo-extender.{NAMESPACE}.svc:{e['port']}", "filterVerb": "filter",
     "prioritizeVerb": "prioritize", "weight": sc["weight"], "nodeCacheCapable": sc["nodeCacheCapable"],

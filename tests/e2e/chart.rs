@@ -156,6 +156,7 @@ fn to_yaml(objs: &[Value]) -> String {
 async fn chart_renders_installs_and_matches_daemonset() {
     let cp = ControlPlane::start(harness::Options {
         policy_status_controller: true,
+        ..harness::Options::default()
     });
     let admin = cp.admin().await;
 

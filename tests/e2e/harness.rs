@@ -147,6 +147,8 @@ pub struct Options {
     /// The kube-controller-manager with only the ValidatingAdmissionPolicy status controller,
     /// which fills `status.typeChecking`.
     pub policy_status_controller: bool,
+    /// Extra kube-apiserver flags (feature gates, runtime config).
+    pub apiserver_args: &'static [&'static str],
 }
 
 /// A running etcd + kube-apiserver; everything is stopped and removed on drop.
@@ -256,7 +258,8 @@ impl ControlPlane {
                 // Loopback only: no endpoint reconciler (it refuses 127.0.0.1).
                 .arg("--endpoint-reconciler-type=none")
                 .arg("--profiling=false")
-                .arg("--v=1"),
+                .arg("--v=1")
+                .args(opts.apiserver_args),
             &d.join("kube-apiserver.log"),
         );
         cp.procs.push(("kube-apiserver", apiserver));
