@@ -34,6 +34,8 @@ const NODES: usize = 5_000;
 const GROUPS: usize = 125;
 const GROUP_SIZE: usize = 8;
 const NS: &str = "bench";
+/// The alpha and beta gates of kube-scheduler's own topology-aware workload scheduling.
+const NATIVE_GATES: &str = "GenericWorkload=true,TopologyAwareWorkloadScheduling=true";
 
 struct Proc(Child);
 
@@ -99,7 +101,7 @@ async fn create_nodes(client: &Client) {
         .await;
 }
 
-fn pod(run: usize, group: usize, index: usize) -> Pod {
+fn pod(run: usize, group: usize, index: usize, _native: bool) -> Pod {
     let lws = format!("r{run}-m{group}-decode");
     serde_json::from_value(json!({
         "metadata": {"name": format!("{lws}-0-{index}"), "namespace": NS,
@@ -115,15 +117,53 @@ fn pod(run: usize, group: usize, index: usize) -> Pod {
     .unwrap()
 }
 
-async fn create_pods(client: &Client, run: usize) {
+/// The PodGroup of each group: all 8 pods or none (gang), in one `nodetopo.io/nvlink.domain`.
+fn create_pod_groups(cp: &ControlPlane, run: usize) {
+    let docs: String = (0..GROUPS)
+        .map(|g| {
+            let v = json!({
+                "apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup",
+                "metadata": {"name": format!("r{run}-m{g}-decode"), "namespace": NS},
+                "spec": {
+                    "schedulingPolicy": {"gang": {"minCount": GROUP_SIZE}},
+                    "schedulingConstraints": {"topology": [{"key": "nodetopo.io/nvlink.domain"}]},
+                },
+            });
+            format!("---\n{v}\n")
+        })
+        .collect();
+    let out = cp.kubectl_input(&["apply", "--server-side", "-f", "-"], &docs);
+    assert!(out.status.success(), "PodGroups refused: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The pods of every group as JSON (k8s-openapi's `Pod` predates `spec.schedulingGroup`, so the
+/// native setup's pods are sent as they are written here).
+fn pod_json(run: usize, group: usize, index: usize, native: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(pod(run, group, index, false)).unwrap();
+    if native {
+        v["spec"]["schedulingGroup"] =
+            json!({"podGroupName": format!("r{run}-m{group}-decode")});
+    }
+    v
+}
+
+async fn create_pods(cp: &ControlPlane, client: &Client, run: usize, native: bool) {
     use futures::StreamExt;
+    if native {
+        let docs: String = (0..GROUPS)
+            .flat_map(|g| (0..GROUP_SIZE).map(move |i| format!("---\n{}\n", pod_json(run, g, i, true))))
+            .collect();
+        let out = cp.kubectl_input(&["create", "-f", "-"], &docs);
+        assert!(out.status.success(), "pods refused: {}", String::from_utf8_lossy(&out.stderr));
+        return;
+    }
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     // Group by group, in order, as the LWS controller creates them.
     futures::stream::iter((0..GROUPS).flat_map(|g| (0..GROUP_SIZE).map(move |i| (g, i))))
         .for_each_concurrent(16, |(g, i)| {
             let api = api.clone();
             async move {
-                api.create(&PostParams::default(), &pod(run, g, i))
+                api.create(&PostParams::default(), &pod(run, g, i, native))
                     .await
                     .unwrap();
             }
@@ -179,6 +219,10 @@ enum Setup {
     AloneAllNodes,
     /// The shipped configuration: the extender, managedResources, percentageOfNodesToScore 100.
     Extender,
+    /// No extender: kube-scheduler's own topology-aware workload scheduling (alpha in 1.37:
+    /// feature gates GenericWorkload and TopologyAwareWorkloadScheduling), one PodGroup per
+    /// group with the gang policy and the topology key `nodetopo.io/nvlink.domain`.
+    Native,
 }
 
 impl Setup {
@@ -187,13 +231,14 @@ impl Setup {
             Setup::Alone => "kube-scheduler alone (defaults)",
             Setup::AloneAllNodes => "kube-scheduler alone, percentageOfNodesToScore 100",
             Setup::Extender => "kube-scheduler + nodetopo extender (shipped configuration)",
+            Setup::Native => "kube-scheduler, native topology-aware PodGroups (alpha gates)",
         }
     }
 }
 
 fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc {
     let mut cfg = match setup {
-        Setup::Alone => json!({
+        Setup::Alone | Setup::Native => json!({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
         }),
@@ -233,6 +278,11 @@ fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc 
         Command::new(harness::bin("kube-scheduler"))
             .arg(format!("--config={}", path.display()))
             .arg("--secure-port=0")
+            .args(
+                (setup == Setup::Native)
+                    .then_some(format!("--feature-gates={NATIVE_GATES}"))
+                    .into_iter(),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -305,7 +355,13 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    let cp = ControlPlane::start(harness::Options::default());
+    let cp = ControlPlane::start(harness::Options {
+        apiserver_args: &[
+            "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true",
+            "--runtime-config=scheduling.k8s.io/v1beta1=true",
+        ],
+        ..harness::Options::default()
+    });
     let client = cp.admin().await;
     cp.kubectl(&["create", "namespace", NS]);
     cp.kubectl(&["create", "serviceaccount", "default", "--namespace", NS]);
@@ -319,12 +375,20 @@ async fn main() {
     let (ext, port) = extender(&cp);
     // Let the Node watch fill the view.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut results: Vec<(&str, f64, usize)> = Vec::new();
-    let setups = [Setup::Alone, Setup::AloneAllNodes, Setup::Extender];
+    let all = [Setup::Alone, Setup::AloneAllNodes, Setup::Extender, Setup::Native];
+    // SETUPS=0,3 picks some (indices into the list above).
+    let setups: Vec<Setup> = match std::env::var("SETUPS") {
+        Ok(v) => v.split(',').filter_map(|i| all.get(i.parse::<usize>().ok()?).copied()).collect(),
+        Err(_) => all.to_vec(),
+    };
     let mut results: Vec<(Setup, f64, usize)> = Vec::new();
     for run in 0..runs * setups.len() {
         let setup = setups[run % setups.len()];
-        create_pods(&client, run).await;
+        let native = setup == Setup::Native;
+        if native {
+            create_pod_groups(&cp, run);
+        }
+        create_pods(&cp, &client, run, native).await;
         let start = Instant::now();
         let sched = scheduler(&cp, setup, port, &format!("{run}"));
         loop {
@@ -353,7 +417,8 @@ async fn main() {
     // Extender calls over HTTP at 5,000 nodes, as kube-scheduler sends them (names only), for
     // the first member of a new group (domain choice over every node).
     let names: Vec<String> = (0..NODES).map(node_name).collect();
-    let body = serde_json::to_vec(&json!({"Pod": pod(99, 0, 0), "NodeNames": names})).unwrap();
+    let body =
+        serde_json::to_vec(&json!({"Pod": pod(99, 0, 0, false), "NodeNames": names})).unwrap();
     let mut filter = Vec::new();
     let mut prioritize = Vec::new();
     for _ in 0..200 {
@@ -367,7 +432,7 @@ async fn main() {
         let v: Vec<f64> = results.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
         v.iter().sum::<f64>() / v.len() as f64
     };
-    for setup in setups {
+    for &setup in &setups {
         let of = || results.iter().filter(move |r| r.0 == setup);
         let rates: Vec<String> = of().map(|r| format!("{:.0}", r.1)).collect();
         let split: Vec<String> = of().map(|r| format!("{}/{GROUPS}", r.2)).collect();
