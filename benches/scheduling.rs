@@ -26,7 +26,7 @@ use harness::{ControlPlane, NODETOPO};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -133,7 +133,11 @@ fn create_pod_groups(cp: &ControlPlane, run: usize) {
         })
         .collect();
     let out = cp.kubectl_input(&["apply", "--server-side", "-f", "-"], &docs);
-    assert!(out.status.success(), "PodGroups refused: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "PodGroups refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The pods of every group as JSON (k8s-openapi's `Pod` predates `spec.schedulingGroup`, so the
@@ -141,8 +145,7 @@ fn create_pod_groups(cp: &ControlPlane, run: usize) {
 fn pod_json(run: usize, group: usize, index: usize, native: bool) -> serde_json::Value {
     let mut v = serde_json::to_value(pod(run, group, index, false)).unwrap();
     if native {
-        v["spec"]["schedulingGroup"] =
-            json!({"podGroupName": format!("r{run}-m{group}-decode")});
+        v["spec"]["schedulingGroup"] = json!({"podGroupName": format!("r{run}-m{group}-decode")});
     }
     v
 }
@@ -151,10 +154,16 @@ async fn create_pods(cp: &ControlPlane, client: &Client, run: usize, native: boo
     use futures::StreamExt;
     if native {
         let docs: String = (0..GROUPS)
-            .flat_map(|g| (0..GROUP_SIZE).map(move |i| format!("---\n{}\n", pod_json(run, g, i, true))))
+            .flat_map(|g| {
+                (0..GROUP_SIZE).map(move |i| format!("---\n{}\n", pod_json(run, g, i, true)))
+            })
             .collect();
         let out = cp.kubectl_input(&["create", "-f", "-"], &docs);
-        assert!(out.status.success(), "pods refused: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pods refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return;
     }
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -194,20 +203,6 @@ async fn split_groups(client: &Client) -> usize {
         by_group.entry(g).or_default().insert(i / 9);
     }
     by_group.values().filter(|c| c.len() > 1).count()
-}
-
-async fn delete_pods(client: &Client) {
-    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let dp = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
-    api.delete_collection(&dp, &ListParams::default())
-        .await
-        .unwrap();
-    while bound_count(client).await.1 > 0 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// What kube-scheduler runs with.
@@ -278,11 +273,7 @@ fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc 
         Command::new(harness::bin("kube-scheduler"))
             .arg(format!("--config={}", path.display()))
             .arg("--secure-port=0")
-            .args(
-                (setup == Setup::Native)
-                    .then_some(format!("--feature-gates={NATIVE_GATES}"))
-                    .into_iter(),
-            )
+            .args((setup == Setup::Native).then_some(format!("--feature-gates={NATIVE_GATES}")))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -375,10 +366,18 @@ async fn main() {
     let (ext, port) = extender(&cp);
     // Let the Node watch fill the view.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let all = [Setup::Alone, Setup::AloneAllNodes, Setup::Extender, Setup::Native];
+    let all = [
+        Setup::Alone,
+        Setup::AloneAllNodes,
+        Setup::Extender,
+        Setup::Native,
+    ];
     // SETUPS=0,3 picks some (indices into the list above).
     let setups: Vec<Setup> = match std::env::var("SETUPS") {
-        Ok(v) => v.split(',').filter_map(|i| all.get(i.parse::<usize>().ok()?).copied()).collect(),
+        Ok(v) => v
+            .split(',')
+            .filter_map(|i| all.get(i.parse::<usize>().ok()?).copied())
+            .collect(),
         Err(_) => all.to_vec(),
     };
     let mut results: Vec<(Setup, f64, usize)> = Vec::new();
@@ -411,7 +410,7 @@ async fn main() {
             setup.name()
         );
         results.push((setup, rate, split));
-        delete_pods(&client).await;
+        harness::delete_pods(&client, NS).await;
     }
 
     // Extender calls over HTTP at 5,000 nodes, as kube-scheduler sends them (names only), for

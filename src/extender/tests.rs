@@ -46,6 +46,18 @@ fn hgx(leaf: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// `count` trays `<prefix>1..` in clique `clique`, known to the view by their labels.
+fn trays(ext: &Extender, prefix: &str, clique: u32, count: usize) -> Vec<String> {
+    let names: Vec<String> = (1..=count).map(|i| format!("{prefix}{i}")).collect();
+    for n in &names {
+        ext.view.apply(ViewEvent::Labels {
+            node: n.clone(),
+            labels: tray(UUID_A, clique, "l1"),
+        });
+    }
+    names
+}
+
 fn extender() -> (Extender, Arc<MemoryPlacementIndex>) {
     let view = SharedView::new(ClusterView::new(view::LabelConfig {
         prefix: "nodetopo.io".into(),
@@ -301,13 +313,7 @@ proptest! {
 #[test]
 fn a_complete_group_releases_its_reservation() {
     let (ext, placements) = extender();
-    let names: Vec<String> = (1..=2).map(|i| format!("b{i}")).collect();
-    for n in &names {
-        ext.view.apply(ViewEvent::Labels {
-            node: n.clone(),
-            labels: tray(UUID_A, 2, "l1"),
-        });
-    }
+    let names = trays(&ext, "b", 2, 2);
     let g = |i| lws_pod("decode", 0, i, 2);
     assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
     place(&placements, &g(0), "b1");
@@ -334,13 +340,7 @@ fn a_complete_group_releases_its_reservation() {
 #[test]
 fn a_reservation_ends_when_every_member_passed_the_filter() {
     let (ext, _placements) = extender();
-    let names: Vec<String> = (1..=2).map(|i| format!("b{i}")).collect();
-    for n in &names {
-        ext.view.apply(ViewEvent::Labels {
-            node: n.clone(),
-            labels: tray(UUID_A, 2, "l1"),
-        });
-    }
+    let names = trays(&ext, "b", 2, 2);
     let g = |i| lws_pod("decode", 0, i, 2);
     assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
     assert_eq!(ext.reservations.len(), 1);

@@ -220,16 +220,7 @@ async fn agents_label_their_own_nodes() {
             ],
         )
         .await;
-        let pod = harness::create_bound_pod(
-            &admin,
-            "nodetopo",
-            "nodetopo-agent",
-            &format!("agent-{}", m.node),
-            m.node,
-        )
-        .await;
-        let token = harness::sa_token(&admin, "nodetopo", "nodetopo-agent", Some(&pod)).await;
-        kubeconfigs.push(cp.kubeconfig_for(m.node, &token));
+        kubeconfigs.push(harness::agent_kubeconfig(&cp, &admin, m.node).await);
     }
 
     let mut agents: Vec<Agent> = MACHINES

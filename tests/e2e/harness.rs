@@ -674,6 +674,42 @@ pub async fn sa_token(client: &Client, ns: &str, sa: &str, pod: Option<&Pod>) ->
     tr.status.expect("token request status").token
 }
 
+/// A kubeconfig for the nodetopo agent on `node`: a Pod bound to the Node under the agent's
+/// ServiceAccount (from `daemonset/`), and a token bound to that Pod.
+pub async fn agent_kubeconfig(cp: &ControlPlane, admin: &Client, node: &str) -> PathBuf {
+    let pod = create_bound_pod(
+        admin,
+        "nodetopo",
+        "nodetopo-agent",
+        &format!("agent-{node}"),
+        node,
+    )
+    .await;
+    let token = sa_token(admin, "nodetopo", "nodetopo-agent", Some(&pod)).await;
+    cp.kubeconfig_for(node, &token)
+}
+
+/// Deletes every Pod in `ns` at once (no kubelet runs to finish them) and waits until none is
+/// left.
+pub async fn delete_pods(client: &Client, ns: &str) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..kube::api::DeleteParams::default()
+    };
+    api.delete_collection(&dp, &kube::api::ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete pods in {ns}: {e}"));
+    eventually(Duration::from_secs(60), "pods to be gone", || async {
+        api.list(&kube::api::ListParams::default())
+            .await
+            .ok()
+            .filter(|l| l.items.is_empty())
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

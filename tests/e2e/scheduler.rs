@@ -14,7 +14,7 @@ use std::{
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::{Value, json};
 
@@ -228,6 +228,16 @@ fn gpu_pod(
     .unwrap()
 }
 
+/// Creates `pods` and waits until all are bound; returns pod → node.
+async fn place(client: &Client, pods: &[Pod]) -> BTreeMap<String, String> {
+    create_all(client, pods).await;
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    bound(client, &names, Duration::from_secs(60)).await
+}
+
 async fn create_all(client: &Client, pods: &[Pod]) {
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     for p in pods {
@@ -249,25 +259,6 @@ async fn bound(client: &Client, names: &[String], within: Duration) -> BTreeMap<
         Some(out)
     })
     .await
-}
-
-async fn delete_all(client: &Client) {
-    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let dp = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
-    api.delete_collection(&dp, &ListParams::default())
-        .await
-        .unwrap();
-    harness::eventually(Duration::from_secs(30), "pods to be gone", || async {
-        api.list(&ListParams::default())
-            .await
-            .ok()
-            .filter(|l| l.items.is_empty())
-            .map(|_| ())
-    })
-    .await;
 }
 
 fn label<'a>(nodes: &'a BTreeMap<String, Node>, node: &str, key: &str) -> Option<&'a str> {
@@ -301,16 +292,8 @@ async fn groups_placed_by_the_real_scheduler() {
     let mut kept_agents = Vec::new();
     for m in &AGENT_TRAYS {
         harness::create_node(&admin, m.node, &[]).await;
-        let pod = harness::create_bound_pod(
-            &admin,
-            "nodetopo",
-            "nodetopo-agent",
-            &format!("agent-{}", m.node),
-            m.node,
-        )
-        .await;
-        let token = harness::sa_token(&admin, "nodetopo", "nodetopo-agent", Some(&pod)).await;
-        kept_agents.push(Agent::start(m, &cp.kubeconfig_for(m.node, &token)));
+        let kubeconfig = harness::agent_kubeconfig(&cp, &admin, m.node).await;
+        kept_agents.push(Agent::start(m, &kubeconfig));
     }
     for (name, labels, gpus) in direct_nodes() {
         let l: Vec<(&str, &str)> = labels
@@ -355,12 +338,7 @@ async fn groups_placed_by_the_real_scheduler() {
                 )
             })
             .collect();
-        create_all(&admin, &decode).await;
-        let names: Vec<String> = decode
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect();
-        let d = bound(&admin, &names, Duration::from_secs(60)).await;
+        let d = place(&admin, &decode).await;
         let prefill: Vec<Pod> = (0..4)
             .map(|i| {
                 gpu_pod(
@@ -373,12 +351,7 @@ async fn groups_placed_by_the_real_scheduler() {
                 )
             })
             .collect();
-        create_all(&admin, &prefill).await;
-        let names: Vec<String> = prefill
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect();
-        let p = bound(&admin, &names, Duration::from_secs(60)).await;
+        let p = place(&admin, &prefill).await;
 
         let dom = |m: &BTreeMap<String, String>, what: &str| {
             one(
@@ -433,18 +406,8 @@ async fn groups_placed_by_the_real_scheduler() {
             }
         }
         let (ib_prefill, ib_decode) = ib.split_at(2);
-        create_all(&admin, ib_prefill).await;
-        let names: Vec<String> = ib_prefill
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect();
-        let ip = bound(&admin, &names, Duration::from_secs(60)).await;
-        create_all(&admin, ib_decode).await;
-        let names: Vec<String> = ib_decode
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect();
-        let id = bound(&admin, &names, Duration::from_secs(60)).await;
+        let ip = place(&admin, ib_prefill).await;
+        let id = place(&admin, ib_decode).await;
         let leaf = |m: &BTreeMap<String, String>, what: &str| {
             one(
                 m.values()
@@ -477,7 +440,7 @@ async fn groups_placed_by_the_real_scheduler() {
         create_all(&admin, &[cpu]).await;
         bound(&admin, &[format!("web-{round}")], Duration::from_secs(30)).await;
 
-        delete_all(&admin).await;
+        harness::delete_pods(&admin, NS).await;
     }
 
     // 4. The extender stops: the default profile (ignorable) still places GPU pods; the strict
