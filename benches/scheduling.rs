@@ -12,6 +12,8 @@
 //! Run: `cargo bench --locked --features e2e --bench scheduling` (NODETOPO_KUBE_BIN as for the
 //! end-to-end suite; RUNS=N pairs, default 2).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code)]
 mod harness;

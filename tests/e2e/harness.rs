@@ -81,13 +81,7 @@ pub fn crd(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no {name} CRD in {}", dir.display()))
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use crate::common::free_port;
 
 /// A child process that dies with the test thread that started it, even on SIGKILL of the
 /// test binary.
@@ -217,6 +211,7 @@ impl ControlPlane {
 
         let port = free_port();
         cp.server = format!("https://127.0.0.1:{port}");
+        let file_flag = |flag: &str, file: &str| format!("{flag}={}", d.join(file).display());
         let apiserver = spawn(
             Command::new(bin("kube-apiserver"))
                 .arg(format!("--etcd-servers={etcd_url}"))
@@ -224,28 +219,13 @@ impl ControlPlane {
                 .arg("--advertise-address=127.0.0.1")
                 .arg(format!("--secure-port={port}"))
                 .arg(format!("--cert-dir={}", d.join("certs").display()))
-                .arg(format!(
-                    "--tls-cert-file={}",
-                    d.join("server.crt").display()
-                ))
-                .arg(format!(
-                    "--tls-private-key-file={}",
-                    d.join("server.key").display()
-                ))
+                .arg(file_flag("--tls-cert-file", "server.crt"))
+                .arg(file_flag("--tls-private-key-file", "server.key"))
                 .arg(format!("--client-ca-file={}", ca.display()))
-                .arg(format!(
-                    "--token-auth-file={}",
-                    d.join("tokens.csv").display()
-                ))
+                .arg(file_flag("--token-auth-file", "tokens.csv"))
                 .arg("--authorization-mode=Node,RBAC")
-                .arg(format!(
-                    "--service-account-key-file={}",
-                    d.join("sa.pub").display()
-                ))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    d.join("sa.key").display()
-                ))
+                .arg(file_flag("--service-account-key-file", "sa.pub"))
+                .arg(file_flag("--service-account-signing-key-file", "sa.key"))
                 .arg(format!("--service-account-issuer={}", cp.server))
                 .arg("--service-cluster-ip-range=10.96.0.0/16")
                 .arg(format!(
@@ -288,22 +268,21 @@ impl ControlPlane {
         cp
     }
 
+    /// The last `n` lines of process `name`'s log.
+    fn log_tail(&self, name: &str, n: usize) -> String {
+        let log =
+            fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     fn check_alive(&mut self) {
-        for (name, child) in &mut self.procs {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-                    .unwrap_or_default();
-                let tail: String = log
-                    .lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                panic!("{name} exited ({status}):\n{tail}");
-            }
+        let exited = self
+            .procs
+            .iter_mut()
+            .find_map(|(name, child)| child.try_wait().ok().flatten().map(|s| (*name, s)));
+        if let Some((name, status)) = exited {
+            panic!("{name} exited ({status}):\n{}", self.log_tail(name, 30));
         }
     }
 
@@ -457,15 +436,7 @@ impl Drop for ControlPlane {
         }
         if std::thread::panicking() {
             for name in ["kube-apiserver", "etcd", "kube-controller-manager"] {
-                let p = self.dir.path().join(format!("{name}.log"));
-                if let Ok(log) = fs::read_to_string(&p) {
-                    let lines: Vec<&str> = log.lines().collect();
-                    let from = lines.len().saturating_sub(15);
-                    eprintln!(
-                        "--- last lines of {name}.log:\n{}",
-                        lines[from..].join("\n")
-                    );
-                }
+                eprintln!("--- last lines of {name}.log:\n{}", self.log_tail(name, 15));
             }
         }
         // The TempDir field removes the data dirs after this.

@@ -8,6 +8,8 @@
 mod admission;
 mod agents;
 mod chart;
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 mod scheduler;
 mod topology;
