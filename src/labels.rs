@@ -10,10 +10,7 @@ use std::{collections::BTreeMap, fmt};
 
 use thiserror::Error;
 
-use crate::{
-    model::{FabricState, GpuFamily, LinkLayer, NodeTopology, PortState},
-    probe::gpu::{SOURCE_FABRIC, SOURCE_NVML},
-};
+use crate::model::{FabricState, GpuFamily, LinkLayer, NodeTopology, PortState, Source};
 
 /// Default label key prefix.
 pub const DEFAULT_PREFIX: &str = "nodetopo.io";
@@ -205,9 +202,6 @@ impl Default for LabelConfig {
 /// A desired label set, ordered by key.
 pub type Labels = BTreeMap<LabelKey, LabelValue>;
 
-/// Name of the RDMA probe source; its presence means RDMA facts are known.
-const SOURCE_RDMA: &str = "rdma";
-
 fn bool_str(b: bool) -> &'static str {
     if b { "true" } else { "false" }
 }
@@ -224,7 +218,10 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
         }
     };
 
-    let nvml_ok = topo.sources.iter().any(|s| s.source == SOURCE_NVML && s.ok);
+    let nvml_ok = topo
+        .sources
+        .iter()
+        .any(|s| s.source == Source::Nvml && s.ok);
     let gpus = &topo.gpus;
     let first = gpus.first();
     put(
@@ -293,12 +290,12 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
     // query that was answered reports `error`, which is.
     // A source that failed without data to keep: its facts are unknown. Stale data is the last
     // good answer, so it still counts as known.
-    let failed = |source: &str| {
+    let failed = |source: Source| {
         topo.sources
             .iter()
             .any(|s| s.source == source && !s.ok && !s.stale)
     };
-    let fabric_failed = failed(SOURCE_FABRIC);
+    let fabric_failed = failed(Source::Fabric);
     let fabric_known = match topo.fabric.state {
         FabricState::Unknown => false,
         FabricState::None => !fabric_failed,
@@ -317,8 +314,11 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
     );
     put("nvlink.cluster", topo.fabric.cluster_uuid.clone());
 
-    let rdma_known =
-        !topo.nics.is_empty() || topo.sources.iter().any(|s| s.source == SOURCE_RDMA && s.ok);
+    let rdma_known = !topo.nics.is_empty()
+        || topo
+            .sources
+            .iter()
+            .any(|s| s.source == Source::Rdma && s.ok);
     if rdma_known {
         let active: Vec<_> = topo
             .nics
@@ -362,12 +362,12 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
         );
         put(
             "rdma.gpudirect",
-            (!failed("gpudirect")).then(|| bool_str(topo.gpudirect.ready).into()),
+            (!failed(Source::Gpudirect)).then(|| bool_str(topo.gpudirect.ready).into()),
         );
         put(
             "rdma.rail-aligned",
             first
-                .filter(|_| !failed("sysfs-pci"))
+                .filter(|_| !failed(Source::SysfsPci))
                 .map(|_| bool_str(topo.rail_pairing.rail_aligned).into()),
         );
     }

@@ -74,7 +74,7 @@ pub struct AgentConfig {
 }
 
 /// Probes the node, keeping NVML open where it is live.
-enum Source {
+enum Probing {
     Live(Box<Prober>),
     Replay {
         path: PathBuf,
@@ -84,7 +84,7 @@ enum Source {
     },
 }
 
-impl Source {
+impl Probing {
     fn new(cfg: &AgentConfig) -> Self {
         let sysfs = SysfsRoot::new(&cfg.sysfs_root);
         match &cfg.gpu_source {
@@ -138,7 +138,7 @@ pub fn next_state(prev: &NodeTopology, fresh: NodeTopology, first_revision: u64)
 }
 
 /// Runs one probe on the blocking pool.
-async fn probe_once(mut source: Source) -> anyhow::Result<(Source, NodeTopology, Duration)> {
+async fn probe_once(mut source: Probing) -> anyhow::Result<(Probing, NodeTopology, Duration)> {
     Ok(tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         let t = source.probe(SystemTime::now());
@@ -155,7 +155,7 @@ fn log_failures(t: &NodeTopology) {
 
 /// `--oneshot`: probes once, prints the labels, applies them when Kubernetes is enabled.
 pub async fn run_oneshot(cfg: AgentConfig) -> anyhow::Result<()> {
-    let (_, fresh, _) = probe_once(Source::new(&cfg)).await?;
+    let (_, fresh, _) = probe_once(Probing::new(&cfg)).await?;
     let topo = next_state(&NodeTopology::default(), fresh, 1);
     log_failures(&topo);
     tracing::info!(
@@ -353,7 +353,7 @@ async fn probe_loop(
         health,
         metrics,
     } = out;
-    let mut source = Some(Source::new(&cfg));
+    let mut source = Some(Probing::new(&cfg));
     let mut first = true;
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -375,9 +375,10 @@ async fn probe_loop(
         };
         source = Some(src);
         let prev = state.borrow().topo.clone();
+        let fresh_sources = fresh.sources.clone();
         let next = next_state(&prev, fresh, start_ms);
         let changed = next.revision != prev.revision;
-        metrics.observe_probe(&next, took);
+        metrics.observe_probe(&fresh_sources, took, &next);
         if changed {
             log_failures(&next);
             tracing::info!(revision = next.revision, took = ?took, "topology changed");
@@ -441,7 +442,7 @@ mod tests {
                 driver_version: Some(driver.into()),
                 ..Default::default()
             },
-            sources: vec![SourceStatus::ok("nvml")],
+            sources: vec![SourceStatus::ok(crate::model::Source::Nvml)],
             ..NodeTopology::default()
         }
     }
