@@ -72,8 +72,22 @@ pub struct DriverInfo {
 }
 
 /// GPU architecture family, derived from the compute capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum GpuFamily {
     /// Unknown.
     #[default]
@@ -117,24 +131,26 @@ impl GpuFamily {
 
     /// Lowercase name, as used in labels and tables.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unknown => "unknown",
-            Self::Kepler => "kepler",
-            Self::Maxwell => "maxwell",
-            Self::Pascal => "pascal",
-            Self::Volta => "volta",
-            Self::Turing => "turing",
-            Self::Ampere => "ampere",
-            Self::Ada => "ada",
-            Self::Hopper => "hopper",
-            Self::Blackwell => "blackwell",
-        }
+        self.into()
     }
 }
 
 /// Multi-Instance GPU mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum MigMode {
     /// The query failed.
     #[default]
@@ -202,8 +218,21 @@ impl Gpu {
 }
 
 /// What the far end of an NVLink is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum NvLinkRemoteType {
     /// Not reported.
     #[default]
@@ -288,8 +317,21 @@ impl Connection {
 }
 
 /// P2P over NVLink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum P2pStatus {
     /// Not queried.
     #[default]
@@ -331,8 +373,21 @@ impl GpuPair {
 }
 
 /// Per-GPU fabric registration state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum FabricRegistration {
     /// Unknown.
     #[default]
@@ -348,8 +403,21 @@ pub enum FabricRegistration {
 }
 
 /// Fabric health summary (v3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum FabricHealth {
     /// Not reported.
     #[default]
@@ -386,8 +454,21 @@ pub struct GpuFabricInfo {
 }
 
 /// The node's NVLink domain state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum FabricState {
     /// Not derived.
     #[default]
@@ -409,15 +490,7 @@ pub enum FabricState {
 impl FabricState {
     /// Lowercase name (the `nvlink.fabric` label value).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unknown => "unknown",
-            Self::None => "none",
-            Self::Pending => "pending",
-            Self::Ready => "ready",
-            Self::Degraded => "degraded",
-            Self::Inconsistent => "inconsistent",
-            Self::Error => "error",
-        }
+        self.into()
     }
 }
 
@@ -441,8 +514,22 @@ pub struct Fabric {
 }
 
 /// RDMA link layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum LinkLayer {
     /// Unknown.
     #[default]
@@ -454,8 +541,21 @@ pub enum LinkLayer {
 }
 
 /// Logical port state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum PortState {
     /// Unknown.
     #[default]

@@ -307,7 +307,7 @@ mod tests {
     use crate::extender::{
         placement::MemoryPlacementIndex,
         source::{BoxFuture, SourceError, TopologyStream},
-        view::{ClusterView, LabelConfig},
+        view::{ClusterView, LabelKeys},
     };
 
     /// Records the endpoints it is asked for and refuses them all.
@@ -444,7 +444,7 @@ mod tests {
     async fn node_watch_feeds_the_view_and_the_agent_tasks() {
         let (client, api) = FakeApi::start("/api/v1/nodes");
         let rec = Arc::new(Recorder::default());
-        let view = SharedView::new(ClusterView::new(LabelConfig {
+        let view = SharedView::new(ClusterView::new(LabelKeys {
             prefix: "nodetopo.io".into(),
             block_label: Some("leaf".into()),
         }));

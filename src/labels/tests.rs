@@ -185,7 +185,7 @@ fn rdma_facts() {
 
 #[test]
 fn sanitize_examples() {
-    let s = |x: &str| LabelValue::sanitize(x).map(|v| v.0);
+    let s = |x: &str| LabelValue::sanitize(x).map(|v| v.as_str().to_string());
     assert_eq!(s("NVIDIA H200").as_deref(), Some("NVIDIA-H200"));
     assert_eq!(s("  (weird) ").as_deref(), Some("weird"));
     assert_eq!(s("--").as_deref(), None);

@@ -1,7 +1,7 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::extender::view::{ClusterView, Freshness, LabelConfig};
+use crate::extender::view::{ClusterView, Freshness, LabelKeys};
 
 #[test]
 fn backoff_doubles_to_the_cap_and_resets() {
@@ -100,7 +100,7 @@ async fn wait_for(view: &SharedView, want: Freshness, rev: Option<u64>) {
 
 #[tokio::test]
 async fn watcher_marks_stale_and_recovers() {
-    let view = SharedView::new(ClusterView::new(LabelConfig {
+    let view = SharedView::new(ClusterView::new(LabelKeys {
         prefix: "nodetopo.io".into(),
         block_label: None,
     }));
