@@ -116,8 +116,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     if cfg.oneshot {
-        rt.block_on(agent::run_oneshot(cfg))
+        Ok(rt.block_on(agent::run_oneshot(cfg))?)
     } else {
-        rt.block_on(agent::run(cfg))
+        Ok(rt.block_on(agent::run(cfg))?)
     }
 }

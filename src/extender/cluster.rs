@@ -256,7 +256,10 @@ impl ClusterSource {
             };
             match event {
                 Some(Ok(event)) => nodes.handle(event).await,
-                Some(Err(e)) => tracing::warn!(error = %e, "watching nodes failed; retrying"),
+                Some(Err(e)) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "watching nodes failed; retrying"
+                ),
                 None => {
                     tracing::warn!("the node watch ended");
                     break;
@@ -283,7 +286,10 @@ impl ClusterSource {
             };
             match event {
                 Some(Ok(event)) => on_pod_event(placements.as_ref(), &mut relist, event),
-                Some(Err(e)) => tracing::warn!(error = %e, "watching pods failed; retrying"),
+                Some(Err(e)) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "watching pods failed; retrying"
+                ),
                 None => {
                     tracing::warn!("the pod watch ended");
                     return;
@@ -330,7 +336,7 @@ mod tests {
                 self.0.lock().unwrap().push(endpoint.to_string());
                 Err(SourceError::Connect {
                     endpoint: endpoint.into(),
-                    message: "test".into(),
+                    source: "test".into(),
                 })
             })
         }
