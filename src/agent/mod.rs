@@ -28,8 +28,8 @@ use crate::{
     node_labels::{Backoff, NodeEvent, NodeLabeler, WriteError},
     probe::{
         Prober,
-        gpu::{GpuProber, ProbeOptions},
-        snapshot::NvmlSnapshot,
+        nvml::prober::{GpuProber, ProbeOptions},
+        nvml::snapshot::NvmlSnapshot,
         sysfs::SysfsRoot,
     },
 };
