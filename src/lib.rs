@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod deploy;
 pub mod extender;
 pub mod hints;
