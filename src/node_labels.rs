@@ -161,37 +161,53 @@ impl NodeLabeler {
     ) {
         loop {
             let want = desired.borrow_and_update().clone();
+            let mut retry_in = None;
             if let Some(want) = want {
-                tokio::select! {
-                    res = self.apply(&want) => match res {
-                        Ok(wrote) => {
-                            backoff.reset();
-                            if wrote {
-                                tracing::info!(node = %self.node, labels = want.len(), "node labels applied");
-                            }
-                        }
-                        Err(e) => {
-                            let delay = backoff.next_random_delay();
-                            tracing::warn!(node = %self.node, error = &e as &dyn std::error::Error, retry_in = ?delay, "node label write failed");
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                changed = desired.changed() => if changed.is_err() { return },
-                                _ = shutdown.changed() => return,
-                            }
-                            continue;
-                        }
-                    },
+                let res = tokio::select! {
+                    res = self.apply(&want) => res,
                     _ = shutdown.changed() => {
                         tracing::info!("shutdown: label write abandoned; labels stay in place");
                         return;
                     }
+                };
+                match res {
+                    Ok(wrote) => {
+                        backoff.reset();
+                        if wrote {
+                            tracing::info!(node = %self.node, labels = want.len(), "node labels applied");
+                        }
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_random_delay();
+                        tracing::warn!(node = %self.node, error = &e as &dyn std::error::Error, retry_in = ?delay, "node label write failed");
+                        retry_in = Some(delay);
+                    }
                 }
             }
-            tokio::select! {
-                changed = desired.changed() => if changed.is_err() { return },
-                _ = shutdown.changed() => return,
+            if !next_turn(&mut desired, &mut shutdown, retry_in).await {
+                return;
             }
         }
+    }
+}
+
+/// Waits for a new desired set, or for `retry_in` to pass; `false` when the writer should stop
+/// (shutdown, or the sender is gone).
+async fn next_turn(
+    desired: &mut watch::Receiver<Option<Labels>>,
+    shutdown: &mut watch::Receiver<bool>,
+    retry_in: Option<Duration>,
+) -> bool {
+    let retry = async {
+        match retry_in {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = retry => true,
+        changed = desired.changed() => changed.is_ok(),
+        _ = shutdown.changed() => false,
     }
 }
 

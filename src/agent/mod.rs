@@ -266,64 +266,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tracing::info!(grpc = ?api::local_addr(&grpc), metrics = ?http.local_addr().ok(), node = %cfg.node_name, "agent listening");
 
     // Events are best effort: a full queue drops them, and they are never retried.
-    let (events_tx, mut events_rx) = mpsc::channel::<NodeEvent>(16);
-    let labeler = if cfg.kube {
-        let client = kube_client().await?;
-        tokio::spawn(crate::node_labels::record_events(
-            client.clone(),
-            cfg.node_name.clone(),
-            cfg.kube_timeout,
-            events_rx,
-        ));
-        let l = NodeLabeler::new(
-            client,
-            cfg.node_name.clone(),
-            cfg.kube_timeout,
-            metrics.clone(),
-        );
-        Some(tokio::spawn(l.run(
-            labels_rx,
-            shutdown_rx.clone(),
-            Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
-        )))
-    } else {
-        drop(labels_rx);
-        events_rx.close();
-        None
-    };
-
-    let health = tonic_health::server::HealthReporter::new();
-    let health_svc = health.clone();
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(api::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-        .await;
-
-    let topo_api = TopologyApi::new(state_rx, cfg.limits.max_watchers, Arc::new(metrics.clone()));
-    let grpc_task = tokio::spawn({
-        let limits = cfg.limits.clone();
-        let mut sd = shutdown_rx.clone();
-        async move {
-            api::serve(grpc, topo_api, health_svc, &limits, async move {
-                let _ = sd.wait_for(|s| *s).await;
-            })
-            .await
-        }
-    });
-    let http_task = tokio::spawn({
-        let router = metrics.router();
-        let mut sd = shutdown_rx.clone();
-        async move {
-            axum::serve(http, router)
-                .with_graceful_shutdown(async move {
-                    let _ = sd.wait_for(|s| *s).await;
-                })
-                .await
-        }
-    });
-
+    let (events_tx, events_rx) = mpsc::channel::<NodeEvent>(16);
+    let labeler = start_labeler(&cfg, &metrics, labels_rx, events_rx, shutdown_rx.clone()).await?;
+    let health = not_serving_yet().await;
+    let servers = Servers::start(&cfg, grpc, http, state_rx, &metrics, &health, &shutdown_rx);
     let probe_task = tokio::spawn(probe_loop(
         cfg.clone(),
         state_tx,
@@ -336,32 +282,136 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         shutdown_rx,
         start_ms,
     ));
+    servers
+        .until_shutdown(shutdown_tx, cfg.grace, async move {
+            let _ = probe_task.await;
+            if let Some(l) = labeler {
+                let _ = l.await;
+            }
+        })
+        .await
+}
 
-    let (mut grpc_task, mut http_task) = (grpc_task, http_task);
-    // A server that stops on its own is fatal: the DaemonSet restarts the pod.
-    let early = tokio::select! {
-        _ = shutdown_signal() => None,
-        r = &mut grpc_task => Some((GRPC, flatten(GRPC, r))),
-        r = &mut http_task => Some((HTTP, flatten(HTTP, r))),
-    };
-    let _ = shutdown_tx.send(true);
-    if let Some((what, result)) = early {
-        return Err(result.err().unwrap_or(AgentError::Stopped(what)));
+/// The label writer and the event recorder, when Kubernetes is enabled.
+async fn start_labeler(
+    cfg: &AgentConfig,
+    metrics: &Metrics,
+    labels_rx: watch::Receiver<Option<Labels>>,
+    mut events_rx: mpsc::Receiver<NodeEvent>,
+    shutdown_rx: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, AgentError> {
+    if !cfg.kube {
+        drop(labels_rx);
+        events_rx.close();
+        return Ok(None);
     }
-    tracing::info!("shutting down: draining streams, labels stay in place");
-    let drain = async {
-        let _ = probe_task.await;
-        if let Some(l) = labeler {
-            let _ = l.await;
+    let client = kube_client().await?;
+    tokio::spawn(crate::node_labels::record_events(
+        client.clone(),
+        cfg.node_name.clone(),
+        cfg.kube_timeout,
+        events_rx,
+    ));
+    let l = NodeLabeler::new(
+        client,
+        cfg.node_name.clone(),
+        cfg.kube_timeout,
+        metrics.clone(),
+    );
+    Ok(Some(tokio::spawn(l.run(
+        labels_rx,
+        shutdown_rx,
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+    ))))
+}
+
+/// A health reporter that says NOT_SERVING until the first probe.
+async fn not_serving_yet() -> tonic_health::server::HealthReporter {
+    let health = tonic_health::server::HealthReporter::new();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(api::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+}
+
+/// The gRPC and metrics servers.
+struct Servers {
+    grpc: tokio::task::JoinHandle<Result<(), api::ServeError>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Servers {
+    fn start(
+        cfg: &AgentConfig,
+        grpc: TcpListener,
+        http: TcpListener,
+        state_rx: api::StateRx,
+        metrics: &Metrics,
+        health: &tonic_health::server::HealthReporter,
+        shutdown_rx: &watch::Receiver<bool>,
+    ) -> Self {
+        let topo_api =
+            TopologyApi::new(state_rx, cfg.limits.max_watchers, Arc::new(metrics.clone()));
+        let grpc = tokio::spawn({
+            let (limits, health, mut sd) =
+                (cfg.limits.clone(), health.clone(), shutdown_rx.clone());
+            async move {
+                api::serve(grpc, topo_api, health, &limits, async move {
+                    let _ = sd.wait_for(|s| *s).await;
+                })
+                .await
+            }
+        });
+        let http = tokio::spawn({
+            let router = metrics.router();
+            let mut sd = shutdown_rx.clone();
+            async move {
+                axum::serve(http, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = sd.wait_for(|s| *s).await;
+                    })
+                    .await
+            }
+        });
+        Self { grpc, http }
+    }
+
+    /// Waits for a shutdown signal, or fails when a server stops on its own (the DaemonSet then
+    /// restarts the pod); then drains `rest` and the servers within `grace`.
+    async fn until_shutdown(
+        self,
+        shutdown_tx: watch::Sender<bool>,
+        grace: Duration,
+        rest: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let Self {
+            grpc: mut grpc_task,
+            http: mut http_task,
+        } = self;
+        let early = tokio::select! {
+            _ = shutdown_signal() => None,
+            r = &mut grpc_task => Some((GRPC, flatten(GRPC, r))),
+            r = &mut http_task => Some((HTTP, flatten(HTTP, r))),
+        };
+        let _ = shutdown_tx.send(true);
+        if let Some((what, result)) = early {
+            return Err(result.err().unwrap_or(AgentError::Stopped(what)));
         }
-        let _ = http_task.await;
-        flatten(GRPC, grpc_task.await)
-    };
-    match tokio::time::timeout(cfg.grace, drain).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!(grace = ?cfg.grace, "shutdown grace period over; exiting");
-            Ok(())
+        tracing::info!("shutting down: draining streams, labels stay in place");
+        let drain = async {
+            rest.await;
+            let _ = http_task.await;
+            flatten(GRPC, grpc_task.await)
+        };
+        match tokio::time::timeout(grace, drain).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(grace = ?grace, "shutdown grace period over; exiting");
+                Ok(())
+            }
         }
     }
 }

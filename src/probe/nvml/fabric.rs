@@ -130,70 +130,23 @@ pub fn derive_domain(gpus: &[GpuFabricInput<'_>]) -> Fabric {
     if gpus.is_empty() {
         return fabric(FabricState::None, "no GPUs");
     }
-    let classes: Vec<(u32, Class<'_>)> = gpus
-        .iter()
-        .map(|g| {
-            let c = match g.info {
-                Err(e) => Class::Error(format!("GPU {}: fabric query failed: {e}", g.index)),
-                Ok(info) => match info.registration {
-                    FabricRegistration::NotSupported => Class::Detached,
-                    FabricRegistration::NotStarted | FabricRegistration::InProgress => {
-                        Class::Pending
-                    }
-                    FabricRegistration::Unknown => Class::Error(format!(
-                        "GPU {}: unknown fabric registration state",
-                        g.index
-                    )),
-                    FabricRegistration::Completed if info.status != 0 => Class::Error(format!(
-                        "GPU {}: fabric registration completed with NVML status {}",
-                        g.index, info.status
-                    )),
-                    FabricRegistration::Completed if is_zero_uuid(&info.cluster_uuid) => {
-                        Class::Detached
-                    }
-                    FabricRegistration::Completed => Class::Attached {
-                        cluster: &info.cluster_uuid,
-                        clique: info.clique_id,
-                        problems: &info.health_problems,
-                    },
-                },
-            };
-            (g.index, c)
-        })
-        .collect();
-
-    let errors: Vec<&str> = classes
-        .iter()
-        .filter_map(|(_, c)| match c {
-            Class::Error(e) => Some(e.as_str()),
-            _ => None,
-        })
-        .collect();
-    if !errors.is_empty() {
-        return fabric(FabricState::Error, errors.join("; "));
+    let classes: Vec<(u32, Class<'_>)> = gpus.iter().map(|g| (g.index, classify(g))).collect();
+    if let Some(f) = not_all_registered(&classes) {
+        return f;
     }
-    let pending: Vec<String> = classes
+    let attached: Vec<Attached<'_>> = classes
         .iter()
-        .filter(|(_, c)| matches!(c, Class::Pending))
-        .map(|(i, _)| i.to_string())
-        .collect();
-    if !pending.is_empty() {
-        return fabric(
-            FabricState::Pending,
-            format!(
-                "fabric registration not completed on GPU {}",
-                pending.join(", ")
-            ),
-        );
-    }
-    let attached: Vec<(u32, &str, u32, &[String])> = classes
-        .iter()
-        .filter_map(|(i, c)| match c {
+        .filter_map(|(index, c)| match c {
             Class::Attached {
                 cluster,
                 clique,
                 problems,
-            } => Some((*i, *cluster, *clique, *problems)),
+            } => Some(Attached {
+                index: *index,
+                cluster,
+                clique: *clique,
+                problems,
+            }),
             _ => None,
         })
         .collect();
@@ -204,40 +157,104 @@ pub fn derive_domain(gpus: &[GpuFabricInput<'_>]) -> Fabric {
         );
     }
     if attached.len() != classes.len() {
-        let detached: Vec<String> = classes
-            .iter()
-            .filter(|(_, c)| matches!(c, Class::Detached))
-            .map(|(i, _)| i.to_string())
-            .collect();
+        let detached = indices(&classes, |c| matches!(c, Class::Detached));
         return fabric(
             FabricState::Inconsistent,
-            format!(
-                "GPU {} report no cluster while others do",
-                detached.join(", ")
-            ),
+            format!("GPU {detached} report no cluster while others do"),
         );
     }
-    let (_, cluster, clique, _) = attached[0];
-    if let Some((i, c, q, _)) = attached
+    one_clique(&attached)
+}
+
+/// One GPU's fabric answer, classified.
+fn classify<'a>(g: &GpuFabricInput<'a>) -> Class<'a> {
+    let info = match g.info {
+        Err(e) => return Class::Error(format!("GPU {}: fabric query failed: {e}", g.index)),
+        Ok(info) => info,
+    };
+    match info.registration {
+        FabricRegistration::NotSupported => Class::Detached,
+        FabricRegistration::NotStarted | FabricRegistration::InProgress => Class::Pending,
+        FabricRegistration::Unknown => Class::Error(format!(
+            "GPU {}: unknown fabric registration state",
+            g.index
+        )),
+        FabricRegistration::Completed if info.status != 0 => Class::Error(format!(
+            "GPU {}: fabric registration completed with NVML status {}",
+            g.index, info.status
+        )),
+        FabricRegistration::Completed if is_zero_uuid(&info.cluster_uuid) => Class::Detached,
+        FabricRegistration::Completed => Class::Attached {
+            cluster: &info.cluster_uuid,
+            clique: info.clique_id,
+            problems: &info.health_problems,
+        },
+    }
+}
+
+/// The GPU indices whose class matches, comma-separated.
+fn indices(classes: &[(u32, Class<'_>)], want: impl Fn(&Class<'_>) -> bool) -> String {
+    classes
         .iter()
-        .find(|(_, c, q, _)| *c != cluster || *q != clique)
+        .filter(|(_, c)| want(c))
+        .map(|(i, _)| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `error` when any query failed, `pending` when any registration is unfinished.
+fn not_all_registered(classes: &[(u32, Class<'_>)]) -> Option<Fabric> {
+    let errors: Vec<&str> = classes
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Class::Error(e) => Some(e.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Some(fabric(FabricState::Error, errors.join("; ")));
+    }
+    let pending = indices(classes, |c| matches!(c, Class::Pending));
+    (!pending.is_empty()).then(|| {
+        fabric(
+            FabricState::Pending,
+            format!("fabric registration not completed on GPU {pending}"),
+        )
+    })
+}
+
+/// A GPU registered in a cluster.
+struct Attached<'a> {
+    index: u32,
+    cluster: &'a str,
+    clique: u32,
+    problems: &'a [String],
+}
+
+/// Every GPU is attached: `ready` in one clique, else `inconsistent` or `degraded`.
+fn one_clique(attached: &[Attached<'_>]) -> Fabric {
+    let first = &attached[0];
+    let (cluster, clique) = (first.cluster, first.clique);
+    if let Some(other) = attached
+        .iter()
+        .find(|a| a.cluster != cluster || a.clique != clique)
     {
         let mut f = fabric(
             FabricState::Inconsistent,
             format!(
-                "GPU {} is in {}.{} but GPU {} is in {c}.{q}",
-                attached[0].0, cluster, clique, i
+                "GPU {} is in {cluster}.{clique} but GPU {} is in {}.{}",
+                first.index, other.index, other.cluster, other.clique
             ),
         );
-        if attached.iter().all(|(_, c, _, _)| *c == cluster) {
+        if attached.iter().all(|a| a.cluster == cluster) {
             f.cluster_uuid = Some(cluster.to_string());
         }
         return f;
     }
     let unhealthy: Vec<String> = attached
         .iter()
-        .filter(|(_, _, _, p)| !p.is_empty())
-        .map(|(i, _, _, p)| format!("GPU {i}: {}", p.join(",")))
+        .filter(|a| !a.problems.is_empty())
+        .map(|a| format!("GPU {}: {}", a.index, a.problems.join(",")))
         .collect();
     if !unhealthy.is_empty() {
         let mut f = fabric(

@@ -321,74 +321,67 @@ impl GpuProber {
     fn pairs(&mut self, gpus: &[Gpu], problems: &mut Problems) -> Vec<GpuPair> {
         let mut out = Vec::new();
         for a in gpus {
-            for b in gpus {
-                if a.index == b.index {
-                    continue;
-                }
-                let key = (a.uuid.clone(), b.uuid.clone());
-                let switched = all_switch(a) && all_switch(b);
-                let cached = self.pairs.get(&key).cloned();
-                let stat = match cached {
-                    Some(s) => s,
-                    None => {
-                        let ancestor = match self.src.common_ancestor(a.index, b.index) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                problems.note(
-                                    format!("GPUs {}-{} common ancestor", a.index, b.index),
-                                    &e,
-                                );
-                                u32::MAX
-                            }
-                        };
-                        let p2p = (self.options.query_all_p2p || !switched)
-                            .then(|| self.src.p2p_nvlink(a.index, b.index));
-                        let s = StaticPair { p2p, ancestor };
-                        if s.ancestor != u32::MAX && !matches!(s.p2p, Some(Err(_))) {
-                            self.pairs.insert(key, s.clone());
-                        }
-                        s
-                    }
-                };
-                let p2p_nvlink = match &stat.p2p {
-                    None => P2pStatus::Ok,
-                    Some(Ok(0)) => P2pStatus::Ok,
-                    Some(Ok(_)) => P2pStatus::NotSupported,
-                    Some(Err(e)) if e.is_not_supported() => P2pStatus::NotSupported,
-                    Some(Err(e)) => {
-                        problems.note(format!("GPUs {}-{} P2P status", a.index, b.index), e);
-                        P2pStatus::Error
-                    }
-                };
-                let pcie = pcie_level(stat.ancestor);
-                let direct = direct_links(a, b);
-                let nvlink_count = if direct > 0 {
-                    direct
-                } else if switched {
-                    a.switch_links().min(b.switch_links()) as u32
-                } else {
-                    0
-                };
-                let connection = if p2p_nvlink == P2pStatus::Ok && nvlink_count > 0 {
-                    Connection::NvLink
-                } else {
-                    pcie
-                };
-                out.push(GpuPair {
-                    a: a.index,
-                    b: b.index,
-                    connection,
-                    nvlink_count: if connection == Connection::NvLink {
-                        nvlink_count
-                    } else {
-                        0
-                    },
-                    p2p_nvlink,
-                    pcie,
-                });
+            for b in gpus.iter().filter(|b| b.index != a.index) {
+                let stat = self.static_pair(a, b, problems);
+                out.push(pair_of(a, b, &stat, problems));
             }
         }
         out
+    }
+
+    /// The static facts of the ordered pair `a`, `b`: cached, else asked (and cached when every
+    /// answer was good). P2P status is not asked where NVSwitch links make it certain.
+    fn static_pair(&mut self, a: &Gpu, b: &Gpu, problems: &mut Problems) -> StaticPair {
+        let key = (a.uuid.clone(), b.uuid.clone());
+        if let Some(s) = self.pairs.get(&key) {
+            return s.clone();
+        }
+        let ancestor = self
+            .src
+            .common_ancestor(a.index, b.index)
+            .unwrap_or_else(|e| {
+                problems.note(format!("GPUs {}-{} common ancestor", a.index, b.index), &e);
+                u32::MAX
+            });
+        let switched = all_switch(a) && all_switch(b);
+        let p2p = (self.options.query_all_p2p || !switched)
+            .then(|| self.src.p2p_nvlink(a.index, b.index));
+        let s = StaticPair { p2p, ancestor };
+        if s.ancestor != u32::MAX && !matches!(s.p2p, Some(Err(_))) {
+            self.pairs.insert(key, s.clone());
+        }
+        s
+    }
+}
+
+/// The pair `a`, `b` from its static facts and the GPUs' current links.
+fn pair_of(a: &Gpu, b: &Gpu, stat: &StaticPair, problems: &mut Problems) -> GpuPair {
+    let p2p_nvlink = match &stat.p2p {
+        None | Some(Ok(0)) => P2pStatus::Ok,
+        Some(Ok(_)) => P2pStatus::NotSupported,
+        Some(Err(e)) if e.is_not_supported() => P2pStatus::NotSupported,
+        Some(Err(e)) => {
+            problems.note(format!("GPUs {}-{} P2P status", a.index, b.index), e);
+            P2pStatus::Error
+        }
+    };
+    let pcie = pcie_level(stat.ancestor);
+    let direct = direct_links(a, b);
+    let nvlink_count = if direct > 0 {
+        direct
+    } else if all_switch(a) && all_switch(b) {
+        a.switch_links().min(b.switch_links()) as u32
+    } else {
+        0
+    };
+    let nvlink = p2p_nvlink == P2pStatus::Ok && nvlink_count > 0;
+    GpuPair {
+        a: a.index,
+        b: b.index,
+        connection: if nvlink { Connection::NvLink } else { pcie },
+        nvlink_count: if nvlink { nvlink_count } else { 0 },
+        p2p_nvlink,
+        pcie,
     }
 }
 
