@@ -233,89 +233,57 @@ impl Extender {
             let ctx = policy::pod_context(&pod, view, self.placements.as_ref(), &labels);
             let resolved: Vec<_> = names
                 .iter()
-                .map(|n| (n, view.resolve(n, labels.get(n))))
+                .map(|n| (n.as_str(), view.resolve(n, labels.get(n))))
                 .collect();
-            let mut rejected = BTreeMap::new();
-            let mut more = 0usize;
-            let mut passed = Vec::with_capacity(resolved.len());
+            let mut rejected = Rejections::new(reasons);
             // A pod the extender does not place passes every node, known or not.
-            if !ctx.managed() {
-                let scores = policy::score_nodes(
-                    &ctx,
-                    &resolved
-                        .iter()
-                        .map(|(name, r)| Candidate {
-                            name: name.as_str(),
-                            facts: r.as_ref().map(|r| r.facts.as_ref()),
+            let (scores, domain) = if ctx.managed() {
+                let mut passed = Vec::with_capacity(resolved.len());
+                for (name, r) in &resolved {
+                    let facts = r.as_ref().map(|r| r.facts.as_ref());
+                    match (facts, policy::filter_node(&ctx, facts)) {
+                        (Some(f), Ok(())) => passed.push(Candidate {
+                            name,
+                            facts: Some(f),
                             freshness: r.as_ref().map(|r| r.freshness),
-                        })
-                        .collect::<Vec<_>>(),
-                    &self.weights,
-                );
-                return Explanation {
-                    pod: group::pod_key(&pod),
-                    context: ctx,
-                    rejected,
-                    rejected_more: more,
-                    domain: None,
-                    scores,
-                };
-            }
-            for (name, r) in &resolved {
-                let Some(r) = r else {
-                    if rejected.len() >= reasons {
-                        more += 1;
-                    } else {
-                        let why = if labels.contains_key(*name) {
-                            policy::Reject::NoTopology.to_string()
-                        } else {
-                            "unknown node: not in the extender's view and no Node object in the request"
-                                .to_string()
-                        };
-                        rejected.insert((*name).clone(), why);
-                    }
-                    continue;
-                };
-                match policy::filter_node(&ctx, Some(r.facts.as_ref())) {
-                    Ok(()) => passed.push(Candidate {
-                        name: name.as_str(),
-                        facts: Some(r.facts.as_ref()),
-                        freshness: Some(r.freshness),
-                    }),
-                    Err(why) => {
-                        if rejected.len() >= reasons {
-                            more += 1;
-                        } else {
-                            rejected.insert((*name).clone(), why.to_string());
-                        }
+                        }),
+                        (None, _) if !labels.contains_key(*name) => rejected.add(
+                            name,
+                            "unknown node: not in the extender's view and no Node object in the request",
+                        ),
+                        (None, _) => rejected.add(name, policy::Reject::NoTopology),
+                        (Some(_), Err(why)) => rejected.add(name, why),
                     }
                 }
-            }
-            let key = group::pod_key(&pod).unwrap_or_default();
-            let domain = self.group_domain(&ctx, &key, &passed, reserve, now);
-            if let Some(d) = &domain {
-                let dom = d.domain();
-                passed.retain(|c| {
-                    let inside = c.facts.is_some_and(|f| dom.contains(f));
-                    if !inside {
-                        if rejected.len() >= reasons {
-                            more += 1;
-                        } else {
-                            rejected.insert(
-                                c.name.to_string(),
-                                format!("outside {dom}, where the pod's group is kept"),
-                            );
+                let key = group::pod_key(&pod).unwrap_or_default();
+                let domain = self.group_domain(&ctx, &key, &passed, reserve, now);
+                if let Some(d) = &domain {
+                    let dom = d.domain();
+                    passed.retain(|c| {
+                        let inside = c.facts.is_some_and(|f| dom.contains(f));
+                        if !inside {
+                            rejected.add(c.name, format!("outside {dom}, where the pod's group is kept"));
                         }
-                    }
-                    inside
-                });
-            }
-            let scores = policy::score_nodes(&ctx, &passed, &self.weights);
+                        inside
+                    });
+                }
+                (policy::score_nodes(&ctx, &passed, &self.weights), domain)
+            } else {
+                let all: Vec<Candidate<'_>> = resolved
+                    .iter()
+                    .map(|(name, r)| Candidate {
+                        name,
+                        facts: r.as_ref().map(|r| r.facts.as_ref()),
+                        freshness: r.as_ref().map(|r| r.freshness),
+                    })
+                    .collect();
+                (policy::score_nodes(&ctx, &all, &self.weights), None)
+            };
             Explanation {
                 pod: group::pod_key(&pod),
                 context: ctx,
-                rejected,
-                rejected_more: more,
+                rejected: rejected.reasons,
+                rejected_more: rejected.more,
                 domain,
                 scores,
             }
@@ -411,6 +379,31 @@ impl Extender {
             })
             .collect();
         (list, ex)
+    }
+}
+
+/// Filter reasons, at most `cap` of them by node name; the rest are only counted.
+struct Rejections {
+    cap: usize,
+    reasons: BTreeMap<String, String>,
+    more: usize,
+}
+
+impl Rejections {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            reasons: BTreeMap::new(),
+            more: 0,
+        }
+    }
+
+    fn add(&mut self, node: &str, why: impl std::fmt::Display) {
+        if self.reasons.len() >= self.cap {
+            self.more += 1;
+        } else {
+            self.reasons.insert(node.to_string(), why.to_string());
+        }
     }
 }
 
