@@ -647,19 +647,11 @@ pub fn score_nodes(
     candidates: &[Candidate<'_>],
     w: &Weights,
 ) -> Vec<ScoreBreakdown> {
-    // Capacity: candidate nodes per domain, at each level.
-    let mut counts: HashMap<(Level, String), u32> = HashMap::new();
-    if ctx.remaining.is_some() {
-        for c in candidates {
-            if let Some(f) = c.facts {
-                for (lvl, key) in domain_keys(f) {
-                    if let Some(k) = key {
-                        *counts.entry((lvl, k)).or_default() += 1;
-                    }
-                }
-            }
-        }
-    }
+    let counts = if ctx.remaining.is_some() {
+        domain_counts(candidates)
+    } else {
+        HashMap::new()
+    };
     // Only the terms that apply to this pod count, so that the first pod of a group (no
     // members yet) still spreads its scores over 0..=10.
     let active = |on: bool, weight: f64| if on { weight } else { 0.0 };
@@ -668,69 +660,94 @@ pub fn score_nodes(
         + active(ctx.remaining.is_some(), w.capacity);
     candidates
         .iter()
-        .map(|c| {
-            let Some(f) = c.facts else {
-                return ScoreBreakdown {
-                    node: c.name.to_string(),
-                    score: 0,
-                    within_group: 0.0,
-                    counterpart: 0.0,
-                    capacity: 0.0,
-                    nearest_member: Level::None,
-                    capacity_level: Level::None,
-                    freshness: c.freshness,
-                    note: Some("no topology facts".into()),
-                };
-            };
-            let levels: Vec<Level> = ctx.members.iter().map(|m| proximity(f, &m.facts)).collect();
-            let within = if levels.is_empty() {
-                0.0
-            } else {
-                levels.iter().map(|l| w.level_value(*l)).sum::<f64>() / levels.len() as f64
-            };
-            let nearest_member = levels.iter().copied().max().unwrap_or(Level::None);
-            let counterpart = ctx
-                .counterparts
-                .iter()
-                .map(|p| w.level_value(proximity(f, &p.facts)))
-                .fold(0.0, f64::max);
-            let mut capacity_level = Level::None;
-            if let Some(rem) = ctx.remaining {
-                for (lvl, key) in domain_keys(f) {
-                    if let Some(k) = key
-                        && counts.get(&(lvl, k)).copied().unwrap_or(0) >= rem
-                    {
-                        capacity_level = lvl;
-                        break;
-                    }
-                }
-            }
-            let capacity = w.level_value(capacity_level);
-            let raw = if total > 0.0 {
-                (w.within_group * within + w.counterpart * counterpart + w.capacity * capacity)
-                    / total
-            } else {
-                0.0
-            };
-            let score = (raw * MAX_EXTENDER_PRIORITY as f64).round();
-            let score = if score.is_finite() {
-                (score as i64).clamp(0, MAX_EXTENDER_PRIORITY)
-            } else {
-                0
-            };
-            ScoreBreakdown {
+        .map(|c| match c.facts {
+            Some(f) => score_node(ctx, c, f, &counts, w, total),
+            None => ScoreBreakdown {
                 node: c.name.to_string(),
-                score,
-                within_group: within,
-                counterpart,
-                capacity,
-                nearest_member,
-                capacity_level,
+                score: 0,
+                within_group: 0.0,
+                counterpart: 0.0,
+                capacity: 0.0,
+                nearest_member: Level::None,
+                capacity_level: Level::None,
                 freshness: c.freshness,
-                note: None,
-            }
+                note: Some("no topology facts".into()),
+            },
         })
         .collect()
+}
+
+/// Capacity: candidate nodes per domain, at each level.
+fn domain_counts(candidates: &[Candidate<'_>]) -> HashMap<(Level, String), u32> {
+    let mut counts = HashMap::new();
+    for f in candidates.iter().filter_map(|c| c.facts) {
+        for (lvl, key) in domain_keys(f) {
+            if let Some(k) = key {
+                *counts.entry((lvl, k)).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// The tightest level at which `f`'s domain still has room for the group's remaining pods.
+fn capacity_level(f: &NodeFacts, remaining: u32, counts: &HashMap<(Level, String), u32>) -> Level {
+    domain_keys(f)
+        .into_iter()
+        .find_map(|(lvl, key)| {
+            let n = counts.get(&(lvl, key?)).copied().unwrap_or(0);
+            (n >= remaining).then_some(lvl)
+        })
+        .unwrap_or(Level::None)
+}
+
+/// One candidate's score from its facts.
+fn score_node(
+    ctx: &PodContext,
+    c: &Candidate<'_>,
+    f: &NodeFacts,
+    counts: &HashMap<(Level, String), u32>,
+    w: &Weights,
+    total: f64,
+) -> ScoreBreakdown {
+    let levels: Vec<Level> = ctx.members.iter().map(|m| proximity(f, &m.facts)).collect();
+    let within = if levels.is_empty() {
+        0.0
+    } else {
+        levels.iter().map(|l| w.level_value(*l)).sum::<f64>() / levels.len() as f64
+    };
+    let nearest_member = levels.iter().copied().max().unwrap_or(Level::None);
+    let counterpart = ctx
+        .counterparts
+        .iter()
+        .map(|p| w.level_value(proximity(f, &p.facts)))
+        .fold(0.0, f64::max);
+    let capacity_level = ctx
+        .remaining
+        .map_or(Level::None, |rem| capacity_level(f, rem, counts));
+    let capacity = w.level_value(capacity_level);
+    let raw = if total > 0.0 {
+        (w.within_group * within + w.counterpart * counterpart + w.capacity * capacity) / total
+    } else {
+        0.0
+    };
+    let score = (raw * MAX_EXTENDER_PRIORITY as f64).round();
+    let score = if score.is_finite() {
+        (score as i64).clamp(0, MAX_EXTENDER_PRIORITY)
+    } else {
+        0
+    };
+    ScoreBreakdown {
+        node: c.name.to_string(),
+        score,
+        within_group: within,
+        counterpart,
+        capacity,
+        nearest_member,
+        capacity_level,
+        freshness: c.freshness,
+        note: None,
+    }
 }
 
 #[cfg(test)]
