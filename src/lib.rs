@@ -19,3 +19,4 @@ pub mod model;
 pub mod probe;
 pub mod proto;
 pub mod render;
+pub mod webhook;
