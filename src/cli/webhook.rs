@@ -109,24 +109,17 @@ async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {
         .collect();
     let (nodes, reflector) = reflect_nodes(client, keep);
     let metrics = WebhookMetrics::new();
-    let ready_nodes = nodes.clone();
-    let gauge = metrics.clone();
+    let (ready_nodes, counted) = (nodes.clone(), nodes.clone());
     let state = WebhookState {
         config: Arc::new(cfg.mutation),
-        nodes: Arc::new(nodes.clone()),
+        nodes: Arc::new(nodes),
         metrics: metrics.clone(),
         ready: Arc::new(move || ready_nodes.is_ready()),
+        node_count: Arc::new(move || counted.len()),
     };
     let tasks = [
         tokio::spawn(reflector),
         tokio::spawn(cfg.cert.clone().watch(cfg.tls_reload)),
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                gauge.set_nodes(nodes.len());
-            }
-        }),
     ];
 
     let tls_cfg = tls::server_config(cfg.cert.clone()).context("TLS configuration")?;

@@ -40,6 +40,8 @@ pub struct WebhookState {
     pub metrics: WebhookMetrics,
     /// True once the Node view is complete.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Number of Nodes in the view, read at each scrape.
+    pub node_count: Arc<dyn Fn() -> usize + Send + Sync>,
 }
 
 /// `POST /mutate` and `GET /healthz`: the router served over TLS.
@@ -81,6 +83,7 @@ async fn mutate_handler(State(s): State<WebhookState>, body: Bytes) -> axum::res
 }
 
 async fn metrics_handler(State(s): State<WebhookState>) -> impl IntoResponse {
+    s.metrics.set_nodes((s.node_count)());
     (
         [(
             header::CONTENT_TYPE,
