@@ -16,6 +16,7 @@ pub mod kube;
 pub mod labels;
 pub mod metrics;
 pub mod model;
+pub mod pod_env;
 pub mod probe;
 pub mod proto;
 pub mod render;

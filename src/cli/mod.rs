@@ -10,6 +10,7 @@ mod extender;
 mod manifests;
 mod probe;
 mod query;
+mod query_env;
 mod webhook;
 
 /// Log line format.
