@@ -38,8 +38,11 @@ impl Drop for Proc {
     }
 }
 
+/// Node labels, as key-value pairs.
+type Labels = Vec<(String, String)>;
+
 /// Nodes: three GB200 trays (two cliques, two leaves) and a RoCE node without NVLink labels.
-fn nodes() -> Vec<(&'static str, Vec<(String, String)>, u32)> {
+fn nodes() -> Vec<(&'static str, Labels, u32)> {
     let tray = |clique: u32, leaf: &str| {
         vec![
             (format!("{PREFIX}/gpu.count"), "4".to_string()),
