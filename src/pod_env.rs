@@ -6,9 +6,12 @@
 //! so that position `i` is CUDA device `i` — the order `nodetopo probe -o env --gpus` and
 //! `GetPlacementHints` expect.
 //!
-//! - `NVIDIA_VISIBLE_DEVICES` unset, empty or `all`: every GPU; `none` or `void`: none; else a
+//! - `NVIDIA_VISIBLE_DEVICES` `all`: every GPU; `none`, `void` or empty: none; else a
 //!   comma-separated list of NVML indices or UUIDs. The runtime exposes the devices in PCI bus
-//!   order, which is NVML's index order, so the list's own order does not matter.
+//!   order, which is NVML's index order, so the list's own order does not matter. Unset: every
+//!   GPU if `CUDA_VISIBLE_DEVICES` is set (a process on the host), else an error: a container
+//!   without the variable has no GPU from the device plugin's environment strategy, and
+//!   guessing "all" would hand it another pod's NICs.
 //! - `CUDA_VISIBLE_DEVICES` unset: the container's GPUs in that order. Set: each entry is an
 //!   index into the container's GPUs or a GPU UUID (or a unique UUID prefix), in the order given.
 //!
@@ -81,8 +84,15 @@ pub fn visible_gpus(
 
     // The container's GPUs, in PCI (NVML index) order.
     let container: Vec<&NodeGpu> = match nvidia_visible.map(str::trim) {
-        None | Some("") | Some("all") => all.clone(),
-        Some("none") | Some("void") => Vec::new(),
+        None if cuda_visible.is_none() => {
+            return Err(VisibleError::NoGpus(
+                "NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES are unset; request the GPUs in \
+                 this container or name them with --gpus"
+                    .into(),
+            ));
+        }
+        None | Some("all") => all.clone(),
+        Some("none") | Some("void") | Some("") => Vec::new(),
         Some(list) => {
             let mut picked = Vec::new();
             for e in entries(list) {
@@ -194,8 +204,8 @@ mod tests {
 
     #[test]
     fn nvidia_variable_selects_the_set_in_pci_order() {
-        assert_eq!(vis(None, None).unwrap(), (0..8).collect::<Vec<_>>());
-        assert_eq!(vis(Some("all"), None).unwrap().len(), 8);
+        assert!(matches!(vis(None, None), Err(VisibleError::NoGpus(_))));
+        assert_eq!(vis(Some("all"), None).unwrap(), (0..8).collect::<Vec<_>>());
         assert_eq!(
             vis(Some("GPU-5555aaaa-0000,GPU-2222aaaa-0000"), None).unwrap(),
             [2, 5]

@@ -221,6 +221,13 @@ fn env_file_matches_probe_for_each_selection_and_order() {
         "{err}"
     );
     assert!(!file.exists());
+
+    // A container without either variable got no GPU: an error, not every GPU's NICs.
+    let out = query_env(agent.port, &file, &[], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("are unset") && err.contains("--gpus"), "{err}");
+    assert!(!file.exists());
 }
 
 #[test]

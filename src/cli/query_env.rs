@@ -104,7 +104,11 @@ async fn make(endpoint: &str, args: &EnvArgs) -> Result<String, Failure> {
         })
         .collect();
     let selection = if args.gpus.is_empty() {
-        let nvidia = std::env::var("NVIDIA_VISIBLE_DEVICES").ok();
+        let nvidia = std::env::var("NVIDIA_VISIBLE_DEVICES")
+            .ok()
+            .map(|v| device_list(&v))
+            .transpose()
+            .map_err(Failure::Other)?;
         let cuda = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         visible_gpus(nvidia.as_deref(), cuda.as_deref(), &node)
             .context("finding the pod's GPUs")
@@ -161,6 +165,20 @@ async fn make(endpoint: &str, args: &EnvArgs) -> Result<String, Failure> {
         r.revision,
         hints.to_shell()
     ))
+}
+
+/// The device plugin's `volume-mounts` strategy sets NVIDIA_VISIBLE_DEVICES to a folder whose
+/// entries are the device IDs; any other value is the list itself.
+fn device_list(value: &str) -> anyhow::Result<String> {
+    if !value.starts_with('/') {
+        return Ok(value.to_string());
+    }
+    let mut ids: Vec<String> = std::fs::read_dir(value)
+        .with_context(|| format!("NVIDIA_VISIBLE_DEVICES={value}: reading the device folder"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    Ok(ids.join(","))
 }
 
 /// Writes `text` to `path` atomically (a temporary file renamed into place), or to stdout.

@@ -236,6 +236,80 @@ async fn bound(client: &Client, ns: &str, names: &[String]) -> Vec<Pod> {
     .await
 }
 
+/// The YAML blocks of README.md that run `nodetopo query env`.
+fn readme_env_examples() -> Vec<Value> {
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|x| x.0))
+        .filter(|b| b.contains(r#"args: ["query", "env""#))
+        .map(|b| serde_yaml_ng::from_str(b).unwrap())
+        .collect()
+}
+
+/// The README's pod specs for `query env` (a Pod, and a LeaderWorkerSet's templates made into
+/// Pods) pass the API server's strict validation, share the env file through an emptyDir, and
+/// source the file the init container writes.
+#[tokio::test]
+async fn readme_env_pod_specs_are_valid() {
+    let examples = readme_env_examples();
+    assert_eq!(examples.len(), 2, "a Pod and a LeaderWorkerSet");
+    let mut pods = vec![examples[0].clone()];
+    assert_eq!(examples[1]["kind"], "LeaderWorkerSet");
+    for t in ["leaderTemplate", "workerTemplate"] {
+        let tpl = &examples[1]["spec"]["leaderWorkerTemplate"][t];
+        pods.push(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("lws-{}", t.to_lowercase())}, "spec": tpl["spec"]}));
+    }
+    let cp = ControlPlane::start(harness::Options::default());
+    cp.kubectl(&[
+        "create",
+        "serviceaccount",
+        "default",
+        "--namespace",
+        "default",
+    ]);
+    for pod in &pods {
+        let spec = &pod["spec"];
+        let init = &spec["initContainers"][0];
+        let args: Vec<&str> = init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let file = args[args.iter().position(|a| *a == "--file").unwrap() + 1];
+        let main = &spec["containers"][0];
+        let cmd = main["command"][2].as_str().unwrap();
+        assert!(cmd.starts_with(&format!(". {file} && exec ")), "{cmd}");
+        assert_eq!(
+            init["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "status.hostIP"
+        );
+        assert_eq!(
+            init["resources"]["limits"]["nvidia.com/gpu"],
+            main["resources"]["limits"]["nvidia.com/gpu"],
+            "the init container asks for the main container's GPUs"
+        );
+        let vol = spec["volumes"][0]["name"].as_str().unwrap();
+        assert!(spec["volumes"][0]["emptyDir"].is_object());
+        for c in [init, main] {
+            assert_eq!(c["volumeMounts"][0]["name"], vol);
+            assert!(file.starts_with(c["volumeMounts"][0]["mountPath"].as_str().unwrap()));
+        }
+        let out = cp.kubectl_input(
+            &["create", "--dry-run=server", "--validate=strict", "-f", "-"],
+            &serde_json::to_string(pod).unwrap(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[tokio::test]
 async fn scheduled_pods_carry_their_nodes_topology_labels() {
     let cp = ControlPlane::start(harness::Options::default());
