@@ -282,6 +282,33 @@ async fn main() {
         NS_ON,
         "nodetopo.io/pod-topology=enabled",
     ]);
+    let (crt, key) = cp.serving_cert("webhook");
+    let (port, metrics) = (harness::free_port(), harness::free_port());
+    let start = || {
+        Proc(
+            Command::new(NODETOPO)
+                .args(["webhook", "--block-label", "network.example.com/leaf"])
+                .arg(format!("--listen=127.0.0.1:{port}"))
+                .arg(format!("--metrics-listen=127.0.0.1:{metrics}"))
+                .arg(format!("--tls-cert={}", crt.display()))
+                .arg(format!("--tls-key={}", key.display()))
+                .env("KUBECONFIG", &cp.admin_kubeconfig)
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // The reference for memory: the same process with no Node to hold.
+    let empty = start();
+    while !http_get(metrics, "/readyz").starts_with("HTTP/1.1 200") {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_empty = rss_mib(empty.0.id());
+    drop(empty);
+
     let t0 = Instant::now();
     create_nodes(&client).await;
     eprintln!(
@@ -289,22 +316,7 @@ async fn main() {
         t0.elapsed().as_secs_f64()
     );
 
-    let (crt, key) = cp.serving_cert("webhook");
-    let (port, metrics) = (harness::free_port(), harness::free_port());
-    let webhook = Proc(
-        Command::new(NODETOPO)
-            .args(["webhook", "--block-label", "network.example.com/leaf"])
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg(format!("--metrics-listen=127.0.0.1:{metrics}"))
-            .arg(format!("--tls-cert={}", crt.display()))
-            .arg(format!("--tls-key={}", key.display()))
-            .env("KUBECONFIG", &cp.admin_kubeconfig)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let webhook = start();
     let t0 = Instant::now();
     loop {
         if http_get(metrics, "/metrics").contains(&format!("nodetopo_webhook_nodes {NODES}")) {
@@ -358,7 +370,49 @@ async fn main() {
         h.push(exchange(&mut tls, "GET", "/healthz", b"").await.0);
     }
 
-    // Through the API server: Bindings as kube-scheduler posts them.
+    // Through the API server: the chart's MutatingWebhookConfiguration, pointed at 127.0.0.1.
+    let rendered = cp.helm(&[
+        "template",
+        "nodetopo",
+        &format!("{}/charts/nodetopo", harness::ROOT),
+        "--namespace",
+        "nodetopo",
+        "--set",
+        "webhook.enabled=true",
+    ]);
+    let mut mwc: Value = serde_yaml_ng::Deserializer::from_str(&rendered)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cp.ca).unwrap());
+    for w in mwc["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"] =
+            json!({"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": ca});
+    }
+    let out = cp.kubectl_input(&["apply", "-f", "-"], &serde_json::to_string(&mwc).unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The API server loads it asynchronously: wait until a Pod created on a Node is mutated.
+    let probe: Api<Pod> = Api::namespaced(client.clone(), NS_ON);
+    for attempt in 0.. {
+        let name = format!("probe-{attempt}");
+        let pod: Pod = serde_json::from_value(pod_json(&name, NS_ON, Some(&node_name(0)))).unwrap();
+        let got = probe.create(&PostParams::default(), &pod).await.unwrap();
+        if got
+            .metadata
+            .labels
+            .is_some_and(|l| l.contains_key("nodetopo.io/nvlink.domain"))
+        {
+            break;
+        }
+        assert!(attempt < 300, "the webhook configuration never took effect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Bindings as kube-scheduler posts them.
     let mut on_t = Vec::new();
     let mut off_t = Vec::new();
     for ns in [NS_ON, NS_OFF] {
@@ -475,6 +529,6 @@ async fn main() {
         .to_string();
     println!("  webhook's own: {own_count}");
     println!(
-        "webhook resident memory, {NODES} nodes in the reflector: {rss_idle:.1} MiB after the list, {rss:.1} MiB after the runs"
+        "webhook resident memory, {NODES} nodes in the reflector: {rss_idle:.1} MiB after the list, {rss:.1} MiB after the runs; no node (reference): {rss_empty:.1} MiB"
     );
 }
