@@ -18,7 +18,7 @@ use nodetopo::{
         group::group_of,
         placement::{MemoryPlacementIndex, PlacedPod, PlacementIndex, PodEvent},
         policy::Weights,
-        view::{ClusterView, LabelConfig, SharedView, ViewEvent},
+        view::{ClusterView, LabelKeys, SharedView, ViewEvent},
         wire::ExtenderArgs,
     },
     model::{Fabric, FabricState, Gpu, LinkLayer, Nic, NicPort, NodeTopology, PortState},
@@ -95,7 +95,7 @@ fn setup() -> (Extender, ExtenderArgs) {
         .map(|t| serde_json::to_vec(t).map(|v| v.len()).unwrap_or(0))
         .sum();
     let before = rss_bytes();
-    let view = SharedView::new(ClusterView::new(LabelConfig {
+    let view = SharedView::new(ClusterView::new(LabelKeys {
         prefix: "nodetopo.io".into(),
         block_label: Some("leaf".into()),
     }));
@@ -231,7 +231,7 @@ fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let view = SharedView::new(ClusterView::new(LabelConfig {
+    let view = SharedView::new(ClusterView::new(LabelKeys {
         prefix: "nodetopo.io".into(),
         block_label: None,
     }));

@@ -5,6 +5,7 @@
 use std::{path::Path, time::SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use nodetopo::model::Source;
 use nodetopo::probe::{
     Prober,
     gpu::{GpuProber, ProbeOptions},
@@ -29,7 +30,7 @@ fn bench(c: &mut Criterion) {
     base.gpu_nic_affinity.clear();
     base.rail_pairing = Default::default();
     base.sources
-        .retain(|s| s.source == "nvml" || s.source == "fabric");
+        .retain(|s| matches!(s.source, Source::Nvml | Source::Fabric));
 
     c.bench_function("rdma sysfs probe (10 NICs)", |b| {
         b.iter(|| rdma::probe(&root))

@@ -17,7 +17,7 @@ use std::fmt::Write;
 
 use thiserror::Error;
 
-use crate::model::{LinkLayer, NicPort, NodeTopology, PortState};
+use crate::model::{Connection, LinkLayer, NicPort, NodeTopology, PortState};
 
 /// A GPU named by NVML index or by UUID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,18 +60,115 @@ impl std::fmt::Display for GpuSelector {
 }
 
 /// Why hints could not be made.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HintError {
     /// The selection names a GPU this node does not have.
-    #[error("unknown GPU {0}")]
-    UnknownGpu(String),
+    #[error("unknown GPU {selector:?}: this node has GPU indices {indices} and their UUIDs")]
+    UnknownGpu {
+        /// The selector as given.
+        selector: String,
+        /// The node's indices, e.g. `0,1,2,3`, or `none`.
+        indices: String,
+    },
     /// A selector is empty or malformed.
     #[error("bad GPU selector {0:?}")]
     BadSelector(String),
     /// The same GPU is selected twice.
     #[error("GPU {0} is selected more than once")]
     Duplicate(u32),
+}
+
+/// Resolves a selection to GPU indices, **in selection order**: position `i` of the result is
+/// CUDA ordinal `i` of a process that sees exactly these GPUs (`CUDA_VISIBLE_DEVICES=1,0` makes
+/// GPU 1 ordinal 0). `None` or an empty selection is every GPU in index order. A GPU selected
+/// twice, by index or UUID, is an error: it cannot be two ordinals.
+pub fn select_gpus(
+    topo: &NodeTopology,
+    selection: Option<&[GpuSelector]>,
+) -> Result<Vec<u32>, HintError> {
+    let Some(sel) = selection.filter(|s| !s.is_empty()) else {
+        let mut v: Vec<u32> = topo.gpus.iter().map(|g| g.index).collect();
+        v.sort_unstable();
+        return Ok(v);
+    };
+    let mut v = Vec::with_capacity(sel.len());
+    for s in sel {
+        let g = topo
+            .gpus
+            .iter()
+            .find(|g| match s {
+                GpuSelector::Index(i) => g.index == *i,
+                GpuSelector::Uuid(u) => g.uuid.eq_ignore_ascii_case(u),
+            })
+            .ok_or_else(|| unknown_gpu(topo, s))?;
+        if v.contains(&g.index) {
+            return Err(HintError::Duplicate(g.index));
+        }
+        v.push(g.index);
+    }
+    Ok(v)
+}
+
+fn unknown_gpu(topo: &NodeTopology, s: &GpuSelector) -> HintError {
+    let indices: Vec<String> = topo.gpus.iter().map(|g| g.index.to_string()).collect();
+    HintError::UnknownGpu {
+        selector: s.to_string(),
+        indices: if indices.is_empty() {
+            "none".into()
+        } else {
+            indices.join(",")
+        },
+    }
+}
+
+/// A selected GPU and its paired NIC port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuNic {
+    /// GPU index.
+    pub gpu: u32,
+    /// GPU UUID.
+    pub gpu_uuid: String,
+    /// NIC name.
+    pub nic: String,
+    /// NIC port.
+    pub port: u32,
+    /// PCIe distance.
+    pub connection: Connection,
+}
+
+/// Placement hints for one GPU selection, as `GetPlacementHints` serves them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlacementHints {
+    /// The environment of [`env_hints`] for the same selection.
+    pub env: EnvHints,
+    /// Selected GPUs with a paired NIC, in selection (CUDA ordinal) order.
+    pub pairs: Vec<GpuNic>,
+}
+
+/// Hints for the selected GPUs: their rail pairs and the environment that `nodetopo probe -o env
+/// --gpus` prints for the same selection. The selection means what [`select_gpus`] says.
+pub fn placement_hints(
+    topo: &NodeTopology,
+    selection: &[GpuSelector],
+) -> Result<PlacementHints, HintError> {
+    let selected = select_gpus(topo, Some(selection))?;
+    let pairs = selected
+        .iter()
+        .filter_map(|&gpu| {
+            let pair = topo.rail_pairing.pairs.iter().find(|p| p.gpu == gpu)?;
+            let uuid = topo.gpus.iter().find(|g| g.index == gpu)?.uuid.clone();
+            Some(GpuNic {
+                gpu,
+                gpu_uuid: uuid,
+                nic: pair.nic.clone(),
+                port: pair.port,
+                connection: pair.connection,
+            })
+        })
+        .collect();
+    let env = env_for(topo, &selected);
+    Ok(PlacementHints { env, pairs })
 }
 
 /// Ordered environment variables plus remarks for the reader.
@@ -126,38 +223,21 @@ fn common_prefix(names: &[&str]) -> Option<String> {
     (!first.is_empty() && names.iter().all(|n| strip(n) == first)).then_some(first)
 }
 
-/// Env hints for the selected GPUs (all GPUs, in index order, when `selection` is `None`).
+/// Env hints for the selected GPUs (all GPUs, in index order, when `selection` is `None`), in
+/// the order of [`select_gpus`].
 pub fn env_hints(
     topo: &NodeTopology,
     selection: Option<&[GpuSelector]>,
 ) -> Result<EnvHints, HintError> {
-    let gpus: Vec<u32> = match selection {
-        None => {
-            let mut v: Vec<u32> = topo.gpus.iter().map(|g| g.index).collect();
-            v.sort_unstable();
-            v
-        }
-        Some(sel) => {
-            let mut v = Vec::with_capacity(sel.len());
-            for s in sel {
-                let g = topo
-                    .gpus
-                    .iter()
-                    .find(|g| match s {
-                        GpuSelector::Index(i) => g.index == *i,
-                        GpuSelector::Uuid(u) => g.uuid.eq_ignore_ascii_case(u),
-                    })
-                    .ok_or_else(|| HintError::UnknownGpu(s.to_string()))?;
-                if v.contains(&g.index) {
-                    return Err(HintError::Duplicate(g.index));
-                }
-                v.push(g.index);
-            }
-            v
-        }
-    };
+    Ok(env_for(topo, &select_gpus(topo, selection)?))
+}
 
-    let mut hints = EnvHints::default();
+/// The rails of `gpus` (distinct `(nic, port)` in first-use order) and the DeepEP mapping.
+fn rails_of(
+    topo: &NodeTopology,
+    gpus: &[u32],
+    hints: &mut EnvHints,
+) -> (Vec<(String, u32)>, Vec<String>) {
     let mut mapping = Vec::new();
     let mut rails: Vec<(String, u32)> = Vec::new();
     for (ordinal, gpu) in gpus.iter().enumerate() {
@@ -171,37 +251,40 @@ pub fn env_hints(
             rails.push(rail);
         }
     }
-    if rails.is_empty() {
-        hints.notes.push("no RDMA rails: no hints".into());
-        return Ok(hints);
-    }
+    (rails, mapping)
+}
 
-    // Facts about the rail ports, for notes and RoCE settings.
+/// Notes on the rail ports (down, missing, mixed link layers); the RoCE v2 GID index of each
+/// Ethernet rail.
+fn check_rail_ports(
+    topo: &NodeTopology,
+    rails: &[(String, u32)],
+    hints: &mut EnvHints,
+) -> Vec<Option<u32>> {
     let mut link_layers = Vec::new();
     let mut gid_indices = Vec::new();
-    for (nic, port) in &rails {
-        let p = topo
+    for (nic, port) in rails {
+        let found = topo
             .nics
             .iter()
             .find(|n| &n.name == nic)
             .and_then(|n| n.ports.iter().find(|p| p.port == *port));
-        match p {
-            Some(p) => {
-                if p.state != PortState::Active {
-                    hints
-                        .notes
-                        .push(format!("{nic} port {port} is not active ({:?})", p.state));
-                }
-                if !link_layers.contains(&p.link_layer) {
-                    link_layers.push(p.link_layer);
-                }
-                if p.link_layer == LinkLayer::Ethernet {
-                    gid_indices.push(roce_v2_ipv4_gid(p));
-                }
-            }
-            None => hints
+        let Some(p) = found else {
+            hints
                 .notes
-                .push(format!("{nic} port {port} is not in the NIC list")),
+                .push(format!("{nic} port {port} is not in the NIC list"));
+            continue;
+        };
+        if p.state != PortState::Active {
+            hints
+                .notes
+                .push(format!("{nic} port {port} is not active ({:?})", p.state));
+        }
+        if !link_layers.contains(&p.link_layer) {
+            link_layers.push(p.link_layer);
+        }
+        if p.link_layer == LinkLayer::Ethernet {
+            gid_indices.push(roce_v2_ipv4_gid(p));
         }
     }
     if link_layers.len() > 1 {
@@ -209,7 +292,37 @@ pub fn env_hints(
             "rails mix InfiniBand and Ethernet (RoCE); the two cannot talk to each other".into(),
         );
     }
+    gid_indices
+}
 
+/// The RoCE GID index variables, when every Ethernet rail has the same RoCE v2 IPv4 index.
+fn push_gid_index(gid_indices: &[Option<u32>], hints: &mut EnvHints) {
+    let Some(first) = gid_indices.first() else {
+        return;
+    };
+    match first {
+        Some(i) if gid_indices.iter().all(|g| g == first) => {
+            hints.vars.push(("NCCL_IB_GID_INDEX".into(), i.to_string()));
+            hints
+                .vars
+                .push(("NVSHMEM_IB_GID_INDEX".into(), i.to_string()));
+        }
+        _ => hints.notes.push(
+            "RoCE rails have no common RoCE v2 IPv4 GID index; set NCCL_IB_GID_INDEX by hand"
+                .into(),
+        ),
+    }
+}
+
+/// Env hints for resolved GPU indices, in that order.
+fn env_for(topo: &NodeTopology, gpus: &[u32]) -> EnvHints {
+    let mut hints = EnvHints::default();
+    let (rails, mapping) = rails_of(topo, gpus, &mut hints);
+    if rails.is_empty() {
+        hints.notes.push("no RDMA rails: no hints".into());
+        return hints;
+    }
+    let gid_indices = check_rail_ports(topo, &rails, &mut hints);
     let list = rails
         .iter()
         .map(|(n, p)| format!("{n}:{p}"))
@@ -227,28 +340,14 @@ pub fn env_hints(
             hints.vars.push(("NVSHMEM_HCA_PREFIX".into(), prefix));
         }
     }
-    if !gid_indices.is_empty() {
-        let first = gid_indices[0];
-        match first {
-            Some(i) if gid_indices.iter().all(|g| *g == Some(i)) => {
-                hints.vars.push(("NCCL_IB_GID_INDEX".into(), i.to_string()));
-                hints
-                    .vars
-                    .push(("NVSHMEM_IB_GID_INDEX".into(), i.to_string()));
-            }
-            _ => hints.notes.push(
-                "RoCE rails have no common RoCE v2 IPv4 GID index; set NCCL_IB_GID_INDEX by hand"
-                    .into(),
-            ),
-        }
-    }
-    Ok(hints)
+    push_gid_index(&gid_indices, &mut hints);
+    hints
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Connection, Gid, Gpu, Nic, RailPair, RailPairing};
+    use crate::model::{Gid, Gpu, Nic, RailPair, RailPairing};
 
     fn topo(link: LinkLayer) -> NodeTopology {
         let gpus = (0..4)
@@ -347,11 +446,17 @@ mod tests {
         let t = topo(LinkLayer::Infiniband);
         assert_eq!(
             env_hints(&t, Some(&[GpuSelector::Index(9)])),
-            Err(HintError::UnknownGpu("9".into()))
+            Err(HintError::UnknownGpu {
+                selector: "9".into(),
+                indices: "0,1,2,3".into()
+            })
         );
         assert_eq!(
             env_hints(&t, Some(&[GpuSelector::Uuid("GPU-x".into())])),
-            Err(HintError::UnknownGpu("GPU-x".into()))
+            Err(HintError::UnknownGpu {
+                selector: "GPU-x".into(),
+                indices: "0,1,2,3".into()
+            })
         );
         assert_eq!(
             env_hints(&t, Some(&GpuSelector::parse_list("1,1").unwrap())),
@@ -403,5 +508,92 @@ mod tests {
             h.to_shell(),
             "# two lines\nexport A=\"x\\\"\\$y\\`z\\\\\"\n"
         );
+    }
+
+    fn sel(s: &[&str]) -> Vec<GpuSelector> {
+        s.iter().map(|s| GpuSelector::parse(s).unwrap()).collect()
+    }
+
+    fn paired() -> NodeTopology {
+        NodeTopology {
+            gpus: (0..4)
+                .map(|i| Gpu {
+                    index: i,
+                    uuid: format!("GPU-{i}"),
+                    ..Gpu::default()
+                })
+                .collect(),
+            rail_pairing: RailPairing {
+                rail_aligned: true,
+                pairs: (0..4)
+                    .map(|i| RailPair {
+                        gpu: i,
+                        nic: format!("mlx5_{i}"),
+                        port: 1,
+                        connection: Connection::Pix,
+                    })
+                    .collect(),
+            },
+            ..NodeTopology::default()
+        }
+    }
+
+    #[test]
+    fn by_index_and_uuid() {
+        let h = placement_hints(&paired(), &sel(&["2", "gpu-0"])).unwrap();
+        // GPUs 2 and 0 are CUDA ordinals 0 and 1 of a pod that sees them in that order.
+        assert_eq!(
+            h.env.vars,
+            vec![
+                (
+                    "DEEP_EP_DEVICE_TO_HCA_MAPPING".into(),
+                    "0:mlx5_2:1,1:mlx5_0:1".into()
+                ),
+                ("UCX_NET_DEVICES".into(), "mlx5_2:1,mlx5_0:1".into()),
+                ("NCCL_IB_HCA".into(), "=mlx5_2:1,mlx5_0:1".into()),
+                ("NVSHMEM_HCA_LIST".into(), "mlx5_2:1,mlx5_0:1".into()),
+            ]
+        );
+        assert_eq!(h.pairs.len(), 2);
+        assert_eq!(h.pairs[0].gpu_uuid, "GPU-2");
+    }
+
+    #[test]
+    fn order_is_cuda_ordinal_order_as_on_the_command_line() {
+        let t = paired();
+        let h = placement_hints(&t, &sel(&["1", "GPU-0"])).unwrap();
+        let cli = env_hints(&t, Some(&GpuSelector::parse_list("1,0").unwrap())).unwrap();
+        assert_eq!(h.env, cli);
+        assert_eq!(
+            h.env.get("DEEP_EP_DEVICE_TO_HCA_MAPPING"),
+            Some("0:mlx5_1:1,1:mlx5_0:1")
+        );
+        let gpus: Vec<u32> = h.pairs.iter().map(|p| p.gpu).collect();
+        assert_eq!(gpus, [1, 0]);
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        for s in [["2", "2"], ["2", "GPU-2"]] {
+            let e = placement_hints(&paired(), &sel(&s)).unwrap_err();
+            assert!(e.to_string().contains("more than once"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_gpu_is_an_error() {
+        let e = placement_hints(&paired(), &sel(&["7"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown GPU \"7\": this node has GPU indices 0,1,2,3 and their UUIDs"
+        );
+    }
+
+    #[test]
+    fn no_nics_no_env() {
+        let mut t = paired();
+        t.rail_pairing = RailPairing::default();
+        let h = placement_hints(&t, &[]).unwrap();
+        assert!(h.env.vars.is_empty() && h.pairs.is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: hardware probes ([`probe`]) produce the [`model::NodeTopology`]; pure
 //! policy ([`labels`]) and renderers ([`render`]) turn it into output; the [`agent`] keeps it
-//! current and publishes it over gRPC ([`api`]), as node labels ([`kube`]) and as [`metrics`].
+//! current and publishes it over gRPC ([`api`]), as node labels ([`node_labels`]) and as [`metrics`].
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml_live`); each opts in.
 #![deny(unsafe_code)]
@@ -12,10 +12,10 @@ pub mod api;
 pub mod deploy;
 pub mod extender;
 pub mod hints;
-pub mod kube;
 pub mod labels;
 pub mod metrics;
 pub mod model;
+pub mod node_labels;
 pub mod pod_env;
 pub mod probe;
 pub mod proto;

@@ -12,18 +12,24 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
-use crate::model::{FabricState, NodeTopology};
+use crate::model::{FabricState, NodeTopology, Source, SourceStatus};
 
 /// The `source` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SourceLabel {
-    /// Probe source name.
-    pub source: String,
+    /// Probe source.
+    pub source: Source,
+}
+
+impl EncodeLabelValue for Source {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// The `state` label.
@@ -43,11 +49,16 @@ const FABRIC_STATES: [FabricState; 7] = [
     FabricState::Error,
 ];
 
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0])
+}
+
 /// Every metric of the agent; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     probe_duration: Family<SourceLabel, Histogram>,
+    pass_duration: Histogram,
     probe_errors: Family<SourceLabel, Counter>,
     label_writes: Counter,
     label_write_errors: Counter,
@@ -67,13 +78,18 @@ impl Metrics {
     /// Registers every metric under the `nodetopo_` prefix.
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("nodetopo");
-        let probe_duration = Family::<SourceLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0])
-        });
+        let probe_duration =
+            Family::<SourceLabel, Histogram>::new_with_constructor(duration_histogram);
         r.register(
             "probe_duration_seconds",
-            "Duration of the probe pass that produced each source's data",
+            "Time each probe source took, measured where it runs",
             probe_duration.clone(),
+        );
+        let pass_duration = duration_histogram();
+        r.register(
+            "probe_pass_duration_seconds",
+            "Time a whole probe pass took, every source included",
+            pass_duration.clone(),
         );
         let probe_errors = Family::<SourceLabel, Counter>::default();
         r.register(
@@ -110,6 +126,7 @@ impl Metrics {
         Self {
             registry: Arc::new(r),
             probe_duration,
+            pass_duration,
             probe_errors,
             label_writes,
             label_write_errors,
@@ -120,19 +137,19 @@ impl Metrics {
         }
     }
 
-    /// Records one probe: its duration per source, failed sources, and the published state.
-    pub fn observe_probe(&self, topo: &NodeTopology, took: Duration) {
-        for s in &topo.sources {
-            let l = SourceLabel {
-                source: s.source.clone(),
-            };
+    /// Records one probe pass: each source's own time and failure from `sources` (those of the
+    /// fresh probe), the whole pass's time, and the published state `topo`.
+    pub fn observe_probe(&self, sources: &[SourceStatus], pass: Duration, topo: &NodeTopology) {
+        for s in sources {
+            let l = SourceLabel { source: s.source };
             self.probe_duration
                 .get_or_create(&l)
-                .observe(took.as_secs_f64());
+                .observe(s.took.as_secs_f64());
             if !s.ok {
                 self.probe_errors.get_or_create(&l).inc();
             }
         }
+        self.pass_duration.observe(pass.as_secs_f64());
         self.revision
             .set(i64::try_from(topo.revision).unwrap_or(i64::MAX));
         for st in FABRIC_STATES {
@@ -205,7 +222,7 @@ async fn ready_handler(State(m): State<Metrics>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Fabric, SourceStatus};
+    use crate::model::Fabric;
 
     #[test]
     fn probe_is_recorded() {
@@ -217,10 +234,13 @@ mod tests {
                 state: FabricState::Ready,
                 ..Fabric::default()
             },
-            sources: vec![SourceStatus::ok("nvml"), SourceStatus::failed("rdma", "x")],
+            sources: vec![
+                SourceStatus::ok(Source::Nvml).took(Duration::from_millis(2)),
+                SourceStatus::failed(Source::Rdma, "x").took(Duration::from_millis(1)),
+            ],
             ..NodeTopology::default()
         };
-        m.observe_probe(&t, Duration::from_millis(3));
+        m.observe_probe(&t.sources, Duration::from_millis(4), &t);
         m.label_write(false);
         let text = m.encode();
         assert!(m.is_ready());
@@ -238,5 +258,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("nodetopo_probe_duration_seconds_count{source=\"nvml\"} 1"));
+        assert!(text.contains("nodetopo_probe_duration_seconds_sum{source=\"nvml\"} 0.002\n"));
+        assert!(text.contains("nodetopo_probe_duration_seconds_sum{source=\"rdma\"} 0.001\n"));
+        assert!(text.contains("nodetopo_probe_pass_duration_seconds_sum 0.004\n"));
     }
 }

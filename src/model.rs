@@ -72,8 +72,22 @@ pub struct DriverInfo {
 }
 
 /// GPU architecture family, derived from the compute capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum GpuFamily {
     /// Unknown.
     #[default]
@@ -117,24 +131,26 @@ impl GpuFamily {
 
     /// Lowercase name, as used in labels and tables.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unknown => "unknown",
-            Self::Kepler => "kepler",
-            Self::Maxwell => "maxwell",
-            Self::Pascal => "pascal",
-            Self::Volta => "volta",
-            Self::Turing => "turing",
-            Self::Ampere => "ampere",
-            Self::Ada => "ada",
-            Self::Hopper => "hopper",
-            Self::Blackwell => "blackwell",
-        }
+        self.into()
     }
 }
 
 /// Multi-Instance GPU mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum MigMode {
     /// The query failed.
     #[default]
@@ -202,8 +218,21 @@ impl Gpu {
 }
 
 /// What the far end of an NVLink is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum NvLinkRemoteType {
     /// Not reported.
     #[default]
@@ -288,8 +317,21 @@ impl Connection {
 }
 
 /// P2P over NVLink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum P2pStatus {
     /// Not queried.
     #[default]
@@ -331,8 +373,21 @@ impl GpuPair {
 }
 
 /// Per-GPU fabric registration state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum FabricRegistration {
     /// Unknown.
     #[default]
@@ -348,8 +403,21 @@ pub enum FabricRegistration {
 }
 
 /// Fabric health summary (v3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum FabricHealth {
     /// Not reported.
     #[default]
@@ -386,8 +454,21 @@ pub struct GpuFabricInfo {
 }
 
 /// The node's NVLink domain state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum FabricState {
     /// Not derived.
     #[default]
@@ -409,15 +490,7 @@ pub enum FabricState {
 impl FabricState {
     /// Lowercase name (the `nvlink.fabric` label value).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unknown => "unknown",
-            Self::None => "none",
-            Self::Pending => "pending",
-            Self::Ready => "ready",
-            Self::Degraded => "degraded",
-            Self::Inconsistent => "inconsistent",
-            Self::Error => "error",
-        }
+        self.into()
     }
 }
 
@@ -441,8 +514,22 @@ pub struct Fabric {
 }
 
 /// RDMA link layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum LinkLayer {
     /// Unknown.
     #[default]
@@ -454,8 +541,21 @@ pub enum LinkLayer {
 }
 
 /// Logical port state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum PortState {
     /// Unknown.
     #[default]
@@ -609,12 +709,57 @@ pub struct GpuDirect {
     pub reason: String,
 }
 
-/// Outcome of one probe source.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// A probe source: one part of the hardware that is probed and reported on by itself. Its name
+/// (`nvml`, `sysfs-pci`, ...) appears in JSON, gRPC, logs and the `source` metric label.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum Source {
+    /// NVML: driver, GPUs, NVLinks and GPU pairs.
+    #[default]
+    Nvml,
+    /// NVML's fabric info: the multi-node NVLink state and clique.
+    Fabric,
+    /// sysfs `class/infiniband`: the RDMA NICs.
+    Rdma,
+    /// sysfs PCI tree: GPU-NIC affinity and rail pairing.
+    SysfsPci,
+    /// Kernel modules and driver parameters: GPUDirect RDMA readiness.
+    Gpudirect,
+    /// ibverbs: each NIC opened once (the `verbs` feature).
+    Verbs,
+}
+
+impl Source {
+    /// The source's name, as in JSON and the `source` metric label.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Outcome of one probe source. Two statuses are equal when they say the same thing: the time a
+/// source took is a measurement, not content, so it never makes a topology "changed".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SourceStatus {
-    /// Source name.
-    pub source: String,
+    /// The source.
+    pub source: Source,
     /// Answered fully.
     pub ok: bool,
     /// What went wrong.
@@ -623,26 +768,51 @@ pub struct SourceStatus {
     /// Data is the last good data from an earlier probe.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// How long this source's own probing took in the pass that produced this status (not
+    /// serialized: output stays the same between identical probes).
+    #[serde(skip)]
+    pub took: std::time::Duration,
 }
+
+impl PartialEq for SourceStatus {
+    fn eq(&self, other: &Self) -> bool {
+        let Self {
+            source,
+            ok,
+            error,
+            stale,
+            took: _,
+        } = self;
+        *source == other.source && *ok == other.ok && *error == other.error && *stale == other.stale
+    }
+}
+
+impl Eq for SourceStatus {}
 
 impl SourceStatus {
     /// A source that answered fully.
-    pub fn ok(source: &str) -> Self {
+    pub fn ok(source: Source) -> Self {
         Self {
-            source: source.to_string(),
+            source,
             ok: true,
             ..Self::default()
         }
     }
 
     /// A source that failed or answered partially.
-    pub fn failed(source: &str, error: impl Into<String>) -> Self {
+    pub fn failed(source: Source, error: impl Into<String>) -> Self {
         Self {
-            source: source.to_string(),
+            source,
             ok: false,
             error: error.into(),
-            stale: false,
+            ..Self::default()
         }
+    }
+
+    /// The same status with the time its source took.
+    pub fn took(mut self, took: std::time::Duration) -> Self {
+        self.took = took;
+        self
     }
 }
 

@@ -215,6 +215,19 @@ async fn get_health_reflection_metrics_and_hints() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("\"17\""), "{}", err.message());
+    // A GPU named twice, by index and by UUID, cannot be two CUDA ordinals.
+    let err = c
+        .get_placement_hints(pb::GetPlacementHintsRequest {
+            gpus: vec!["2".into(), t.gpus[2].uuid.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("more than once"),
+        "{}",
+        err.message()
+    );
     let ok = c
         .get_placement_hints(pb::GetPlacementHintsRequest {
             gpus: vec![t.gpus[2].uuid.clone(), "1".into()],
@@ -254,6 +267,22 @@ async fn get_health_reflection_metrics_and_hints() {
         .unwrap()
             >= 1.0
     );
+    // Each source's own time, not the pass's time repeated under every source: the sources'
+    // sums differ, and each is within the pass's.
+    let sum = |source: &str| {
+        sample(
+            &text,
+            &format!("nodetopo_probe_duration_seconds_sum{{source=\"{source}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no duration for {source}: {text}"))
+    };
+    let sources = ["nvml", "fabric", "rdma", "sysfs-pci", "gpudirect"];
+    let mut sums: Vec<f64> = sources.iter().map(|s| sum(s)).collect();
+    let pass = sample(&text, "nodetopo_probe_pass_duration_seconds_sum").unwrap();
+    assert!(sums.iter().all(|s| *s <= pass), "{sums:?} vs pass {pass}");
+    sums.sort_by(f64::total_cmp);
+    sums.dedup();
+    assert_eq!(sums.len(), sources.len(), "{text}");
     assert_eq!(agent.http_get("/healthz").await.0, 200);
     assert_eq!(agent.http_get("/readyz").await.0, 200);
 
@@ -513,7 +542,11 @@ async fn broken_snapshot_keeps_last_good_data_marked_stale() {
     assert_eq!(t.revision, r0 + 1);
     assert_eq!(t.gpus.len(), 4, "the topology is never emptied");
     assert_eq!(driver(&t), DRIVER);
-    let nvml = t.sources.iter().find(|s| s.source == "nvml").unwrap();
+    let nvml = t
+        .sources
+        .iter()
+        .find(|s| s.source.as_str() == "nvml")
+        .unwrap();
     assert!(!nvml.ok && nvml.stale, "{nvml:?}");
     assert!(nvml.error.contains("snapshot"), "{}", nvml.error);
     let (_, after) = agent.http_get("/metrics").await;

@@ -63,7 +63,11 @@ fn no_nvml_reports_zero_gpus_and_exits_zero() {
     let t: NodeTopology = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(t.gpus.is_empty());
     assert_eq!(t.fabric.state, FabricState::None);
-    let nvml = t.sources.iter().find(|s| s.source == "nvml").unwrap();
+    let nvml = t
+        .sources
+        .iter()
+        .find(|s| s.source.as_str() == "nvml")
+        .unwrap();
     assert!(!nvml.ok);
     assert!(
         nvml.error.contains("NVML is not available") && nvml.error.contains("libnvidia-ml"),
@@ -309,12 +313,20 @@ fn a_failing_gpu_is_reported_and_the_rest_survive() {
         t.gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
         [0, 2, 3]
     );
-    let nvml = t.sources.iter().find(|s| s.source == "nvml").unwrap();
+    let nvml = t
+        .sources
+        .iter()
+        .find(|s| s.source.as_str() == "nvml")
+        .unwrap();
     assert!(
         !nvml.ok && nvml.error.contains("GPU 1: GPU is lost"),
         "{nvml:?}"
     );
-    let fabric = t.sources.iter().find(|s| s.source == "fabric").unwrap();
+    let fabric = t
+        .sources
+        .iter()
+        .find(|s| s.source.as_str() == "fabric")
+        .unwrap();
     assert!(
         !fabric.ok && fabric.error.contains("Unknown Error"),
         "{fabric:?}"

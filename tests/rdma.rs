@@ -91,7 +91,7 @@ fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
 fn source<'a>(t: &'a NodeTopology, name: &str) -> &'a SourceStatus {
     t.sources
         .iter()
-        .find(|s| s.source == name)
+        .find(|s| s.source.as_str() == name)
         .unwrap_or_else(|| panic!("no {name} source in {:?}", t.sources))
 }
 
@@ -264,7 +264,7 @@ fn unknown_gpu_is_an_error() {
     let out = nodetopo(&refs);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown GPU 9"), "{err}");
+    assert!(err.contains("unknown GPU \"9\""), "{err}");
 
     let mut a = probe_args(Some(H100), "h100x8-ib", "json");
     a.extend(["--gpus".into(), "0".into()]);

@@ -5,10 +5,7 @@
 //! A source that fails partially (some data, plus errors) is taken as probed: its data is newer
 //! than anything kept.
 
-use crate::{
-    model::{FabricState, NodeTopology, SourceStatus},
-    probe::gpu::{SOURCE_FABRIC, SOURCE_NVML},
-};
+use crate::model::{FabricState, NodeTopology, Source, SourceStatus};
 
 /// Which part of the topology each source fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +22,15 @@ enum Section {
     GpuDirect,
 }
 
-fn section_of(source: &str) -> Option<Section> {
+fn section_of(source: Source) -> Option<Section> {
     match source {
-        SOURCE_NVML => Some(Section::Gpus),
-        SOURCE_FABRIC => Some(Section::Fabric),
-        "rdma" => Some(Section::Nics),
-        "sysfs-pci" => Some(Section::Pci),
-        "gpudirect" => Some(Section::GpuDirect),
-        // Other sources (e.g. `verbs`) only annotate data of another source.
-        _ => None,
+        Source::Nvml => Some(Section::Gpus),
+        Source::Fabric => Some(Section::Fabric),
+        Source::Rdma => Some(Section::Nics),
+        Source::SysfsPci => Some(Section::Pci),
+        Source::Gpudirect => Some(Section::GpuDirect),
+        // ibverbs only annotates the NICs of `rdma`: it has no data of its own to keep.
+        Source::Verbs => None,
     }
 }
 
@@ -76,7 +73,7 @@ pub fn merge(previous: &NodeTopology, mut fresh: NodeTopology) -> NodeTopology {
         .iter()
         .enumerate()
         .filter(|(_, s)| !s.ok)
-        .filter_map(|(i, s)| section_of(&s.source).map(|sec| (i, sec)))
+        .filter_map(|(i, s)| section_of(s.source).map(|sec| (i, sec)))
         .collect();
     for (i, sec) in failed {
         if is_empty(&fresh, sec) && !is_empty(previous, sec) {
@@ -118,9 +115,9 @@ mod tests {
                 ..Nic::default()
             }],
             sources: vec![
-                SourceStatus::ok("nvml"),
-                SourceStatus::ok("fabric"),
-                SourceStatus::ok("rdma"),
+                SourceStatus::ok(Source::Nvml),
+                SourceStatus::ok(Source::Fabric),
+                SourceStatus::ok(Source::Rdma),
             ],
             ..NodeTopology::default()
         }
@@ -146,9 +143,9 @@ mod tests {
             probe_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2)),
             nics: prev.nics.clone(),
             sources: vec![
-                SourceStatus::failed("nvml", "driver gone"),
-                SourceStatus::failed("fabric", "not probed"),
-                SourceStatus::ok("rdma"),
+                SourceStatus::failed(Source::Nvml, "driver gone"),
+                SourceStatus::failed(Source::Fabric, "not probed"),
+                SourceStatus::ok(Source::Rdma),
             ],
             ..NodeTopology::default()
         };
@@ -177,16 +174,16 @@ mod tests {
             nic: "mlx5_0".into(),
             ..Default::default()
         }];
-        prev.sources.push(SourceStatus::ok("sysfs-pci"));
-        prev.sources.push(SourceStatus::ok("gpudirect"));
+        prev.sources.push(SourceStatus::ok(Source::SysfsPci));
+        prev.sources.push(SourceStatus::ok(Source::Gpudirect));
         let mut fresh = good(2);
         fresh
             .sources
-            .push(SourceStatus::failed("sysfs-pci", "walk failed"));
+            .push(SourceStatus::failed(Source::SysfsPci, "walk failed"));
         fresh
             .sources
-            .push(SourceStatus::failed("gpudirect", "no modules"));
-        fresh.sources[2] = SourceStatus::failed("rdma", "no class/infiniband");
+            .push(SourceStatus::failed(Source::Gpudirect, "no modules"));
+        fresh.sources[2] = SourceStatus::failed(Source::Rdma, "no class/infiniband");
         fresh.nics.clear();
         let m = merge(&prev, fresh);
         assert_eq!(m.nics, prev.nics);
@@ -200,7 +197,7 @@ mod tests {
         let prev = good(1);
         let mut fresh = good(2);
         fresh.gpus[0].uuid = "GPU-new".into();
-        fresh.sources[0] = SourceStatus::failed("nvml", "GPU 1: mig mode: unknown error");
+        fresh.sources[0] = SourceStatus::failed(Source::Nvml, "GPU 1: mig mode: unknown error");
         let m = merge(&prev, fresh);
         assert_eq!(m.gpus[0].uuid, "GPU-new");
         assert!(!m.sources[0].stale);
@@ -209,7 +206,7 @@ mod tests {
     #[test]
     fn first_probe_failing_stays_empty() {
         let fresh = NodeTopology {
-            sources: vec![SourceStatus::failed("nvml", "no NVML")],
+            sources: vec![SourceStatus::failed(Source::Nvml, "no NVML")],
             ..NodeTopology::default()
         };
         let m = merge(&NodeTopology::default(), fresh.clone());
@@ -222,7 +219,7 @@ mod tests {
         let failing = |t| NodeTopology {
             probe_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
             node_name: "n".into(),
-            sources: vec![SourceStatus::failed("nvml", "x")],
+            sources: vec![SourceStatus::failed(Source::Nvml, "x")],
             ..NodeTopology::default()
         };
         let once = merge(&prev, failing(2));

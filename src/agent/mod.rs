@@ -15,14 +15,17 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 
 use crate::{
     api::{self, Published, ServerLimits, TopologyApi},
-    kube::{Backoff, NodeEvent, NodeLabeler},
     labels::{self, LabelConfig, Labels},
     metrics::Metrics,
     model::NodeTopology,
+    node_labels::{Backoff, NodeEvent, NodeLabeler, WriteError},
     probe::{
         Prober,
         gpu::{GpuProber, ProbeOptions},
@@ -74,7 +77,7 @@ pub struct AgentConfig {
 }
 
 /// Probes the node, keeping NVML open where it is live.
-enum Source {
+enum Probing {
     Live(Box<Prober>),
     Replay {
         path: PathBuf,
@@ -84,7 +87,7 @@ enum Source {
     },
 }
 
-impl Source {
+impl Probing {
     fn new(cfg: &AgentConfig) -> Self {
         let sysfs = SysfsRoot::new(&cfg.sysfs_root);
         match &cfg.gpu_source {
@@ -138,13 +141,52 @@ pub fn next_state(prev: &NodeTopology, fresh: NodeTopology, first_revision: u64)
 }
 
 /// Runs one probe on the blocking pool.
-async fn probe_once(mut source: Source) -> anyhow::Result<(Source, NodeTopology, Duration)> {
-    Ok(tokio::task::spawn_blocking(move || {
+async fn probe_once(mut source: Probing) -> Result<(Probing, NodeTopology, Duration), AgentError> {
+    tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         let t = source.probe(SystemTime::now());
         (source, t, start.elapsed())
     })
-    .await?)
+    .await
+    .map_err(AgentError::ProbeTask)
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// A listen address could not be bound.
+    #[error("binding {flag} {addr}")]
+    Bind {
+        /// The flag that names the address.
+        flag: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No in-cluster or kubeconfig configuration.
+    #[error("no Kubernetes client configuration (run with --no-kube outside a cluster)")]
+    KubeConfig(#[source] kube::Error),
+    /// The blocking probe task panicked or was cancelled.
+    #[error("the probe task failed")]
+    ProbeTask(#[source] tokio::task::JoinError),
+    /// `--oneshot` could not apply its labels.
+    #[error("applying node labels")]
+    Labels(#[source] WriteError),
+    /// A server ended without being asked to.
+    #[error("the {0} stopped")]
+    Stopped(&'static str),
+    /// A server failed.
+    #[error("the {what} failed")]
+    Server {
+        /// Which server.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn log_failures(t: &NodeTopology) {
@@ -154,8 +196,8 @@ fn log_failures(t: &NodeTopology) {
 }
 
 /// `--oneshot`: probes once, prints the labels, applies them when Kubernetes is enabled.
-pub async fn run_oneshot(cfg: AgentConfig) -> anyhow::Result<()> {
-    let (_, fresh, _) = probe_once(Source::new(&cfg)).await?;
+pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
+    let (_, fresh, _) = probe_once(Probing::new(&cfg)).await?;
     let topo = next_state(&NodeTopology::default(), fresh, 1);
     log_failures(&topo);
     tracing::info!(
@@ -180,10 +222,14 @@ pub async fn run_oneshot(cfg: AgentConfig) -> anyhow::Result<()> {
             match labeler.apply(&labels).await {
                 Ok(_) => break,
                 Err(e) if attempt < 5 => {
-                    tracing::warn!(error = %e, attempt, "label write failed; retrying");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        attempt,
+                        "label write failed; retrying"
+                    );
                     tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(AgentError::Labels(e)),
             }
         }
         tracing::info!(node = %cfg.node_name, "node labels applied");
@@ -191,16 +237,20 @@ pub async fn run_oneshot(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn kube_client() -> anyhow::Result<kube::Client> {
-    use anyhow::Context;
+async fn kube_client() -> Result<kube::Client, AgentError> {
     kube::Client::try_default()
         .await
-        .context("no Kubernetes client configuration (run with --no-kube outside a cluster)")
+        .map_err(AgentError::KubeConfig)
+}
+
+async fn bind(flag: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Bind { flag, addr, source })
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C.
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    use anyhow::Context;
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let start_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -210,19 +260,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (labels_tx, labels_rx) = watch::channel::<Option<Labels>>(None);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
-        .await
-        .with_context(|| format!("--grpc-listen {}", cfg.grpc_listen))?;
-    let http = tokio::net::TcpListener::bind(cfg.metrics_listen)
-        .await
-        .with_context(|| format!("--metrics-listen {}", cfg.metrics_listen))?;
+    let grpc = bind("--grpc-listen", cfg.grpc_listen).await?;
+    let http = bind("--metrics-listen", cfg.metrics_listen).await?;
     tracing::info!(grpc = ?api::local_addr(&grpc), metrics = ?http.local_addr().ok(), node = %cfg.node_name, "agent listening");
 
     // Events are best effort: a full queue drops them, and they are never retried.
     let (events_tx, mut events_rx) = mpsc::channel::<NodeEvent>(16);
     let labeler = if cfg.kube {
         let client = kube_client().await?;
-        tokio::spawn(crate::kube::record_events(
+        tokio::spawn(crate::node_labels::record_events(
             client.clone(),
             cfg.node_name.clone(),
             cfg.kube_timeout,
@@ -294,15 +340,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // A server that stops on its own is fatal: the DaemonSet restarts the pod.
     let early = tokio::select! {
         _ = shutdown_signal() => None,
-        r = &mut grpc_task => Some(("gRPC server", flatten(r))),
-        r = &mut http_task => Some(("metrics server", flatten(r))),
+        r = &mut grpc_task => Some((GRPC, flatten(GRPC, r))),
+        r = &mut http_task => Some((HTTP, flatten(HTTP, r))),
     };
     let _ = shutdown_tx.send(true);
     if let Some((what, result)) = early {
-        return Err(match result {
-            Ok(()) => anyhow::anyhow!("{what} stopped"),
-            Err(e) => e.context(format!("{what} failed")),
-        });
+        return Err(result.err().unwrap_or(AgentError::Stopped(what)));
     }
     tracing::info!("shutting down: draining streams, labels stay in place");
     let drain = async {
@@ -311,7 +354,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             let _ = l.await;
         }
         let _ = http_task.await;
-        flatten(grpc_task.await)
+        flatten(GRPC, grpc_task.await)
     };
     match tokio::time::timeout(cfg.grace, drain).await {
         Ok(r) => r,
@@ -322,14 +365,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
-/// A task's outcome as one result.
-fn flatten<E: Into<anyhow::Error>>(
+const GRPC: &str = "gRPC server";
+const HTTP: &str = "metrics server";
+
+/// A server task's outcome as one result.
+fn flatten<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
     r: Result<Result<(), E>, tokio::task::JoinError>,
-) -> anyhow::Result<()> {
-    match r {
-        Ok(inner) => inner.map_err(Into::into),
-        Err(e) => Err(e.into()),
-    }
+) -> Result<(), AgentError> {
+    let source: Box<dyn std::error::Error + Send + Sync> = match r {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => Box::new(e),
+        Err(e) => Box::new(e),
+    };
+    Err(AgentError::Server { what, source })
 }
 
 /// Where the probe loop hands each new state.
@@ -353,7 +402,7 @@ async fn probe_loop(
         health,
         metrics,
     } = out;
-    let mut source = Some(Source::new(&cfg));
+    let mut source = Some(Probing::new(&cfg));
     let mut first = true;
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -367,7 +416,7 @@ async fn probe_loop(
             r = probe_once(src) => match r {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "probe task failed; stopping the probe loop");
+                    tracing::error!(error = &e as &dyn std::error::Error, "probe task failed; stopping the probe loop");
                     return;
                 }
             },
@@ -375,15 +424,16 @@ async fn probe_loop(
         };
         source = Some(src);
         let prev = state.borrow().topo.clone();
+        let fresh_sources = fresh.sources.clone();
         let next = next_state(&prev, fresh, start_ms);
         let changed = next.revision != prev.revision;
-        metrics.observe_probe(&next, took);
+        metrics.observe_probe(&fresh_sources, took, &next);
         if changed {
             log_failures(&next);
             tracing::info!(revision = next.revision, took = ?took, "topology changed");
             let _ = labels_tx.send(Some(labels::desired_labels(&next, &cfg.labels)));
             if prev.revision != 0 {
-                if let Some(ev) = crate::kube::fabric_event(&prev.fabric, &next.fabric) {
+                if let Some(ev) = crate::node_labels::fabric_event(&prev.fabric, &next.fabric) {
                     let _ = events.try_send(ev);
                 }
             }
@@ -441,7 +491,7 @@ mod tests {
                 driver_version: Some(driver.into()),
                 ..Default::default()
             },
-            sources: vec![SourceStatus::ok("nvml")],
+            sources: vec![SourceStatus::ok(crate::model::Source::Nvml)],
             ..NodeTopology::default()
         }
     }

@@ -129,7 +129,7 @@ impl From<&m::NodeTopology> for p::NodeTopology {
                 .sources
                 .iter()
                 .map(|s| p::SourceStatus {
-                    source: s.source.clone(),
+                    source: s.source.to_string(),
                     ok: s.ok,
                     error: s.error.clone(),
                     stale: s.stale,
@@ -306,14 +306,18 @@ impl From<&p::NodeTopology> for m::NodeTopology {
                 method: gd.method,
                 reason: gd.reason,
             },
+            // A source this build does not know (from a newer agent) has no place in the model.
             sources: t
                 .sources
                 .iter()
-                .map(|s| m::SourceStatus {
-                    source: s.source.clone(),
-                    ok: s.ok,
-                    error: s.error.clone(),
-                    stale: s.stale,
+                .filter_map(|s| {
+                    Some(m::SourceStatus {
+                        source: s.source.parse().ok()?,
+                        ok: s.ok,
+                        error: s.error.clone(),
+                        stale: s.stale,
+                        took: std::time::Duration::ZERO,
+                    })
                 })
                 .collect(),
         }
@@ -521,10 +525,11 @@ mod tests {
                 reason: "ok".into(),
             },
             sources: vec![m::SourceStatus {
-                source: "nvml".into(),
+                source: m::Source::Nvml,
                 ok: false,
                 error: "boom".into(),
                 stale: true,
+                took: std::time::Duration::ZERO,
             }],
         }
     }

@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
-pub mod hints;
 pub mod wire;
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
@@ -13,6 +12,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    hints::{self, GpuSelector},
     model::NodeTopology,
     proto::{
         self,
@@ -186,12 +186,19 @@ impl TopologyService for TopologyApi {
         req: Request<pb::GetPlacementHintsRequest>,
     ) -> Result<Response<pb::GetPlacementHintsResponse>, Status> {
         let cur = self.state.borrow().clone();
-        let h = hints::placement_hints(&cur.topo, &req.into_inner().gpus)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let selection = req
+            .into_inner()
+            .gpus
+            .iter()
+            .map(|s| GpuSelector::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|sel| hints::placement_hints(&cur.topo, &sel));
+        let h = selection.map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::GetPlacementHintsResponse {
             revision: cur.topo.revision,
             env: h
                 .env
+                .vars
                 .into_iter()
                 .map(|(name, value)| pb::EnvVar { name, value })
                 .collect(),
@@ -206,7 +213,7 @@ impl TopologyService for TopologyApi {
                     connection: pb::Connection::from(p.connection).into(),
                 })
                 .collect(),
-            notes: h.notes,
+            notes: h.env.notes,
         }))
     }
 }

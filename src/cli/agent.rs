@@ -74,7 +74,7 @@ impl AgentArgs {
         let labels = LabelConfig::new(&self.label_prefix)
             .context("--label-prefix")?
             .with_compat(
-                nodetopo::deploy::compat::CompatOptions::parse_list(&self.compat_labels)
+                nodetopo::labels::compat::CompatOptions::parse_list(&self.compat_labels)
                     .context("--compat-labels")?,
             );
         if !self.sysfs_root.is_dir() {
@@ -116,8 +116,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     if cfg.oneshot {
-        rt.block_on(agent::run_oneshot(cfg))
+        Ok(rt.block_on(agent::run_oneshot(cfg))?)
     } else {
-        rt.block_on(agent::run(cfg))
+        Ok(rt.block_on(agent::run(cfg))?)
     }
 }

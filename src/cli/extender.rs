@@ -15,7 +15,7 @@ use nodetopo::extender::{
     source::{
         AgentConnector, AgentEndpoints, Backoff, FileConnector, SchemeConnector, watch_agent,
     },
-    view::{ClusterView, LabelConfig, SharedView, ViewEvent},
+    view::{ClusterView, LabelKeys, SharedView, ViewEvent},
 };
 use tokio::sync::watch;
 
@@ -38,7 +38,7 @@ pub struct ExtenderArgs {
     #[arg(long)]
     block_label: Option<String>,
     /// The agent's label prefix.
-    #[arg(long, default_value = "nodetopo.io")]
+    #[arg(long, default_value = nodetopo::labels::DEFAULT_PREFIX)]
     label_prefix: String,
     /// Log the per-node score breakdown of every request.
     #[arg(long)]
@@ -73,7 +73,7 @@ pub struct ExtenderArgs {
 struct ExtenderConfig {
     listen: SocketAddr,
     server: ServerConfig,
-    labels: LabelConfig,
+    labels: LabelKeys,
     agents: AgentEndpoints,
     weights: Weights,
     no_kube: bool,
@@ -107,6 +107,15 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
     if args.no_kube && args.agents.is_none() {
         tracing::warn!("--no-kube without --agents: only node labels in requests are used");
     }
+    if !nodetopo::labels::is_dns_subdomain(&args.label_prefix) {
+        anyhow::bail!(
+            "--label-prefix {:?}: want a lowercase DNS subdomain, as the agent's",
+            args.label_prefix
+        );
+    }
+    if let Some(block) = args.block_label.as_deref().filter(|s| !s.is_empty()) {
+        nodetopo::labels::LabelKey::parse(block).context("--block-label")?;
+    }
     Ok(ExtenderConfig {
         listen: args.listen,
         server: ServerConfig {
@@ -115,7 +124,7 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
             debug_placements: args.debug_placements,
             body_limit: args.body_limit,
         },
-        labels: LabelConfig {
+        labels: LabelKeys {
             prefix: args.label_prefix,
             block_label: args.block_label.filter(|s| !s.is_empty()),
         },

@@ -33,7 +33,7 @@ struct TopologyArgs {
     #[arg(long = "for", value_enum)]
     scheduler: Scheduler,
     /// The agent's label prefix.
-    #[arg(long, default_value = topology::DEFAULT_PREFIX)]
+    #[arg(long, default_value = nodetopo::labels::DEFAULT_PREFIX)]
     label_prefix: String,
     /// A block or leaf node label between the NVLink clique and the host level.
     #[arg(long, value_name = "LABEL")]

@@ -58,7 +58,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let label_config = LabelConfig::new(&args.label_prefix)
         .context("--label-prefix")?
         .with_compat(
-            nodetopo::deploy::compat::CompatOptions::parse_list(&args.compat_labels)
+            nodetopo::labels::compat::CompatOptions::parse_list(&args.compat_labels)
                 .context("--compat-labels")?,
         );
     let selection = match &args.gpus {

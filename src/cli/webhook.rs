@@ -7,10 +7,10 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time
 use anyhow::Context;
 use clap::Args;
 use nodetopo::{
-    labels::DEFAULT_PREFIX,
+    labels::{DEFAULT_PREFIX, Key},
     webhook::{
         metrics::WebhookMetrics,
-        mutate::{DEFAULT_NAMES, MutationConfig},
+        mutate::{DEFAULT_KEYS, MutationConfig},
         nodes::reflect_nodes,
         server::{self, WebhookState},
         tls::{self, ReloadingCert},
@@ -42,13 +42,20 @@ pub struct WebhookArgs {
     /// Prefix of the labels written on Pods (default: --label-prefix).
     #[arg(long)]
     pod_label_prefix: Option<String>,
-    /// Label names under --label-prefix to copy, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_NAMES.map(String::from))]
-    keys: Vec<String>,
+    /// The agent's labels to copy (names under --label-prefix), comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_key, default_values_t = DEFAULT_KEYS)]
+    keys: Vec<Key>,
     /// A leaf or block Node label to copy as well, `KEY` or `KEY=NAME` (written as
     /// `<pod prefix>/NAME`, NAME defaulting to the key's name part); repeatable.
     #[arg(long, value_delimiter = ',')]
     block_label: Vec<String>,
+}
+
+fn parse_key(s: &str) -> Result<Key, String> {
+    s.trim().parse().map_err(|_| {
+        let known: Vec<&str> = Key::all().map(Key::name).collect();
+        format!("not a nodetopo label (one of {})", known.join(", "))
+    })
 }
 
 /// Validated configuration.
@@ -65,13 +72,12 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
         .pod_label_prefix
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| args.label_prefix.clone());
-    let keys: Vec<String> = args.keys.into_iter().filter(|k| !k.is_empty()).collect();
     let blocks: Vec<String> = args
         .block_label
         .into_iter()
         .filter(|k| !k.is_empty())
         .collect();
-    let mutation = MutationConfig::new(&args.label_prefix, &pod_prefix, &keys, &blocks)
+    let mutation = MutationConfig::new(&args.label_prefix, &pod_prefix, &args.keys, &blocks)
         .context("--label-prefix, --pod-label-prefix, --keys or --block-label")?;
     anyhow::ensure!(
         !mutation.rules().is_empty(),

@@ -14,12 +14,9 @@
 
 use serde_json::{Value, json};
 
-use super::{DeployError, check_label_key, is_dns_subdomain};
+use super::DeployError;
+use crate::labels::{DEFAULT_PREFIX, Key, LabelError, LabelKey, is_dns_subdomain, keys::HOSTNAME};
 
-/// The node label every scheduler uses for the host level.
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-/// The default label prefix of the agent.
-pub const DEFAULT_PREFIX: &str = "nodetopo.io";
 /// The default name of generated objects.
 pub const DEFAULT_NAME: &str = "nodetopo";
 /// The ConfigMap that Volcano's controller reads its configuration from.
@@ -75,18 +72,17 @@ pub struct Level {
 pub fn levels(opts: &LevelOptions) -> Result<Vec<Level>, DeployError> {
     let prefix = opts.label_prefix.trim_end_matches('/');
     if !is_dns_subdomain(prefix) {
-        return Err(DeployError::InvalidLabelKey {
-            key: opts.label_prefix.clone(),
-            reason: "the label prefix must be a lowercase DNS subdomain",
-        });
+        return Err(DeployError::InvalidLabelKey(LabelError::Prefix(
+            opts.label_prefix.clone(),
+        )));
     }
     let mut out = vec![
         Level {
-            node_label: format!("{prefix}/nvlink.cluster"),
+            node_label: Key::NvlinkCluster.under(prefix),
             domain: "rack",
         },
         Level {
-            node_label: format!("{prefix}/nvlink.domain"),
+            node_label: Key::NvlinkDomain.under(prefix),
             domain: "clique",
         },
     ];
@@ -97,16 +93,13 @@ pub fn levels(opts: &LevelOptions) -> Result<Vec<Level>, DeployError> {
         });
     }
     out.push(Level {
-        node_label: HOSTNAME_LABEL.to_string(),
+        node_label: HOSTNAME.to_string(),
         domain: "host",
     });
     for (i, l) in out.iter().enumerate() {
-        check_label_key(&l.node_label)?;
+        LabelKey::parse(&l.node_label).map_err(DeployError::InvalidLabelKey)?;
         if out[..i].iter().any(|p| p.node_label == l.node_label) {
-            return Err(DeployError::InvalidLabelKey {
-                key: l.node_label.clone(),
-                reason: "each level needs its own label key",
-            });
+            return Err(DeployError::DuplicateLevel(l.node_label.clone()));
         }
     }
     Ok(out)
@@ -222,7 +215,7 @@ mod tests {
         assert_eq!(with_block.len(), 4);
         assert_eq!(with_block[0].node_label, "example.com/nvlink.cluster");
         assert_eq!(with_block[2].node_label, "network.example.com/leaf");
-        assert_eq!(with_block[3].node_label, HOSTNAME_LABEL);
+        assert_eq!(with_block[3].node_label, HOSTNAME);
     }
 
     #[test]
@@ -238,7 +231,7 @@ mod tests {
         };
         assert!(levels(&bad_block).is_err());
         let dup = LevelOptions {
-            block_label: Some(HOSTNAME_LABEL.into()),
+            block_label: Some(HOSTNAME.into()),
             ..LevelOptions::default()
         };
         assert!(levels(&dup).is_err());
@@ -262,7 +255,7 @@ mod tests {
         for l in v["spec"]["levels"].as_array().unwrap() {
             assert_eq!(keys(l), ["nodeLabel"]);
         }
-        assert_eq!(v["spec"]["levels"][2]["nodeLabel"], HOSTNAME_LABEL);
+        assert_eq!(v["spec"]["levels"][2]["nodeLabel"], HOSTNAME);
         assert!(v["metadata"].get("namespace").is_none(), "cluster-scoped");
     }
 
@@ -308,7 +301,7 @@ mod tests {
             );
             let k = l["key"].as_str().unwrap();
             assert!(k.len() <= GROVE_KEY_MAX);
-            check_label_key(k).unwrap();
+            LabelKey::parse(k).unwrap();
         }
         let long = levels_with_prefix(&format!("{}.example.com", "a".repeat(50)));
         assert!(matches!(
@@ -345,6 +338,6 @@ mod tests {
             assert_eq!(keys(l), ["nodeLabel"]);
         }
         // Volcano builds HyperNodes bottom-up and needs the host label last.
-        assert_eq!(list.last().unwrap()["nodeLabel"], HOSTNAME_LABEL);
+        assert_eq!(list.last().unwrap()["nodeLabel"], HOSTNAME);
     }
 }

@@ -256,7 +256,10 @@ impl ClusterSource {
             };
             match event {
                 Some(Ok(event)) => nodes.handle(event).await,
-                Some(Err(e)) => tracing::warn!(error = %e, "watching nodes failed; retrying"),
+                Some(Err(e)) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "watching nodes failed; retrying"
+                ),
                 None => {
                     tracing::warn!("the node watch ended");
                     break;
@@ -283,7 +286,10 @@ impl ClusterSource {
             };
             match event {
                 Some(Ok(event)) => on_pod_event(placements.as_ref(), &mut relist, event),
-                Some(Err(e)) => tracing::warn!(error = %e, "watching pods failed; retrying"),
+                Some(Err(e)) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "watching pods failed; retrying"
+                ),
                 None => {
                     tracing::warn!("the pod watch ended");
                     return;
@@ -307,7 +313,7 @@ mod tests {
     use crate::extender::{
         placement::MemoryPlacementIndex,
         source::{BoxFuture, SourceError, TopologyStream},
-        view::{ClusterView, LabelConfig},
+        view::{ClusterView, LabelKeys},
     };
 
     /// Records the endpoints it is asked for and refuses them all.
@@ -330,7 +336,7 @@ mod tests {
                 self.0.lock().unwrap().push(endpoint.to_string());
                 Err(SourceError::Connect {
                     endpoint: endpoint.into(),
-                    message: "test".into(),
+                    source: "test".into(),
                 })
             })
         }
@@ -444,7 +450,7 @@ mod tests {
     async fn node_watch_feeds_the_view_and_the_agent_tasks() {
         let (client, api) = FakeApi::start("/api/v1/nodes");
         let rec = Arc::new(Recorder::default());
-        let view = SharedView::new(ClusterView::new(LabelConfig {
+        let view = SharedView::new(ClusterView::new(LabelKeys {
             prefix: "nodetopo.io".into(),
             block_label: Some("leaf".into()),
         }));

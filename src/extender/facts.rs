@@ -8,25 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{FabricState, LinkLayer, NodeTopology, PortState};
-
-/// Label keys (after `<prefix>/`) that the agent publishes and the fallback reads.
-pub mod keys {
-    /// Number of GPUs.
-    pub const GPU_COUNT: &str = "gpu.count";
-    /// The fabric state (`ready`, `pending`, ...).
-    pub const NVLINK_FABRIC: &str = "nvlink.fabric";
-    /// The ClusterUUID.
-    pub const NVLINK_CLUSTER: &str = "nvlink.cluster";
-    /// The clique id.
-    pub const NVLINK_CLIQUE: &str = "nvlink.clique";
-    /// `<ClusterUUID>.<CliqueId>`.
-    pub const NVLINK_DOMAIN: &str = "nvlink.domain";
-    /// `infiniband` or `ethernet`.
-    pub const RDMA_LINK_LAYER: &str = "rdma.link-layer";
-    /// IB subnet prefix, with `-` or `.` in place of `:` (label values cannot hold `:`).
-    pub const RDMA_IB_SUBNET: &str = "rdma.ib-subnet";
-}
+use crate::{
+    labels::{Key, LinkLayerValue},
+    model::{FabricState, LinkLayer, NodeTopology, PortState},
+};
 
 /// The placement facts of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -128,55 +113,40 @@ impl NodeFacts {
         prefix: &str,
         block_label: Option<&str>,
     ) -> Option<Self> {
-        let get = |k: &str| labels.get(&format!("{prefix}/{k}")).map(String::as_str);
+        let get = |k: Key| labels.get(&k.under(prefix)).map(String::as_str);
         let any = [
-            keys::GPU_COUNT,
-            keys::NVLINK_FABRIC,
-            keys::NVLINK_CLUSTER,
-            keys::NVLINK_DOMAIN,
-            keys::RDMA_LINK_LAYER,
+            Key::GpuCount,
+            Key::NvlinkFabric,
+            Key::NvlinkCluster,
+            Key::NvlinkDomain,
+            Key::RdmaLinkLayer,
         ]
-        .iter()
+        .into_iter()
         .any(|k| get(k).is_some());
         if !any {
             return None;
         }
-        let fabric_state = match get(keys::NVLINK_FABRIC) {
-            Some("none") => FabricState::None,
-            Some("pending") => FabricState::Pending,
-            Some("ready") => FabricState::Ready,
-            Some("degraded") => FabricState::Degraded,
-            Some("inconsistent") => FabricState::Inconsistent,
-            Some("error") => FabricState::Error,
-            _ => FabricState::Unknown,
-        };
-        // `nvlink.domain` is `<uuid>.<clique>`; the separate keys win when present.
-        let (dom_uuid, dom_clique) = match get(keys::NVLINK_DOMAIN).and_then(|d| d.rsplit_once('.'))
-        {
+        let fabric_state = get(Key::NvlinkFabric)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(FabricState::Unknown);
+        // `nvlink.domain` is `<uuid>.<clique>`; `nvlink.cluster` wins for the cluster.
+        let (dom_uuid, clique_id) = match get(Key::NvlinkDomain).and_then(|d| d.rsplit_once('.')) {
             Some((u, c)) => (Some(u.to_ascii_lowercase()), c.parse::<u32>().ok()),
             None => (None, None),
         };
-        let cluster_uuid = get(keys::NVLINK_CLUSTER)
+        let cluster_uuid = get(Key::NvlinkCluster)
             .map(str::to_ascii_lowercase)
             .or(dom_uuid)
             .filter(|s| !s.is_empty());
-        let clique_id = get(keys::NVLINK_CLIQUE)
-            .and_then(|c| c.parse().ok())
-            .or(dom_clique);
-        let link_layer = match get(keys::RDMA_LINK_LAYER) {
-            // `mixed`: GPU rails are InfiniBand and a front-end port is Ethernet, the usual case.
-            Some("infiniband" | "ib" | "mixed") => Some(LinkLayer::Infiniband),
-            Some("ethernet" | "roce") => Some(LinkLayer::Ethernet),
-            _ => None,
-        };
-        let ib_subnets = match (link_layer, get(keys::RDMA_IB_SUBNET)) {
+        let link_layer = get(Key::RdmaLinkLayer)
+            .and_then(|v| v.parse::<LinkLayerValue>().ok())
+            .map(LinkLayerValue::gpu_link_layer);
+        let ib_subnets = match (link_layer, get(Key::RdmaIbSubnet)) {
             (Some(LinkLayer::Infiniband), Some(s)) => vec![normalize_subnet(s)],
             _ => Vec::new(),
         };
         Some(Self {
-            gpu_count: get(keys::GPU_COUNT)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0),
+            gpu_count: get(Key::GpuCount).and_then(|c| c.parse().ok()).unwrap_or(0),
             fabric_state,
             cluster_uuid,
             clique_id,

@@ -1,7 +1,7 @@
 //! The gRPC topology source: an [`AgentConnector`] that opens an agent's `WatchNodeTopology`
 //! stream and turns each message back into the model.
 
-use super::source::{AgentConnector, BoxFuture, SourceError, TopologyStream};
+use super::source::{AgentConnector, BoxError, BoxFuture, SourceError, TopologyStream};
 use crate::{api, model::NodeTopology, proto::v1 as pb};
 
 /// Connects to agents over gRPC (`host:port` or `http://host:port`).
@@ -25,7 +25,7 @@ impl TopologyStream for GrpcStream {
                 Ok(None) => None,
                 Err(status) => Some(Err(SourceError::Stream {
                     endpoint: self.endpoint.clone(),
-                    message: status.message().to_string(),
+                    source: status.into(),
                 })),
             }
         })
@@ -39,17 +39,17 @@ impl AgentConnector for GrpcConnector {
         since_revision: u64,
     ) -> BoxFuture<'a, Result<Box<dyn TopologyStream>, SourceError>> {
         Box::pin(async move {
-            let connect_err = |message: String| SourceError::Connect {
+            let connect_err = |source: BoxError| SourceError::Connect {
                 endpoint: endpoint.to_string(),
-                message,
+                source,
             };
             let mut client = api::connect(endpoint)
                 .await
-                .map_err(|e| connect_err(e.to_string()))?;
+                .map_err(|e| connect_err(e.into()))?;
             let inner = client
                 .watch_node_topology(pb::WatchNodeTopologyRequest { since_revision })
                 .await
-                .map_err(|s| connect_err(s.message().to_string()))?
+                .map_err(|s| connect_err(s.into()))?
                 .into_inner();
             Ok(Box::new(GrpcStream {
                 endpoint: endpoint.to_string(),

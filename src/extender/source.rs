@@ -32,30 +32,36 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[non_exhaustive]
 pub enum SourceError {
     /// Could not connect.
-    #[error("connecting to {endpoint}: {message}")]
+    #[error("connecting to {endpoint}")]
     Connect {
         /// The endpoint.
         endpoint: String,
         /// Why.
-        message: String,
+        #[source]
+        source: BoxError,
     },
     /// The stream broke.
-    #[error("stream from {endpoint} broke: {message}")]
+    #[error("stream from {endpoint} broke")]
     Stream {
         /// The endpoint.
         endpoint: String,
         /// Why.
-        message: String,
+        #[source]
+        source: BoxError,
     },
     /// The agents file is unreadable or malformed.
-    #[error("agents file {path}: {message}")]
+    #[error("agents file {path}")]
     AgentsFile {
         /// The file.
         path: PathBuf,
         /// Why.
-        message: String,
+        #[source]
+        source: BoxError,
     },
 }
+
+/// The cause of a [`SourceError`], kept whole so that the log line shows its chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A stream of topologies from one agent. `None` = the stream ended.
 pub trait TopologyStream: Send {
@@ -194,7 +200,7 @@ impl AgentEndpoints {
         let raw: BTreeMap<String, AgentSpec> =
             serde_yaml_ng::from_str(text).map_err(|e| SourceError::AgentsFile {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         let mut out = Self::default();
         for (node, spec) in raw {
@@ -219,7 +225,7 @@ impl AgentEndpoints {
     pub fn load(path: &Path) -> Result<Self, SourceError> {
         let text = std::fs::read_to_string(path).map_err(|e| SourceError::AgentsFile {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         Self::parse(&text, path)
     }
@@ -239,9 +245,9 @@ struct FileStream {
     seen: Option<SystemTime>,
 }
 
-fn read_snapshot(path: &Path) -> Result<(NodeTopology, SystemTime), String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+fn read_snapshot(path: &Path) -> Result<(NodeTopology, SystemTime), BoxError> {
+    let meta = std::fs::metadata(path)?;
+    let text = std::fs::read_to_string(path)?;
     let t: NodeTopology = serde_json::from_str(&text)
         .or_else(|_| serde_yaml_ng::from_str(&text))
         .map_err(|e| format!("not a topology: {e}"))?;
@@ -255,7 +261,7 @@ impl TopologyStream for FileStream {
                 let path = self.path.clone();
                 let read = tokio::task::spawn_blocking(move || read_snapshot(&path))
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(BoxError::from)
                     .and_then(|r| r);
                 match read {
                     Ok((t, mtime)) if self.seen != Some(mtime) => {
@@ -263,10 +269,10 @@ impl TopologyStream for FileStream {
                         return Some(Ok(t));
                     }
                     Ok(_) => tokio::time::sleep(self.poll).await,
-                    Err(message) => {
+                    Err(source) => {
                         return Some(Err(SourceError::Stream {
                             endpoint: format!("file:{}", self.path.display()),
-                            message,
+                            source,
                         }));
                     }
                 }
@@ -290,7 +296,7 @@ impl AgentConnector for FileConnector {
             if !exists {
                 return Err(SourceError::Connect {
                     endpoint: endpoint.to_string(),
-                    message: "no such file".into(),
+                    source: "no such file".into(),
                 });
             }
             Ok(Box::new(FileStream {

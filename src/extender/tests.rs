@@ -59,7 +59,7 @@ fn trays(ext: &Extender, prefix: &str, clique: u32, count: usize) -> Vec<String>
 }
 
 fn extender() -> (Extender, Arc<MemoryPlacementIndex>) {
-    let view = SharedView::new(ClusterView::new(view::LabelConfig {
+    let view = SharedView::new(ClusterView::new(view::LabelKeys {
         prefix: "nodetopo.io".into(),
         block_label: Some("leaf".into()),
     }));

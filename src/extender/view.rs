@@ -75,7 +75,7 @@ pub enum ViewEvent {
 
 /// Settings the view needs to read labels.
 #[derive(Debug, Clone)]
-pub struct LabelConfig {
+pub struct LabelKeys {
     /// The agent's label prefix, e.g. `nodetopo.io`.
     pub prefix: String,
     /// The leaf/block label key, when configured.
@@ -95,12 +95,12 @@ pub struct Resolved<'a> {
 #[derive(Debug)]
 pub struct ClusterView {
     nodes: HashMap<String, NodeEntry>,
-    labels: LabelConfig,
+    labels: LabelKeys,
 }
 
 impl ClusterView {
     /// An empty view.
-    pub fn new(labels: LabelConfig) -> Self {
+    pub fn new(labels: LabelKeys) -> Self {
         Self {
             nodes: HashMap::new(),
             labels,
@@ -108,7 +108,7 @@ impl ClusterView {
     }
 
     /// The label settings.
-    pub fn label_config(&self) -> &LabelConfig {
+    pub fn label_keys(&self) -> &LabelKeys {
         &self.labels
     }
 
@@ -278,8 +278,8 @@ mod tests {
         })
     }
 
-    fn cfg() -> LabelConfig {
-        LabelConfig {
+    fn cfg() -> LabelKeys {
+        LabelKeys {
             prefix: "nodetopo.io".into(),
             block_label: Some("leaf".into()),
         }

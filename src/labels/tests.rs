@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::model::{
     Connection, DriverInfo, Fabric, Gpu, GpuPair, Nic, NicPort, NvLink, NvLinkRemoteType,
-    P2pStatus, SourceStatus,
+    P2pStatus, Source, SourceStatus,
 };
 
 fn key(name: &str) -> LabelKey {
@@ -58,7 +58,10 @@ fn two_gpu_node() -> NodeTopology {
             state: FabricState::None,
             ..Fabric::default()
         },
-        sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("fabric")],
+        sources: vec![
+            SourceStatus::ok(Source::Nvml),
+            SourceStatus::ok(Source::Fabric),
+        ],
         ..NodeTopology::default()
     }
 }
@@ -95,8 +98,8 @@ fn no_nvml_means_no_gpu_count() {
             ..Fabric::default()
         },
         sources: vec![
-            SourceStatus::failed("nvml", "not installed"),
-            SourceStatus::failed("fabric", "not probed: no NVML"),
+            SourceStatus::failed(Source::Nvml, "not installed"),
+            SourceStatus::failed(Source::Fabric, "not probed: no NVML"),
         ],
         ..NodeTopology::default()
     };
@@ -110,11 +113,11 @@ fn stale_data_keeps_its_labels() {
     stale.sources = vec![
         SourceStatus {
             stale: true,
-            ..SourceStatus::failed("nvml", "driver gone")
+            ..SourceStatus::failed(Source::Nvml, "driver gone")
         },
         SourceStatus {
             stale: true,
-            ..SourceStatus::failed("fabric", "not probed: no NVML")
+            ..SourceStatus::failed(Source::Fabric, "not probed: no NVML")
         },
     ];
     let c = LabelConfig::default();
@@ -172,8 +175,8 @@ fn rdma_facts() {
     assert_eq!(get(&l, "rdma.rail-aligned"), Some("false"));
 
     // Failed sources without kept data: unknown, so no key.
-    t.sources.push(SourceStatus::failed("gpudirect", "x"));
-    t.sources.push(SourceStatus::failed("sysfs-pci", "y"));
+    t.sources.push(SourceStatus::failed(Source::Gpudirect, "x"));
+    t.sources.push(SourceStatus::failed(Source::SysfsPci, "y"));
     let l = desired_labels(&t, &LabelConfig::default());
     assert_eq!(get(&l, "rdma.gpudirect"), None);
     assert_eq!(get(&l, "rdma.rail-aligned"), None);
@@ -182,7 +185,7 @@ fn rdma_facts() {
 
 #[test]
 fn sanitize_examples() {
-    let s = |x: &str| LabelValue::sanitize(x).map(|v| v.0);
+    let s = |x: &str| LabelValue::sanitize(x).map(|v| v.as_str().to_string());
     assert_eq!(s("NVIDIA H200").as_deref(), Some("NVIDIA-H200"));
     assert_eq!(s("  (weird) ").as_deref(), Some("weird"));
     assert_eq!(s("--").as_deref(), None);
@@ -294,7 +297,7 @@ proptest! {
                 ..Fabric::default()
             },
             nics,
-            sources: vec![SourceStatus::ok("nvml"), SourceStatus::ok("fabric"), SourceStatus::ok("rdma")],
+            sources: vec![SourceStatus::ok(Source::Nvml), SourceStatus::ok(Source::Fabric), SourceStatus::ok(Source::Rdma)],
             ..NodeTopology::default()
         };
         for prefix in [DEFAULT_PREFIX, "a", "x-1.example.com"] {

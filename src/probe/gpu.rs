@@ -9,11 +9,14 @@
 //! of both GPUs ends at an NVSwitch, the pair is P2P over NVLink without asking; this shortcut can
 //! be turned off ([`ProbeOptions::query_all_p2p`]).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use crate::model::{
     Connection, DriverInfo, Fabric, Gpu, GpuFamily, GpuPair, MigMode, NvLink, NvLinkRemoteType,
-    P2pStatus, SourceStatus, cpulist_from_mask,
+    P2pStatus, Source, SourceStatus, cpulist_from_mask,
 };
 
 use super::{
@@ -24,11 +27,6 @@ use super::{
     },
     sysfs::{SysfsRoot, sysfs_bdf},
 };
-
-/// Probe source names used in [`SourceStatus`].
-pub const SOURCE_NVML: &str = "nvml";
-/// Fabric source name.
-pub const SOURCE_FABRIC: &str = "fabric";
 
 /// Options for the GPU probe.
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,7 +92,7 @@ impl Problems {
         }
     }
 
-    fn status(self, source: &str) -> SourceStatus {
+    fn status(self, source: Source) -> SourceStatus {
         if self.0.is_empty() {
             SourceStatus::ok(source)
         } else {
@@ -150,18 +148,21 @@ impl GpuProber {
 
     /// Probes GPUs, NVLinks, pairs and the fabric.
     pub fn probe(&mut self, sysfs: &SysfsRoot) -> GpuProbeResult {
+        let start = Instant::now();
+        let mut fabric_took = Duration::ZERO;
         let mut problems = Problems::default();
         let driver = self.driver(&mut problems);
         let count = match self.src.device_count() {
             Ok(n) => n,
             Err(e) => {
-                let status = SourceStatus::failed(SOURCE_NVML, format!("device count: {e}"));
+                let status = SourceStatus::failed(Source::Nvml, format!("device count: {e}"))
+                    .took(start.elapsed());
                 return GpuProbeResult {
                     driver,
                     fabric: fabric::derive_domain(&[]),
                     sources: vec![
                         status,
-                        SourceStatus::failed(SOURCE_FABRIC, "no GPUs probed"),
+                        SourceStatus::failed(Source::Fabric, "no GPUs probed"),
                     ],
                     ..GpuProbeResult::default()
                 };
@@ -187,12 +188,16 @@ impl GpuProber {
                 }
             };
             let gpu = self.build_gpu(index, identity, &links, sysfs, &mut problems);
+            let asked = Instant::now();
             fabric_facts.push((index, self.src.fabric(index)));
+            fabric_took += asked.elapsed();
             raw_links.push(links);
             gpus.push(gpu);
         }
 
+        let derived = Instant::now();
         let (per_gpu_fabric, node_fabric) = fabric::from_facts(&fabric_facts);
+        fabric_took += derived.elapsed();
         let mut fabric_problems = Problems::default();
         for ((index, fact), (gpu, info)) in
             fabric_facts.iter().zip(gpus.iter_mut().zip(per_gpu_fabric))
@@ -217,8 +222,10 @@ impl GpuProber {
             pairs,
             fabric: node_fabric,
             sources: vec![
-                problems.status(SOURCE_NVML),
-                fabric_problems.status(SOURCE_FABRIC),
+                problems
+                    .status(Source::Nvml)
+                    .took(start.elapsed().saturating_sub(fabric_took)),
+                fabric_problems.status(Source::Fabric).took(fabric_took),
             ],
         }
     }

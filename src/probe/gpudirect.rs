@@ -9,9 +9,6 @@ use crate::model::GpuDirect;
 
 use super::sysfs::SysfsRoot;
 
-/// Name of this source in [`SourceStatus`](crate::model::SourceStatus).
-pub const SOURCE_GPUDIRECT: &str = "gpudirect";
-
 /// What the node shows about GPUDirect RDMA.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GpuDirectFacts {

@@ -19,10 +19,10 @@ pub mod verbs;
 
 use std::time::SystemTime;
 
-use crate::model::{Fabric, FabricState, NodeTopology, SourceStatus};
+use crate::model::{Fabric, FabricState, NodeTopology, Source, SourceStatus};
 
 use self::{
-    gpu::{GpuProber, ProbeOptions, SOURCE_FABRIC, SOURCE_NVML},
+    gpu::{GpuProber, ProbeOptions},
     sysfs::SysfsRoot,
 };
 
@@ -86,9 +86,9 @@ impl Prober {
                     ..Fabric::default()
                 };
                 topo.sources
-                    .push(SourceStatus::failed(SOURCE_NVML, why.clone()));
+                    .push(SourceStatus::failed(Source::Nvml, why.clone()));
                 topo.sources
-                    .push(SourceStatus::failed(SOURCE_FABRIC, "not probed: no NVML"));
+                    .push(SourceStatus::failed(Source::Fabric, "not probed: no NVML"));
             }
         }
         network::fill(&self.sysfs, &mut topo);

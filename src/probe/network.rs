@@ -3,11 +3,13 @@
 //!
 //! Called by [`Prober::probe`](super::Prober::probe) after the GPUs are known.
 
-use crate::model::{NodeTopology, SourceStatus};
+use std::time::Instant;
+
+use crate::model::{NodeTopology, Source, SourceStatus};
 
 use super::{
-    gpudirect::{self, GpuDirectFacts, SOURCE_GPUDIRECT},
-    pci::{self, SOURCE_PCI},
+    gpudirect::{self, GpuDirectFacts},
+    pci,
     rdma::{self, RdmaProbe},
     sysfs::SysfsRoot,
 };
@@ -15,10 +17,16 @@ use super::{
 /// Probes the NICs under `root` and fills the RDMA part of `topo` (whose GPUs must already be
 /// set). With the `verbs` feature every NIC is also checked through ibverbs.
 pub fn fill(root: &SysfsRoot, topo: &mut NodeTopology) {
+    let start = Instant::now();
     #[allow(unused_mut)]
     let mut rdma = rdma::probe(root);
+    rdma.took = start.elapsed();
     #[cfg(feature = "verbs")]
-    let verbs = Some(super::verbs::check(&super::verbs::Ibverbs, &mut rdma.nics));
+    let verbs = {
+        let start = Instant::now();
+        let status = super::verbs::check(&super::verbs::Ibverbs, &mut rdma.nics);
+        Some(status.took(start.elapsed()))
+    };
     #[cfg(not(feature = "verbs"))]
     let verbs = None;
     finish(root, topo, rdma, verbs);
@@ -36,6 +44,7 @@ pub fn finish(
     topo.sources.push(rdma.status());
     topo.nics = rdma.nics;
 
+    let start = Instant::now();
     let placement = pci::place(root, &topo.gpus, &topo.nics);
     topo.gpu_nic_affinity = pci::gpu_nic_affinity(&placement);
     topo.rail_pairing = pci::rail_pairing(&topo.gpus, &topo.nics, &topo.gpu_nic_affinity);
@@ -50,15 +59,18 @@ pub fn finish(
             ));
         }
     }
-    topo.sources.push(if problems.is_empty() {
-        SourceStatus::ok(SOURCE_PCI)
+    let pci = if problems.is_empty() {
+        SourceStatus::ok(Source::SysfsPci)
     } else {
-        SourceStatus::failed(SOURCE_PCI, problems.join("; "))
-    });
+        SourceStatus::failed(Source::SysfsPci, problems.join("; "))
+    };
+    topo.sources.push(pci.took(start.elapsed()));
 
+    let start = Instant::now();
     let facts = GpuDirectFacts::read(root, topo.nics.len(), topo.gpus.len());
     topo.gpudirect = gpudirect::assess(&facts);
-    topo.sources.push(SourceStatus::ok(SOURCE_GPUDIRECT));
+    topo.sources
+        .push(SourceStatus::ok(Source::Gpudirect).took(start.elapsed()));
 
     if let Some(v) = verbs {
         topo.sources.push(v);

@@ -19,9 +19,6 @@ use crate::model::{
 
 use super::sysfs::{SysfsRoot, sysfs_bdf};
 
-/// Name of the PCI tree source in [`SourceStatus`](crate::model::SourceStatus).
-pub const SOURCE_PCI: &str = "sysfs-pci";
-
 /// A PCI function address `domain:bus:device.function`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PciAddress {

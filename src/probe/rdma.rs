@@ -6,12 +6,9 @@
 
 use std::{fs, path::Path};
 
-use crate::model::{Gid, LinkLayer, Nic, NicPort, PortState, SourceStatus};
+use crate::model::{Gid, LinkLayer, Nic, NicPort, PortState, Source, SourceStatus};
 
 use super::sysfs::SysfsRoot;
-
-/// Name of this source in [`SourceStatus`].
-pub const SOURCE_RDMA: &str = "rdma";
 
 /// Upper bound on GID table entries read per port (the hardware has at most a few hundred).
 const MAX_GIDS: u32 = 4096;
@@ -25,19 +22,21 @@ pub struct RdmaProbe {
     pub errors: Vec<String>,
     /// A remark for the status when nothing is wrong but something is worth saying.
     pub note: Option<String>,
+    /// How long the sysfs walk took (set by the caller that timed it).
+    pub took: std::time::Duration,
 }
 
 impl RdmaProbe {
     /// The source status: ok unless an item failed; the note (if any) goes in the message.
     pub fn status(&self) -> SourceStatus {
         if self.errors.is_empty() {
-            let mut s = SourceStatus::ok(SOURCE_RDMA);
+            let mut s = SourceStatus::ok(Source::Rdma).took(self.took);
             if let Some(n) = &self.note {
                 s.error = n.clone();
             }
             s
         } else {
-            SourceStatus::failed(SOURCE_RDMA, self.errors.join("; "))
+            SourceStatus::failed(Source::Rdma, self.errors.join("; ")).took(self.took)
         }
     }
 }

@@ -9,10 +9,7 @@
 
 use std::ffi::CStr;
 
-use crate::model::{LinkLayer, Nic, PortState, SourceStatus, VerbsCheck};
-
-/// Name of this source in [`SourceStatus`].
-pub const SOURCE_VERBS: &str = "verbs";
+use crate::model::{LinkLayer, Nic, PortState, Source, SourceStatus, VerbsCheck};
 
 /// One port as ibverbs reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +51,7 @@ pub fn check(verbs: &dyn Verbs, nics: &mut [Nic]) -> SourceStatus {
                     consistent_with_sysfs: false,
                 });
             }
-            return SourceStatus::failed(SOURCE_VERBS, e);
+            return SourceStatus::failed(Source::Verbs, e);
         }
     };
     if devices.is_empty() && !nics.is_empty() {
@@ -69,7 +66,7 @@ pub fn check(verbs: &dyn Verbs, nics: &mut [Nic]) -> SourceStatus {
         }
         let names: Vec<&str> = nics.iter().map(|n| n.name.as_str()).collect();
         return SourceStatus::failed(
-            SOURCE_VERBS,
+            Source::Verbs,
             format!("{why}; not usable here: {}", names.join(", ")),
         );
     }
@@ -103,9 +100,9 @@ pub fn check(verbs: &dyn Verbs, nics: &mut [Nic]) -> SourceStatus {
         n.verbs = Some(v);
     }
     if problems.is_empty() {
-        SourceStatus::ok(SOURCE_VERBS)
+        SourceStatus::ok(Source::Verbs)
     } else {
-        SourceStatus::failed(SOURCE_VERBS, problems.join("; "))
+        SourceStatus::failed(Source::Verbs, problems.join("; "))
     }
 }
 

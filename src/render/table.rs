@@ -43,6 +43,15 @@ fn or_dash(s: Option<&str>) -> String {
 /// Renders the table view.
 pub fn render(t: &NodeTopology) -> String {
     let mut out = String::new();
+    summary(t, &mut out);
+    gpus(t, &mut out);
+    nics(t, &mut out);
+    sources(t, &mut out);
+    out
+}
+
+/// Node, driver, GPU count and fabric lines.
+fn summary(t: &NodeTopology, out: &mut String) {
     let when = t
         .probe_time
         .map(|p| humantime::format_rfc3339_seconds(p).to_string())
@@ -65,7 +74,10 @@ pub fn render(t: &NodeTopology) -> String {
         None => t.fabric.state.as_str().to_string(),
     };
     let _ = writeln!(out, "Fabric:  {fabric}: {}", t.fabric.reason);
+}
 
+/// The GPU list and the matrix.
+fn gpus(t: &NodeTopology, out: &mut String) {
     if !t.gpus.is_empty() {
         out.push('\n');
         let mut rows = vec![
@@ -99,10 +111,7 @@ pub fn render(t: &NodeTopology) -> String {
                 .fabric
                 .as_ref()
                 .map(|f| {
-                    let reg = serde_json::to_value(f.registration)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default();
+                    let reg = f.registration.to_string();
                     if f.cluster_uuid.chars().all(|c| c == '0' || c == '-') {
                         reg
                     } else {
@@ -116,10 +125,7 @@ pub fn render(t: &NodeTopology) -> String {
                 format!("{} MiB", g.memory_mib()),
                 format!("{}.{}", g.compute_major, g.compute_minor),
                 g.family.as_str().to_string(),
-                serde_json::to_value(g.mig_mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
+                g.mig_mode.to_string(),
                 g.numa_node
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "N/A".into()),
@@ -133,7 +139,10 @@ pub fn render(t: &NodeTopology) -> String {
         out.push('\n');
         out.push_str(&matrix(t));
     }
+}
 
+/// One row per NIC port.
+fn nics(t: &NodeTopology, out: &mut String) {
     if !t.nics.is_empty() {
         out.push('\n');
         let mut rows = vec![
@@ -152,14 +161,8 @@ pub fn render(t: &NodeTopology) -> String {
                         .map(|x| x.to_string())
                         .unwrap_or_else(|| "N/A".into()),
                     p.port.to_string(),
-                    serde_json::to_value(p.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default(),
-                    serde_json::to_value(p.link_layer)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default(),
+                    p.state.to_string(),
+                    p.link_layer.to_string(),
                     format!("{} Gb/s", p.rate_gbps),
                     n.netdevs.join(","),
                 ]);
@@ -167,7 +170,10 @@ pub fn render(t: &NodeTopology) -> String {
         }
         out.push_str(&columns(&rows));
     }
+}
 
+/// The status of every probe source.
+fn sources(t: &NodeTopology, out: &mut String) {
     out.push('\n');
     out.push_str("Sources:\n");
     for s in &t.sources {
@@ -188,7 +194,6 @@ pub fn render(t: &NodeTopology) -> String {
             }
         );
     }
-    out
 }
 
 /// The `nvidia-smi topo -m` matrix: GPU rows and columns, then NIC columns, CPU and NUMA

@@ -14,14 +14,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::WebhookError;
-use crate::{extender::facts::keys, labels::LabelKey};
+use crate::labels::{Key, LabelKey};
 
-/// The label names under the node prefix that are copied by default.
-pub const DEFAULT_NAMES: [&str; 3] = [
-    keys::NVLINK_DOMAIN,
-    keys::NVLINK_CLUSTER,
-    keys::RDMA_LINK_LAYER,
-];
+/// The agent's labels that are copied by default.
+pub const DEFAULT_KEYS: [Key; 3] = [Key::NvlinkDomain, Key::NvlinkCluster, Key::RdmaLinkLayer];
 
 /// One label the webhook copies: the Node's key and the key it gets on the Pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,19 +35,19 @@ pub struct MutationConfig {
 }
 
 impl MutationConfig {
-    /// Copies `<node_prefix>/<name>` to `<pod_prefix>/<name>` for each of `names`, and each of
+    /// Copies `<node_prefix>/<key>` to `<pod_prefix>/<key>` for each of `keys`, and each of
     /// `extra` (a full Node label key such as a fabric's leaf or block label, optionally
     /// followed by `=NAME`) to `<pod_prefix>/NAME`, where NAME defaults to the key's name part.
     pub fn new(
         node_prefix: &str,
         pod_prefix: &str,
-        names: &[String],
+        keys: &[Key],
         extra: &[String],
     ) -> Result<Self, WebhookError> {
-        let mut rules = Vec::with_capacity(names.len() + extra.len());
-        for name in names {
-            let node_key = LabelKey::new(Some(node_prefix), name)?;
-            let pod_key = LabelKey::new(Some(pod_prefix), name)?;
+        let mut rules = Vec::with_capacity(keys.len() + extra.len());
+        for key in keys {
+            let node_key = key.label_key(node_prefix)?;
+            let pod_key = key.label_key(pod_prefix)?;
             rules.push(CopyRule {
                 node_key: node_key.to_string(),
                 pod_key: pod_key.to_string(),

@@ -7,7 +7,7 @@ use crate::{
     extender::{
         group::lws,
         placement::{MemoryPlacementIndex, PlacedPod},
-        view::{LabelConfig, ViewEvent},
+        view::{LabelKeys, ViewEvent},
     },
     model::LinkLayer,
 };
@@ -254,7 +254,7 @@ fn weights_are_checked() {
 
 #[test]
 fn pod_context_from_index_and_view() {
-    let mut view = ClusterView::new(LabelConfig {
+    let mut view = ClusterView::new(LabelKeys {
         prefix: "nodetopo.io".into(),
         block_label: None,
     });

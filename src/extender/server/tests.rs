@@ -8,12 +8,12 @@ use super::*;
 use crate::extender::{
     placement::MemoryPlacementIndex,
     policy::Weights,
-    view::{ClusterView, LabelConfig, SharedView, ViewEvent},
+    view::{ClusterView, LabelKeys, SharedView, ViewEvent},
     wire::{ExtenderFilterResult, HostPriorityList},
 };
 
 fn ext() -> Extender {
-    let view = SharedView::new(ClusterView::new(LabelConfig {
+    let view = SharedView::new(ClusterView::new(LabelKeys {
         prefix: "nodetopo.io".into(),
         block_label: Some("leaf".into()),
     }));

@@ -1,7 +1,7 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::extender::view::{ClusterView, Freshness, LabelConfig};
+use crate::extender::view::{ClusterView, Freshness, LabelKeys};
 
 #[test]
 fn backoff_doubles_to_the_cap_and_resets() {
@@ -65,7 +65,7 @@ impl AgentConnector for Scripted {
                 Some(items) => Ok(Box::new(VecStream(items)) as Box<dyn TopologyStream>),
                 None => Err(SourceError::Connect {
                     endpoint: endpoint.into(),
-                    message: "refused".into(),
+                    source: "refused".into(),
                 }),
             }
         })
@@ -100,7 +100,7 @@ async fn wait_for(view: &SharedView, want: Freshness, rev: Option<u64>) {
 
 #[tokio::test]
 async fn watcher_marks_stale_and_recovers() {
-    let view = SharedView::new(ClusterView::new(LabelConfig {
+    let view = SharedView::new(ClusterView::new(LabelKeys {
         prefix: "nodetopo.io".into(),
         block_label: None,
     }));
@@ -153,4 +153,42 @@ async fn file_connector_streams_changes_and_fails_when_gone() {
     assert_eq!(s.next().await.unwrap().unwrap().revision, 7);
     std::fs::remove_file(&path).unwrap();
     assert!(s.next().await.unwrap().is_err());
+}
+
+/// The whole cause chain of an error, as the log line prints it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_refused_connection_keeps_its_cause() {
+    // A port nothing listens on: the transport error alone says only "transport error".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let Err(e) = crate::extender::grpc::GrpcConnector
+        .connect(&endpoint, 0)
+        .await
+    else {
+        panic!("connected to a closed port");
+    };
+    let text = chain(&e);
+    assert!(
+        text.starts_with(&format!("connecting to {endpoint}")),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection refused"),
+        "the cause is lost: {text}"
+    );
 }

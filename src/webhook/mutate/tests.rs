@@ -1,8 +1,8 @@
 use super::*;
 use crate::labels::DEFAULT_PREFIX;
 
-fn names() -> Vec<String> {
-    DEFAULT_NAMES.iter().map(|s| s.to_string()).collect()
+fn names() -> Vec<Key> {
+    DEFAULT_KEYS.to_vec()
 }
 
 fn cfg() -> MutationConfig {
@@ -18,17 +18,17 @@ fn cfg() -> MutationConfig {
     .unwrap()
 }
 
-fn node_key(name: &str) -> String {
-    format!("{DEFAULT_PREFIX}/{name}")
+fn node_key(key: Key) -> String {
+    key.under(DEFAULT_PREFIX)
 }
 
 /// Node `gb-1` in a ready clique on leaf-3; node `cpu-1` without any topology label.
 fn nodes() -> BTreeMap<String, BTreeMap<String, String>> {
     let gb: BTreeMap<String, String> = [
-        (node_key(keys::NVLINK_DOMAIN), "c0ffee.1".to_string()),
-        (node_key(keys::NVLINK_CLUSTER), "c0ffee".to_string()),
-        (node_key(keys::RDMA_LINK_LAYER), "infiniband".to_string()),
-        (node_key(keys::GPU_COUNT), "4".to_string()),
+        (node_key(Key::NvlinkDomain), "c0ffee.1".to_string()),
+        (node_key(Key::NvlinkCluster), "c0ffee".to_string()),
+        (node_key(Key::RdmaLinkLayer), "infiniband".to_string()),
+        (node_key(Key::GpuCount), "4".to_string()),
         ("network.example.com/leaf".to_string(), "leaf-3".to_string()),
     ]
     .into_iter()

@@ -161,7 +161,7 @@ impl NodeLabeler {
                 }
                 // The write below reports the cause when the server is really unreachable.
                 Ok(Err(e)) => {
-                    tracing::debug!(node = %self.node, error = %e, "reading the node before the first write failed");
+                    tracing::debug!(node = %self.node, error = &e as &dyn std::error::Error, "reading the node before the first write failed");
                 }
                 Err(_) => {
                     tracing::debug!(node = %self.node, "reading the node before the first write timed out");
@@ -208,7 +208,7 @@ impl NodeLabeler {
                         }
                         Err(e) => {
                             let delay = backoff.next_delay(rand::random::<f64>());
-                            tracing::warn!(node = %self.node, error = %e, retry_in = ?delay, "node label write failed");
+                            tracing::warn!(node = %self.node, error = &e as &dyn std::error::Error, retry_in = ?delay, "node label write failed");
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
                                 changed = desired.changed() => if changed.is_err() { return },
@@ -331,7 +331,11 @@ pub async fn record_events(
         let now = SystemTime::now();
         match record_event(client.clone(), &node, &ev, now, timeout).await {
             Ok(()) => tracing::info!(reason = ev.reason, message = %ev.message, "event recorded"),
-            Err(e) => tracing::warn!(error = %e, reason = ev.reason, "event not recorded"),
+            Err(e) => tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                reason = ev.reason,
+                "event not recorded"
+            ),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::str::FromStr;
 
-use super::DeployError;
+use super::syntax::LabelError;
 
 /// Topograph's accelerator-domain label key.
 pub const TOPOGRAPH_DOMAIN: &str = "accelerator.topograph.run/domain";
@@ -42,13 +42,13 @@ impl CompatLabel {
 }
 
 impl FromStr for CompatLabel {
-    type Err = DeployError;
+    type Err = LabelError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "topograph" => Ok(Self::Topograph),
             "gfd-clique" => Ok(Self::GfdClique),
-            other => Err(DeployError::UnknownCompat(other.to_string())),
+            other => Err(LabelError::UnknownCompat(other.to_string())),
         }
     }
 }
@@ -64,7 +64,7 @@ pub struct CompatOptions {
 
 impl CompatOptions {
     /// Parses a comma-separated list such as `topograph,gfd-clique`; an empty string is none.
-    pub fn parse_list(list: &str) -> Result<Self, DeployError> {
+    pub fn parse_list(list: &str) -> Result<Self, LabelError> {
         let mut opts = Self::default();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             opts.enable(item.parse()?);
@@ -96,13 +96,13 @@ impl CompatOptions {
 /// The compatibility labels for an NVLink `domain` (`<ClusterUUID>.<CliqueId>`, present only
 /// under the strict fabric rule). No domain, or no option on, gives no labels: a missing fact is
 /// never written as a placeholder.
-pub fn compat_labels(domain: Option<&str>, opts: &CompatOptions) -> Vec<(String, String)> {
+pub fn compat_labels(domain: Option<&str>, opts: &CompatOptions) -> Vec<(&'static str, String)> {
     let Some(domain) = domain.filter(|d| !d.is_empty()) else {
         return Vec::new();
     };
     opts.keys()
         .into_iter()
-        .map(|k| (k.to_string(), domain.to_string()))
+        .map(|k| (k, domain.to_string()))
         .collect()
 }
 
@@ -129,12 +129,12 @@ mod tests {
         let topo = CompatOptions::parse_list("topograph").unwrap();
         assert_eq!(
             compat_labels(Some(DOMAIN), &topo),
-            vec![(TOPOGRAPH_DOMAIN.to_string(), DOMAIN.to_string())]
+            vec![(TOPOGRAPH_DOMAIN, DOMAIN.to_string())]
         );
         let gfd = CompatOptions::parse_list(" gfd-clique ").unwrap();
         assert_eq!(
             compat_labels(Some(DOMAIN), &gfd),
-            vec![(GFD_CLIQUE.to_string(), DOMAIN.to_string())]
+            vec![(GFD_CLIQUE, DOMAIN.to_string())]
         );
         let both = CompatOptions::parse_list("gfd-clique,topograph").unwrap();
         assert_eq!(compat_labels(Some(DOMAIN), &both).len(), 2);
@@ -145,14 +145,14 @@ mod tests {
         assert_eq!(CompatOptions::parse_list(""), Ok(CompatOptions::default()));
         assert_eq!(
             CompatOptions::parse_list("topograph,gfd"),
-            Err(DeployError::UnknownCompat("gfd".into()))
+            Err(LabelError::UnknownCompat("gfd".into()))
         );
     }
 
     #[test]
     fn keys_are_valid_label_keys() {
         for l in [CompatLabel::Topograph, CompatLabel::GfdClique] {
-            super::super::check_label_key(l.key()).unwrap();
+            super::super::LabelKey::parse(l.key()).unwrap();
             assert_eq!(l.name().parse::<CompatLabel>().unwrap(), l);
         }
     }

@@ -1,0 +1,198 @@
+//! The label vocabulary: every key nodetopo writes or reads, and the typed values that need more
+//! than a number or a name.
+//!
+//! This is the only place a key is spelled. The agent writes [`Key`]s under its prefix, the
+//! extender reads them back, `manifests topology` names them as levels, and `docs/labels.md` is
+//! their contract: keys are only ever added (see [`Key`]). Boolean values are Rust's `bool`
+//! text (`true`, `false`); the fabric state is [`FabricState`]'s lowercase name.
+
+use strum::IntoEnumIterator;
+
+use super::syntax::{LabelError, LabelKey};
+use crate::model::LinkLayer;
+// The fabric state's label value is its `Display`/`FromStr` form.
+pub use crate::model::FabricState;
+
+/// The agent's default key prefix.
+pub const DEFAULT_PREFIX: &str = "nodetopo.io";
+
+/// The node label every scheduler uses for the host level (written by the kubelet; nodetopo
+/// names it as the narrowest topology level).
+pub const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// A label nodetopo writes, under the configured prefix (`<prefix>/<name>`).
+///
+/// Public contract: a variant's name is never changed or removed. A renamed key gets a new
+/// variant and the old one stays, written as an alias, for at least one minor release.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
+pub enum Key {
+    /// Number of GPUs NVML sees.
+    #[strum(serialize = "gpu.count")]
+    GpuCount,
+    /// The GPU product name, or `mixed`.
+    #[strum(serialize = "gpu.product")]
+    GpuProduct,
+    /// The smallest GPU memory, in MiB.
+    #[strum(serialize = "gpu.memory-mib")]
+    GpuMemoryMib,
+    /// The architecture family (`hopper`, `blackwell`, ...).
+    #[strum(serialize = "gpu.family")]
+    GpuFamily,
+    /// The compute capability, `major.minor`.
+    #[strum(serialize = "gpu.compute")]
+    GpuCompute,
+    /// The kernel driver version.
+    #[strum(serialize = "gpu.driver")]
+    GpuDriver,
+    /// The highest CUDA version the driver supports.
+    #[strum(serialize = "cuda.driver")]
+    CudaDriver,
+    /// The fewest NVLinks of any GPU.
+    #[strum(serialize = "nvlink.links")]
+    NvlinkLinks,
+    /// Whether GPUs reach each other through NVSwitch.
+    #[strum(serialize = "nvlink.switch")]
+    NvlinkSwitch,
+    /// Whether every GPU pair is P2P over NVLink.
+    #[strum(serialize = "nvlink.all-to-all")]
+    NvlinkAllToAll,
+    /// The multi-node NVLink state ([`FabricState`]).
+    #[strum(serialize = "nvlink.fabric")]
+    NvlinkFabric,
+    /// `<ClusterUUID>.<CliqueId>`, only when the fabric is ready.
+    #[strum(serialize = "nvlink.domain")]
+    NvlinkDomain,
+    /// The multi-node NVLink cluster (ClusterUUID).
+    #[strum(serialize = "nvlink.cluster")]
+    NvlinkCluster,
+    /// Active RDMA ports.
+    #[strum(serialize = "rdma.count")]
+    RdmaCount,
+    /// The link layer of the active RDMA ports ([`LinkLayerValue`]).
+    #[strum(serialize = "rdma.link-layer")]
+    RdmaLinkLayer,
+    /// The slowest active RDMA port, in Gb/s.
+    #[strum(serialize = "rdma.rate-gbps")]
+    RdmaRateGbps,
+    /// The InfiniBand subnet prefix, `:` written as `-`.
+    #[strum(serialize = "rdma.ib-subnet")]
+    RdmaIbSubnet,
+    /// Whether GPUDirect RDMA is ready.
+    #[strum(serialize = "rdma.gpudirect")]
+    RdmaGpudirect,
+    /// Whether every GPU has a rail NIC of its own on its PCIe switch.
+    #[strum(serialize = "rdma.rail-aligned")]
+    RdmaRailAligned,
+}
+
+impl Key {
+    /// The name after the prefix, e.g. `gpu.count`.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// The full key under `prefix`, e.g. `nodetopo.io/gpu.count`.
+    pub fn under(self, prefix: &str) -> String {
+        format!("{prefix}/{}", self.name())
+    }
+
+    /// The full key under `prefix`, checked.
+    pub fn label_key(self, prefix: &str) -> Result<LabelKey, LabelError> {
+        LabelKey::new(Some(prefix), self.name())
+    }
+
+    /// Every key, in declaration order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        Self::iter()
+    }
+}
+
+/// The value of [`Key::RdmaLinkLayer`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "lowercase")]
+pub enum LinkLayerValue {
+    /// Every active port is InfiniBand.
+    Infiniband,
+    /// Every active port is Ethernet (RoCE).
+    Ethernet,
+    /// Both; GPU rails are usually InfiniBand, with an Ethernet front-end port.
+    Mixed,
+}
+
+impl LinkLayerValue {
+    /// The value for a node with `ib` InfiniBand and `eth` Ethernet active ports.
+    pub fn from_ports(ib: bool, eth: bool) -> Option<Self> {
+        match (ib, eth) {
+            (true, true) => Some(Self::Mixed),
+            (true, false) => Some(Self::Infiniband),
+            (false, true) => Some(Self::Ethernet),
+            (false, false) => None,
+        }
+    }
+
+    /// The link layer GPU traffic uses: `mixed` counts as InfiniBand.
+    pub fn gpu_link_layer(self) -> LinkLayer {
+        match self {
+            Self::Infiniband | Self::Mixed => LinkLayer::Infiniband,
+            Self::Ethernet => LinkLayer::Ethernet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_key_is_valid_distinct_and_parses_back() {
+        let names: BTreeSet<&str> = Key::all().map(Key::name).collect();
+        assert_eq!(names.len(), Key::all().count());
+        for k in Key::all() {
+            k.label_key(DEFAULT_PREFIX).unwrap();
+            assert_eq!(k.name().parse::<Key>().unwrap(), k);
+            assert_eq!(k.under("x.io"), format!("x.io/{k}"));
+        }
+        LabelKey::parse(HOSTNAME).unwrap();
+    }
+
+    #[test]
+    fn values_round_trip() {
+        for v in [
+            LinkLayerValue::Infiniband,
+            LinkLayerValue::Ethernet,
+            LinkLayerValue::Mixed,
+        ] {
+            assert_eq!(v.to_string().parse::<LinkLayerValue>().unwrap(), v);
+        }
+        assert!("ib".parse::<LinkLayerValue>().is_err());
+        for s in [
+            FabricState::Unknown,
+            FabricState::None,
+            FabricState::Pending,
+            FabricState::Ready,
+            FabricState::Degraded,
+            FabricState::Inconsistent,
+            FabricState::Error,
+        ] {
+            assert_eq!(s.to_string().parse::<FabricState>().unwrap(), s);
+            assert_eq!(s.to_string(), s.as_str());
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Label syntax: the one validator of keys, values and prefixes, by the Kubernetes API server's
+//! rules. [`LabelKey`] and [`LabelValue`] can only hold what the server accepts.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// Longest label name and label value.
+const MAX_NAME: usize = 63;
+/// Longest key prefix (a DNS subdomain).
+const MAX_PREFIX: usize = 253;
+
+/// Why a label key, value or prefix is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum LabelError {
+    /// The name part of a key is empty, too long or has invalid characters.
+    #[error(
+        "invalid label name {0:?}: want at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends"
+    )]
+    Name(String),
+    /// The value is too long or has invalid characters.
+    #[error(
+        "invalid label value {0:?}: want at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends, or empty"
+    )]
+    Value(String),
+    /// The prefix is not a DNS subdomain.
+    #[error("invalid label prefix {0:?}: want a DNS subdomain of at most 253 characters")]
+    Prefix(String),
+    /// A compatibility label set that nodetopo does not know.
+    #[error("unknown compatibility label set {0:?} (expected topograph or gfd-clique)")]
+    UnknownCompat(String),
+}
+
+/// True for `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?` of at most 63 characters.
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// True for a lowercase RFC 1123 DNS subdomain of at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= MAX_PREFIX
+        && s.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+                && b.iter().all(|c| alnum(c) || *c == b'-')
+        })
+}
+
+/// A valid label key: an optional DNS-subdomain prefix and a name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelKey {
+    prefix: Option<String>,
+    name: String,
+}
+
+impl LabelKey {
+    /// A key `prefix/name`, checked.
+    pub fn new(prefix: Option<&str>, name: &str) -> Result<Self, LabelError> {
+        if let Some(p) = prefix {
+            if !is_dns_subdomain(p) {
+                return Err(LabelError::Prefix(p.to_string()));
+            }
+        }
+        if !is_label_name(name) {
+            return Err(LabelError::Name(name.to_string()));
+        }
+        Ok(Self {
+            prefix: prefix.map(str::to_string),
+            name: name.to_string(),
+        })
+    }
+
+    /// Parses `prefix/name` or `name`.
+    pub fn parse(key: &str) -> Result<Self, LabelError> {
+        match key.split_once('/') {
+            Some((p, n)) => Self::new(Some(p), n),
+            None => Self::new(None, key),
+        }
+    }
+
+    /// The name part.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for LabelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.prefix {
+            Some(p) => write!(f, "{p}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A valid label value: empty, or a label name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelValue(String);
+
+impl LabelValue {
+    /// A value, checked.
+    pub fn new(v: &str) -> Result<Self, LabelError> {
+        if v.is_empty() || is_label_name(v) {
+            Ok(Self(v.to_string()))
+        } else {
+            Err(LabelError::Value(v.to_string()))
+        }
+    }
+
+    /// Turns any text into a value: invalid characters become `-`, the result is cut to 63
+    /// characters and trimmed of non-alphanumerics at both ends. `None` when nothing is left.
+    pub fn sanitize(text: &str) -> Option<Self> {
+        let replaced: String = text
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        // Every char is ASCII now, so byte slicing is safe.
+        let cut = &trimmed[..trimmed.len().min(MAX_NAME)];
+        let v = cut.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        (!v.is_empty()).then(|| Self(v.to_string()))
+    }
+
+    /// The value text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LabelValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        for good in [
+            "kubernetes.io/hostname",
+            "example.com/nvlink.domain",
+            "plain",
+            "a.b-c/x_y.z",
+        ] {
+            let k = LabelKey::parse(good).unwrap();
+            assert_eq!(k.to_string(), good);
+        }
+        for bad in [
+            "",
+            "/name",
+            "Upper.io/x",
+            "p.io/",
+            "p.io/-x",
+            "p.io/x-",
+            "p.io/a b",
+            "a/b/c",
+            &format!("p.io/{}", "x".repeat(64)),
+        ] {
+            assert!(LabelKey::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn subdomains() {
+        assert!(is_dns_subdomain("example.com"));
+        assert!(is_dns_subdomain("a-1.b"));
+        assert!(!is_dns_subdomain("a..b"));
+        assert!(!is_dns_subdomain("-a.b"));
+        assert!(!is_dns_subdomain("A.b"));
+        assert!(!is_dns_subdomain(&"a".repeat(254)));
+    }
+}
