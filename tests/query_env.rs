@@ -174,6 +174,10 @@ fn env_file_matches_probe_for_each_selection_and_order() {
             "{vars:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("reordered"),
+            "the agent's own hints, in CUDA order, are used"
+        );
         let got = sourced(&file);
         let want = probe_env(probe_gpus, dir.path());
         assert!(got.contains_key("NCCL_IB_HCA"), "{vars:?}: {got:?}");

@@ -70,7 +70,7 @@ fn no_label_key_literal_outside_the_vocabulary() {
 #[test]
 fn the_guard_sees_a_literal() {
     // The scan above would catch a key written out in code.
-    let names = vec!["gpu.count".to_string()];
+    let names = ["gpu.count".to_string()];
     let line = r#"let k = format!("{p}/gpu.count");"#;
     assert!(names.iter().any(|k| line.contains(&format!("/{k}\""))));
     assert_eq!(code_of("a\n#[cfg(test)]\nb"), "a\n");
