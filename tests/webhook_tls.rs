@@ -1,5 +1,6 @@
 //! The webhook's serving certificate from PEM files (made with openssl, as a Secret would hold
-//! them): loaded, replaced on renewal, and kept when a renewal is unusable.
+//! them): loaded, replaced on renewal, and kept when a renewal is unusable; and the flags of
+//! `nodetopo webhook` checked before it connects anywhere.
 
 use std::{path::Path, process::Command};
 
@@ -79,4 +80,44 @@ fn certificate_is_reloaded_when_renewed_and_kept_when_broken() {
     // Missing files are an error at start.
     let e = ReloadingCert::new(&d.join("nope.crt"), &d.join("tls.key")).unwrap_err();
     assert!(e.to_string().contains("nope.crt"), "{e}");
+}
+
+#[test]
+fn bad_flags_name_the_flag_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make(d, "flags");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+            .arg("webhook")
+            .args(args)
+            .env("KUBECONFIG", d.join("no-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let crt = format!("--tls-cert={}", d.join("tls.crt").display());
+    let key = format!("--tls-key={}", d.join("tls.key").display());
+    let err = run(&[&crt, &key, "--keys", "nvlink.domain,gpu.bogus"]);
+    assert!(
+        err.contains("--keys") && err.contains("not a nodetopo label"),
+        "{err}"
+    );
+    let err = run(&[&crt, &key, "--pod-label-prefix", "Bad_Prefix"]);
+    assert!(
+        err.contains("--pod-label-prefix") && err.contains("Bad_Prefix"),
+        "{err}"
+    );
+    let err = run(&[&crt, &key, "--block-label", "a/b/c"]);
+    assert!(err.contains("--block-label"), "{err}");
+    let err = run(&["--tls-cert=/nonexistent/tls.crt", &key]);
+    assert!(
+        err.contains("--tls-cert") && err.contains("/nonexistent/tls.crt"),
+        "{err}"
+    );
+    // Valid flags get as far as the Kubernetes client, which has no configuration here.
+    let err = run(&[&crt, &key, "--block-label", "network.example.com/leaf=leaf"]);
+    assert!(err.contains("Kubernetes API"), "{err}");
 }

@@ -101,7 +101,8 @@ for bad in ({"agnet": {}}, {"compatLabels": ["gfd"]}, {"agent": {"interval": "so
             {"admissionPolicy": {"enabled": "yes"}}, {"agent": {"maxUnavailable": "ten"}},
             {"webhook": {"tls": {"mode": "vault"}}}, {"webhook": {"keys": ["nvlink domain"]}},
             {"webhook": {"tls": {"mode": "secret", "secretName": "", "caBundle": ""}}},
-            {"webhook": {"blockLabels": ["Leaf Label"]}}, {"webhook": {"timeoutSeconds": 60}}):
+            {"webhook": {"blockLabels": ["Leaf Label"]}}, {"webhook": {"timeoutSeconds": 60}},
+            {"webhook": {"keys": []}}):
     v = copy.deepcopy(values)
     for k, x in bad.items():
         v[k] = {**v[k], **x} if isinstance(x, dict) and isinstance(v.get(k), dict) else x
