@@ -19,7 +19,7 @@ use nodetopo::{
         placement::{MemoryPlacementIndex, PlacedPod, PlacementIndex, PodEvent},
         policy::Weights,
         view::{ClusterView, LabelKeys, SharedView, ViewEvent},
-        wire::ExtenderArgs,
+        wire::ExtenderRequest,
     },
     model::{Fabric, FabricState, Gpu, LinkLayer, Nic, NicPort, NodeTopology, PortState},
 };
@@ -88,7 +88,7 @@ fn pod(name: &str, lws: &str, role: &str, node: Option<&str>) -> Pod {
     .unwrap_or_default()
 }
 
-fn setup() -> (Extender, ExtenderArgs) {
+fn setup() -> (Extender, ExtenderRequest) {
     let topologies: Vec<NodeTopology> = (0..NODES).map(topology).collect();
     let json_bytes: usize = topologies
         .iter()
@@ -142,7 +142,7 @@ fn setup() -> (Extender, ExtenderArgs) {
         }));
     }
     let ext = Extender::new(view, placements, Weights::default());
-    let args = ExtenderArgs {
+    let args = ExtenderRequest {
         pod: Some(pod("d-4", "m-decode", "decode", None)),
         nodes: None,
         node_names: Some((0..NODES).map(|i| format!("node-{i:05}")).collect()),
@@ -193,10 +193,7 @@ fn free_port() -> std::io::Result<u16> {
 fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     use std::time::{Duration, Instant};
 
-    use nodetopo::extender::{
-        grpc::GrpcConnector,
-        source::{Backoff, watch_agent},
-    };
+    use nodetopo::extender::{grpc::GrpcConnector, source::watch_agent};
 
     let dir = tempfile::tempdir()?;
     let fixture = concat!(
@@ -242,7 +239,7 @@ fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
         grpc,
         Arc::new(GrpcConnector),
         view.clone(),
-        Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
+        nodetopo::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
         stop_rx,
     ));
     let driver = |v: &SharedView| {

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use nodetopo::probe::{Prober, gpu::ProbeOptions, sysfs::SysfsRoot};
+use nodetopo::probe::{Prober, nvml::prober::ProbeOptions, sysfs::SysfsRoot};
 
 struct Sample {
     wall: Duration,

@@ -8,9 +8,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use nodetopo::model::Source;
 use nodetopo::probe::{
     Prober,
-    gpu::{GpuProber, ProbeOptions},
-    network, rdma,
-    snapshot::NvmlSnapshot,
+    nvml::prober::{GpuProber, ProbeOptions},
+    nvml::snapshot::NvmlSnapshot,
+    rdma,
     sysfs::SysfsRoot,
 };
 
@@ -33,12 +33,12 @@ fn bench(c: &mut Criterion) {
         .retain(|s| matches!(s.source, Source::Nvml | Source::Fabric));
 
     c.bench_function("rdma sysfs probe (10 NICs)", |b| {
-        b.iter(|| rdma::probe(&root))
+        b.iter(|| rdma::sysfs::probe(&root))
     });
     c.bench_function("rdma side of a probe (10 NICs, 8 GPUs)", |b| {
         b.iter(|| {
             let mut t = base.clone();
-            network::fill(&root, &mut t);
+            rdma::fill(&root, &mut t);
             t
         })
     });

@@ -4,11 +4,12 @@
 //! policy ([`labels`]) and renderers ([`render`]) turn it into output; the [`agent`] keeps it
 //! current and publishes it over gRPC ([`api`]), as node labels ([`node_labels`]) and as [`metrics`].
 #![deny(missing_docs)]
-// FFI is confined to the modules that need it (NVML in `probe::nvml_live`); each opts in.
+// FFI is confined to the modules that need it (NVML in `probe::nvml::live`); each opts in.
 #![deny(unsafe_code)]
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod deploy;
 pub mod extender;
 pub mod hints;

@@ -21,6 +21,7 @@ use k8s_openapi::{
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::{
     labels::Labels,
     metrics::Metrics,
@@ -29,43 +30,6 @@ use crate::{
 
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "nodetopo";
-
-/// Exponential backoff with full jitter. The jitter draw is passed in, so the policy is pure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// A backoff starting at `base`, capped at `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        debug_assert!(base <= max);
-        Self {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The delay before the next attempt: a random point (`jitter` in `[0, 1)`) in the upper half
-    /// of `base * 2^attempt`, capped at `max`.
-    pub fn next_delay(&mut self, jitter: f64) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let j = jitter.clamp(0.0, 1.0);
-        exp.mul_f64(0.5 + 0.5 * j)
-    }
-
-    /// Back to the first delay, after a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
 
 /// The SSA body: a Node with only its name and the labels.
 pub fn apply_body(node: &str, labels: &Labels) -> Node {
@@ -207,7 +171,7 @@ impl NodeLabeler {
                             }
                         }
                         Err(e) => {
-                            let delay = backoff.next_delay(rand::random::<f64>());
+                            let delay = backoff.next_random_delay();
                             tracing::warn!(node = %self.node, error = &e as &dyn std::error::Error, retry_in = ?delay, "node label write failed");
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}

@@ -13,9 +13,9 @@ use nodetopo::{
     model::{Connection, FabricState, MigMode, NodeTopology, P2pStatus},
     probe::{
         Prober,
-        gpu::{GpuProber, ProbeOptions},
-        nvml_live::LiveNvml,
-        snapshot::NvmlSnapshot,
+        nvml::live::LiveNvml,
+        nvml::prober::{GpuProber, ProbeOptions},
+        nvml::snapshot::NvmlSnapshot,
         sysfs::SysfsRoot,
     },
 };
@@ -243,7 +243,7 @@ fn live_probe_matches_pynvml() {
         let level = p["common_ancestor"].as_u64().unwrap();
         assert_eq!(
             mine.pcie,
-            nodetopo::probe::gpu::pcie_level(level as u32),
+            nodetopo::probe::nvml::prober::pcie_level(level as u32),
             "ancestor {a}-{b}"
         );
         assert_ne!(mine.pcie, Connection::Unknown);

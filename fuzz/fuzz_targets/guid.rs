@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodetopo::probe::rdma::{parse_guid, parse_lid};
+use nodetopo::probe::rdma::sysfs::{parse_guid, parse_lid};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {

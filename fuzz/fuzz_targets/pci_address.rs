@@ -3,13 +3,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodetopo::probe::{pci::PciAddress, sysfs::sysfs_bdf};
+use nodetopo::model::PciAddress;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
         if let Some(a) = PciAddress::parse(s) {
             assert_eq!(PciAddress::parse(&a.to_string()), Some(a));
         }
-        let _ = sysfs_bdf(s);
     }
 });

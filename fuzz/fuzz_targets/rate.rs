@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodetopo::probe::rdma::parse_rate_gbps;
+use nodetopo::probe::rdma::sysfs::parse_rate_gbps;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {

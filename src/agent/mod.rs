@@ -22,14 +22,15 @@ use tokio::{
 
 use crate::{
     api::{self, Published, ServerLimits, TopologyApi},
+    backoff::Backoff,
     labels::{self, LabelConfig, Labels},
     metrics::Metrics,
     model::NodeTopology,
-    node_labels::{Backoff, NodeEvent, NodeLabeler, WriteError},
+    node_labels::{NodeEvent, NodeLabeler, WriteError},
     probe::{
         Prober,
-        gpu::{GpuProber, ProbeOptions},
-        snapshot::NvmlSnapshot,
+        nvml::prober::{GpuProber, ProbeOptions},
+        nvml::snapshot::NvmlSnapshot,
         sysfs::SysfsRoot,
     },
 };
@@ -227,7 +228,7 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
                         attempt,
                         "label write failed; retrying"
                     );
-                    tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
+                    tokio::time::sleep(backoff.next_random_delay()).await;
                 }
                 Err(e) => return Err(AgentError::Labels(e)),
             }

@@ -7,6 +7,7 @@ pub mod wire;
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
+use prost::bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -23,17 +24,14 @@ use crate::{
     },
 };
 
-/// One published state: the model and its wire form, converted once for every reader.
+/// One published state: the model, and its wire body encoded at most once, on first use, for
+/// every Get caller and watcher. Watchers are sent only new revisions, and a probe whose state
+/// nobody reads is never encoded.
 #[derive(Debug, Clone)]
 pub struct Published {
     /// The topology.
     pub topo: NodeTopology,
-    /// The same topology as a proto message.
-    pub wire: pb::NodeTopology,
-    /// The Get response for this state, encoded once for every caller.
-    pub get: wire::GetNodeTopologyResponse,
-    /// The watch message for this state, encoded once for every watcher.
-    pub watch: wire::WatchNodeTopologyResponse,
+    body: Arc<std::sync::OnceLock<Bytes>>,
 }
 
 impl Default for Published {
@@ -46,15 +44,32 @@ impl Default for Published {
 impl Published {
     /// Publishes `topo`.
     pub fn new(topo: NodeTopology) -> Self {
-        let wire = pb::NodeTopology::from(&topo);
-        let get = wire::GetNodeTopologyResponse::pre_encoded(&wire);
-        let watch = wire::WatchNodeTopologyResponse::pre_encoded(&wire);
         Self {
             topo,
-            wire,
-            get,
-            watch,
+            body: Arc::default(),
         }
+    }
+
+    /// The encoded response body (field 1: the topology), shared by Get and Watch.
+    fn body(&self) -> Bytes {
+        self.body
+            .get_or_init(|| wire::encode_body(&pb::NodeTopology::from(&self.topo)))
+            .clone()
+    }
+
+    /// The Get response for this state.
+    pub fn get_response(&self) -> wire::GetNodeTopologyResponse {
+        wire::GetNodeTopologyResponse::from_body(self.body())
+    }
+
+    /// The watch message for this state.
+    pub fn watch_message(&self) -> wire::WatchNodeTopologyResponse {
+        wire::WatchNodeTopologyResponse::from_body(self.body())
+    }
+
+    /// True once the body was encoded (tests and benchmarks).
+    pub fn is_encoded(&self) -> bool {
+        self.body.get().is_some()
     }
 }
 
@@ -137,7 +152,7 @@ impl TopologyService for TopologyApi {
         _: Request<pb::GetNodeTopologyRequest>,
     ) -> Result<Response<pb::GetNodeTopologyResponse>, Status> {
         let cur = self.state.borrow().clone();
-        Ok(Response::new(cur.get.clone()))
+        Ok(Response::new(cur.get_response()))
     }
 
     type WatchNodeTopologyStream = WatchStream;
@@ -168,7 +183,7 @@ impl TopologyService for TopologyApi {
                     let cur = rx.borrow_and_update().clone();
                     if cur.topo.revision > last {
                         last = cur.topo.revision;
-                        slot.send(Ok(cur.watch.clone()));
+                        slot.send(Ok(cur.watch_message()));
                         break;
                     }
                     tokio::select! {

@@ -150,3 +150,17 @@ async fn hints_unknown_gpu_is_invalid_argument() {
         .into_inner();
     assert_eq!(ok.revision, 1);
 }
+
+#[test]
+fn a_state_is_encoded_once_and_only_when_read() {
+    use prost::Message;
+    let p = Published::clone(&topo(3));
+    assert!(!p.is_encoded(), "nobody read it yet");
+    let get = p.get_response().encode_to_vec();
+    assert!(p.is_encoded());
+    // Get and Watch send the same body, and a clone shares the encoding.
+    let copy = p.clone();
+    assert_eq!(copy.watch_message().encode_to_vec(), get);
+    let back = pb::GetNodeTopologyResponse::decode(get.as_slice()).unwrap();
+    assert_eq!(back.topology.unwrap().revision, 3);
+}

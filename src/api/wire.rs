@@ -15,6 +15,14 @@ use prost::{
 
 use crate::proto::v1::NodeTopology;
 
+/// The field both hand-written messages implement: `NodeTopology topology = 1;`. A test checks
+/// it against the compiled proto, field for field, so a field added there fails the build's tests
+/// instead of being dropped on the wire.
+pub const FIELDS: &[(&str, u32, &str)] = &[("topology", TOPOLOGY_TAG, ".nodetopo.v1.NodeTopology")];
+
+/// The tag of `topology`.
+const TOPOLOGY_TAG: u32 = 1;
+
 /// Defines a response message whose only field (1) is the topology, with a pre-encoded form.
 macro_rules! topology_response {
     ($(#[$doc:meta])* $name:ident) => {
@@ -38,9 +46,14 @@ macro_rules! topology_response {
 
             /// A response encoded once now; every clone sends the same bytes.
             pub fn pre_encoded(topology: &NodeTopology) -> Self {
+                Self::from_body(encode_body(topology))
+            }
+
+            /// A response whose body (from [`encode_body`]) is already encoded.
+            pub fn from_body(body: Bytes) -> Self {
                 Self {
                     topology: None,
-                    encoded: Some(encode_body(topology)),
+                    encoded: Some(body),
                 }
             }
         }
@@ -58,7 +71,7 @@ macro_rules! topology_response {
             fn encode_raw(&self, buf: &mut impl BufMut) {
                 match (&self.encoded, &self.topology) {
                     (Some(bytes), _) => buf.put_slice(bytes),
-                    (None, Some(t)) => message::encode(1, t, buf),
+                    (None, Some(t)) => message::encode(TOPOLOGY_TAG, t, buf),
                     (None, None) => {}
                 }
             }
@@ -70,7 +83,7 @@ macro_rules! topology_response {
                 buf: &mut impl Buf,
                 ctx: DecodeContext,
             ) -> Result<(), prost::DecodeError> {
-                if tag == 1 {
+                if tag == TOPOLOGY_TAG {
                     self.encoded = None;
                     message::merge(
                         wire_type,
@@ -86,7 +99,7 @@ macro_rules! topology_response {
             fn encoded_len(&self) -> usize {
                 match (&self.encoded, &self.topology) {
                     (Some(bytes), _) => bytes.len(),
-                    (None, Some(t)) => message::encoded_len(1, t),
+                    (None, Some(t)) => message::encoded_len(TOPOLOGY_TAG, t),
                     (None, None) => 0,
                 }
             }
@@ -99,10 +112,10 @@ macro_rules! topology_response {
     };
 }
 
-/// Field 1 holding `topology`, encoded.
-fn encode_body(topology: &NodeTopology) -> Bytes {
-    let mut buf = Vec::with_capacity(message::encoded_len(1, topology));
-    message::encode(1, topology, &mut buf);
+/// Field 1 holding `topology`, encoded: the body of both responses.
+pub fn encode_body(topology: &NodeTopology) -> Bytes {
+    let mut buf = Vec::with_capacity(message::encoded_len(TOPOLOGY_TAG, topology));
+    message::encode(TOPOLOGY_TAG, topology, &mut buf);
     Bytes::from(buf)
 }
 
@@ -146,6 +159,43 @@ mod tests {
         let pre = GetNodeTopologyResponse::pre_encoded(&topo());
         let back = GetNodeTopologyResponse::decode(pre.encode_to_vec().as_slice()).unwrap();
         assert_eq!(back.topology, Some(topo()));
+    }
+
+    #[test]
+    fn hand_written_messages_match_the_proto_field_for_field() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        let fds =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let messages: Vec<_> = fds
+            .file
+            .iter()
+            .filter(|f| f.package() == "nodetopo.v1")
+            .flat_map(|f| &f.message_type)
+            .collect();
+        for name in ["GetNodeTopologyResponse", "WatchNodeTopologyResponse"] {
+            let m = messages
+                .iter()
+                .find(|m| m.name() == name)
+                .unwrap_or_else(|| panic!("{name} is not in the proto"));
+            let fields: Vec<(&str, u32, &str)> = m
+                .field
+                .iter()
+                .map(|f| {
+                    assert_eq!(f.r#type(), Type::Message, "{name}.{}", f.name());
+                    assert_eq!(f.label(), Label::Optional, "{name}.{}", f.name());
+                    assert!(f.oneof_index.is_none(), "{name}.{}", f.name());
+                    (f.name(), f.number() as u32, f.type_name())
+                })
+                .collect();
+            assert_eq!(
+                fields, FIELDS,
+                "{name} in the proto differs from src/api/wire.rs: change the hand-written type"
+            );
+            assert!(
+                m.nested_type.is_empty() && m.oneof_decl.is_empty(),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use nodetopo::{
     agent::{self, AgentConfig, GpuSource},
     api::ServerLimits,
     labels::LabelConfig,
-    probe::gpu::ProbeOptions,
+    probe::nvml::prober::ProbeOptions,
 };
 
 /// Flags of `nodetopo agent`.

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
+use nodetopo::backoff::Backoff;
 use nodetopo::extender::{
     Extender,
     cluster::ClusterSource,
@@ -12,9 +13,7 @@ use nodetopo::extender::{
     placement::{MemoryPlacementIndex, PlacementIndex},
     policy::Weights,
     server::{self, ServerConfig},
-    source::{
-        AgentConnector, AgentEndpoints, Backoff, FileConnector, SchemeConnector, watch_agent,
-    },
+    source::{AgentConnector, AgentEndpoints, FileConnector, SchemeConnector, watch_agent},
     view::{ClusterView, LabelKeys, SharedView, ViewEvent},
 };
 use tokio::sync::watch;

@@ -9,9 +9,9 @@ use nodetopo::{
     labels::LabelConfig,
     probe::{
         Prober,
-        gpu::{GpuProber, ProbeOptions},
-        nvml_live::LiveNvml,
-        snapshot::NvmlSnapshot,
+        nvml::live::LiveNvml,
+        nvml::prober::{GpuProber, ProbeOptions},
+        nvml::snapshot::NvmlSnapshot,
         sysfs::SysfsRoot,
     },
     render::{self, Format},

@@ -61,7 +61,7 @@ impl Default for LevelOptions {
 
 /// One topology level: a node label key and the Grove domain name it stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Level {
+pub struct TopologyLevel {
     /// The node label key.
     pub node_label: String,
     /// Grove's name for the level (`^[a-z][a-z0-9-]*$`).
@@ -69,7 +69,7 @@ pub struct Level {
 }
 
 /// The levels, broad to narrow, with every key checked against Kubernetes' label rules.
-pub fn levels(opts: &LevelOptions) -> Result<Vec<Level>, DeployError> {
+pub fn levels(opts: &LevelOptions) -> Result<Vec<TopologyLevel>, DeployError> {
     let prefix = opts.label_prefix.trim_end_matches('/');
     if !is_dns_subdomain(prefix) {
         return Err(DeployError::InvalidLabelKey(LabelError::Prefix(
@@ -77,22 +77,22 @@ pub fn levels(opts: &LevelOptions) -> Result<Vec<Level>, DeployError> {
         )));
     }
     let mut out = vec![
-        Level {
+        TopologyLevel {
             node_label: Key::NvlinkCluster.under(prefix),
             domain: "rack",
         },
-        Level {
+        TopologyLevel {
             node_label: Key::NvlinkDomain.under(prefix),
             domain: "clique",
         },
     ];
     if let Some(block) = opts.block_label.as_deref().filter(|b| !b.is_empty()) {
-        out.push(Level {
+        out.push(TopologyLevel {
             node_label: block.to_string(),
             domain: "leaf",
         });
     }
-    out.push(Level {
+    out.push(TopologyLevel {
         node_label: HOSTNAME.to_string(),
         domain: "host",
     });
@@ -109,7 +109,7 @@ pub fn levels(opts: &LevelOptions) -> Result<Vec<Level>, DeployError> {
 pub fn topology_object(
     scheduler: Scheduler,
     name: &str,
-    levels: &[Level],
+    levels: &[TopologyLevel],
 ) -> Result<Value, DeployError> {
     if !is_dns_subdomain(name) {
         return Err(DeployError::InvalidName(name.to_string()));
@@ -191,7 +191,7 @@ mod tests {
         k
     }
 
-    fn default_levels() -> Vec<Level> {
+    fn default_levels() -> Vec<TopologyLevel> {
         levels(&LevelOptions::default()).unwrap()
     }
 
@@ -310,7 +310,7 @@ mod tests {
         ));
     }
 
-    fn levels_with_prefix(prefix: &str) -> Vec<Level> {
+    fn levels_with_prefix(prefix: &str) -> Vec<TopologyLevel> {
         levels(&LevelOptions {
             label_prefix: prefix.into(),
             block_label: None,

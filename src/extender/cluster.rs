@@ -27,9 +27,10 @@ use tokio_stream::StreamExt;
 use super::{
     group::pod_key,
     placement::{PlacedPod, PlacementIndex, PodEvent},
-    source::{AgentConnector, Backoff, watch_agent},
+    source::{AgentConnector, watch_agent},
     view::{SharedView, ViewEvent},
 };
+use crate::backoff::Backoff;
 
 /// The agent endpoint of a node: its first InternalIP and the agent port.
 pub fn node_endpoint(node: &Node, port: u16) -> Option<String> {

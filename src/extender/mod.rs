@@ -28,7 +28,7 @@ pub mod wire;
 use placement::PlacementIndex;
 use policy::{Candidate, Domain, GroupDomain, Held, PodContext, ScoreBreakdown, Weights};
 use view::SharedView;
-use wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, HostPriorityList};
+use wire::{ExtenderFilterResult, ExtenderRequest, HostPriority, HostPriorityList};
 
 /// How long a group's domain stays reserved after its first member passed the filter, unless
 /// every member has passed before.
@@ -189,7 +189,7 @@ impl Extender {
 
     /// Filters and scores the request's candidates. Unknown nodes are rejected with a reason.
     /// Explaining reserves nothing.
-    pub fn evaluate(&self, args: &ExtenderArgs) -> Explanation {
+    pub fn evaluate(&self, args: &ExtenderRequest) -> Explanation {
         self.evaluate_with(args, usize::MAX, false)
     }
 
@@ -223,7 +223,7 @@ impl Extender {
     /// [`Self::evaluate`]; the rejected map holds at most `reasons` nodes (0 for prioritize,
     /// [`FILTER_REASONS`] for filter; the rest are counted in `rejected_more`); with
     /// `reserve` a domain chosen for a group's first member is reserved (filter).
-    fn evaluate_with(&self, args: &ExtenderArgs, reasons: usize, reserve: bool) -> Explanation {
+    fn evaluate_with(&self, args: &ExtenderRequest, reasons: usize, reserve: bool) -> Explanation {
         let names = args.candidate_names();
         let labels = args.node_labels();
         self.remember_request_nodes(&labels);
@@ -370,7 +370,7 @@ impl Extender {
 
     /// The `filter` verb. The rejections move into the result; the returned explanation keeps
     /// the scores.
-    pub fn filter(&self, args: &ExtenderArgs) -> (ExtenderFilterResult, Explanation) {
+    pub fn filter(&self, args: &ExtenderRequest) -> (ExtenderFilterResult, Explanation) {
         let mut ex = self.evaluate_with(args, FILTER_REASONS, true);
         let keep: std::collections::BTreeSet<String> =
             ex.scores.iter().map(|s| s.node.clone()).collect();
@@ -395,7 +395,7 @@ impl Extender {
     }
 
     /// The `prioritize` verb: every candidate gets a score; rejected ones get 0.
-    pub fn prioritize(&self, args: &ExtenderArgs) -> (HostPriorityList, Explanation) {
+    pub fn prioritize(&self, args: &ExtenderRequest) -> (HostPriorityList, Explanation) {
         let ex = self.evaluate_with(args, 0, false);
         let by_node: BTreeMap<&str, i64> = ex
             .scores

@@ -16,7 +16,7 @@ use axum::{
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
-use super::{Extender, placement::PodEvent, wire::ExtenderArgs};
+use super::{Extender, placement::PodEvent, wire::ExtenderRequest};
 
 /// Default request body limit: 16 MiB (a full NodeList of 5,000 nodes fits).
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -60,17 +60,17 @@ fn bad_request(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(ErrorBody { error: msg })).into_response()
 }
 
-fn parse_args(body: &[u8]) -> Result<ExtenderArgs, Box<Response>> {
-    let args: ExtenderArgs = serde_json::from_slice(body)
-        .map_err(|e| Box::new(bad_request(format!("malformed ExtenderArgs JSON: {e}"))))?;
+fn parse_args(body: &[u8]) -> Result<ExtenderRequest, Box<Response>> {
+    let args: ExtenderRequest = serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(format!("malformed ExtenderRequest JSON: {e}"))))?;
     if args.pod.is_none() {
         return Err(Box::new(bad_request(
-            "malformed ExtenderArgs: Pod is missing".into(),
+            "malformed ExtenderRequest: Pod is missing".into(),
         )));
     }
     if args.nodes.is_none() && args.node_names.is_none() {
         return Err(Box::new(bad_request(
-            "malformed ExtenderArgs: neither Nodes nor NodeNames is set".into(),
+            "malformed ExtenderRequest: neither Nodes nor NodeNames is set".into(),
         )));
     }
     Ok(args)

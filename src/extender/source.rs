@@ -22,6 +22,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::view::{SharedView, ViewEvent};
+use crate::backoff::Backoff;
 use crate::model::NodeTopology;
 
 /// A boxed future.
@@ -79,38 +80,6 @@ pub trait AgentConnector: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Box<dyn TopologyStream>, SourceError>>;
 }
 
-/// Exponential backoff with a cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `base` and doubles up to `max` (`max` is raised to `base` if smaller).
-    pub fn new(base: Duration, max: Duration) -> Self {
-        let base = base.max(Duration::from_millis(1));
-        Self {
-            base,
-            max: max.max(base),
-            next: base,
-        }
-    }
-
-    /// The delay before the next attempt; doubles the one after.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    /// Back to `base` after a success.
-    pub fn reset(&mut self) {
-        self.next = self.base;
-    }
-}
-
 /// Watches one node's agent until `stop` turns true: applies each topology to the view, marks
 /// the node stale whenever the connection or stream fails, and retries with backoff.
 pub async fn watch_agent(
@@ -155,7 +124,7 @@ pub async fn watch_agent(
         });
         // Start from scratch after a reconnect so that a restarted agent is not skipped.
         revision = 0;
-        let delay = backoff.next_delay();
+        let delay = backoff.next_random_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,

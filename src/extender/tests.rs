@@ -87,15 +87,15 @@ fn lws_pod(lws: &str, group: u32, index: u32, size: u32) -> Pod {
     .unwrap()
 }
 
-fn names_args(pod: &Pod, nodes: &[String]) -> ExtenderArgs {
-    ExtenderArgs {
+fn names_args(pod: &Pod, nodes: &[String]) -> ExtenderRequest {
+    ExtenderRequest {
         pod: Some(pod.clone()),
         nodes: None,
         node_names: Some(nodes.to_vec()),
     }
 }
 
-fn full_args(pod: &Pod, nodes: &[(String, BTreeMap<String, String>)]) -> ExtenderArgs {
+fn full_args(pod: &Pod, nodes: &[(String, BTreeMap<String, String>)]) -> ExtenderRequest {
     let items: Vec<serde_json::Value> = nodes
         .iter()
         .map(|(n, l)| serde_json::json!({"metadata": {"name": n, "labels": l}}))
@@ -106,7 +106,7 @@ fn full_args(pod: &Pod, nodes: &[(String, BTreeMap<String, String>)]) -> Extende
     .unwrap()
 }
 
-fn kept(ext: &Extender, args: &ExtenderArgs) -> Vec<String> {
+fn kept(ext: &Extender, args: &ExtenderRequest) -> Vec<String> {
     let (r, _) = ext.filter(args);
     match (r.node_names, r.nodes) {
         (Some(n), _) => n,

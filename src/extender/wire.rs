@@ -15,11 +15,11 @@ pub type NodeList = k8s_openapi::List<Node>;
 /// The highest score an extender may return for a host.
 pub const MAX_EXTENDER_PRIORITY: i64 = 10;
 
-/// What kube-scheduler sends to `filter` and `prioritize`.
+/// What kube-scheduler sends to `filter` and `prioritize` (its `ExtenderArgs` type).
 ///
 /// With `nodeCacheCapable: true` the scheduler fills `NodeNames`; otherwise it fills `Nodes`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ExtenderArgs {
+pub struct ExtenderRequest {
     /// The pod being scheduled.
     #[serde(rename = "Pod", default)]
     pub pod: Option<Pod>,
@@ -31,7 +31,7 @@ pub struct ExtenderArgs {
     pub node_names: Option<Vec<String>>,
 }
 
-impl ExtenderArgs {
+impl ExtenderRequest {
     /// The candidate node names, in request order, whichever mode the request uses.
     pub fn candidate_names(&self) -> std::borrow::Cow<'_, [String]> {
         if let Some(names) = &self.node_names {
@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn parses_names_only_args() {
         let j = r#"{"Pod":{"metadata":{"name":"p","namespace":"ns"}},"Nodes":null,"NodeNames":["a","b"]}"#;
-        let a: ExtenderArgs = serde_json::from_str(j).unwrap();
+        let a: ExtenderRequest = serde_json::from_str(j).unwrap();
         assert_eq!(a.candidate_names().as_ref(), ["a", "b"]);
         assert!(a.node_labels().is_empty());
     }
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn parses_full_nodes_args() {
         let j = r#"{"Pod":{"metadata":{"name":"p"}},"Nodes":{"items":[{"metadata":{"name":"a","labels":{"x":"y"}}}]}}"#;
-        let a: ExtenderArgs = serde_json::from_str(j).unwrap();
+        let a: ExtenderRequest = serde_json::from_str(j).unwrap();
         assert_eq!(a.candidate_names().as_ref(), ["a"]);
         assert_eq!(a.node_labels()["a"]["x"], "y");
     }

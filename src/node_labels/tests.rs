@@ -7,6 +7,7 @@ use kube::client::Body;
 use tower_test::mock;
 
 use super::*;
+use crate::backoff::Backoff;
 use crate::labels::{LabelConfig, LabelKey, LabelValue};
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
@@ -241,19 +242,6 @@ async fn shutdown_abandons_an_in_flight_write() {
         .await
         .expect("in-flight write abandoned at once")
         .unwrap();
-}
-
-#[test]
-fn backoff_grows_with_jitter_and_caps() {
-    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-    assert_eq!(b.next_delay(1.0), Duration::from_millis(100));
-    assert_eq!(b.next_delay(0.0), Duration::from_millis(100));
-    assert_eq!(b.next_delay(1.0), Duration::from_millis(400));
-    for _ in 0..40 {
-        assert!(b.next_delay(1.0) <= Duration::from_secs(1));
-    }
-    b.reset();
-    assert_eq!(b.next_delay(0.0), Duration::from_millis(50));
 }
 
 #[test]

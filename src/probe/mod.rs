@@ -4,25 +4,17 @@
 //! Every probe reports its outcome as a [`SourceStatus`](crate::model::SourceStatus); a failing
 //! source never aborts the others.
 
-pub mod fabric;
-pub mod gpu;
-pub mod gpudirect;
-pub mod network;
 pub mod nvml;
-pub mod nvml_live;
 pub mod pci;
 pub mod rdma;
-pub mod snapshot;
 pub mod sysfs;
-#[cfg(feature = "verbs")]
-pub mod verbs;
 
 use std::time::SystemTime;
 
 use crate::model::{Fabric, FabricState, NodeTopology, Source, SourceStatus};
 
 use self::{
-    gpu::{GpuProber, ProbeOptions},
+    nvml::prober::{GpuProber, ProbeOptions},
     sysfs::SysfsRoot,
 };
 
@@ -52,7 +44,7 @@ impl Prober {
         options: ProbeOptions,
         nvml_lib: Option<&std::ffi::OsStr>,
     ) -> Self {
-        let gpu = nvml_live::LiveNvml::init(nvml_lib)
+        let gpu = nvml::live::LiveNvml::init(nvml_lib)
             .map(|n| GpuProber::new(Box::new(n), options))
             .map_err(|e| format!("NVML is not available: {e}"));
         Self::new(gpu, sysfs, node_name)
@@ -91,7 +83,7 @@ impl Prober {
                     .push(SourceStatus::failed(Source::Fabric, "not probed: no NVML"));
             }
         }
-        network::fill(&self.sysfs, &mut topo);
+        rdma::fill(&self.sysfs, &mut topo);
         topo
     }
 }

@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashSet,
-    fmt, io,
+    io,
     path::{Component, Path, PathBuf},
 };
 
@@ -17,61 +17,9 @@ use crate::model::{
     Connection, Gpu, GpuNicAffinity, GpuPair, Nic, PortState, RailPair, RailPairing,
 };
 
-use super::sysfs::{SysfsRoot, sysfs_bdf};
+pub use crate::model::PciAddress;
 
-/// A PCI function address `domain:bus:device.function`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PciAddress {
-    /// PCI domain (segment).
-    pub domain: u32,
-    /// Bus number.
-    pub bus: u8,
-    /// Device number (0..=31).
-    pub device: u8,
-    /// Function number (0..=7).
-    pub function: u8,
-}
-
-impl PciAddress {
-    /// Parses the sysfs form `0000:1b:00.0` (also NVML's `00000000:1B:00.0`). `None` for
-    /// anything else.
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut parts = s.trim().split(':');
-        let (d, b, df) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || d.is_empty() || d.len() > 8 || b.len() != 2 {
-            return None;
-        }
-        let (dev, func) = df.split_once('.')?;
-        if dev.len() != 2 || func.len() != 1 {
-            return None;
-        }
-        let hex = |x: &str| x.chars().all(|c| c.is_ascii_hexdigit());
-        if !(hex(d) && hex(b) && hex(dev) && hex(func)) {
-            return None;
-        }
-        let device = u8::from_str_radix(dev, 16).ok()?;
-        let function = u8::from_str_radix(func, 16).ok()?;
-        if device > 0x1f || function > 7 {
-            return None;
-        }
-        Some(Self {
-            domain: u32::from_str_radix(d, 16).ok()?,
-            bus: u8::from_str_radix(b, 16).ok()?,
-            device,
-            function,
-        })
-    }
-}
-
-impl fmt::Display for PciAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.device, self.function
-        )
-    }
-}
+use super::sysfs::SysfsRoot;
 
 /// Parses a Linux cpulist (`0-3,8,10-11`, as in `local_cpulist`). `None` when malformed, when a
 /// range is reversed, or when it names a CPU above 65535 (no such machine; keeps memory bounded).
@@ -203,7 +151,9 @@ impl PciPath {
 
     /// Resolves `bus/pci/devices/<bdf>` under `root` (any address form [`sysfs_bdf`] accepts).
     pub fn resolve(root: &SysfsRoot, bdf: &str) -> Result<Self, PciError> {
-        let bdf = sysfs_bdf(bdf).ok_or_else(|| PciError::BadAddress(bdf.to_string()))?;
+        let bdf = PciAddress::parse(bdf)
+            .ok_or_else(|| PciError::BadAddress(bdf.to_string()))?
+            .to_string();
         let link = root.pci_device(&bdf);
         let real = resolve_link(&link).map_err(|source| PciError::Resolve {
             bdf: bdf.clone(),

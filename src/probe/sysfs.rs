@@ -37,11 +37,7 @@ impl SysfsRoot {
 
     /// Reads an attribute file, trimmed. `Ok(None)` when the file does not exist.
     pub fn read_attr(&self, path: &Path) -> io::Result<Option<String>> {
-        match std::fs::read_to_string(path) {
-            Ok(s) => Ok(Some(s.trim().to_string())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        read_attr(path)
     }
 
     /// The device directory of a PCI function, `bus/pci/devices/<bdf>`.
@@ -59,19 +55,69 @@ impl SysfsRoot {
     }
 }
 
-/// Converts NVML's bus id (`00000000:00:06.0`, upper-case hex, 8-digit domain) to the sysfs
-/// form (`0000:00:06.0`). Returns `None` for text that is not a PCI address.
-pub fn sysfs_bdf(nvml_bus_id: &str) -> Option<String> {
-    let mut parts = nvml_bus_id.trim().splitn(3, ':');
-    let domain = u32::from_str_radix(parts.next()?, 16).ok()?;
-    let bus = u8::from_str_radix(parts.next()?, 16).ok()?;
-    let (dev, func) = parts.next()?.split_once('.')?;
-    let dev = u8::from_str_radix(dev, 16).ok()?;
-    let func = u8::from_str_radix(func, 16).ok()?;
-    if dev > 0x1f || func > 7 {
-        return None;
+/// Reads one sysfs attribute, trimmed; `Ok(None)` when it does not exist. sysfs hands out an
+/// attribute (at most a page) in one read, so this does open, one read and close, which matters
+/// for GID tables of 255 entries per RoCE port. Longer files are read to the end.
+pub fn read_attr(path: &Path) -> std::io::Result<Option<String>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    read_open(&mut f)
+}
+
+/// Reads an open attribute file: one `read` for the usual small attribute, trimmed; not UTF-8
+/// is an `InvalidData` error.
+fn read_open(f: &mut std::fs::File) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let n = f.read(&mut buf)?;
+    let mut bytes = buf[..n].to_vec();
+    if n == buf.len() {
+        f.read_to_end(&mut bytes)?;
     }
-    Some(format!("{domain:04x}:{bus:02x}:{dev:02x}.{func:x}"))
+    String::from_utf8(bytes)
+        .map(|s| Some(s.trim().to_string()))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Reads many attributes of one directory (a GID table) with the directory opened once, so
+/// each entry costs an `openat` of one name instead of a walk of the whole path.
+pub(crate) struct DirAttrs {
+    dir: Option<rustix::fd::OwnedFd>,
+    path: std::path::PathBuf,
+}
+
+impl DirAttrs {
+    pub(crate) fn open(path: &Path) -> Self {
+        use rustix::fs::{CWD, Mode, OFlags, openat};
+        let dir = openat(
+            CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok();
+        Self {
+            dir,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Like [`read_attr`] for `<dir>/<name>`.
+    pub(crate) fn read(&self, name: &str) -> std::io::Result<Option<String>> {
+        use rustix::fs::{Mode, OFlags, openat};
+        let Some(dir) = &self.dir else {
+            return read_attr(&self.path.join(name));
+        };
+        let fd = match openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        read_open(&mut std::fs::File::from(fd))
+    }
 }
 
 #[cfg(test)]
@@ -79,21 +125,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bdf_conversion() {
-        assert_eq!(
-            sysfs_bdf("00000000:00:06.0").as_deref(),
-            Some("0000:00:06.0")
-        );
-        assert_eq!(
-            sysfs_bdf("00000000:1B:00.0").as_deref(),
-            Some("0000:1b:00.0")
-        );
-        assert_eq!(
-            sysfs_bdf("00010000:C1:00.1").as_deref(),
-            Some("10000:c1:00.1")
-        );
-        assert_eq!(sysfs_bdf("garbage"), None);
-        assert_eq!(sysfs_bdf("0000:00:20.0"), None);
+    fn nvml_and_sysfs_addresses_are_one_type() {
+        let a = |s: &str| crate::model::PciAddress::parse(s).map(|a| a.to_string());
+        assert_eq!(a("00000000:00:06.0").as_deref(), Some("0000:00:06.0"));
+        assert_eq!(a("00000000:1B:00.0").as_deref(), Some("0000:1b:00.0"));
+        assert_eq!(a("00010000:C1:00.1").as_deref(), Some("10000:c1:00.1"));
+        assert_eq!(a("garbage"), None);
+        assert_eq!(a("0000:00:20.0"), None);
+        // The two parsers this replaces disagreed on the short form; now it is refused.
+        assert_eq!(a("0:0:6.0"), None);
     }
 
     #[test]

@@ -91,7 +91,7 @@ async fn malformed_json_is_400_with_a_message() {
     let app = router(ext(), ServerConfig::default());
     let (s, b) = call(app, "POST", "/filter", "{not json".into()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(String::from_utf8_lossy(&b).contains("malformed ExtenderArgs JSON"));
+    assert!(String::from_utf8_lossy(&b).contains("malformed ExtenderRequest JSON"));
     let app = router(ext(), ServerConfig::default());
     let (s, b) = call(
         app.clone(),

@@ -1,18 +1,8 @@
 use std::sync::Mutex;
 
 use super::*;
+use crate::backoff::Backoff;
 use crate::extender::view::{ClusterView, Freshness, LabelKeys};
-
-#[test]
-fn backoff_doubles_to_the_cap_and_resets() {
-    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-    assert_eq!(b.next_delay(), Duration::from_millis(100));
-    assert_eq!(b.next_delay(), Duration::from_millis(200));
-    assert_eq!(b.next_delay(), Duration::from_millis(350));
-    assert_eq!(b.next_delay(), Duration::from_millis(350));
-    b.reset();
-    assert_eq!(b.next_delay(), Duration::from_millis(100));
-}
 
 #[test]
 fn agents_file_yaml_and_json() {

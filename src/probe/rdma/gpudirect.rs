@@ -7,7 +7,7 @@
 
 use crate::model::GpuDirect;
 
-use super::sysfs::SysfsRoot;
+use crate::probe::sysfs::SysfsRoot;
 
 /// What the node shows about GPUDirect RDMA.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

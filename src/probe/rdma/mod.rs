@@ -7,24 +7,25 @@ use std::time::Instant;
 
 use crate::model::{NodeTopology, Source, SourceStatus};
 
-use super::{
-    gpudirect::{self, GpuDirectFacts},
-    pci,
-    rdma::{self, RdmaProbe},
-    sysfs::SysfsRoot,
-};
+pub mod gpudirect;
+pub mod sysfs;
+#[cfg(feature = "verbs")]
+pub mod verbs;
+
+use self::{gpudirect::GpuDirectFacts, sysfs::RdmaProbe};
+use super::{pci, sysfs::SysfsRoot};
 
 /// Probes the NICs under `root` and fills the RDMA part of `topo` (whose GPUs must already be
 /// set). With the `verbs` feature every NIC is also checked through ibverbs.
 pub fn fill(root: &SysfsRoot, topo: &mut NodeTopology) {
     let start = Instant::now();
     #[allow(unused_mut)]
-    let mut rdma = rdma::probe(root);
+    let mut rdma = sysfs::probe(root);
     rdma.took = start.elapsed();
     #[cfg(feature = "verbs")]
     let verbs = {
         let start = Instant::now();
-        let status = super::verbs::check(&super::verbs::Ibverbs, &mut rdma.nics);
+        let status = verbs::check(&verbs::Ibverbs, &mut rdma.nics);
         Some(status.took(start.elapsed()))
     };
     #[cfg(not(feature = "verbs"))]

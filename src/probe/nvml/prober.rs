@@ -14,19 +14,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::model::PciAddress;
 use crate::model::{
     Connection, DriverInfo, Fabric, Gpu, GpuFamily, GpuPair, MigMode, NvLink, NvLinkRemoteType,
     P2pStatus, Source, SourceStatus, cpulist_from_mask,
 };
 
 use super::{
-    fabric,
-    nvml::{
-        DeviceIdentity, Fact, NvmlFailure, NvmlSource, RawNvLink, cuda_version_string,
-        nvlink_version_name,
-    },
-    sysfs::{SysfsRoot, sysfs_bdf},
+    DeviceIdentity, Fact, NvmlFailure, NvmlSource, RawNvLink, cuda_version_string, fabric,
+    nvlink_version_name,
 };
+use crate::probe::sysfs::SysfsRoot;
 
 /// Options for the GPU probe.
 #[derive(Debug, Clone, Copy, Default)]
@@ -245,7 +243,8 @@ impl GpuProber {
                     Ok(n) => i32::try_from(n).ok(),
                     Err(e) => {
                         problems.note(format!("GPU {index} NUMA node"), &e);
-                        sysfs_bdf(&id.pci_bus_id).and_then(|bdf| sysfs.pci_numa_node(&bdf))
+                        PciAddress::parse(&id.pci_bus_id)
+                            .and_then(|a| sysfs.pci_numa_node(&a.to_string()))
                     }
                 };
                 let cpu_affinity = match self.src.cpu_affinity(index) {
@@ -411,14 +410,14 @@ fn all_switch(g: &Gpu) -> bool {
 
 /// Number of `a`'s active links whose far end is `b`.
 fn direct_links(a: &Gpu, b: &Gpu) -> u32 {
-    let target = sysfs_bdf(&b.pci_bus_id);
+    let target = PciAddress::parse(&b.pci_bus_id);
     a.nvlinks
         .iter()
         .filter(|l| l.remote_type == NvLinkRemoteType::Gpu)
         .filter(|l| {
             l.remote_pci_bus_id
                 .as_deref()
-                .and_then(sysfs_bdf)
+                .and_then(PciAddress::parse)
                 .is_some_and(|r| Some(r) == target)
         })
         .count() as u32
@@ -446,11 +445,11 @@ mod tests {
 
     use super::*;
     use crate::probe::{
+        nvml::snapshot::NvmlSnapshot,
         nvml::{FailureKind, RawFabric},
-        snapshot::NvmlSnapshot,
     };
 
-    const H200: &str = include_str!("../../tests/fixtures/h200x4-hgx/snapshot.json");
+    const H200: &str = include_str!("../../../tests/fixtures/h200x4-hgx/snapshot.json");
 
     /// Counts the expensive and static calls made through it.
     struct Counting {

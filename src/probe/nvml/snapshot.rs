@@ -8,9 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::nvml::{
-    DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink,
-};
+use super::{DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink};
 
 /// Current snapshot format version.
 pub const SNAPSHOT_FORMAT: u32 = 1;

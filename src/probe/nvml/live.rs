@@ -21,9 +21,7 @@ use nvml_wrapper_sys::bindings::{
     nvmlIntNvLinkDeviceType_t,
 };
 
-use super::nvml::{
-    DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink,
-};
+use super::{DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink};
 
 /// NVML return codes used here (nvml.h).
 const NVML_SUCCESS: u32 = 0;

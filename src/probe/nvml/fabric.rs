@@ -8,7 +8,7 @@
 
 use crate::model::{Fabric, FabricHealth, FabricRegistration, FabricState, GpuFabricInfo};
 
-use super::nvml::{Fact, RawFabric};
+use super::{Fact, RawFabric};
 
 const STATE_NOT_SUPPORTED: u8 = 0;
 const STATE_NOT_STARTED: u8 = 1;

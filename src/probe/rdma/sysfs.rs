@@ -8,7 +8,7 @@ use std::{fs, path::Path};
 
 use crate::model::{Gid, LinkLayer, Nic, NicPort, PortState, Source, SourceStatus};
 
-use super::sysfs::SysfsRoot;
+use crate::probe::sysfs::{DirAttrs, SysfsRoot, read_attr};
 
 /// Upper bound on GID table entries read per port (the hardware has at most a few hundred).
 const MAX_GIDS: u32 = 4096;
@@ -156,71 +156,6 @@ impl GidValue {
     }
 }
 
-/// Reads one sysfs attribute, trimmed; `Ok(None)` when it does not exist. sysfs hands out an
-/// attribute (at most a page) in one read, so this does open, one read and close, which matters
-/// for GID tables of 255 entries per RoCE port. Longer files are read to the end.
-fn read_attr(path: &Path) -> std::io::Result<Option<String>> {
-    let mut f = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    read_open(&mut f)
-}
-
-/// Reads an open attribute file: one `read` for the usual small attribute, trimmed; not UTF-8
-/// is an `InvalidData` error.
-fn read_open(f: &mut fs::File) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let mut buf = [0u8; 4096];
-    let n = f.read(&mut buf)?;
-    let mut bytes = buf[..n].to_vec();
-    if n == buf.len() {
-        f.read_to_end(&mut bytes)?;
-    }
-    String::from_utf8(bytes)
-        .map(|s| Some(s.trim().to_string()))
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Reads many attributes of one directory (a GID table) with the directory opened once, so
-/// each entry costs an `openat` of one name instead of a walk of the whole path.
-struct DirAttrs {
-    dir: Option<rustix::fd::OwnedFd>,
-    path: std::path::PathBuf,
-}
-
-impl DirAttrs {
-    fn open(path: &Path) -> Self {
-        use rustix::fs::{CWD, Mode, OFlags, openat};
-        let dir = openat(
-            CWD,
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok();
-        Self {
-            dir,
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// Like [`read_attr`] for `<dir>/<name>`.
-    fn read(&self, name: &str) -> std::io::Result<Option<String>> {
-        use rustix::fs::{Mode, OFlags, openat};
-        let Some(dir) = &self.dir else {
-            return read_attr(&self.path.join(name));
-        };
-        let fd = match openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        read_open(&mut fs::File::from(fd))
-    }
-}
-
 /// Reads attributes of one item and collects one message per failure.
 struct Reader<'a> {
     errors: &'a mut Vec<String>,
@@ -359,7 +294,7 @@ fn probe_device(dir: &Path, name: &str, errors: &mut Vec<String>) -> Nic {
     match real_dev {
         Ok(pci) => {
             let leaf = pci.file_name().and_then(|f| f.to_str()).unwrap_or_default();
-            match super::pci::PciAddress::parse(leaf) {
+            match crate::model::PciAddress::parse(leaf) {
                 Some(a) => nic.pci_address = a.to_string(),
                 None => r.errors.push(format!(
                     "{name}: device link leads to {leaf:?}, not a PCI function"
@@ -599,9 +534,8 @@ mod tests {
             let _ = parse_lid(&s);
             let _ = parse_guid(&s);
             let _ = GidValue::parse(&s).map(|g| (g.text(), g.prefix(), g.is_ipv4_mapped()));
-            let _ = super::super::pci::PciAddress::parse(&s);
-            let _ = super::super::pci::parse_cpulist(&s);
-            let _ = super::super::sysfs::sysfs_bdf(&s);
+            let _ = crate::model::PciAddress::parse(&s);
+            let _ = crate::probe::pci::parse_cpulist(&s);
         }
 
         #[test]
@@ -612,8 +546,8 @@ mod tests {
             let _ = parse_lid(&s);
             let _ = parse_guid(&s);
             let _ = GidValue::parse(&s);
-            let _ = super::super::pci::PciAddress::parse(&s);
-            let _ = super::super::pci::parse_cpulist(&s);
+            let _ = crate::model::PciAddress::parse(&s);
+            let _ = crate::probe::pci::parse_cpulist(&s);
         }
 
         #[test]

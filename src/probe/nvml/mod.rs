@@ -6,6 +6,11 @@
 //! Facts are kept raw (NVML's own numeric codes) so that snapshots record what the driver said,
 //! not what we made of it.
 
+pub mod fabric;
+pub mod live;
+pub mod prober;
+pub mod snapshot;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
