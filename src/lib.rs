@@ -17,6 +17,8 @@ pub mod labels;
 pub mod metrics;
 pub mod model;
 pub mod node_labels;
+pub mod pod_env;
 pub mod probe;
 pub mod proto;
 pub mod render;
+pub mod webhook;

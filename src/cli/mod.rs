@@ -10,6 +10,8 @@ mod extender;
 mod manifests;
 mod probe;
 mod query;
+mod query_env;
+mod webhook;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +48,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Ask a running agent for its topology over gRPC.
     Query(query::QueryArgs),
+    /// Serve the admission webhook that copies topology labels from a Pod's Node onto the Pod.
+    Webhook(webhook::WebhookArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -74,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manifests(args) => manifests::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Query(args) => query::run(args),
+        Command::Webhook(args) => webhook::run(args),
     }
 }
 

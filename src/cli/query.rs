@@ -41,6 +41,8 @@ enum What {
         /// GPU indices or UUIDs; none means every GPU.
         gpus: Vec<String>,
     },
+    /// Write the placement hints of this pod's own GPUs to an env file (an init container).
+    Env(super::query_env::EnvArgs),
 }
 
 fn print(topo: &pb::NodeTopology, format: Format) -> anyhow::Result<()> {
@@ -111,10 +113,14 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        What::Env(_) => unreachable!("handled in run"),
     }
 }
 
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
+    if let What::Env(env) = args.what {
+        return super::query_env::run(&args.endpoint, env);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

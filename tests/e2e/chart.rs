@@ -210,6 +210,132 @@ async fn chart_renders_installs_and_matches_daemonset() {
     assert!(find(&no_policy, "ValidatingAdmissionPolicyBinding").is_none());
     assert!(find(&no_policy, "DaemonSet").is_some());
 
+    // The webhook, off by default; each way of getting its certificate.
+    assert!(
+        !kd.iter().any(|k| k.contains("webhook")),
+        "the webhook is off by default: {kd:?}"
+    );
+    let webhook = template(&cp, &["webhook.enabled=true"]);
+    let kw = kinds(&webhook);
+    for want in [
+        "Deployment/nodetopo-webhook",
+        "Service/nodetopo-webhook",
+        "ServiceAccount/nodetopo-webhook",
+        "ClusterRole/nodetopo-webhook",
+        "ClusterRoleBinding/nodetopo-webhook",
+        "Secret/nodetopo-webhook-tls",
+        "MutatingWebhookConfiguration/nodetopo-webhook",
+    ] {
+        assert!(
+            kw.contains(&want.to_string()),
+            "webhook render lacks {want}: {kw:?}"
+        );
+    }
+    let mwc = find(&webhook, "MutatingWebhookConfiguration").unwrap();
+    let secret = find(&webhook, "Secret").unwrap();
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2);
+    for h in hooks {
+        assert_eq!(h["failurePolicy"], "Ignore");
+        assert_eq!(h["timeoutSeconds"], 2);
+        assert_eq!(h["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
+        assert_eq!(h["clientConfig"]["service"]["name"], "nodetopo-webhook");
+        assert_eq!(
+            h["namespaceSelector"]["matchLabels"]["nodetopo.io/pod-topology"],
+            "enabled"
+        );
+    }
+    assert_eq!(
+        hooks[0]["rules"][0]["resources"],
+        serde_json::json!(["pods/binding"])
+    );
+    assert!(
+        hooks[0].get("objectSelector").is_none(),
+        "bindings carry no pod labels"
+    );
+    assert_eq!(
+        hooks[1]["rules"][0]["resources"],
+        serde_json::json!(["pods"])
+    );
+    let cm = template(
+        &cp,
+        &["webhook.enabled=true", "webhook.tls.mode=certManager"],
+    );
+    let kc = kinds(&cm);
+    assert!(
+        kc.contains(&"Certificate/nodetopo-webhook".to_string()),
+        "{kc:?}"
+    );
+    assert!(
+        kc.contains(&"Issuer/nodetopo-webhook".to_string()),
+        "{kc:?}"
+    );
+    assert!(
+        find(&cm, "Secret").is_none(),
+        "cert-manager writes the Secret"
+    );
+    let cm_mwc = find(&cm, "MutatingWebhookConfiguration").unwrap();
+    assert_eq!(
+        cm_mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "nodetopo/nodetopo-webhook"
+    );
+    assert!(
+        cm_mwc["webhooks"][0]["clientConfig"]
+            .get("caBundle")
+            .is_none()
+    );
+    let cm_issuer = template(
+        &cp,
+        &[
+            "webhook.enabled=true",
+            "webhook.tls.mode=certManager",
+            "webhook.tls.certManager.issuerRef.name=corp-ca",
+            "webhook.tls.certManager.issuerRef.kind=ClusterIssuer",
+        ],
+    );
+    assert!(find(&cm_issuer, "Issuer").is_none());
+    assert_eq!(
+        find(&cm_issuer, "Certificate").unwrap()["spec"]["issuerRef"]["name"],
+        "corp-ca"
+    );
+    let own = template(
+        &cp,
+        &[
+            "webhook.enabled=true",
+            "webhook.tls.mode=secret",
+            "webhook.tls.secretName=my-tls",
+            "webhook.tls.caBundle=Q0E=",
+        ],
+    );
+    assert!(find(&own, "Secret").is_none() && find(&own, "Certificate").is_none());
+    let own_dep = find(&own, "Deployment").unwrap();
+    assert_eq!(
+        own_dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "my-tls"
+    );
+    assert_eq!(
+        find(&own, "MutatingWebhookConfiguration").unwrap()["webhooks"][1]["clientConfig"]["caBundle"],
+        "Q0E="
+    );
+    // A secret mode without its Secret fails the values schema.
+    let bad = cp
+        .helm_cmd()
+        .args([
+            "template",
+            "nodetopo",
+            &chart(),
+            "--set",
+            "webhook.enabled=true",
+            "--set",
+            "webhook.tls.mode=secret",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !bad.status.success(),
+        "secret mode without secretName rendered"
+    );
+
     // daemonset/ against the server, before the chart owns anything: a server-side dry run of
     // both kustomizations, and the objects compared with the chart's defaults as the server
     // returns them (defaults filled in, helm's own labels dropped).
@@ -267,7 +393,49 @@ async fn chart_renders_installs_and_matches_daemonset() {
         "monitoring.podMonitor.enabled=true",
         "--set",
         "compatLabels={topograph}",
+        "--set",
+        "webhook.enabled=true",
     ]);
+    // An upgrade keeps the self-signed pair, so the caBundle stays the Secret's CA.
+    let ca_of = || {
+        let s: Value = serde_json::from_str(&cp.kubectl(&[
+            "get",
+            "secret",
+            "nodetopo-webhook-tls",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        let m: Value = serde_json::from_str(&cp.kubectl(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            "nodetopo-webhook",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        assert_eq!(
+            s["data"]["ca.crt"],
+            m["webhooks"][0]["clientConfig"]["caBundle"]
+        );
+        s["data"]["ca.crt"].as_str().unwrap().to_string()
+    };
+    let ca_before = ca_of();
+    cp.helm(&[
+        "upgrade",
+        "nodetopo",
+        &chart(),
+        "--namespace",
+        NS,
+        "--reuse-values",
+    ]);
+    assert_eq!(
+        ca_of(),
+        ca_before,
+        "helm upgrade regenerated the webhook CA"
+    );
     let manifest = docs(&cp.helm(&["get", "manifest", "nodetopo", "--namespace", NS]));
     assert!(manifest.len() >= 12, "{:?}", kinds(&manifest));
     for o in &manifest {
@@ -317,6 +485,7 @@ fn is_cluster_scoped(kind: &str) -> bool {
             | "ClusterRoleBinding"
             | "ValidatingAdmissionPolicy"
             | "ValidatingAdmissionPolicyBinding"
+            | "MutatingWebhookConfiguration"
             | "Namespace"
             | "CustomResourceDefinition"
     )

@@ -397,6 +397,65 @@ impl ControlPlane {
         p
     }
 
+    /// A serving certificate for 127.0.0.1 signed by the API server's CA ([`Self::ca`]), for a
+    /// webhook that the API server calls: the certificate and key paths.
+    pub fn serving_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let ossl = |args: &[&str]| {
+            run_ok(Command::new("openssl").current_dir(d).args(args));
+        };
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        ossl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &key,
+        ]);
+        ossl(&[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={name}"),
+            "-out",
+            &csr,
+        ]);
+        fs::write(
+            d.join(&ext),
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+        (d.join(crt), d.join(key))
+    }
+
     /// Requests written to the audit log by `user`, as (verb, resource, name, response code).
     pub fn audited(&self, user: &str) -> Vec<AuditEntry> {
         let text = fs::read_to_string(&self.audit_log).unwrap_or_default();

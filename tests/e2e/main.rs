@@ -13,3 +13,4 @@ mod common;
 mod harness;
 mod scheduler;
 mod topology;
+mod webhook;

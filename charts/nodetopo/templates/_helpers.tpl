@@ -53,3 +53,16 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 {{- end -}}
 [{{ join ", " $keys }}]
 {{- end -}}
+
+{{- define "nodetopo.webhookServiceAccount" -}}
+{{- default (printf "%s-webhook" (include "nodetopo.fullname" .)) .Values.webhook.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The webhook's serving certificate Secret. */}}
+{{- define "nodetopo.webhookSecret" -}}
+{{- if and (eq .Values.webhook.tls.mode "secret") .Values.webhook.tls.secretName -}}
+{{- .Values.webhook.tls.secretName -}}
+{{- else -}}
+{{- printf "%s-webhook-tls" (include "nodetopo.fullname" .) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,169 @@
+//! `nodetopo webhook`: the mutating admission webhook that copies topology labels from a Pod's
+//! Node onto the Pod at binding time. Flags become a [`WebhookConfig`], then the servers run
+//! until SIGTERM or Ctrl-C.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use nodetopo::{
+    labels::{DEFAULT_PREFIX, Key},
+    webhook::{
+        metrics::WebhookMetrics,
+        mutate::{DEFAULT_KEYS, MutationConfig},
+        nodes::reflect_nodes,
+        server::{self, WebhookState},
+        tls::{self, ReloadingCert},
+    },
+};
+use tokio::sync::watch;
+
+/// Flags of `nodetopo webhook`.
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Address of the HTTPS admission endpoint (`POST /mutate`).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Address of the plain HTTP endpoints `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:9751")]
+    metrics_listen: SocketAddr,
+    /// PEM certificate chain served to the API server.
+    #[arg(long, default_value = "/etc/nodetopo/tls/tls.crt")]
+    tls_cert: PathBuf,
+    /// PEM private key of the certificate.
+    #[arg(long, default_value = "/etc/nodetopo/tls/tls.key")]
+    tls_key: PathBuf,
+    /// How often the certificate files are checked for a renewal.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    tls_reload: Duration,
+    /// Prefix of the agent's Node labels.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    label_prefix: String,
+    /// Prefix of the labels written on Pods (default: --label-prefix).
+    #[arg(long)]
+    pod_label_prefix: Option<String>,
+    /// The agent's labels to copy (names under --label-prefix), comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_key, default_values_t = DEFAULT_KEYS)]
+    keys: Vec<Key>,
+    /// A leaf or block Node label to copy as well, `KEY` or `KEY=NAME` (written as
+    /// `<pod prefix>/NAME`, NAME defaulting to the key's name part); repeatable.
+    #[arg(long, value_delimiter = ',')]
+    block_label: Vec<String>,
+}
+
+fn parse_key(s: &str) -> Result<Key, String> {
+    s.trim().parse().map_err(|_| {
+        let known: Vec<&str> = Key::all().map(Key::name).collect();
+        format!("not a nodetopo label (one of {})", known.join(", "))
+    })
+}
+
+/// Validated configuration.
+struct WebhookConfig {
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+    cert: Arc<ReloadingCert>,
+    tls_reload: Duration,
+    mutation: MutationConfig,
+}
+
+fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
+    let pod_prefix = args
+        .pod_label_prefix
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| args.label_prefix.clone());
+    let blocks: Vec<String> = args
+        .block_label
+        .into_iter()
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mutation = MutationConfig::new(&args.label_prefix, &pod_prefix, &args.keys, &blocks)
+        .context("--label-prefix, --pod-label-prefix, --keys or --block-label")?;
+    anyhow::ensure!(
+        !mutation.rules().is_empty(),
+        "--keys and --block-label name no label to copy"
+    );
+    let cert = ReloadingCert::new(&args.tls_cert, &args.tls_key).context("--tls-cert/--tls-key")?;
+    Ok(WebhookConfig {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        cert: Arc::new(cert),
+        tls_reload: args.tls_reload,
+        mutation,
+    })
+}
+
+/// Runs the webhook until a shutdown signal.
+pub fn run(args: WebhookArgs) -> anyhow::Result<()> {
+    let cfg = config(args)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cfg))
+}
+
+async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let keep: BTreeSet<String> = cfg
+        .mutation
+        .rules()
+        .iter()
+        .map(|r| r.node_key.clone())
+        .collect();
+    let (nodes, reflector) = reflect_nodes(client, keep);
+    let metrics = WebhookMetrics::new();
+    let (ready_nodes, counted) = (nodes.clone(), nodes.clone());
+    let state = WebhookState {
+        config: Arc::new(cfg.mutation),
+        nodes: Arc::new(nodes),
+        metrics: metrics.clone(),
+        ready: Arc::new(move || ready_nodes.is_ready()),
+        node_count: Arc::new(move || counted.len()),
+    };
+    let tasks = [
+        tokio::spawn(reflector),
+        tokio::spawn(cfg.cert.clone().watch(cfg.tls_reload)),
+    ];
+
+    let tls_cfg = tls::server_config(cfg.cert.clone()).context("TLS configuration")?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("--listen {}", cfg.listen))?;
+    let http = tokio::net::TcpListener::bind(cfg.metrics_listen)
+        .await
+        .with_context(|| format!("--metrics-listen {}", cfg.metrics_listen))?;
+    let local = listener.local_addr().context("local address")?;
+    let http_local = http.local_addr().context("local address")?;
+    // The first line on stdout is the admission address, so that callers can use port 0.
+    println!("listening on {local}");
+    println!("metrics on {http_local}");
+    tracing::info!(%local, %http_local, "webhook serving");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http_server = tokio::spawn(
+        axum::serve(http, server::http_router(state.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let admission = server::serve_tls(
+        listener,
+        tls_cfg,
+        server::admission_router(state),
+        async move {
+            super::extender::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        },
+    );
+    admission.await.context("serving admission requests")?;
+    let _ = http_server.await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}

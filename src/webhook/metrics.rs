@@ -1,0 +1,138 @@
+//! The webhook's metrics: admission latency and outcomes per object kind, and the Nodes held.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use super::mutate::{ObjectKind, Outcome};
+
+/// The `kind` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `binding`, `pod` or `other`.
+    pub kind: String,
+}
+
+/// The `kind` and `outcome` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `binding`, `pod` or `other`.
+    pub kind: String,
+    /// `patched`, `unchanged`, `unknown_node`, `not_bound`, `ignored` or `error`.
+    pub outcome: String,
+}
+
+/// Buckets of the admission histogram, in seconds: fine below the 2 ms target.
+const BUCKETS: [f64; 11] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
+/// Every webhook metric; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    registry: Arc<Registry>,
+    duration: Family<KindLabel, Histogram>,
+    reviews: Family<OutcomeLabels, Counter>,
+    nodes: Gauge,
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WebhookMetrics {
+    /// Registers every metric under the `nodetopo_webhook_` prefix.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("nodetopo_webhook");
+        let duration = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(BUCKETS.iter().copied())
+        });
+        r.register(
+            "admission_duration_seconds",
+            "Time from a review's body read to its answer, by object kind",
+            duration.clone(),
+        );
+        let reviews = Family::<OutcomeLabels, Counter>::default();
+        r.register(
+            "reviews",
+            "Admission reviews answered, by object kind and outcome",
+            reviews.clone(),
+        );
+        let nodes = Gauge::default();
+        r.register("nodes", "Nodes in the webhook's reflector", nodes.clone());
+        Self {
+            registry: Arc::new(r),
+            duration,
+            reviews,
+            nodes,
+        }
+    }
+
+    /// Records one review.
+    pub fn observe(&self, kind: ObjectKind, outcome: Option<&Outcome>, took: Duration) {
+        let k = kind.as_str().to_string();
+        self.duration
+            .get_or_create(&KindLabel { kind: k.clone() })
+            .observe(took.as_secs_f64());
+        self.reviews
+            .get_or_create(&OutcomeLabels {
+                kind: k,
+                outcome: outcome.map_or("error", Outcome::as_str).to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the number of Nodes held.
+    pub fn set_nodes(&self, n: usize) {
+        self.nodes.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reviews_are_counted_by_kind_and_outcome() {
+        let m = WebhookMetrics::new();
+        m.observe(
+            ObjectKind::Binding,
+            Some(&Outcome::Patched(1)),
+            Duration::from_micros(300),
+        );
+        m.observe(ObjectKind::Other, None, Duration::from_micros(30));
+        m.set_nodes(5000);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"nodetopo_webhook_reviews_total{kind="binding",outcome="patched"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"nodetopo_webhook_reviews_total{kind="other",outcome="error"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"nodetopo_webhook_admission_duration_seconds_bucket{le="0.0005",kind="binding"} 1"#
+            ) || text.contains(
+                r#"nodetopo_webhook_admission_duration_seconds_bucket{kind="binding",le="0.0005"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("nodetopo_webhook_nodes 5000"), "{text}");
+    }
+}

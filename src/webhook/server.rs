@@ -1,0 +1,151 @@
+//! The webhook's servers: `POST /mutate` (and `GET /healthz`) over TLS for the API server, and
+//! `/metrics`, `/healthz`, `/readyz` over plain HTTP for probes and Prometheus.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    metrics::WebhookMetrics,
+    mutate::{MutationConfig, NodeLabels, ObjectKind, review},
+};
+
+/// Largest accepted review body (a Pod with a large spec fits well within it).
+pub const BODY_LIMIT: usize = 4 << 20;
+/// Longest TLS handshake before a connection is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Which labels are copied.
+    pub config: Arc<MutationConfig>,
+    /// Node labels by name.
+    pub nodes: Arc<dyn NodeLabels + Send + Sync>,
+    /// Metrics.
+    pub metrics: WebhookMetrics,
+    /// True once the Node view is complete.
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Number of Nodes in the view, read at each scrape.
+    pub node_count: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// `POST /mutate` and `GET /healthz`: the router served over TLS.
+pub fn admission_router(state: WebhookState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// `/metrics`, `/healthz`, `/readyz`: the plain HTTP router.
+pub fn http_router(state: WebhookState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(state)
+}
+
+async fn mutate_handler(State(s): State<WebhookState>, body: Bytes) -> axum::response::Response {
+    let t0 = Instant::now();
+    match review(&body, s.nodes.as_ref(), &s.config) {
+        Ok(r) => {
+            s.metrics.observe(r.kind, Some(&r.outcome), t0.elapsed());
+            tracing::debug!(kind = r.kind.as_str(), outcome = ?r.outcome, "review answered");
+            Json(r.response).into_response()
+        }
+        Err(e) => {
+            s.metrics.observe(ObjectKind::Other, None, t0.elapsed());
+            tracing::warn!(error = &e as &dyn std::error::Error, "bad admission review");
+            let msg = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
+            (StatusCode::BAD_REQUEST, msg).into_response()
+        }
+    }
+}
+
+async fn metrics_handler(State(s): State<WebhookState>) -> impl IntoResponse {
+    s.metrics.set_nodes((s.node_count)());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn ready_handler(State(s): State<WebhookState>) -> impl IntoResponse {
+    if (s.ready)() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "node list not read yet\n")
+    }
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes; each connection runs in its
+/// own task, its handshake bounded in time.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = &e as &dyn std::error::Error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = &e as &dyn std::error::Error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let svc = TowerToHyperService::new(app);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = &*e as &dyn std::error::Error, "connection ended with an error");
+            }
+        });
+    }
+}
