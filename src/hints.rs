@@ -17,7 +17,7 @@ use std::fmt::Write;
 
 use thiserror::Error;
 
-use crate::model::{Connection, LinkLayer, NicPort, NodeTopology, PortState};
+use crate::model::{Connection, GidType, LinkLayer, NicPort, NodeTopology, PortState};
 
 /// A GPU named by NVML index or by UUID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +211,7 @@ impl EnvHints {
 fn roce_v2_ipv4_gid(port: &NicPort) -> Option<u32> {
     port.gids
         .iter()
-        .filter(|g| g.gid_type.eq_ignore_ascii_case("RoCE v2"))
+        .filter(|g| g.gid_type == GidType::RoceV2)
         .find(|g| g.gid.starts_with("0000:0000:0000:0000:0000:ffff:"))
         .map(|g| g.index)
 }
@@ -372,13 +372,13 @@ mod tests {
                         Gid {
                             index: 0,
                             gid: "fe80:0000:0000:0000:0000:0000:0000:0001".into(),
-                            gid_type: "IB/RoCE v1".into(),
+                            gid_type: GidType::IbRoceV1,
                             netdev: String::new(),
                         },
                         Gid {
                             index: 3,
                             gid: "0000:0000:0000:0000:0000:ffff:0a00:0001".into(),
-                            gid_type: "RoCE v2".into(),
+                            gid_type: GidType::RoceV2,
                             netdev: String::new(),
                         },
                     ],

@@ -71,6 +71,145 @@ pub struct DriverInfo {
     pub nvml_version: Option<String>,
 }
 
+/// A fixed set of values spelled as text in JSON, gRPC and labels, plus the text of any value
+/// nodetopo has no name for, kept as it came (from a newer kernel or driver).
+macro_rules! text_enum {
+    (
+        $(#[$m:meta])*
+        $name:ident {
+            $($(#[$vm:meta])* $var:ident = $text:literal,)*
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+        #[serde(from = "String", into = "String")]
+        pub enum $name {
+            $($(#[$vm])* $var,)*
+            /// A value without a name here, as read.
+            Other(String),
+        }
+
+        impl $name {
+            /// The text form.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$var => $text,)*
+                    Self::Other(s) => s,
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                match s {
+                    $($text => Self::$var,)*
+                    _ => Self::Other(s.to_string()),
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self::from(s.as_str())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.as_str().to_string()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// How GPUDirect RDMA reaches the NIC.
+    GpuDirectMethod {
+        /// Neither.
+        #[default]
+        None = "",
+        /// The `nvidia_peermem` kernel module.
+        NvidiaPeermem = "nvidia_peermem",
+        /// dma-buf (open kernel modules, kernel 5.12 or later).
+        DmaBuf = "dma-buf",
+    }
+}
+
+text_enum! {
+    /// A GID's type, as sysfs `gid_attrs/types/<index>` spells it.
+    GidType {
+        /// No type given.
+        #[default]
+        Unknown = "",
+        /// InfiniBand, or RoCE v1.
+        IbRoceV1 = "IB/RoCE v1",
+        /// RoCE v2 (routable).
+        RoceV2 = "RoCE v2",
+    }
+}
+
+text_enum! {
+    /// A port's physical state, by the kernel's name (`phys_state` is `5: LinkUp`).
+    PhysState {
+        /// Not read.
+        #[default]
+        Unknown = "",
+        /// 1.
+        Sleep = "Sleep",
+        /// 2.
+        Polling = "Polling",
+        /// 3.
+        Disabled = "Disabled",
+        /// 4.
+        PortConfigurationTraining = "PortConfigurationTraining",
+        /// 5.
+        LinkUp = "LinkUp",
+        /// 6.
+        LinkErrorRecovery = "LinkErrorRecovery",
+        /// 7 (`Phy Test`).
+        PhyTest = "PhyTest",
+    }
+}
+
+text_enum! {
+    /// One decoded NVLink fabric health problem.
+    FabricHealthProblem {
+        /// Placeholder; never produced.
+        #[default]
+        Unknown = "",
+        /// Bandwidth degraded.
+        DegradedBandwidth = "degraded-bandwidth",
+        /// Route recovery in progress.
+        RouteRecovery = "route-recovery",
+        /// A route is unhealthy.
+        RouteUnhealthy = "route-unhealthy",
+        /// Recovering from an access timeout.
+        AccessTimeoutRecovery = "access-timeout-recovery",
+        /// Incorrect system GUID.
+        IncorrectSysguid = "incorrect-sysguid",
+        /// Incorrect chassis serial number.
+        IncorrectChassisSn = "incorrect-chassis-sn",
+        /// No partition.
+        NoPartition = "no-partition",
+        /// Too few NVLinks.
+        InsufficientNvlinks = "insufficient-nvlinks",
+        /// GPU firmware incompatible with the fabric.
+        IncompatibleGpuFirmware = "incompatible-gpu-firmware",
+        /// Invalid location.
+        InvalidLocation = "invalid-location",
+        /// Health summary says unhealthy.
+        Unhealthy = "unhealthy",
+        /// Health summary says limited capacity.
+        LimitedCapacity = "limited-capacity",
+    }
+}
+
 /// GPU architecture family, derived from the compute capability.
 #[derive(
     Debug,
@@ -450,7 +589,7 @@ pub struct GpuFabricInfo {
     pub health_summary: FabricHealth,
     /// Decoded problems.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub health_problems: Vec<String>,
+    pub health_problems: Vec<FabricHealthProblem>,
 }
 
 /// The node's NVLink domain state.
@@ -614,8 +753,8 @@ pub struct NicPort {
     pub port: u32,
     /// Logical state.
     pub state: PortState,
-    /// Physical state text.
-    pub phys_state: String,
+    /// Physical state.
+    pub phys_state: PhysState,
     /// Link layer.
     pub link_layer: LinkLayer,
     /// Rate in Gb/s.
@@ -642,7 +781,7 @@ pub struct Gid {
     pub gid: String,
     /// Type.
     #[serde(rename = "type")]
-    pub gid_type: String,
+    pub gid_type: GidType,
     /// Netdev.
     pub netdev: String,
 }
@@ -704,7 +843,7 @@ pub struct GpuDirect {
     /// Ready.
     pub ready: bool,
     /// Method.
-    pub method: String,
+    pub method: GpuDirectMethod,
     /// Why.
     pub reason: String,
 }
@@ -978,5 +1117,24 @@ mod tests {
         );
         let back: NodeTopology = serde_json::from_str(&s).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn text_enums_keep_known_and_unknown_values() {
+        let g: GidType = serde_json::from_str("\"RoCE v2\"").unwrap();
+        assert_eq!(g, GidType::RoceV2);
+        let other: GidType = serde_json::from_str("\"RoCE v3\"").unwrap();
+        assert_eq!(other, GidType::Other("RoCE v3".into()));
+        assert_eq!(serde_json::to_string(&other).unwrap(), "\"RoCE v3\"");
+        assert_eq!(
+            serde_json::to_string(&GpuDirectMethod::None).unwrap(),
+            "\"\""
+        );
+        assert_eq!(GpuDirectMethod::from("dma-buf"), GpuDirectMethod::DmaBuf);
+        assert_eq!(PhysState::LinkUp.to_string(), "LinkUp");
+        assert_eq!(
+            FabricHealthProblem::from("route-recovery"),
+            FabricHealthProblem::RouteRecovery
+        );
     }
 }

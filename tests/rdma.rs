@@ -132,10 +132,10 @@ fn h100_ib_nics_and_ports() {
         assert!(!n.virtual_function && !n.bonded);
         if r == "mlx5_7" {
             assert_eq!(p.state, PortState::Down);
-            assert_eq!(p.phys_state, "Polling");
+            assert_eq!(p.phys_state.as_str(), "Polling");
         } else {
             assert_eq!(p.state, PortState::Active, "{r}");
-            assert_eq!(p.phys_state, "LinkUp");
+            assert_eq!(p.phys_state.as_str(), "LinkUp");
             assert_eq!(p.rate_gbps, 400.0);
             assert_eq!(p.sm_lid, 1);
             assert!(p.lid >= 0x20, "{r}: lid {}", p.lid);
@@ -154,7 +154,7 @@ fn h100_ib_nics_and_ports() {
     assert_eq!(s5.ports[0].rate_gbps, 200.0);
     let gids = &s4.ports[0].gids;
     assert_eq!(gids.len(), 4, "{gids:?}");
-    assert_eq!(gids[3].gid_type, "RoCE v2");
+    assert_eq!(gids[3].gid_type.as_str(), "RoCE v2");
     assert_eq!(gids[3].netdev, s4.netdevs[0]);
     assert!(gids[3].gid.starts_with("0000:0000:0000:0000:0000:ffff:"));
 }
@@ -200,7 +200,7 @@ fn h100_ib_affinity_pairing_and_gpudirect() {
         assert_eq!(*p, (g as u32, H100_RAILS[g], 1, want));
     }
     assert!(t.gpudirect.ready);
-    assert_eq!(t.gpudirect.method, "nvidia_peermem");
+    assert_eq!(t.gpudirect.method.as_str(), "nvidia_peermem");
     assert!(source(&t, "gpudirect").ok);
 }
 
@@ -284,7 +284,7 @@ fn h100_roce_and_bond() {
         bond.ports[0]
             .gids
             .iter()
-            .all(|g| g.netdev == "bond0" && !g.gid_type.is_empty())
+            .all(|g| g.netdev == "bond0" && !g.gid_type.as_str().is_empty())
     );
     for r in H100_RAILS {
         let n = nic(&t, r);
@@ -303,7 +303,7 @@ fn h100_roce_and_bond() {
     assert!(t.rail_pairing.pairs.iter().all(|p| p.nic != "mlx5_bond_0"));
     // dma-buf: no nvidia_peermem, kernel 6.8 with nvidia and ib_uverbs.
     assert!(t.gpudirect.ready);
-    assert_eq!(t.gpudirect.method, "dma-buf");
+    assert_eq!(t.gpudirect.method.as_str(), "dma-buf");
     assert!(
         t.gpudirect.reason.contains("6.8.0"),
         "{}",

@@ -41,7 +41,9 @@ fn is_empty(t: &NodeTopology, s: Section) -> bool {
         Section::Fabric => matches!(t.fabric.state, FabricState::Unknown | FabricState::None),
         Section::Nics => t.nics.is_empty(),
         Section::Pci => t.gpu_nic_affinity.is_empty() && t.rail_pairing.pairs.is_empty(),
-        Section::GpuDirect => t.gpudirect.method.is_empty() && !t.gpudirect.ready,
+        Section::GpuDirect => {
+            t.gpudirect.method == crate::model::GpuDirectMethod::None && !t.gpudirect.ready
+        }
     }
 }
 

@@ -151,7 +151,7 @@ impl From<&m::NodeTopology> for p::NodeTopology {
             }),
             gpudirect: Some(p::GpuDirect {
                 ready: t.gpudirect.ready,
-                method: t.gpudirect.method.clone(),
+                method: t.gpudirect.method.to_string(),
                 reason: t.gpudirect.reason.clone(),
             }),
         }
@@ -191,7 +191,7 @@ fn gpu_to(g: &m::Gpu) -> p::Gpu {
             clique_id: f.clique_id,
             health_mask: f.health_mask,
             health_summary: num::<_, p::FabricHealth>(f.health_summary),
-            health_problems: f.health_problems.clone(),
+            health_problems: f.health_problems.iter().map(ToString::to_string).collect(),
         }),
     }
 }
@@ -215,7 +215,7 @@ fn nic_to(n: &m::Nic) -> p::Nic {
             .map(|x| p::NicPort {
                 port: x.port,
                 state: num::<_, p::PortState>(x.state),
-                phys_state: x.phys_state.clone(),
+                phys_state: x.phys_state.to_string(),
                 link_layer: num::<_, p::LinkLayer>(x.link_layer),
                 rate_gbps: x.rate_gbps,
                 lid: x.lid,
@@ -228,7 +228,7 @@ fn nic_to(n: &m::Nic) -> p::Nic {
                     .map(|g| p::Gid {
                         index: g.index,
                         gid: g.gid.clone(),
-                        r#type: g.gid_type.clone(),
+                        r#type: g.gid_type.to_string(),
                         netdev: g.netdev.clone(),
                     })
                     .collect(),
@@ -303,7 +303,7 @@ impl From<&p::NodeTopology> for m::NodeTopology {
             },
             gpudirect: m::GpuDirect {
                 ready: gd.ready,
-                method: gd.method,
+                method: gd.method.into(),
                 reason: gd.reason,
             },
             // A source this build does not know (from a newer agent) has no place in the model.
@@ -357,7 +357,11 @@ fn gpu_from(g: &p::Gpu) -> m::Gpu {
             clique_id: f.clique_id,
             health_mask: f.health_mask,
             health_summary: en::<p::FabricHealth, _>(f.health_summary),
-            health_problems: f.health_problems.clone(),
+            health_problems: f
+                .health_problems
+                .iter()
+                .map(|s| s.as_str().into())
+                .collect(),
         }),
     }
 }
@@ -381,7 +385,7 @@ fn nic_from(n: &p::Nic) -> m::Nic {
             .map(|x| m::NicPort {
                 port: x.port,
                 state: en::<p::PortState, _>(x.state),
-                phys_state: x.phys_state.clone(),
+                phys_state: x.phys_state.as_str().into(),
                 link_layer: en::<p::LinkLayer, _>(x.link_layer),
                 rate_gbps: x.rate_gbps,
                 lid: x.lid,
@@ -394,7 +398,7 @@ fn nic_from(n: &p::Nic) -> m::Nic {
                     .map(|g| m::Gid {
                         index: g.index,
                         gid: g.gid.clone(),
-                        gid_type: g.r#type.clone(),
+                        gid_type: g.r#type.as_str().into(),
                         netdev: g.netdev.clone(),
                     })
                     .collect(),

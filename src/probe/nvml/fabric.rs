@@ -6,7 +6,9 @@
 //! status SUCCESS and a non-zero ClusterUUID, and all GPUs agree. Anything else is an explicit
 //! state with a reason.
 
-use crate::model::{Fabric, FabricHealth, FabricRegistration, FabricState, GpuFabricInfo};
+use crate::model::{
+    Fabric, FabricHealth, FabricHealthProblem, FabricRegistration, FabricState, GpuFabricInfo,
+};
 
 use super::{Fact, RawFabric};
 
@@ -16,21 +18,21 @@ const STATE_IN_PROGRESS: u8 = 2;
 const STATE_COMPLETED: u8 = 3;
 
 /// Health mask fields: (shift, name). Each is a 2-bit field where 1 means "true" (a problem).
-const HEALTH_FLAGS: [(u32, &str); 4] = [
-    (0, "degraded-bandwidth"),
-    (2, "route-recovery"),
-    (4, "route-unhealthy"),
-    (6, "access-timeout-recovery"),
+const HEALTH_FLAGS: [(u32, FabricHealthProblem); 4] = [
+    (0, FabricHealthProblem::DegradedBandwidth),
+    (2, FabricHealthProblem::RouteRecovery),
+    (4, FabricHealthProblem::RouteUnhealthy),
+    (6, FabricHealthProblem::AccessTimeoutRecovery),
 ];
 /// Incorrect-configuration field: shift 8, 4 bits; 0 not supported, 1 none, 2.. a problem.
 const HEALTH_CONFIG_SHIFT: u32 = 8;
-const HEALTH_CONFIG_NAMES: [&str; 6] = [
-    "incorrect-sysguid",
-    "incorrect-chassis-sn",
-    "no-partition",
-    "insufficient-nvlinks",
-    "incompatible-gpu-firmware",
-    "invalid-location",
+const HEALTH_CONFIG_NAMES: [FabricHealthProblem; 6] = [
+    FabricHealthProblem::IncorrectSysguid,
+    FabricHealthProblem::IncorrectChassisSn,
+    FabricHealthProblem::NoPartition,
+    FabricHealthProblem::InsufficientNvlinks,
+    FabricHealthProblem::IncompatibleGpuFirmware,
+    FabricHealthProblem::InvalidLocation,
 ];
 
 /// Formats 32 hex digits as a canonical UUID (8-4-4-4-12). Other input is returned unchanged.
@@ -69,23 +71,25 @@ pub fn decode(raw: &RawFabric) -> GpuFabricInfo {
         _ => FabricHealth::Unknown,
     };
     let mask = raw.health_mask.unwrap_or(0);
-    let mut problems: Vec<String> = HEALTH_FLAGS
+    let mut problems: Vec<FabricHealthProblem> = HEALTH_FLAGS
         .iter()
         .filter(|(shift, _)| (mask >> shift) & 0x3 == 1)
-        .map(|(_, name)| (*name).to_string())
+        .map(|(_, p)| p.clone())
         .collect();
     let config = (mask >> HEALTH_CONFIG_SHIFT) & 0xf;
     if config >= 2 {
         problems.push(
             HEALTH_CONFIG_NAMES
                 .get(config as usize - 2)
-                .map(|s| (*s).to_string())
-                .unwrap_or_else(|| format!("incorrect-configuration-{config}")),
+                .cloned()
+                .unwrap_or_else(|| {
+                    FabricHealthProblem::Other(format!("incorrect-configuration-{config}"))
+                }),
         );
     }
     match health_summary {
-        FabricHealth::Unhealthy => problems.push("unhealthy".into()),
-        FabricHealth::LimitedCapacity => problems.push("limited-capacity".into()),
+        FabricHealth::Unhealthy => problems.push(FabricHealthProblem::Unhealthy),
+        FabricHealth::LimitedCapacity => problems.push(FabricHealthProblem::LimitedCapacity),
         _ => {}
     }
     GpuFabricInfo {
@@ -118,7 +122,7 @@ enum Class<'a> {
     Attached {
         cluster: &'a str,
         clique: u32,
-        problems: &'a [String],
+        problems: &'a [FabricHealthProblem],
     },
 }
 
@@ -228,7 +232,7 @@ struct Attached<'a> {
     index: u32,
     cluster: &'a str,
     clique: u32,
-    problems: &'a [String],
+    problems: &'a [FabricHealthProblem],
 }
 
 /// Every GPU is attached: `ready` in one clique, else `inconsistent` or `degraded`.
@@ -254,7 +258,10 @@ fn one_clique(attached: &[Attached<'_>]) -> Fabric {
     let unhealthy: Vec<String> = attached
         .iter()
         .filter(|a| !a.problems.is_empty())
-        .map(|a| format!("GPU {}: {}", a.index, a.problems.join(",")))
+        .map(|a| {
+            let names: Vec<&str> = a.problems.iter().map(FabricHealthProblem::as_str).collect();
+            format!("GPU {}: {}", a.index, names.join(","))
+        })
         .collect();
     if !unhealthy.is_empty() {
         let mut f = fabric(
@@ -428,7 +435,10 @@ mod tests {
         });
         assert_eq!(
             info.health_problems,
-            vec!["insufficient-nvlinks", "limited-capacity"]
+            [
+                FabricHealthProblem::InsufficientNvlinks,
+                FabricHealthProblem::LimitedCapacity
+            ]
         );
     }
 

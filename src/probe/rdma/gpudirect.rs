@@ -5,7 +5,7 @@
 //! are gathered from sysfs ([`GpuDirectFacts::read`]) and judged by a pure function
 //! ([`assess`]).
 
-use crate::model::GpuDirect;
+use crate::model::{GpuDirect, GpuDirectMethod};
 
 use crate::probe::sysfs::SysfsRoot;
 
@@ -61,7 +61,7 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
 pub fn assess(f: &GpuDirectFacts) -> GpuDirect {
     let not_ready = |reason: String| GpuDirect {
         ready: false,
-        method: String::new(),
+        method: GpuDirectMethod::None,
         reason,
     };
     if f.nics == 0 {
@@ -73,7 +73,7 @@ pub fn assess(f: &GpuDirectFacts) -> GpuDirect {
     if f.nvidia_peermem {
         return GpuDirect {
             ready: true,
-            method: "nvidia_peermem".into(),
+            method: GpuDirectMethod::NvidiaPeermem,
             reason: "kernel module nvidia_peermem is loaded".into(),
         };
     }
@@ -83,7 +83,7 @@ pub fn assess(f: &GpuDirectFacts) -> GpuDirect {
     if f.nvidia && f.ib_uverbs && kernel_ok {
         return GpuDirect {
             ready: true,
-            method: "dma-buf".into(),
+            method: GpuDirectMethod::DmaBuf,
             reason: format!(
                 "nvidia_peermem is not loaded; dma-buf is possible: kernel {kernel_text} (>= 5.12), \
                  modules nvidia and ib_uverbs loaded (needs the open NVIDIA kernel modules, \
@@ -142,14 +142,14 @@ mod tests {
             ..facts()
         });
         assert!(g.ready);
-        assert_eq!(g.method, "nvidia_peermem");
+        assert_eq!(g.method, GpuDirectMethod::NvidiaPeermem);
     }
 
     #[test]
     fn dma_buf_needs_kernel_and_modules() {
         let g = assess(&facts());
         assert!(g.ready);
-        assert_eq!(g.method, "dma-buf");
+        assert_eq!(g.method, GpuDirectMethod::DmaBuf);
         let old = assess(&GpuDirectFacts {
             kernel_release: Some("5.4.0-100-generic".into()),
             ..facts()

@@ -6,7 +6,9 @@
 
 use std::{fs, path::Path};
 
-use crate::model::{Gid, LinkLayer, Nic, NicPort, PortState, Source, SourceStatus};
+use crate::model::{
+    Gid, GidType, LinkLayer, Nic, NicPort, PhysState, PortState, Source, SourceStatus,
+};
 
 use crate::probe::sysfs::{DirAttrs, SysfsRoot, read_attr};
 
@@ -65,13 +67,17 @@ pub fn parse_port_state(s: &str) -> Option<PortState> {
     Some(st)
 }
 
-/// Parses a physical port state (`5: LinkUp`) to its name (`LinkUp`).
-pub fn parse_phys_state(s: &str) -> Option<String> {
+/// Parses a physical port state (`5: LinkUp`) by its name (`LinkUp`; the kernel's `Phy Test`
+/// is [`PhysState::PhyTest`]).
+pub fn parse_phys_state(s: &str) -> Option<PhysState> {
     let (num, name) = s.split_once(':')?;
     num.trim().parse::<u8>().ok()?;
     let name = name.trim();
+    if name == "Phy Test" {
+        return Some(PhysState::PhyTest);
+    }
     (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .then(|| name.to_string())
+        .then(|| PhysState::from(name))
 }
 
 /// Parses `link_layer` (`InfiniBand` or `Ethernet`).
@@ -408,7 +414,7 @@ fn probe_port(r: &mut Reader<'_>, dir: &Path, port: u32) -> NicPort {
             continue;
         }
         let attrs = dir.join("gid_attrs");
-        let gid_type = r.optional(&attrs.join("types"), &file).unwrap_or_default();
+        let gid_type = GidType::from(r.optional(&attrs.join("types"), &file).unwrap_or_default());
         let netdev = if p.link_layer == LinkLayer::Ethernet {
             r.optional(&attrs.join("ndevs"), &file).unwrap_or_default()
         } else {
@@ -453,8 +459,13 @@ mod tests {
         );
         assert_eq!(parse_port_state("4: DOWN"), None);
         assert_eq!(parse_port_state("ACTIVE"), None);
-        assert_eq!(parse_phys_state("5: LinkUp").as_deref(), Some("LinkUp"));
-        assert_eq!(parse_phys_state("3: Disabled").as_deref(), Some("Disabled"));
+        assert_eq!(parse_phys_state("5: LinkUp"), Some(PhysState::LinkUp));
+        assert_eq!(parse_phys_state("3: Disabled"), Some(PhysState::Disabled));
+        assert_eq!(parse_phys_state("7: Phy Test"), Some(PhysState::PhyTest));
+        assert_eq!(
+            parse_phys_state("9: Future"),
+            Some(PhysState::Other("Future".into()))
+        );
         assert_eq!(parse_phys_state("x: LinkUp"), None);
         assert_eq!(parse_phys_state("5:"), None);
         assert_eq!(parse_link_layer("InfiniBand"), Some(LinkLayer::Infiniband));
