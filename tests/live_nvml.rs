@@ -1,5 +1,6 @@
 //! Live NVML checks, for a machine with NVIDIA GPUs. They are `#[ignore]`d, so CI (no GPU)
-//! reports them as skipped; run them with `NODETOPO_LIVE_NVML=1` and `--run-ignored`.
+//! reports them as ignored; run them with `NODETOPO_LIVE_NVML=1` and `--ignored`. Run with
+//! `--ignored` but without the variable, they fail.
 //!
 //! Compares nodetopo's probe field by field with `nvidia-smi -q -x`, `nvidia-smi topo -m` and
 //! pynvml (`tests/live/pynvml_facts.py`), checks that the NVSwitch P2P shortcut gives the same
@@ -20,12 +21,16 @@ use nodetopo::{
     },
 };
 
-fn live_enabled() -> bool {
-    if std::env::var("NODETOPO_LIVE_NVML").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipped: live NVML test (set NODETOPO_LIVE_NVML=1 on a machine with NVIDIA GPUs)");
-    false
+/// These tests are `#[ignore]`d, so a normal run lists them as ignored. Asked for explicitly
+/// (`--ignored`) without `NODETOPO_LIVE_NVML=1`, they fail rather than pass having checked
+/// nothing.
+fn require_live() {
+    assert_eq!(
+        std::env::var("NODETOPO_LIVE_NVML").as_deref(),
+        Ok("1"),
+        "live NVML test run without NODETOPO_LIVE_NVML=1: set it on a machine with NVIDIA GPUs \
+         (a run without it would check nothing)"
+    );
 }
 
 fn live_probe(options: ProbeOptions) -> NodeTopology {
@@ -54,9 +59,7 @@ fn run(cmd: &str, args: &[&str]) -> String {
 #[test]
 #[ignore = "live NVML: needs NVIDIA GPUs; run with NODETOPO_LIVE_NVML=1 and --run-ignored"]
 fn live_probe_matches_nvidia_smi() {
-    if !live_enabled() {
-        return;
-    }
+    require_live();
     let t = live_probe(ProbeOptions::default());
     eprintln!("{}", nodetopo::render::table::render(&t));
     let xml = run("nvidia-smi", &["-q", "-x"]);
@@ -144,9 +147,7 @@ fn live_probe_matches_nvidia_smi() {
 #[test]
 #[ignore = "live NVML: needs NVIDIA GPUs; run with NODETOPO_LIVE_NVML=1 and --run-ignored"]
 fn live_switch_shortcut_equals_asking_nvml() {
-    if !live_enabled() {
-        return;
-    }
+    require_live();
     let fast = live_probe(ProbeOptions::default());
     let full = live_probe(ProbeOptions {
         query_all_p2p: true,
@@ -162,9 +163,7 @@ fn live_switch_shortcut_equals_asking_nvml() {
 #[test]
 #[ignore = "live NVML: needs NVIDIA GPUs; run with NODETOPO_LIVE_NVML=1 and --run-ignored"]
 fn live_probe_matches_pynvml() {
-    if !live_enabled() {
-        return;
-    }
+    require_live();
     // The test binary may run on another machine than it was built on: fall back to the path
     // relative to the working directory (the repository root).
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live/pynvml_facts.py");
@@ -257,9 +256,7 @@ fn live_probe_matches_pynvml() {
 #[test]
 #[ignore = "live NVML: needs NVIDIA GPUs; run with NODETOPO_LIVE_NVML=1 and --run-ignored"]
 fn live_record_replays_to_the_same_topology() {
-    if !live_enabled() {
-        return;
-    }
+    require_live();
     let nvml = LiveNvml::init(None).unwrap();
     let snap = NvmlSnapshot::capture(&nvml, "live test");
     let dir = tempfile::tempdir().unwrap();

@@ -108,7 +108,7 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
     assert_eq!(second, 50, "first {first}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn watcher_cap_is_resource_exhausted() {
     let (tx, api, count) = api(2);
     tx.send(topo(1)).unwrap();
