@@ -1,8 +1,15 @@
 //! nodetopo: discovers a GPU node's NVLink, multi-node NVLink and RDMA topology and publishes it.
 //!
-//! Data flows one way: hardware probes ([`probe`]) produce the [`model::NodeTopology`]; pure
-//! policy ([`labels`]) and renderers ([`render`]) turn it into output; the [`agent`] keeps it
-//! current and publishes it over gRPC ([`api`]), as node labels ([`node_labels`]) and as [`metrics`].
+//! Data flows one way:
+//! - hardware probes ([`probe`]: [`probe::nvml`], [`probe::rdma`], [`probe::pci`] over
+//!   [`probe::sysfs`]) produce the [`model::NodeTopology`];
+//! - pure policy turns it into output: the label vocabulary and label set ([`labels`]), the
+//!   RDMA environment for a GPU selection ([`hints`]), the renderers ([`render`]) and other
+//!   schedulers' topology objects ([`deploy`]);
+//! - the [`agent`] keeps it current and publishes it over gRPC ([`api`], wire types in
+//!   [`proto`]), as node labels ([`node_labels`], retried by [`backoff`]) and as [`metrics`];
+//! - the [`extender`] places pod groups from the agents' topologies or their labels, the
+//!   [`webhook`] copies the labels onto bound Pods, and [`pod_env`] finds a pod's own GPUs.
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml::live`); each opts in.
 #![deny(unsafe_code)]
