@@ -1,7 +1,7 @@
-//! Hardware probes: NVML (GPUs, NVLink, fabric), sysfs and ibverbs (RDMA NICs, PCIe tree),
-//! [`NodeTopology`](crate::model::NodeTopology).
+//! Hardware probes: NVML (GPUs, NVLink, fabric), sysfs and ibverbs (RDMA NICs, PCIe tree), composed into a
+//! [`crate::model::NodeTopology`].
 //!
-//! Every probe reports its outcome as a [`SourceStatus`](crate::model::SourceStatus); a failing
+//! Every probe reports its outcome as a [`crate::model::SourceStatus`]; a failing
 //! source never aborts the others.
 
 pub mod nvml;

@@ -149,7 +149,7 @@ impl PciPath {
         })
     }
 
-    /// Resolves `bus/pci/devices/<bdf>` under `root` (any address form [`sysfs_bdf`] accepts).
+    /// Resolves `bus/pci/devices/<bdf>` under `root` (any address form [`PciAddress::parse`] accepts).
     pub fn resolve(root: &SysfsRoot, bdf: &str) -> Result<Self, PciError> {
         let bdf = PciAddress::parse(bdf)
             .ok_or_else(|| PciError::BadAddress(bdf.to_string()))?

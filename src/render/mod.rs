@@ -1,4 +1,4 @@
-//! Renderers of a [`NodeTopology`](crate::model::NodeTopology): table, JSON, YAML, Graphviz and
+//! Renderers of a [`crate::model::NodeTopology`]: table, JSON, YAML, Graphviz and
 //! RDMA env hints.
 
 pub mod dot;

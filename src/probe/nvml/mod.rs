@@ -1,7 +1,7 @@
 //! The NVML seam: a small trait over the raw NVML facts a topology probe needs.
 //!
-//! Two implementations exist: [`super::nvml_live::LiveNvml`] calls the driver, and
-//! [`super::snapshot::NvmlSnapshot`] replays a recorded snapshot. Everything above the trait
+//! Two implementations exist: [`live::LiveNvml`] calls the driver, and
+//! [`snapshot::NvmlSnapshot`] replays a recorded snapshot. Everything above the trait
 //! (model building, fabric derivation) is shared, so replay tests exercise the real code path.
 //! Facts are kept raw (NVML's own numeric codes) so that snapshots record what the driver said,
 //! not what we made of it.
