@@ -372,3 +372,30 @@ fn applied_labels_reads_only_the_managers_apply_entry() {
     );
     assert!(applied_labels(&node, "other").is_none());
 }
+
+#[tokio::test]
+async fn a_failed_write_keeps_the_api_servers_answer() {
+    let (mut labeler, mut handle, _) = labeler();
+    let want = labels("4");
+    let server = tokio::spawn(async move {
+        expect_get(&mut handle, node_owned_by("kubectl", &[], &[])).await;
+        let (req, send) = handle.next_request().await.unwrap();
+        let _ = expect_apply(req).await;
+        send.send_response(status(409, "Conflict"));
+    });
+    let e = labeler.apply(&want).await.unwrap_err();
+    server.await.unwrap();
+    // The log line prints the chain: the API server's code and reason reach it.
+    let mut chain = e.to_string();
+    let mut cur = std::error::Error::source(&e);
+    while let Some(c) = cur {
+        chain.push_str(": ");
+        chain.push_str(&c.to_string());
+        cur = c.source();
+    }
+    assert!(chain.starts_with("applying node labels: "), "{chain}");
+    assert!(
+        chain.contains("409") || chain.contains("Conflict"),
+        "{chain}"
+    );
+}
