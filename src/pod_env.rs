@@ -81,87 +81,10 @@ pub fn visible_gpus(
 ) -> Result<Vec<u32>, VisibleError> {
     let mut all: Vec<&NodeGpu> = node.iter().collect();
     all.sort_by_key(|g| g.index);
-
-    // The container's GPUs, in PCI (NVML index) order.
-    let container: Vec<&NodeGpu> = match nvidia_visible.map(str::trim) {
-        None if cuda_visible.is_none() => {
-            return Err(VisibleError::NoGpus(
-                "NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES are unset; request the GPUs in \
-                 this container or name them with --gpus"
-                    .into(),
-            ));
-        }
-        None | Some("all") => all.clone(),
-        Some("none") | Some("void") | Some("") => Vec::new(),
-        Some(list) => {
-            let mut picked = Vec::new();
-            for e in entries(list) {
-                if e.starts_with("MIG-") || e.contains(':') {
-                    return Err(VisibleError::Mig {
-                        var: "NVIDIA_VISIBLE_DEVICES",
-                        entry: e.into(),
-                    });
-                }
-                let g = all
-                    .iter()
-                    .find(|g| {
-                        e.parse::<u32>().is_ok_and(|i| i == g.index)
-                            || e.eq_ignore_ascii_case(&g.uuid)
-                    })
-                    .ok_or_else(|| VisibleError::Unknown {
-                        var: "NVIDIA_VISIBLE_DEVICES",
-                        entry: e.into(),
-                        indices: indices(&all),
-                    })?;
-                picked.push(*g);
-            }
-            picked.sort_by_key(|g| g.index);
-            picked.dedup_by_key(|g| g.index);
-            picked
-        }
-    };
-
+    let container = container_gpus(nvidia_visible, cuda_visible.is_some(), &all)?;
     let out: Vec<u32> = match cuda_visible {
         None => container.iter().map(|g| g.index).collect(),
-        Some(list) => {
-            let mut out = Vec::new();
-            for e in entries(list) {
-                if e.starts_with("MIG-") {
-                    return Err(VisibleError::Mig {
-                        var: "CUDA_VISIBLE_DEVICES",
-                        entry: e.into(),
-                    });
-                }
-                let unknown = || VisibleError::Unknown {
-                    var: "CUDA_VISIBLE_DEVICES",
-                    entry: e.into(),
-                    indices: format!(
-                        "{} in the container",
-                        (0..container.len())
-                            .map(|i| i.to_string())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
-                };
-                let g = if let Ok(i) = e.parse::<usize>() {
-                    container.get(i).ok_or_else(unknown)?
-                } else {
-                    let lower = e.to_ascii_lowercase();
-                    let mut m = container
-                        .iter()
-                        .filter(|g| g.uuid.to_ascii_lowercase().starts_with(&lower));
-                    match (m.next(), m.next()) {
-                        (Some(g), None) => g,
-                        _ => return Err(unknown()),
-                    }
-                };
-                if out.contains(&g.index) {
-                    return Err(VisibleError::Duplicate(g.index));
-                }
-                out.push(g.index);
-            }
-            out
-        }
+        Some(list) => cuda_order(list, &container)?,
     };
     if out.is_empty() {
         return Err(VisibleError::NoGpus(format!(
@@ -171,6 +94,94 @@ pub fn visible_gpus(
         )));
     }
     Ok(out)
+}
+
+/// The container's GPUs from `NVIDIA_VISIBLE_DEVICES`, in PCI (NVML index) order.
+fn container_gpus<'a>(
+    nvidia_visible: Option<&str>,
+    cuda_set: bool,
+    all: &[&'a NodeGpu],
+) -> Result<Vec<&'a NodeGpu>, VisibleError> {
+    let list = match nvidia_visible.map(str::trim) {
+        None if !cuda_set => {
+            return Err(VisibleError::NoGpus(
+                "NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES are unset; request the GPUs in \
+                 this container or name them with --gpus"
+                    .into(),
+            ));
+        }
+        None | Some("all") => return Ok(all.to_vec()),
+        Some("none") | Some("void") | Some("") => return Ok(Vec::new()),
+        Some(list) => list,
+    };
+    let mut picked = Vec::new();
+    for e in entries(list) {
+        if e.starts_with("MIG-") || e.contains(':') {
+            return Err(VisibleError::Mig {
+                var: "NVIDIA_VISIBLE_DEVICES",
+                entry: e.into(),
+            });
+        }
+        let g = all
+            .iter()
+            .find(|g| {
+                e.parse::<u32>().is_ok_and(|i| i == g.index) || e.eq_ignore_ascii_case(&g.uuid)
+            })
+            .ok_or_else(|| VisibleError::Unknown {
+                var: "NVIDIA_VISIBLE_DEVICES",
+                entry: e.into(),
+                indices: indices(all),
+            })?;
+        picked.push(*g);
+    }
+    picked.sort_by_key(|g| g.index);
+    picked.dedup_by_key(|g| g.index);
+    Ok(picked)
+}
+
+/// `CUDA_VISIBLE_DEVICES` over the container's GPUs: ordinals or UUID prefixes, in its order.
+fn cuda_order(list: &str, container: &[&NodeGpu]) -> Result<Vec<u32>, VisibleError> {
+    let mut out = Vec::new();
+    for e in entries(list) {
+        if e.starts_with("MIG-") {
+            return Err(VisibleError::Mig {
+                var: "CUDA_VISIBLE_DEVICES",
+                entry: e.into(),
+            });
+        }
+        let g = cuda_entry(e, container).ok_or_else(|| VisibleError::Unknown {
+            var: "CUDA_VISIBLE_DEVICES",
+            entry: e.into(),
+            indices: format!(
+                "{} in the container",
+                (0..container.len())
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        })?;
+        if out.contains(&g.index) {
+            return Err(VisibleError::Duplicate(g.index));
+        }
+        out.push(g.index);
+    }
+    Ok(out)
+}
+
+/// One `CUDA_VISIBLE_DEVICES` entry: an ordinal into the container's GPUs, or a UUID prefix that
+/// names exactly one of them.
+fn cuda_entry<'a>(e: &str, container: &[&'a NodeGpu]) -> Option<&'a NodeGpu> {
+    if let Ok(i) = e.parse::<usize>() {
+        return container.get(i).copied();
+    }
+    let lower = e.to_ascii_lowercase();
+    let mut m = container
+        .iter()
+        .filter(|g| g.uuid.to_ascii_lowercase().starts_with(&lower));
+    match (m.next(), m.next()) {
+        (Some(g), None) => Some(*g),
+        _ => None,
+    }
 }
 
 /// True when the hint pairs of an agent's answer follow `selection`'s order (the pairs of GPUs
