@@ -155,85 +155,113 @@ pub fn group_from_maps(
     annotations: &BTreeMap<String, String>,
 ) -> Option<GroupInfo> {
     let l = |k: &str| labels.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let size = annotations
-        .get(lws::SIZE)
-        .or_else(|| labels.get(lws::SIZE))
-        .and_then(|s| s.parse::<u32>().ok())
-        .filter(|s| *s > 0);
-    let explicit_role = l(llmd::ROLE)
-        .and_then(Role::parse)
-        .or_else(|| l(dset::ROLE).and_then(Role::parse));
-    // A deployment key shared by the prefill and decode halves.
-    let pairing = l(dset::NAME)
-        .map(|n| format!("ds:{n}"))
-        .or_else(|| l(llmd::MODEL).map(|m| format!("model:{m}")))
-        .or_else(|| l(INSTANCE).map(|i| format!("instance:{i}")));
+    let pod = PodLabels {
+        ns,
+        l: &l,
+        size: annotations
+            .get(lws::SIZE)
+            .or_else(|| labels.get(lws::SIZE))
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|s| *s > 0),
+        explicit_role: l(llmd::ROLE)
+            .and_then(Role::parse)
+            .or_else(|| l(dset::ROLE).and_then(Role::parse)),
+        // A deployment key shared by the prefill and decode halves.
+        pairing: l(dset::NAME)
+            .map(|n| format!("ds:{n}"))
+            .or_else(|| l(llmd::MODEL).map(|m| format!("model:{m}")))
+            .or_else(|| l(INSTANCE).map(|i| format!("instance:{i}"))),
+    };
+    pod.disaggregated_set()
+        .or_else(|| pod.lws())
+        .or_else(|| pod.grove())
+        .or_else(|| pod.llm_d())
+}
 
-    if let Some(name) = l(dset::NAME) {
-        let role = explicit_role;
+/// What every group kind reads from one pod's labels.
+struct PodLabels<'a> {
+    ns: &'a str,
+    l: &'a dyn Fn(&str) -> Option<&'a str>,
+    size: Option<u32>,
+    explicit_role: Option<Role>,
+    pairing: Option<String>,
+}
+
+fn role_name(r: Role) -> &'static str {
+    if r == Role::Prefill {
+        "prefill"
+    } else {
+        "decode"
+    }
+}
+
+impl PodLabels<'_> {
+    fn disaggregated_set(&self) -> Option<GroupInfo> {
+        let (ns, l) = (self.ns, self.l);
+        let name = l(dset::NAME)?;
+        let role = self.explicit_role;
         let slice = l(dset::SLICE).unwrap_or("0");
-        let role_s = role.map_or("any", |r| {
-            if r == Role::Prefill {
-                "prefill"
-            } else {
-                "decode"
-            }
-        });
+        let role_s = role.map_or("any", role_name);
         // A DisaggregatedSet slice may itself be an LWS group; its index refines the group.
         let sub = l(lws::GROUP_KEY)
             .or_else(|| l(lws::GROUP_INDEX))
             .map(|g| format!("/{g}"))
             .unwrap_or_default();
-        return Some(GroupInfo {
+        Some(GroupInfo {
             kind: GroupKind::DisaggregatedSet,
             group_id: format!("{ns}/ds:{name}/{role_s}/{slice}{sub}"),
             deployment: format!("{ns}/ds:{name}"),
             role,
-            size,
-        });
+            size: self.size,
+        })
     }
-    if let Some(name) = l(lws::NAME) {
+
+    fn lws(&self) -> Option<GroupInfo> {
+        let (ns, l) = (self.ns, self.l);
+        let name = l(lws::NAME)?;
         let group = l(lws::GROUP_KEY)
             .or_else(|| l(lws::GROUP_INDEX))
             .unwrap_or("0");
-        let role = explicit_role.or_else(|| Role::from_name(name));
-        let deployment = pairing.unwrap_or_else(|| format!("lws:{}", strip_role_suffix(name)));
-        return Some(GroupInfo {
+        let role = self.explicit_role.or_else(|| Role::from_name(name));
+        let deployment = self
+            .pairing
+            .clone()
+            .unwrap_or_else(|| format!("lws:{}", strip_role_suffix(name)));
+        Some(GroupInfo {
             kind: GroupKind::Lws,
             group_id: format!("{ns}/lws:{name}/{group}"),
             deployment: format!("{ns}/{deployment}"),
             role,
-            size,
-        });
+            size: self.size,
+        })
     }
-    if let Some(gang) = l(grove::PODGANG) {
+
+    fn grove(&self) -> Option<GroupInfo> {
+        let (ns, l) = (self.ns, self.l);
+        let gang = l(grove::PODGANG)?;
         let clique = l(grove::PODCLIQUE).unwrap_or("");
-        let role = explicit_role.or_else(|| Role::from_name(clique));
-        return Some(GroupInfo {
+        Some(GroupInfo {
             kind: GroupKind::Grove,
             group_id: format!("{ns}/grove:{gang}/{clique}"),
             // The PodGang holds all cliques of one replica: prefill and decode pair inside it.
             deployment: format!("{ns}/grove:{gang}"),
-            role,
-            size,
-        });
+            role: self.explicit_role.or_else(|| Role::from_name(clique)),
+            size: self.size,
+        })
     }
-    if let Some(role) = l(llmd::ROLE).and_then(Role::parse) {
-        let deployment = pairing.unwrap_or_else(|| "llm-d".to_string());
-        let r = if role == Role::Prefill {
-            "prefill"
-        } else {
-            "decode"
-        };
-        return Some(GroupInfo {
+
+    fn llm_d(&self) -> Option<GroupInfo> {
+        let ns = self.ns;
+        let role = (self.l)(llmd::ROLE).and_then(Role::parse)?;
+        let deployment = self.pairing.clone().unwrap_or_else(|| "llm-d".to_string());
+        Some(GroupInfo {
             kind: GroupKind::LlmD,
-            group_id: format!("{ns}/{deployment}/{r}"),
+            group_id: format!("{ns}/{deployment}/{}", role_name(role)),
             deployment: format!("{ns}/{deployment}"),
             role: Some(role),
-            size,
-        });
+            size: self.size,
+        })
     }
-    None
 }
 
 #[cfg(test)]
