@@ -138,11 +138,7 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
 /// Runs the extender until a shutdown signal.
 pub fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(cfg))
+    super::runtime()?.block_on(serve(cfg))
 }
 
 async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {

@@ -94,6 +94,15 @@ pub(crate) fn node_name(flag: Option<String>) -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// The multi-threaded runtime of a long-running subcommand.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// Default sysfs root.
 pub(crate) fn default_sysfs() -> PathBuf {
     PathBuf::from("/sys")

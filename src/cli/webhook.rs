@@ -96,11 +96,7 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
 /// Runs the webhook until a shutdown signal.
 pub fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(cfg))
+    super::runtime()?.block_on(serve(cfg))
 }
 
 async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {

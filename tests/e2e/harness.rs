@@ -401,59 +401,8 @@ impl ControlPlane {
     /// webhook that the API server calls: the certificate and key paths.
     pub fn serving_cert(&self, name: &str) -> (PathBuf, PathBuf) {
         let d = self.dir.path();
-        let ossl = |args: &[&str]| {
-            run_ok(Command::new("openssl").current_dir(d).args(args));
-        };
-        let (key, csr, crt, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        ossl(&[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &key,
-        ]);
-        ossl(&[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            &format!("/CN={name}"),
-            "-out",
-            &csr,
-        ]);
-        fs::write(
-            d.join(&ext),
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-        )
-        .unwrap();
-        ossl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-sha256",
-            "-extfile",
-            &ext,
-            "-out",
-            &crt,
-        ]);
-        (d.join(crt), d.join(key))
+        sign_serving_cert(d, name, name, "IP:127.0.0.1");
+        (d.join(format!("{name}.crt")), d.join(format!("{name}.key")))
     }
 
     /// Requests written to the audit log by `user`, as (verb, resource, name, response code).
@@ -550,6 +499,23 @@ fn make_pki(d: &Path) {
         "-out",
         "ca.crt",
     ]);
+    sign_serving_cert(d, "server", "kube-apiserver", "IP:127.0.0.1,DNS:localhost");
+    ossl(&["genrsa", "-out", "sa.key", "2048"]);
+    ossl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+}
+
+/// `<name>.key` and `<name>.crt` in `d`: an ECDSA serving certificate for `san`, signed by the
+/// CA there (`ca.crt`, `ca.key`).
+fn sign_serving_cert(d: &Path, name: &str, cn: &str, san: &str) {
+    let ossl = |args: &[&str]| {
+        run_ok(Command::new("openssl").current_dir(d).args(args));
+    };
+    let (key, csr, crt, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
     ossl(&[
         "ecparam",
         "-name",
@@ -557,29 +523,31 @@ fn make_pki(d: &Path) {
         "-genkey",
         "-noout",
         "-out",
-        "server.key",
+        &key,
     ]);
     ossl(&[
         "req",
         "-new",
         "-key",
-        "server.key",
+        &key,
         "-subj",
-        "/CN=kube-apiserver",
+        &format!("/CN={cn}"),
         "-out",
-        "server.csr",
+        &csr,
     ]);
     fs::write(
-        d.join("server.ext"),
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        d.join(&ext),
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName={san}\n"
+        ),
     )
     .unwrap();
     ossl(&[
         "x509",
         "-req",
         "-in",
-        "server.csr",
+        &csr,
         "-CA",
         "ca.crt",
         "-CAkey",
@@ -589,12 +557,10 @@ fn make_pki(d: &Path) {
         "2",
         "-sha256",
         "-extfile",
-        "server.ext",
+        &ext,
         "-out",
-        "server.crt",
+        &crt,
     ]);
-    ossl(&["genrsa", "-out", "sa.key", "2048"]);
-    ossl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
 }
 
 fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
