@@ -350,6 +350,7 @@ pub fn rail_pairing(gpus: &[Gpu], nics: &[Nic], affinity: &[GpuNicAffinity]) -> 
     RailPairing {
         rail_aligned,
         pairs,
+        ..RailPairing::default()
     }
 }
 
