@@ -49,6 +49,16 @@ const FIXTURES: &[(&str, &str, &str)] = &[
         "h200x4-hgx/sysfs/sys",
     ),
     ("broken", "h200x4-hgx/snapshot.json", "broken/sysfs/sys"),
+    (
+        "gb200-numa",
+        "gb200-numa/snapshot.json",
+        "gb200-numa/sysfs/sys",
+    ),
+    (
+        "cx8-data-direct",
+        "cx8-data-direct/snapshot.json",
+        "cx8-data-direct/sysfs/sys",
+    ),
     ("gb200-tray-a1", "gb200/tray-a1.json", "no-sysfs"),
     (
         "gb200-tray-degraded",

@@ -221,3 +221,103 @@ fn roles_show_in_the_table_and_the_picture() {
     assert!(dot.contains("storage"), "{dot}");
     assert!(dot.contains("compute"), "{dot}");
 }
+
+#[test]
+fn gb200_memory_numa_nodes_do_not_mislead_the_distances() {
+    // Each GPU function says NUMA node 2-5 (its memory); the CPUs and NICs are on 0 and 1.
+    let t = topo("gb200-numa", &[]);
+    for g in &t.gpus {
+        assert_eq!(g.numa_node, Some(2 + g.index as i32), "GPU {}", g.index);
+    }
+    // Distances are those of the same tray with honest NUMA facts: taken from the root ports.
+    let honest = topo("gb200-tray", &[]);
+    let rows = |t: &NodeTopology| {
+        t.gpu_nic_affinity
+            .iter()
+            .map(|a| (a.gpu, a.nic.clone(), a.connection))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rows(&t), rows(&honest));
+    let c = |g: u32, n: &str| {
+        t.gpu_nic_affinity
+            .iter()
+            .find(|a| a.gpu == g && a.nic == n)
+            .unwrap()
+            .connection
+            .as_str()
+    };
+    assert_eq!(c(0, "mlx5_0"), "PHB");
+    assert_eq!(c(0, "mlx5_1"), "NODE", "same Grace, not SYS");
+    assert_eq!(c(0, "mlx5_2"), "SYS");
+    let pairs: Vec<(u32, &str)> = t
+        .rail_pairing
+        .pairs
+        .iter()
+        .map(|p| (p.gpu, p.nic.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [(0, "mlx5_0"), (1, "mlx5_1"), (2, "mlx5_2"), (3, "mlx5_3")]
+    );
+    assert!(source_ok(&t, "sysfs-pci"), "{:?}", t.sources);
+}
+
+fn source_ok(t: &NodeTopology, name: &str) -> bool {
+    t.sources.iter().any(|s| s.source.as_str() == name && s.ok)
+}
+
+#[test]
+fn connectx8_data_direct_pairs_by_the_data_direct_path() {
+    let t = topo("cx8-data-direct", &[]);
+    let pairs: Vec<(u32, &str, &str)> = t
+        .rail_pairing
+        .pairs
+        .iter()
+        .map(|p| (p.gpu, p.nic.as_str(), p.connection.as_str()))
+        .collect();
+    assert_eq!(pairs, [(0, "mlx5_0", "PIX"), (1, "mlx5_1", "PIX")]);
+    assert!(t.rail_pairing.rail_aligned);
+    assert!(source_ok(&t, "sysfs-pci"), "{:?}", t.sources);
+
+    // The same tree without the VPD ids: the NIC functions sit on their own root complexes,
+    // so every GPU-NIC distance is NODE and nothing is rail-aligned.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("cx8");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(fixture("cx8-data-direct"))
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mut removed = 0;
+    let devices = copy.join("sysfs/sys/bus/pci/devices");
+    for e in std::fs::read_dir(&devices).unwrap() {
+        let vpd = e.unwrap().path().join("vpd");
+        if vpd.exists() {
+            std::fs::remove_file(vpd).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 4);
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .arg("probe")
+        .arg("--replay")
+        .arg(copy.join("snapshot.json"))
+        .arg("--sysfs-root")
+        .arg(copy.join("sysfs/sys"))
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let naive: NodeTopology = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        naive
+            .gpu_nic_affinity
+            .iter()
+            .all(|a| a.connection.as_str() == "NODE"),
+        "{:?}",
+        naive.gpu_nic_affinity
+    );
+    assert!(!naive.rail_pairing.rail_aligned);
+}

@@ -227,7 +227,7 @@ mod tests {
                 rank: 0,
             })
             .collect();
-        v.sort_by(|a, b| (a.gpu, a.connection.distance()).cmp(&(b.gpu, b.connection.distance())));
+        v.sort_by_key(|a| (a.gpu, a.connection.distance()));
         v
     }
 
