@@ -16,7 +16,7 @@ fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-fn probe_dot(snapshot: &str, sysfs: &str) -> String {
+fn probe_dot(node: &str, snapshot: &str, sysfs: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
         .arg("probe")
         .arg("--replay")
@@ -25,7 +25,7 @@ fn probe_dot(snapshot: &str, sysfs: &str) -> String {
         .arg(fixture(sysfs))
         .args(["-o", "dot"])
         .env_remove("NODETOPO_SYSFS_ROOT")
-        .env("NODE_NAME", "h100-node")
+        .env("NODE_NAME", node)
         .output()
         .expect("binary runs");
     assert!(
@@ -96,7 +96,11 @@ const CASES: &[(&str, &str, &str)] = &[
 
 #[test]
 fn node_picture_draws_only_rail_edges_and_escapes_once() {
-    let dot = probe_dot("h100x8-ib/snapshot.json", "h100x8-ib/sysfs/sys");
+    let dot = probe_dot(
+        "h100x8-ib",
+        "h100x8-ib/snapshot.json",
+        "h100x8-ib/sysfs/sys",
+    );
     let rail_edges = dot
         .lines()
         .filter(|l| l.contains("-- \"nic:") && !l.contains("invis"))
@@ -127,7 +131,7 @@ fn node_pictures_render_with_graphviz_at_a_readable_aspect() {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pictures");
     std::fs::create_dir_all(&out_dir).unwrap();
     for (name, snapshot, sysfs) in CASES {
-        let dot = probe_dot(snapshot, sysfs);
+        let dot = probe_dot(name, snapshot, sysfs);
         let Some(plain) = graphviz(&dot, "plain") else {
             println!("SKIPPED: Graphviz `dot` is not installed (Debian: apt-get install graphviz)");
             return;
