@@ -11,13 +11,17 @@
 //! - `NCCL_IB_HCA`: the same list with `=` (exact names, not prefixes);
 //! - `NVSHMEM_HCA_PREFIX`: only when the rail NICs are not named `mlx5_*` and share a prefix;
 //! - for RoCE rails, `NCCL_IB_GID_INDEX` and `NVSHMEM_IB_GID_INDEX`: the RoCE v2 GID index
-//!   with an IPv4-mapped address, when every rail port uses the same one.
+//!   with an IPv4-mapped address, when every rail port uses the same one;
+//! - `VLLM_GPU_NIC_PCIE_MAPPING` and `VLLM_NIC_SELECTION_VARS`, which vLLM reads to give each
+//!   worker its own rail (see [`vllm_vars`]).
 
 use std::fmt::Write;
 
 use thiserror::Error;
 
-use crate::model::{Connection, GidType, LinkLayer, NicPort, NodeTopology, PortState};
+use crate::model::{
+    Connection, GidType, LinkLayer, NicPort, NicRole, NodeTopology, PciAddress, PortState, RailPair,
+};
 
 /// A GPU named by NVML index or by UUID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +160,7 @@ pub fn placement_hints(
     let pairs = selected
         .iter()
         .filter_map(|&gpu| {
-            let pair = topo.rail_pairing.pairs.iter().find(|p| p.gpu == gpu)?;
+            let pair = rail_of(topo, gpu)?;
             let uuid = topo.gpus.iter().find(|g| g.index == gpu)?.uuid.clone();
             Some(GpuNic {
                 gpu,
@@ -232,6 +236,18 @@ pub fn env_hints(
     Ok(env_for(topo, &select_gpus(topo, selection)?))
 }
 
+/// A GPU's rail: from `gpu_rails` (which includes rails shared with another GPU), else from the
+/// one-to-one pairs (a topology from an agent that predates `gpu_rails`).
+fn rail_of(topo: &NodeTopology, gpu: u32) -> Option<&RailPair> {
+    let rails = &topo.rail_pairing;
+    let list = if rails.gpu_rails.is_empty() {
+        &rails.pairs
+    } else {
+        &rails.gpu_rails
+    };
+    list.iter().find(|p| p.gpu == gpu)
+}
+
 /// The rails of `gpus` (distinct `(nic, port)` in first-use order) and the DeepEP mapping.
 fn rails_of(
     topo: &NodeTopology,
@@ -241,7 +257,7 @@ fn rails_of(
     let mut mapping = Vec::new();
     let mut rails: Vec<(String, u32)> = Vec::new();
     for (ordinal, gpu) in gpus.iter().enumerate() {
-        let Some(pair) = topo.rail_pairing.pairs.iter().find(|p| p.gpu == *gpu) else {
+        let Some(pair) = rail_of(topo, *gpu) else {
             hints.notes.push(format!("GPU {gpu} has no RDMA rail"));
             continue;
         };
@@ -295,6 +311,39 @@ fn check_rail_ports(
     gid_indices
 }
 
+/// Notes on NIC roles: rails shared by several selected GPUs, and the NICs left out of the
+/// lists because they are storage, front-end or virtual.
+fn role_notes(topo: &NodeTopology, rails: &[(String, u32)], hints: &mut EnvHints) {
+    for (nic, _) in rails {
+        let sharing: Vec<String> = topo
+            .rail_pairing
+            .gpu_rails
+            .iter()
+            .filter(|r| &r.nic == nic)
+            .map(|r| r.gpu.to_string())
+            .collect();
+        if sharing.len() > 1 {
+            hints.notes.push(format!(
+                "GPUs {} share rail {nic}: each gets a part of its bandwidth",
+                sharing.join(",")
+            ));
+        }
+    }
+    for role in [NicRole::Storage, NicRole::Virtual] {
+        let names: Vec<&str> = topo
+            .nics
+            .iter()
+            .filter(|n| n.role == role)
+            .map(|n| n.name.as_str())
+            .collect();
+        if !names.is_empty() {
+            hints
+                .notes
+                .push(format!("{role} NICs, not rails: {}", names.join(",")));
+        }
+    }
+}
+
 /// The RoCE GID index variables, when every Ethernet rail has the same RoCE v2 IPv4 index.
 fn push_gid_index(gid_indices: &[Option<u32>], hints: &mut EnvHints) {
     let Some(first) = gid_indices.first() else {
@@ -323,6 +372,7 @@ fn env_for(topo: &NodeTopology, gpus: &[u32]) -> EnvHints {
         return hints;
     }
     let gid_indices = check_rail_ports(topo, &rails, &mut hints);
+    role_notes(topo, &rails, &mut hints);
     let list = rails
         .iter()
         .map(|(n, p)| format!("{n}:{p}"))
@@ -341,13 +391,88 @@ fn env_for(topo: &NodeTopology, gpus: &[u32]) -> EnvHints {
         }
     }
     push_gid_index(&gid_indices, &mut hints);
+    vllm_vars(topo, gpus, &rails, &mut hints);
     hints
 }
+
+/// The variables vLLM's per-worker NIC selection reads, in vLLM's format (its reader is
+/// `vllm/v1/executor/vllm_net_devices.py` in vllm-project/vllm, added by vllm-project/vllm#42083):
+/// - `VLLM_GPU_NIC_PCIE_MAPPING`: comma-separated `<GPU BDF>=<NIC BDF>` pairs. vLLM looks up the
+///   worker's GPU by its PCI bus id, and the NIC BDF must be the PCI function that
+///   `/sys/class/infiniband/<dev>/device` resolves to (the RDMA device's own function, which
+///   is the NIC's `pci_address` here). Both sides are written `dddd:bb:dd.f`.
+/// - `VLLM_NIC_SELECTION_VARS`: comma-separated `VAR[:suffix]`; vLLM sets each `VAR` to the
+///   worker's RDMA device name followed verbatim by `:suffix`. Written as
+///   `UCX_NET_DEVICES:<port>,NVSHMEM_HCA_LIST:<port>,NCCL_IB_HCA:<port>`, so only when every
+///   selected rail uses the same port.
+///
+/// vLLM puts the worker's device in front of a value the variable already has, so a note says
+/// to leave the node-wide lists above out of a vLLM worker's environment. Nothing is emitted
+/// when there is no rail (the caller returns before this) or a GPU has no PCI address.
+fn vllm_vars(topo: &NodeTopology, gpus: &[u32], rails: &[(String, u32)], hints: &mut EnvHints) {
+    let mut pairs = Vec::new();
+    for &gpu in gpus {
+        let Some(rail) = rail_of(topo, gpu) else {
+            continue;
+        };
+        let gpu_bdf = topo
+            .gpus
+            .iter()
+            .find(|g| g.index == gpu)
+            .and_then(|g| PciAddress::parse(&g.pci_bus_id));
+        let nic_bdf = topo
+            .nics
+            .iter()
+            .find(|n| n.name == rail.nic)
+            .and_then(|n| PciAddress::parse(&n.pci_address));
+        match (gpu_bdf, nic_bdf) {
+            (Some(g), Some(n)) => pairs.push(format!("{g}={n}")),
+            _ => {
+                hints.notes.push(format!(
+                    "GPU {gpu} or its rail {} has no PCI address: no vLLM mapping",
+                    rail.nic
+                ));
+                return;
+            }
+        }
+    }
+    let mut ports: Vec<u32> = rails.iter().map(|(_, p)| *p).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let [port] = ports[..] else {
+        hints
+            .notes
+            .push("rails use different ports: no VLLM_NIC_SELECTION_VARS".into());
+        return;
+    };
+    if pairs.is_empty() {
+        return;
+    }
+    hints
+        .vars
+        .push(("VLLM_GPU_NIC_PCIE_MAPPING".into(), pairs.join(",")));
+    hints.vars.push((
+        "VLLM_NIC_SELECTION_VARS".into(),
+        VLLM_SELECTED
+            .iter()
+            .map(|v| format!("{v}:{port}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    ));
+    hints.notes.push(format!(
+        "vLLM workers: keep VLLM_*, leave out {} (vLLM sets them per worker, in front of any \
+         value already set)",
+        VLLM_SELECTED.join(", ")
+    ));
+}
+
+/// The variables vLLM is asked to set per worker.
+const VLLM_SELECTED: [&str; 3] = ["UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "NCCL_IB_HCA"];
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Gid, Gpu, Nic, RailPair, RailPairing};
+    use crate::model::{Gid, Gpu, Nic, RailPairing};
 
     fn topo(link: LinkLayer) -> NodeTopology {
         let gpus = (0..4)
@@ -402,6 +527,7 @@ mod tests {
             rail_pairing: RailPairing {
                 rail_aligned: false,
                 pairs,
+                ..RailPairing::default()
             },
             ..NodeTopology::default()
         }
@@ -533,6 +659,7 @@ mod tests {
                         connection: Connection::Pix,
                     })
                     .collect(),
+                ..RailPairing::default()
             },
             ..NodeTopology::default()
         }
@@ -595,5 +722,61 @@ mod tests {
         t.rail_pairing = RailPairing::default();
         let h = placement_hints(&t, &[]).unwrap();
         assert!(h.env.vars.is_empty() && h.pairs.is_empty());
+    }
+
+    fn with_addresses(mut t: NodeTopology) -> NodeTopology {
+        for g in &mut t.gpus {
+            // NVML's form: eight-digit domain, upper case.
+            g.pci_bus_id = format!("00000000:{:02X}:00.0", 0x1a + g.index);
+        }
+        for (i, n) in t.nics.iter_mut().enumerate() {
+            n.pci_address = format!("0000:{:02x}:00.1", 0xb0 + i);
+        }
+        t
+    }
+
+    #[test]
+    fn vllm_mapping_in_selection_order() {
+        let t = with_addresses(topo(LinkLayer::Infiniband));
+        let h = env_hints(&t, Some(&sel(&["2", "0"]))).unwrap();
+        // GPU 2's rail is mlx5_0 (0000:b0:00.1), GPU 0's is mlx5_2 (0000:b2:00.1).
+        assert_eq!(
+            h.get("VLLM_GPU_NIC_PCIE_MAPPING"),
+            Some("0000:1c:00.0=0000:b0:00.1,0000:1a:00.0=0000:b2:00.1")
+        );
+        assert_eq!(
+            h.get("VLLM_NIC_SELECTION_VARS"),
+            Some("UCX_NET_DEVICES:1,NVSHMEM_HCA_LIST:1,NCCL_IB_HCA:1")
+        );
+        // A GPU without a rail is left out of the mapping.
+        let all = env_hints(&t, None).unwrap();
+        let mapping = all.get("VLLM_GPU_NIC_PCIE_MAPPING").unwrap();
+        assert_eq!(mapping.split(',').count(), 3);
+        assert!(!mapping.contains("0000:1d:00.0"), "{mapping}");
+        // Through GetPlacementHints too.
+        let p = placement_hints(&t, &sel(&["1"])).unwrap();
+        assert_eq!(
+            p.env.get("VLLM_GPU_NIC_PCIE_MAPPING"),
+            Some("0000:1b:00.0=0000:b1:00.1")
+        );
+    }
+
+    #[test]
+    fn vllm_vars_need_addresses_and_one_port() {
+        // No PCI addresses: no mapping, and a note says why.
+        let t = topo(LinkLayer::Infiniband);
+        let h = env_hints(&t, None).unwrap();
+        assert_eq!(h.get("VLLM_GPU_NIC_PCIE_MAPPING"), None);
+        assert!(h.notes.iter().any(|n| n.contains("no vLLM mapping")));
+        // Rails on different ports: one suffix cannot say both.
+        let mut t = with_addresses(topo(LinkLayer::Infiniband));
+        t.rail_pairing.pairs[1].port = 2;
+        let h = env_hints(&t, None).unwrap();
+        assert_eq!(h.get("VLLM_NIC_SELECTION_VARS"), None);
+        assert_eq!(h.get("VLLM_GPU_NIC_PCIE_MAPPING"), None);
+        // No rails: nothing.
+        let mut t = with_addresses(topo(LinkLayer::Infiniband));
+        t.rail_pairing = RailPairing::default();
+        assert!(env_hints(&t, None).unwrap().vars.is_empty());
     }
 }

@@ -738,11 +738,53 @@ pub struct Nic {
     pub virtual_function: bool,
     /// Bond / LAG.
     pub bonded: bool,
+    /// What the NIC is for: a GPU's rail, storage or front-end, or an SR-IOV VF.
+    pub role: NicRole,
+    /// True when the role was set by the operator (`--nic-role`), not derived.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub role_overridden: bool,
     /// Ports.
     pub ports: Vec<NicPort>,
     /// ibverbs check, when run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verbs: Option<VerbsCheck>,
+}
+
+/// What a NIC is for. A role applies to every port of the NIC.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum NicRole {
+    /// Not derived: no GPU is known on the node, so no NIC can be told to be a rail.
+    #[default]
+    Unknown,
+    /// A GPU's rail: the nearest NIC (by PCIe distance) of at least one GPU.
+    Compute,
+    /// Storage or front-end: a physical NIC no GPU is nearest to.
+    Storage,
+    /// An SR-IOV virtual function (handed to pods, never a node rail).
+    Virtual,
+}
+
+impl NicRole {
+    /// Lowercase name, as in JSON, tables and `--nic-role`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// One port.
@@ -820,6 +862,11 @@ pub struct RailPairing {
     pub rail_aligned: bool,
     /// Pairs.
     pub pairs: Vec<RailPair>,
+    /// Every GPU's rail: its pair, or else the nearest compute NIC, which it then shares with
+    /// the GPU paired to it. GPUs without any compute NIC are absent.
+    pub gpu_rails: Vec<RailPair>,
+    /// The most GPUs that share one rail in `gpu_rails`; 0 when there is no rail.
+    pub gpus_per_rail: u32,
 }
 
 /// A GPU and its NIC.

@@ -206,6 +206,60 @@ async fn get_health_reflection_metrics_and_hints() {
         "{names:?}"
     );
 
+    // Reflection v1alpha, for older tools, answers too and describes the service.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let ch = Channel::from_shared(format!("http://{}", agent.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut refl = ServerReflectionClient::new(ch);
+        let reqs = vec![
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "nodetopo.v1.TopologyService".into(),
+                )),
+            },
+        ];
+        let mut s = refl
+            .server_reflection_info(tokio_stream::iter(reqs))
+            .await
+            .expect("v1alpha reflection is served")
+            .into_inner();
+        let first = timeout(DEADLINE, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("not a service list: {first:?}");
+        };
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "nodetopo.v1.TopologyService"),
+            "{list:?}"
+        );
+        let second = timeout(DEADLINE, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
+            panic!("not a file descriptor: {second:?}");
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+    }
+
     // Hints: a bad GPU is INVALID_ARGUMENT with a message naming it; good selectors work.
     let err = c
         .get_placement_hints(pb::GetPlacementHintsRequest {

@@ -289,7 +289,7 @@ fn dot_draws_the_domain_and_switch() {
     assert!(out.starts_with("graph "), "{out}");
     assert!(out.contains("subgraph cluster_domain"), "{out}");
     assert!(
-        out.contains("\"gpu3\" -- \"nvswitch\" [label=\"NV18\""),
+        out.contains("\"nvswitch\" -- \"gpu3\" [label=\"NV18\""),
         "{out}"
     );
     assert_eq!(out.matches("shape=box3d").count(), 4);

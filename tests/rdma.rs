@@ -214,9 +214,38 @@ fn h100_ib_env_hints() {
             "DEEP_EP_DEVICE_TO_HCA_MAPPING",
             "UCX_NET_DEVICES",
             "NCCL_IB_HCA",
-            "NVSHMEM_HCA_LIST"
+            "NVSHMEM_HCA_LIST",
+            "VLLM_GPU_NIC_PCIE_MAPPING",
+            "VLLM_NIC_SELECTION_VARS"
         ]
     );
+    // vLLM's mapping: each GPU's bus id = its rail NIC's PCI function, in sysfs form.
+    let t = probe_json(Some(H100), "h100x8-ib");
+    let want: Vec<String> = t
+        .gpus
+        .iter()
+        .map(|g| {
+            let gpu = pci::PciAddress::parse(&g.pci_bus_id).unwrap().to_string();
+            let rail = nic(&t, H100_RAILS[g.index as usize]);
+            format!("{gpu}={}", rail.pci_address)
+        })
+        .collect();
+    assert_eq!(
+        get(&env, "VLLM_GPU_NIC_PCIE_MAPPING"),
+        Some(want.join(",").as_str())
+    );
+    assert!(want[0].starts_with("0000:1b:00.0="), "{want:?}");
+    assert_eq!(
+        get(&env, "VLLM_NIC_SELECTION_VARS"),
+        Some("UCX_NET_DEVICES:1,NVSHMEM_HCA_LIST:1,NCCL_IB_HCA:1")
+    );
+    // The storage NICs are named as such, never listed as rails.
+    let text = run_ok(&probe_args(Some(H100), "h100x8-ib", "env"));
+    assert!(
+        text.contains("# storage NICs, not rails: mlx5_4,mlx5_5"),
+        "{text}"
+    );
+    assert!(!get(&env, "UCX_NET_DEVICES").unwrap().contains("mlx5_4"));
     let list: Vec<String> = H100_RAILS.iter().map(|n| format!("{n}:1")).collect();
     let mapping: Vec<String> = H100_RAILS
         .iter()

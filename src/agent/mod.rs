@@ -31,6 +31,7 @@ use crate::{
         Prober,
         nvml::prober::{GpuProber, ProbeOptions},
         nvml::snapshot::NvmlSnapshot,
+        rails::RoleOverrides,
         sysfs::SysfsRoot,
     },
 };
@@ -61,6 +62,8 @@ pub struct AgentConfig {
     pub nvml_lib: Option<PathBuf>,
     /// sysfs root.
     pub sysfs_root: PathBuf,
+    /// NIC roles set by the operator (`--nic-role`).
+    pub nic_roles: RoleOverrides,
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
     /// Metrics listen address.
@@ -85,6 +88,7 @@ enum Probing {
         sysfs: SysfsRoot,
         node: String,
         options: ProbeOptions,
+        roles: RoleOverrides,
     },
 }
 
@@ -92,17 +96,21 @@ impl Probing {
     fn new(cfg: &AgentConfig) -> Self {
         let sysfs = SysfsRoot::new(&cfg.sysfs_root);
         match &cfg.gpu_source {
-            GpuSource::Live => Self::Live(Box::new(Prober::live(
-                sysfs,
-                cfg.node_name.clone(),
-                cfg.probe_options,
-                cfg.nvml_lib.as_deref().map(|p| p.as_os_str()),
-            ))),
+            GpuSource::Live => Self::Live(Box::new(
+                Prober::live(
+                    sysfs,
+                    cfg.node_name.clone(),
+                    cfg.probe_options,
+                    cfg.nvml_lib.as_deref().map(|p| p.as_os_str()),
+                )
+                .with_nic_roles(cfg.nic_roles.clone()),
+            )),
             GpuSource::Replay(path) => Self::Replay {
                 path: path.clone(),
                 sysfs,
                 node: cfg.node_name.clone(),
                 options: cfg.probe_options,
+                roles: cfg.nic_roles.clone(),
             },
         }
     }
@@ -116,11 +124,14 @@ impl Probing {
                 sysfs,
                 node,
                 options,
+                roles,
             } => {
                 let gpu = NvmlSnapshot::load(path)
                     .map(|s| GpuProber::new(Box::new(s), *options))
                     .map_err(|e| e.to_string());
-                Prober::new(gpu, sysfs.clone(), node.clone()).probe(now)
+                Prober::new(gpu, sysfs.clone(), node.clone())
+                    .with_nic_roles(roles.clone())
+                    .probe(now)
             }
         }
     }

@@ -54,6 +54,9 @@ enum_map!(m::FabricState, p::FabricState, {
     Unknown => Unspecified, None => None, Pending => Pending, Ready => Ready,
     Degraded => Degraded, Inconsistent => Inconsistent, Error => Error,
 });
+enum_map!(m::NicRole, p::NicRole, {
+    Unknown => Unspecified, Compute => Compute, Storage => Storage, Virtual => Virtual,
+});
 enum_map!(m::LinkLayer, p::LinkLayer, {
     Unknown => Unspecified, Infiniband => Infiniband, Ethernet => Ethernet,
 });
@@ -137,17 +140,9 @@ impl From<&m::NodeTopology> for p::NodeTopology {
                 .collect(),
             rail_pairing: Some(p::RailPairing {
                 rail_aligned: t.rail_pairing.rail_aligned,
-                pairs: t
-                    .rail_pairing
-                    .pairs
-                    .iter()
-                    .map(|r| p::RailPair {
-                        gpu: r.gpu,
-                        nic: r.nic.clone(),
-                        port: r.port,
-                        connection: num::<_, p::Connection>(r.connection),
-                    })
-                    .collect(),
+                pairs: t.rail_pairing.pairs.iter().map(rail_to).collect(),
+                gpu_rails: t.rail_pairing.gpu_rails.iter().map(rail_to).collect(),
+                gpus_per_rail: t.rail_pairing.gpus_per_rail,
             }),
             gpudirect: Some(p::GpuDirect {
                 ready: t.gpudirect.ready,
@@ -196,6 +191,24 @@ fn gpu_to(g: &m::Gpu) -> p::Gpu {
     }
 }
 
+fn rail_to(r: &m::RailPair) -> p::RailPair {
+    p::RailPair {
+        gpu: r.gpu,
+        nic: r.nic.clone(),
+        port: r.port,
+        connection: num::<_, p::Connection>(r.connection),
+    }
+}
+
+fn rail_from(r: &p::RailPair) -> m::RailPair {
+    m::RailPair {
+        gpu: r.gpu,
+        nic: r.nic.clone(),
+        port: r.port,
+        connection: en::<p::Connection, _>(r.connection),
+    }
+}
+
 fn nic_to(n: &m::Nic) -> p::Nic {
     p::Nic {
         name: n.name.clone(),
@@ -209,6 +222,8 @@ fn nic_to(n: &m::Nic) -> p::Nic {
         netdevs: n.netdevs.clone(),
         virtual_function: n.virtual_function,
         bonded: n.bonded,
+        role: num::<_, p::NicRole>(n.role),
+        role_overridden: n.role_overridden,
         ports: n
             .ports
             .iter()
@@ -290,16 +305,9 @@ impl From<&p::NodeTopology> for m::NodeTopology {
                 .collect(),
             rail_pairing: m::RailPairing {
                 rail_aligned: rail.rail_aligned,
-                pairs: rail
-                    .pairs
-                    .iter()
-                    .map(|r| m::RailPair {
-                        gpu: r.gpu,
-                        nic: r.nic.clone(),
-                        port: r.port,
-                        connection: en::<p::Connection, _>(r.connection),
-                    })
-                    .collect(),
+                pairs: rail.pairs.iter().map(rail_from).collect(),
+                gpu_rails: rail.gpu_rails.iter().map(rail_from).collect(),
+                gpus_per_rail: rail.gpus_per_rail,
             },
             gpudirect: m::GpuDirect {
                 ready: gd.ready,
@@ -379,6 +387,8 @@ fn nic_from(n: &p::Nic) -> m::Nic {
         netdevs: n.netdevs.clone(),
         virtual_function: n.virtual_function,
         bonded: n.bonded,
+        role: en::<p::NicRole, _>(n.role),
+        role_overridden: n.role_overridden,
         ports: n
             .ports
             .iter()
@@ -485,6 +495,8 @@ mod tests {
                 netdevs: vec!["ib0".into()],
                 virtual_function: true,
                 bonded: true,
+                role: m::NicRole::Storage,
+                role_overridden: true,
                 ports: vec![m::NicPort {
                     port: 1,
                     state: m::PortState::ActiveDefer,
@@ -522,6 +534,13 @@ mod tests {
                     port: 1,
                     connection: m::Connection::Pix,
                 }],
+                gpu_rails: vec![m::RailPair {
+                    gpu: 2,
+                    nic: "mlx5_1".into(),
+                    port: 2,
+                    connection: m::Connection::Pxb,
+                }],
+                gpus_per_rail: 3,
             },
             gpudirect: m::GpuDirect {
                 ready: true,

@@ -254,10 +254,18 @@ pub async fn serve(
     limits: &ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: v1, and v1alpha for older tools (grpcurl before 1.8.8,
+    // some IDE plugins) that ask only for that one.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(ServeError::Reflection)?;
     let svc = TopologyServiceServer::new(api)
         .max_decoding_message_size(limits.max_message_bytes)
@@ -270,6 +278,7 @@ pub async fn serve(
             tonic_health::server::HealthService::from_health_reporter(health),
         ))
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(svc)
         .serve_with_incoming_shutdown(
             // Socket options apply to the incoming stream, not the builder, with a listener of

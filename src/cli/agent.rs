@@ -8,7 +8,7 @@ use nodetopo::{
     agent::{self, AgentConfig, GpuSource},
     api::ServerLimits,
     labels::LabelConfig,
-    probe::nvml::prober::ProbeOptions,
+    probe::{nvml::prober::ProbeOptions, rails::RoleOverrides},
 };
 
 /// Flags of `nodetopo agent`.
@@ -58,6 +58,11 @@ pub struct AgentArgs {
     /// Path of the NVML library (default: `libnvidia-ml.so.1` from the loader's search path).
     #[arg(long, value_name = "PATH", env = "NODETOPO_NVML_LIB")]
     nvml_lib: Option<PathBuf>,
+    /// NIC roles set by hand, repeatable: `ROLE=NAME[,NAME...]` with ROLE `compute`, `storage`
+    /// or `virtual` and NAME a device (`mlx5_4`), a netdev (`enp94s0f0np0`) or a PCI address.
+    /// Named NICs take that role instead of the derived one.
+    #[arg(long = "nic-role", value_name = "ROLE=NAMES")]
+    nic_roles: Vec<String>,
 }
 
 impl AgentArgs {
@@ -77,6 +82,8 @@ impl AgentArgs {
                 nodetopo::labels::compat::CompatOptions::parse_list(&self.compat_labels)
                     .context("--compat-labels")?,
             );
+        let nic_roles = RoleOverrides::parse(self.nic_roles.iter().map(String::as_str))
+            .context("--nic-role")?;
         if !self.sysfs_root.is_dir() {
             tracing::warn!(root = %self.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
         }
@@ -93,6 +100,7 @@ impl AgentArgs {
                 query_all_p2p: self.query_all_p2p,
             },
             sysfs_root: self.sysfs_root,
+            nic_roles,
             grpc_listen: self.grpc_listen,
             metrics_listen: self.metrics_listen,
             limits: ServerLimits {

@@ -12,6 +12,7 @@ use nodetopo::{
         nvml::live::LiveNvml,
         nvml::prober::{GpuProber, ProbeOptions},
         nvml::snapshot::NvmlSnapshot,
+        rails::RoleOverrides,
         sysfs::SysfsRoot,
     },
     render::{self, Format},
@@ -44,6 +45,11 @@ pub struct ProbeArgs {
     /// Path of the NVML library (default: `libnvidia-ml.so.1` from the loader's search path).
     #[arg(long, value_name = "PATH", env = "NODETOPO_NVML_LIB")]
     nvml_lib: Option<PathBuf>,
+    /// NIC roles set by hand, repeatable: `ROLE=NAME[,NAME...]` with ROLE `compute`, `storage`
+    /// or `virtual` and NAME a device (`mlx5_4`), a netdev (`enp94s0f0np0`) or a PCI address.
+    /// Named NICs take that role instead of the derived one.
+    #[arg(long = "nic-role", value_name = "ROLE=NAMES")]
+    nic_roles: Vec<String>,
     /// Label key prefix for `-o labels`.
     #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
     label_prefix: String,
@@ -66,6 +72,8 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         Some(list) => Some(GpuSelector::parse_list(list).context("--gpus")?),
         None => None,
     };
+    let nic_roles =
+        RoleOverrides::parse(args.nic_roles.iter().map(String::as_str)).context("--nic-role")?;
     let sysfs = SysfsRoot::new(&args.sysfs_root);
     if !args.sysfs_root.is_dir() {
         tracing::warn!(root = %args.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
@@ -74,7 +82,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let options = ProbeOptions {
         query_all_p2p: args.query_all_p2p,
     };
-    let mut prober = if let Some(path) = &args.replay {
+    let prober = if let Some(path) = &args.replay {
         let snap = NvmlSnapshot::load(path)?;
         Prober::new(Ok(GpuProber::new(Box::new(snap), options)), sysfs, node)
     } else if let Some(path) = &args.record {
@@ -98,6 +106,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
             args.nvml_lib.as_deref().map(|p| p.as_os_str()),
         )
     };
+    let mut prober = prober.with_nic_roles(nic_roles);
     let topo = prober.probe(SystemTime::now());
     for s in topo.sources.iter().filter(|s| !s.ok) {
         tracing::info!(source = %s.source, error = %s.error, "probe source failed");

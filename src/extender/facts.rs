@@ -231,6 +231,7 @@ mod tests {
                     nic: "mlx5_0".into(),
                     ..Default::default()
                 }],
+                ..Default::default()
             },
             ..Default::default()
         };

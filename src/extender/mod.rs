@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod facts;
 pub mod group;
 pub mod grpc;
+pub mod page;
 pub mod placement;
 pub mod policy;
 pub mod server;

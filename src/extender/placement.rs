@@ -69,6 +69,10 @@ pub trait PlacementIndex: Send + Sync {
     fn apply(&self, event: PodEvent);
     /// Replaces the whole content (after a full re-list).
     fn replace_all(&self, placed: Vec<PlacedPod>);
+    /// Every placed pod, sorted by pod key (for the debug page; empty where not kept).
+    fn all(&self) -> Vec<PlacedPod> {
+        Vec::new()
+    }
 }
 
 /// The in-memory index.
@@ -115,6 +119,10 @@ impl MemoryPlacementIndex {
 }
 
 impl PlacementIndex for MemoryPlacementIndex {
+    fn all(&self) -> Vec<PlacedPod> {
+        self.read().values().cloned().collect()
+    }
+
     fn members(&self, group_id: &str) -> Vec<PlacedPod> {
         self.read()
             .values()

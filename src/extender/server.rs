@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
-    http::StatusCode,
+    extract::{DefaultBodyLimit, RawQuery, State},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -173,7 +173,46 @@ struct ViewRow {
     facts: Option<super::facts::NodeFacts>,
 }
 
-async fn view(State(s): State<AppState>) -> Response {
+/// True when the client asked for the HTML page: `?format=html`, or a browser's `Accept`
+/// (`text/html` listed). Anything else (curl, scripts, `?format=json`) gets JSON.
+fn wants_html(headers: &HeaderMap, query: Option<&str>) -> bool {
+    let q = query.unwrap_or("");
+    if q.split('&').any(|kv| kv == "format=json") {
+        return false;
+    }
+    q.split('&').any(|kv| kv == "format=html")
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"))
+}
+
+async fn view(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if wants_html(&headers, query.as_deref()) {
+        let nodes: Vec<super::page::PageNode> = s.ext.view.read(|v| {
+            v.node_names()
+                .into_iter()
+                .map(|n| {
+                    let r = v.resolve(&n, None);
+                    super::page::PageNode {
+                        stale_reason: v
+                            .entry(&n)
+                            .map(|e| e.stale_reason.clone())
+                            .unwrap_or_default(),
+                        freshness: r.as_ref().map(|r| r.freshness),
+                        facts: r.map(|r| r.facts.into_owned()),
+                        name: n,
+                    }
+                })
+                .collect()
+        });
+        let html = super::page::render(&nodes, &s.ext.placements.all());
+        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    }
     let rows: Vec<ViewRow> = s.ext.view.read(|v| {
         v.node_names()
             .into_iter()

@@ -78,13 +78,14 @@ pub enum Key {
     /// The multi-node NVLink cluster (ClusterUUID).
     #[strum(serialize = "nvlink.cluster")]
     NvlinkCluster,
-    /// Active RDMA ports.
+    /// Active ports of the compute rails (every active port of a physical NIC where no GPU is
+    /// known to tell rails apart).
     #[strum(serialize = "rdma.count")]
     RdmaCount,
-    /// The link layer of the active RDMA ports ([`LinkLayerValue`]).
+    /// The link layer of the rails' active ports ([`LinkLayerValue`]).
     #[strum(serialize = "rdma.link-layer")]
     RdmaLinkLayer,
-    /// The slowest active RDMA port, in Gb/s.
+    /// The slowest active rail port, in Gb/s.
     #[strum(serialize = "rdma.rate-gbps")]
     RdmaRateGbps,
     /// The InfiniBand subnet prefix, `:` written as `-`.
@@ -96,6 +97,9 @@ pub enum Key {
     /// Whether every GPU has a rail NIC of its own on its PCIe switch.
     #[strum(serialize = "rdma.rail-aligned")]
     RdmaRailAligned,
+    /// The most GPUs that share one rail NIC (1 on a rail-aligned node).
+    #[strum(serialize = "rdma.gpus-per-rail")]
+    RdmaGpusPerRail,
 }
 
 impl Key {

@@ -18,7 +18,8 @@ pub use self::{
     syntax::{LabelError, LabelKey, LabelValue, is_dns_subdomain},
 };
 use crate::model::{
-    Connection, FabricState, GpuFamily, LinkLayer, NodeTopology, P2pStatus, PortState, Source,
+    Connection, FabricState, GpuFamily, LinkLayer, NicRole, NodeTopology, P2pStatus, PortState,
+    Source,
 };
 
 /// How labels are named.
@@ -207,7 +208,8 @@ fn nvlink_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     set.put(Key::NvlinkCluster, topo.fabric.cluster_uuid.clone());
 }
 
-/// `rdma.*`: the active RDMA ports, written once RDMA facts are known.
+/// `rdma.*`: the compute rails' active ports, written once RDMA facts are known. Storage,
+/// front-end and virtual NICs are left out.
 fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     let rdma_known = !topo.nics.is_empty()
         || topo
@@ -217,9 +219,11 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     if !rdma_known {
         return;
     }
+    // The rails: compute NICs, or every physical NIC where roles are unknown (no GPU seen).
     let active: Vec<_> = topo
         .nics
         .iter()
+        .filter(|n| matches!(n.role, NicRole::Compute | NicRole::Unknown) && !n.virtual_function)
         .flat_map(|n| &n.ports)
         .filter(|p| matches!(p.state, PortState::Active | PortState::ActiveDefer))
         .collect();
@@ -262,6 +266,11 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
             .first()
             .filter(|_| !failed(topo, Source::SysfsPci))
             .map(|_| topo.rail_pairing.rail_aligned.to_string()),
+    );
+    set.put(
+        Key::RdmaGpusPerRail,
+        (topo.rail_pairing.gpus_per_rail > 0 && !failed(topo, Source::SysfsPci))
+            .then(|| topo.rail_pairing.gpus_per_rail.to_string()),
     );
 }
 

@@ -6,6 +6,7 @@
 
 pub mod nvml;
 pub mod pci;
+pub mod rails;
 pub mod rdma;
 pub mod sysfs;
 
@@ -24,6 +25,7 @@ pub struct Prober {
     gpu: Result<GpuProber, String>,
     sysfs: SysfsRoot,
     node_name: String,
+    nic_roles: rails::RoleOverrides,
 }
 
 impl Prober {
@@ -33,7 +35,14 @@ impl Prober {
             gpu,
             sysfs,
             node_name,
+            nic_roles: rails::RoleOverrides::default(),
         }
+    }
+
+    /// Sets the operator's NIC roles (`--nic-role`), applied before rails are derived.
+    pub fn with_nic_roles(mut self, roles: rails::RoleOverrides) -> Self {
+        self.nic_roles = roles;
+        self
     }
 
     /// A prober over live NVML (`nvml_lib` overrides the library path); a machine without NVML
@@ -83,7 +92,7 @@ impl Prober {
                     .push(SourceStatus::failed(Source::Fabric, "not probed: no NVML"));
             }
         }
-        rdma::fill(&self.sysfs, &mut topo);
+        rdma::fill_with(&self.sysfs, &mut topo, &self.nic_roles);
         topo
     }
 }

@@ -121,7 +121,8 @@ pub struct PciPath {
     pub host_bridge: String,
     /// Functions from the root port (first) to the device itself (last).
     pub chain: Vec<PciAddress>,
-    /// NUMA node from the device's `numa_node`, when known (not -1).
+    /// NUMA node of the CPU side: the root port's `numa_node`, else the device's, when known
+    /// (not -1).
     pub numa_node: Option<i32>,
 }
 
@@ -163,7 +164,15 @@ impl PciPath {
             bdf: bdf.clone(),
             path: path.display().to_string(),
         };
-        let numa = || root.pci_numa_node(&bdf);
+        // The CPU side's NUMA node: the root port's, where it says. A device's own node can be
+        // something else: a GB200 GPU reports the NUMA node of its memory, which no CPU or NIC
+        // is on.
+        let numa_of = |path: &Path| -> Option<i32> {
+            let rel = path.strip_prefix(root.path("devices")).ok()?;
+            let root_port = rel.iter().nth(1)?.to_str()?;
+            root.pci_numa_node(root_port)
+        };
+        let numa = || numa_of(&real).or_else(|| root.pci_numa_node(&bdf));
         if let Ok(rel) = real.strip_prefix(root.path("devices")) {
             return Self::from_devices_rel(rel, numa()).ok_or_else(|| not_in_tree(&real));
         }
@@ -242,17 +251,104 @@ pub fn place(root: &SysfsRoot, gpus: &[Gpu], nics: &[Nic]) -> Placement {
             Err(e) => out.errors.push(format!("GPU {}: {e}", g.index)),
         }
     }
+    let data_direct = data_direct_functions(root);
     for n in nics {
         if n.pci_address.is_empty() {
             out.errors.push(format!("NIC {}: no PCI address", n.name));
             continue;
         }
-        match PciPath::resolve(root, &n.pci_address) {
+        // A ConnectX-8 with a Data Direct function DMAs through that function: place the NIC
+        // there, where its GPU is.
+        let at = data_direct_of(root, &n.pci_address, &data_direct).unwrap_or(&n.pci_address);
+        match PciPath::resolve(root, at) {
             Ok(p) => out.nics.push((n.name.clone(), p)),
             Err(e) => out.errors.push(format!("NIC {}: {e}", n.name)),
         }
     }
     out
+}
+
+/// PCI vendor and device id of the ConnectX-8 Data Direct function (the id the kernel's mlx5
+/// data-direct driver binds to: drivers/infiniband/hw/mlx5/data_direct.c).
+pub const DATA_DIRECT_ID: (&str, &str) = ("0x15b3", "0x2100");
+
+/// Every Data Direct function under `root`, with the `VU` keyword of its VPD (the id the
+/// kernel matches with the NIC's). Functions without a readable `VU` are left out.
+pub fn data_direct_functions(root: &SysfsRoot) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(root.path("bus/pci/devices")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let bdf = e.file_name().to_string_lossy().into_owned();
+        let dev = root.pci_device(&bdf);
+        let attr = |a: &str| root.read_attr(&dev.join(a)).ok().flatten();
+        if attr("vendor").as_deref() != Some(DATA_DIRECT_ID.0)
+            || attr("device").as_deref() != Some(DATA_DIRECT_ID.1)
+        {
+            continue;
+        }
+        if let Some(vu) = std::fs::read(dev.join("vpd"))
+            .ok()
+            .and_then(|v| vpd_keyword(&v, *b"VU"))
+        {
+            out.push((bdf, vu));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The Data Direct function serving the NIC at `nic_bdf`: the one whose VPD `VU` equals the
+/// NIC's.
+fn data_direct_of<'a>(
+    root: &SysfsRoot,
+    nic_bdf: &str,
+    data_direct: &'a [(String, String)],
+) -> Option<&'a String> {
+    if data_direct.is_empty() {
+        return None;
+    }
+    let bdf = PciAddress::parse(nic_bdf)?.to_string();
+    let vu = std::fs::read(root.pci_device(&bdf).join("vpd"))
+        .ok()
+        .and_then(|v| vpd_keyword(&v, *b"VU"))?;
+    data_direct
+        .iter()
+        .find(|(_, v)| *v == vu)
+        .map(|(bdf, _)| bdf)
+}
+
+/// A keyword's value from the read-only section (VPD-R) of PCI Vital Product Data, as sysfs
+/// `vpd` holds it: large resources (tag byte with bit 7 set, 16-bit little-endian length), the
+/// identifier string `0x82`, VPD-R `0x90` holding `<2-byte keyword><1-byte length><data>`
+/// fields, VPD-W `0x91`, and the small end tag `0x78`. Trailing spaces and NULs are trimmed.
+pub fn vpd_keyword(vpd: &[u8], key: [u8; 2]) -> Option<String> {
+    let mut i = 0;
+    while i < vpd.len() {
+        let tag = vpd[i];
+        if tag & 0x80 == 0 {
+            // Small resource: the end tag (or anything else) ends the walk.
+            return None;
+        }
+        let len = usize::from(*vpd.get(i + 1)?) | usize::from(*vpd.get(i + 2)?) << 8;
+        let data = vpd.get(i + 3..i + 3 + len)?;
+        if tag == 0x90 {
+            let mut k = 0;
+            while k + 3 <= data.len() {
+                let n = usize::from(data[k + 2]);
+                let value = data.get(k + 3..k + 3 + n)?;
+                if data[k..k + 2] == key {
+                    let text = String::from_utf8_lossy(value);
+                    let text = text.trim_end_matches([' ', '\0']).to_string();
+                    return (!text.is_empty()).then_some(text);
+                }
+                k += 3 + n;
+            }
+        }
+        i += 3 + len;
+    }
+    None
 }
 
 /// Every GPU↔NIC pair, classified, ranked per GPU (rank 0 = nearest; ties by NIC name).
@@ -350,6 +446,7 @@ pub fn rail_pairing(gpus: &[Gpu], nics: &[Nic], affinity: &[GpuNicAffinity]) -> 
     RailPairing {
         rail_aligned,
         pairs,
+        ..RailPairing::default()
     }
 }
 
@@ -418,6 +515,35 @@ mod tests {
         ] {
             assert_eq!(PciAddress::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn vpd_keywords() {
+        // Identifier string, VPD-R with PN and VU (and the checksum field RV), end tag.
+        let mut v = vec![0x82, 4, 0, b'C', b'X', b'-', b'8'];
+        let ro: Vec<u8> = [
+            &b"PN"[..],
+            &[3],
+            b"MCX",
+            b"VU",
+            &[6],
+            b"AB12\0 ",
+            b"RV",
+            &[1],
+            &[0],
+        ]
+        .concat();
+        v.extend([0x90, ro.len() as u8, 0]);
+        v.extend(&ro);
+        v.push(0x78);
+        assert_eq!(vpd_keyword(&v, *b"VU").as_deref(), Some("AB12"));
+        assert_eq!(vpd_keyword(&v, *b"PN").as_deref(), Some("MCX"));
+        assert_eq!(vpd_keyword(&v, *b"SN"), None);
+        // Truncated data: no answer, no panic.
+        for cut in 0..v.len() {
+            let _ = vpd_keyword(&v[..cut], *b"VU");
+        }
+        assert_eq!(vpd_keyword(&[0x78], *b"VU"), None);
     }
 
     #[test]

@@ -147,15 +147,29 @@ fn nics(t: &NodeTopology, out: &mut String) {
         out.push('\n');
         let mut rows = vec![
             [
-                "NIC", "PCI", "NUMA", "PORT", "STATE", "LINK", "RATE", "NETDEV",
+                "NIC", "ROLE", "PCI", "NUMA", "PORT", "STATE", "LINK", "RATE", "NETDEV", "GPUS",
             ]
             .map(String::from)
             .to_vec(),
         ];
         for n in &t.nics {
+            // The GPUs whose rail this NIC is.
+            let gpus: Vec<String> = t
+                .rail_pairing
+                .gpu_rails
+                .iter()
+                .filter(|r| r.nic == n.name)
+                .map(|r| r.gpu.to_string())
+                .collect();
+            let role = if n.role_overridden {
+                format!("{} (set)", n.role)
+            } else {
+                n.role.to_string()
+            };
             for p in &n.ports {
                 rows.push(vec![
                     n.name.clone(),
+                    role.clone(),
                     n.pci_address.clone(),
                     n.numa_node
                         .map(|x| x.to_string())
@@ -165,6 +179,11 @@ fn nics(t: &NodeTopology, out: &mut String) {
                     p.link_layer.to_string(),
                     format!("{} Gb/s", p.rate_gbps),
                     n.netdevs.join(","),
+                    if gpus.is_empty() {
+                        "-".into()
+                    } else {
+                        gpus.join(",")
+                    },
                 ]);
             }
         }

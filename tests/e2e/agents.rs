@@ -272,7 +272,11 @@ async fn agents_label_their_own_nodes() {
         "4f1c2d3e-5a6b-47c8-a9d0-e1f2a3b4c5d6.1"
     );
     assert_eq!(want[2]["nodetopo.io/gpu.count"], "8");
-    assert_eq!(want[2]["nodetopo.io/rdma.count"], "9");
+    // The 8 InfiniBand rails (one port down), not the 2 Ethernet storage NICs.
+    assert_eq!(want[2]["nodetopo.io/rdma.count"], "7");
+    assert_eq!(want[2]["nodetopo.io/rdma.link-layer"], "infiniband");
+    assert_eq!(want[2]["nodetopo.io/rdma.rate-gbps"], "400");
+    assert_eq!(want[2]["nodetopo.io/rdma.gpus-per-rail"], "1");
 
     // 2. No hardware change over many intervals: not one write, the resourceVersions stay.
     let before: Vec<String> = {

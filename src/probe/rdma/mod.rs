@@ -13,11 +13,20 @@ pub mod sysfs;
 pub mod verbs;
 
 use self::{gpudirect::GpuDirectFacts, sysfs::RdmaProbe};
-use super::{pci, sysfs::SysfsRoot};
+use super::{
+    pci,
+    rails::{self, RoleOverrides},
+    sysfs::SysfsRoot,
+};
 
 /// Probes the NICs under `root` and fills the RDMA part of `topo` (whose GPUs must already be
 /// set). With the `verbs` feature every NIC is also checked through ibverbs.
 pub fn fill(root: &SysfsRoot, topo: &mut NodeTopology) {
+    fill_with(root, topo, &RoleOverrides::default());
+}
+
+/// [`fill`], with the operator's NIC roles.
+pub fn fill_with(root: &SysfsRoot, topo: &mut NodeTopology, roles: &RoleOverrides) {
     let start = Instant::now();
     #[allow(unused_mut)]
     let mut rdma = sysfs::probe(root);
@@ -30,17 +39,18 @@ pub fn fill(root: &SysfsRoot, topo: &mut NodeTopology) {
     };
     #[cfg(not(feature = "verbs"))]
     let verbs = None;
-    finish(root, topo, rdma, verbs);
+    finish(root, topo, rdma, verbs, roles);
 }
 
-/// Fills `topo` from an RDMA probe result and an optional verbs status: PCIe affinity, rail
-/// pairing, GPUDirect readiness and the source statuses (`rdma`, `sysfs-pci`, `gpudirect`,
+/// Fills `topo` from an RDMA probe result and an optional verbs status: PCIe affinity, NIC
+/// roles ([`rails`]), rail pairing over the compute NICs, GPUDirect readiness and the source statuses (`rdma`, `sysfs-pci`, `gpudirect`,
 /// then `verbs` when given).
 pub fn finish(
     root: &SysfsRoot,
     topo: &mut NodeTopology,
     rdma: RdmaProbe,
     verbs: Option<SourceStatus>,
+    roles: &RoleOverrides,
 ) {
     topo.sources.push(rdma.status());
     topo.nics = rdma.nics;
@@ -48,7 +58,8 @@ pub fn finish(
     let start = Instant::now();
     let placement = pci::place(root, &topo.gpus, &topo.nics);
     topo.gpu_nic_affinity = pci::gpu_nic_affinity(&placement);
-    topo.rail_pairing = pci::rail_pairing(&topo.gpus, &topo.nics, &topo.gpu_nic_affinity);
+    rails::classify(&topo.gpus, &mut topo.nics, &topo.gpu_nic_affinity, roles);
+    topo.rail_pairing = rails::pairing(&topo.gpus, &topo.nics, &topo.gpu_nic_affinity);
     let mut problems = placement.errors.clone();
     let tree = pci::gpu_pairs_from_tree(&placement);
     for (a, b, sysfs, nvml) in pci::disagreements(&tree, &topo.gpu_pairs) {
