@@ -210,7 +210,11 @@ async fn chart_renders_installs_and_matches_daemonset() {
     let closed = template(&cp, &["networkPolicy.enabled=true"]);
     let np = find(&closed, "NetworkPolicy").expect("networkPolicy.enabled renders one");
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
-    assert_eq!(np["spec"]["ingress"], json!([]), "no peer: every port closed");
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([]),
+        "no peer: every port closed"
+    );
     assert_eq!(
         np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
         "agent"
@@ -225,13 +229,19 @@ async fn chart_renders_installs_and_matches_daemonset() {
     );
     let rules = find(&open, "NetworkPolicy").unwrap()["spec"]["ingress"].clone();
     assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
-    assert_eq!(rules[0]["ports"], json!([{"protocol": "TCP", "port": 9750}]));
+    assert_eq!(
+        rules[0]["ports"],
+        json!([{"protocol": "TCP", "port": 9750}])
+    );
     assert_eq!(
         rules[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
         "extender",
         "{rules}"
     );
-    assert_eq!(rules[1]["ports"], json!([{"protocol": "TCP", "port": 9751}]));
+    assert_eq!(
+        rules[1]["ports"],
+        json!([{"protocol": "TCP", "port": 9751}])
+    );
     assert_eq!(
         rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
         "monitoring"
