@@ -237,7 +237,7 @@ fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     let task = rt.spawn(watch_agent(
         "lat".into(),
         grpc,
-        Arc::new(GrpcConnector),
+        Arc::new(GrpcConnector::default()),
         view.clone(),
         nodetopo::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
         stop_rx,

@@ -65,6 +65,7 @@ pub struct Metrics {
     revision: Gauge,
     watchers: Gauge,
     fabric_state: Family<StateLabel, Gauge>,
+    fabric_change_held: Gauge,
     ready: Arc<AtomicBool>,
 }
 
@@ -123,6 +124,12 @@ impl Metrics {
             "1 for the node's current NVLink fabric state, 0 for the others",
             fabric_state.clone(),
         );
+        let fabric_change_held = Gauge::default();
+        r.register(
+            "fabric_change_held",
+            "1 while a fabric label change waits for the next probe to confirm it (hysteresis)",
+            fabric_change_held.clone(),
+        );
         Self {
             registry: Arc::new(r),
             probe_duration,
@@ -133,8 +140,14 @@ impl Metrics {
             revision,
             watchers,
             fabric_state,
+            fabric_change_held,
             ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether a fabric label change is held by the hysteresis.
+    pub fn set_fabric_change_held(&self, held: bool) {
+        self.fabric_change_held.set(i64::from(held));
     }
 
     /// Records one probe pass: each source's own time and failure from `sources` (those of the

@@ -679,3 +679,219 @@ fn probe_prints_labels() {
         "{text}"
     );
 }
+
+/// A CA, a server certificate for `DNS:agent.nodetopo` only (so dialling 127.0.0.1 needs the
+/// server-name option), a client certificate from the same CA, and a second CA with a client
+/// certificate of its own: made with openssl, as an operator would.
+fn make_pki(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let mut a = vec!["req", "-x509", "-days", "1", "-subj"];
+        let subj = format!("/CN={ca}");
+        a.push(&subj);
+        a.extend(ec);
+        let (k, c) = (format!("{ca}.key"), format!("{ca}.pem"));
+        a.extend(["-keyout", &k, "-out", &c]);
+        a.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        a.extend(["-addext", "keyUsage=critical,keyCertSign"]);
+        openssl(&a);
+    }
+    for (name, ca, ext) in [
+        (
+            "server",
+            "ca",
+            "subjectAltName=DNS:agent.nodetopo\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "ca", "extendedKeyUsage=clientAuth\n"),
+        ("rogue", "other-ca", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (k, r, c) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subj = format!("/CN={name}");
+        let mut a = vec!["req", "-new", "-subj", &subj];
+        a.extend(ec);
+        a.extend(["-keyout", &k, "-out", &r]);
+        openssl(&a);
+        let (cap, cak, ext) = (
+            format!("{ca}.pem"),
+            format!("{ca}.key"),
+            format!("{name}.ext"),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &r,
+            "-CA",
+            &cap,
+            "-CAkey",
+            &cak,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &c,
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+/// The agent's topology over `tls`, or why not.
+async fn tls_get(
+    endpoint: &str,
+    tls: &nodetopo::api::tls::ClientTls,
+) -> Result<pb::NodeTopology, String> {
+    let mut c = nodetopo::api::connect_with(endpoint, Some(tls))
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let r = c
+        .get_node_topology(pb::GetNodeTopologyRequest {})
+        .await
+        .map_err(|s| format!("get: {s:?}"))?;
+    Ok(r.into_inner().topology.unwrap_or_default())
+}
+
+/// Waits for the first probe through `tls`.
+async fn tls_ready(endpoint: &str, tls: &nodetopo::api::tls::ClientTls) -> pb::NodeTopology {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match tls_get(endpoint, tls).await {
+            Ok(t) if t.revision > 0 => return t,
+            r => assert!(Instant::now() < deadline, "agent not ready over TLS: {r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn grpc_over_tls_and_mutual_tls_with_real_clients() {
+    use nodetopo::api::tls::ClientTls;
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    make_pki(d);
+    let p = |f: &str| d.join(f);
+    let name = Some("agent.nodetopo".to_string());
+    let trusting = ClientTls::load(Some(&p("ca.pem")), None, None, name.clone()).unwrap();
+
+    // TLS: a client that trusts the CA and checks the certificate's name gets the topology.
+    let (cert, key) = (p("server.pem"), p("server.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let agent = Agent::start(&["--grpc-tls-cert", cert, "--grpc-tls-key", key]);
+    let t = tls_ready(&agent.grpc, &trusting).await;
+    assert_eq!(t.node_name, "test-node");
+    assert_eq!(t.gpus.len(), 4);
+    // Refused: plaintext; a client that trusts another CA; the wrong name (127.0.0.1 is not in
+    // the certificate).
+    let plain = async {
+        let mut c = nodetopo::api::connect(&agent.grpc).await.ok()?;
+        c.get_node_topology(pb::GetNodeTopologyRequest {})
+            .await
+            .ok()
+    };
+    assert!(plain.await.is_none(), "plaintext reached a TLS agent");
+    let other = ClientTls::load(Some(&p("other-ca.pem")), None, None, name.clone()).unwrap();
+    let e = tls_get(&agent.grpc, &other).await.unwrap_err();
+    assert!(
+        e.contains("UnknownIssuer") || e.contains("certificate"),
+        "{e}"
+    );
+    let no_name = ClientTls::load(Some(&p("ca.pem")), None, None, None).unwrap();
+    let e = tls_get(&agent.grpc, &no_name).await.unwrap_err();
+    assert!(
+        e.contains("NotValidForName") || e.contains("certificate"),
+        "{e}"
+    );
+    // `nodetopo query` with the matching options.
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args(["query", "get", "-o", "json", "--endpoint", &agent.grpc])
+        .arg("--grpc-tls-ca")
+        .arg(p("ca.pem"))
+        .args(["--grpc-tls-server-name", "agent.nodetopo"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["node_name"], "test-node", "{json}");
+    drop(agent);
+
+    // Mutual TLS: only a client certificate from the client CA is let in.
+    let ca = p("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let agent = Agent::start(&[
+        "--grpc-tls-cert",
+        cert,
+        "--grpc-tls-key",
+        key,
+        "--grpc-tls-client-ca",
+        ca,
+    ]);
+    let client = ClientTls::load(
+        Some(&p("ca.pem")),
+        Some(&p("client.pem")),
+        Some(&p("client.key")),
+        name.clone(),
+    )
+    .unwrap();
+    assert_eq!(tls_ready(&agent.grpc, &client).await.gpus.len(), 4);
+    tls_get(&agent.grpc, &trusting)
+        .await
+        .expect_err("no client certificate under mutual TLS");
+    let rogue = ClientTls::load(
+        Some(&p("ca.pem")),
+        Some(&p("rogue.pem")),
+        Some(&p("rogue.key")),
+        name,
+    )
+    .unwrap();
+    tls_get(&agent.grpc, &rogue)
+        .await
+        .expect_err("a client certificate from another CA");
+    // The server still serves the good client after the refusals.
+    assert_eq!(tls_get(&agent.grpc, &client).await.unwrap().gpus.len(), 4);
+}
+
+#[test]
+fn tls_flags_go_together() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args(["agent", "--no-kube", "--grpc-tls-cert", "/nonexistent.pem"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--grpc-tls-key"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        .args(["agent", "--no-kube", "--grpc-tls-cert", "/nonexistent.pem"])
+        .args(["--grpc-tls-key", "/nonexistent.key"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent.pem"), "{err}");
+}

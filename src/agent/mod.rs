@@ -70,6 +70,8 @@ pub struct AgentConfig {
     pub metrics_listen: SocketAddr,
     /// gRPC limits.
     pub limits: ServerLimits,
+    /// TLS for the gRPC API (plaintext when `None`).
+    pub grpc_tls: Option<api::tls::ServerTls>,
     /// Label naming.
     pub labels: LabelConfig,
     /// Write node labels to Kubernetes.
@@ -332,7 +334,7 @@ async fn start_labeler(
     Ok(Some(tokio::spawn(l.run(
         labels_rx,
         shutdown_rx,
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+        Backoff::new(Duration::from_millis(500), LABEL_RETRY_MAX),
     ))))
 }
 
@@ -367,10 +369,14 @@ impl Servers {
         let topo_api =
             TopologyApi::new(state_rx, cfg.limits.max_watchers, Arc::new(metrics.clone()));
         let grpc = tokio::spawn({
-            let (limits, health, mut sd) =
-                (cfg.limits.clone(), health.clone(), shutdown_rx.clone());
+            let (limits, tls, health, mut sd) = (
+                cfg.limits.clone(),
+                cfg.grpc_tls.clone(),
+                health.clone(),
+                shutdown_rx.clone(),
+            );
             async move {
-                api::serve(grpc, topo_api, health, &limits, async move {
+                api::serve(grpc, topo_api, health, &limits, tls.as_ref(), async move {
                     let _ = sd.wait_for(|s| *s).await;
                 })
                 .await
@@ -443,6 +449,15 @@ fn flatten<E: std::error::Error + Send + Sync + 'static>(
     Err(AgentError::Server { what, source })
 }
 
+/// The longest wait between label write attempts while the API server fails (each wait is
+/// jittered in its upper half): after an outage the labels are written at most this long after
+/// the server is back, and a node sends at most one write per 15 s while it is away.
+const LABEL_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Consecutive probes that must agree on a new fabric state, domain or cluster before the labels
+/// change ([`labels::hysteresis`]): a change is written once it held for a whole interval.
+const FABRIC_CONFIRMATIONS: u32 = 2;
+
 /// Where the probe loop hands each new state.
 struct Publishers {
     labels: watch::Sender<Option<Labels>>,
@@ -465,6 +480,8 @@ async fn probe_loop(
         metrics,
     } = out;
     let mut source = Some(Probing::new(&cfg));
+    let mut fabric_hold =
+        labels::hysteresis::FabricHysteresis::new(cfg.labels.prefix(), FABRIC_CONFIRMATIONS);
     let mut first = true;
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -490,10 +507,19 @@ async fn probe_loop(
         let next = next_state(&prev, fresh, start_ms);
         let changed = next.revision != prev.revision;
         metrics.observe_probe(&fresh_sources, took, &next);
+        // Every probe: a held fabric change is confirmed, or dropped, by the probes after it.
+        let want = fabric_hold.update(labels::desired_labels(&next, &cfg.labels));
+        metrics.set_fabric_change_held(fabric_hold.is_holding());
+        labels_tx.send_if_modified(|cur| {
+            let new = cur.as_ref() != Some(&want);
+            if new {
+                *cur = Some(want);
+            }
+            new
+        });
         if changed {
             log_failures(&next);
             tracing::info!(revision = next.revision, took = ?took, "topology changed");
-            let _ = labels_tx.send(Some(labels::desired_labels(&next, &cfg.labels)));
             if prev.revision != 0 {
                 if let Some(ev) = crate::node_labels::fabric_event(&prev.fabric, &next.fabric) {
                     let _ = events.try_send(ev);

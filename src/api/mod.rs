@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod tls;
 pub mod wire;
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
@@ -243,15 +244,20 @@ pub enum ServeError {
     /// The transport failed.
     #[error("serving gRPC")]
     Transport(#[source] tonic::transport::Error),
+    /// The TLS certificate or key is not usable.
+    #[error("configuring gRPC TLS")]
+    Tls(#[source] tonic::transport::Error),
 }
 
 /// Serves the topology API, health and reflection on `listener` until `shutdown` resolves, then
-/// drains open streams. `health` is set to SERVING by the agent after the first probe.
+/// drains open streams. `health` is set to SERVING by the agent after the first probe. With
+/// `tls`, every connection is TLS (and mutual TLS when it has a client CA).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: TopologyApi,
     health: tonic_health::server::HealthReporter,
     limits: &ServerLimits,
+    tls: Option<&tls::ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     // Reflection in both versions: v1, and v1alpha for older tools (grpcurl before 1.8.8,
@@ -270,7 +276,11 @@ pub async fn serve(
     let svc = TopologyServiceServer::new(api)
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.config()).map_err(ServeError::Tls)?;
+    }
+    builder
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
@@ -298,17 +308,28 @@ pub const SERVICE_NAME: &str = "nodetopo.v1.TopologyService";
 /// A connected client of the topology service.
 pub type Client = pb::topology_service_client::TopologyServiceClient<tonic::transport::Channel>;
 
-/// Connects to `endpoint` (`host:port` or a URL).
+/// Connects to `endpoint` (`host:port` or a URL) in plaintext.
 pub async fn connect(endpoint: &str) -> Result<Client, tonic::transport::Error> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
+    connect_with(endpoint, None).await
+}
+
+/// Connects to `endpoint` (`host:port` or a URL; `https://` is implied for `host:port` with
+/// `tls`), over TLS when `tls` is given.
+pub async fn connect_with(
+    endpoint: &str,
+    tls: Option<&tls::ClientTls>,
+) -> Result<Client, tonic::transport::Error> {
+    let uri = match (endpoint.contains("://"), tls) {
+        (true, _) => endpoint.to_string(),
+        (false, None) => format!("http://{endpoint}"),
+        (false, Some(_)) => format!("https://{endpoint}"),
     };
-    let ch = tonic::transport::Endpoint::from_shared(uri)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
+    let mut ep =
+        tonic::transport::Endpoint::from_shared(uri)?.connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls.config())?;
+    }
+    let ch = ep.connect().await?;
     Ok(pb::topology_service_client::TopologyServiceClient::new(ch)
         .max_decoding_message_size(ServerLimits::default().max_message_bytes))
 }

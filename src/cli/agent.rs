@@ -35,6 +35,15 @@ pub struct AgentArgs {
     /// Metrics and health HTTP listen address.
     #[arg(long, default_value = "0.0.0.0:9751")]
     metrics_listen: SocketAddr,
+    /// Serve gRPC over TLS with this PEM certificate chain (needs `--grpc-tls-key`).
+    #[arg(long, value_name = "FILE", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--grpc-tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS; needs `--grpc-tls-cert`).
+    #[arg(long, value_name = "FILE", requires = "grpc_tls_cert")]
+    grpc_tls_client_ca: Option<PathBuf>,
     /// Most concurrent watch streams.
     #[arg(long, default_value_t = 1024)]
     max_watchers: usize,
@@ -87,7 +96,15 @@ impl AgentArgs {
         if !self.sysfs_root.is_dir() {
             tracing::warn!(root = %self.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
         }
+        let grpc_tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(cert), Some(key)) => Some(
+                nodetopo::api::tls::ServerTls::load(cert, key, self.grpc_tls_client_ca.as_deref())
+                    .context("--grpc-tls-cert/--grpc-tls-key/--grpc-tls-client-ca")?,
+            ),
+            _ => None,
+        };
         Ok(AgentConfig {
+            grpc_tls,
             node_name: super::node_name(self.node_name),
             interval: self.interval,
             oneshot: self.oneshot,

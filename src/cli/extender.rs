@@ -54,6 +54,8 @@ pub struct ExtenderArgs {
     /// Request body limit in bytes.
     #[arg(long, default_value_t = server::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
+    #[command(flatten)]
+    agent_tls: super::ClientTlsArgs,
     /// First reconnect delay for agent streams.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     backoff_base: Duration,
@@ -78,6 +80,7 @@ struct ExtenderConfig {
     no_kube: bool,
     backoff: Backoff,
     agent_port: u16,
+    agent_tls: Option<nodetopo::api::tls::ClientTls>,
 }
 
 fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
@@ -132,6 +135,7 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
         no_kube: args.no_kube,
         backoff: Backoff::new(args.backoff_base, args.backoff_max),
         agent_port: args.agent_port,
+        agent_tls: args.agent_tls.load()?,
     })
 }
 
@@ -153,7 +157,9 @@ async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {
         file: Arc::new(FileConnector {
             poll: Duration::from_millis(200),
         }),
-        network: Arc::new(GrpcConnector),
+        network: Arc::new(GrpcConnector {
+            tls: cfg.agent_tls.clone(),
+        }),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -13,6 +13,55 @@ mod query;
 mod query_env;
 mod webhook;
 
+/// Client TLS flags for reaching agents whose gRPC API serves TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// Use TLS; verify the agent's certificate against this PEM CA.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub grpc_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for agents that require mutual TLS (needs `--grpc-tls-client-key`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "grpc_tls_client_key",
+        global = true
+    )]
+    pub grpc_tls_client_cert: Option<PathBuf>,
+    /// The PEM private key of `--grpc-tls-client-cert`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "grpc_tls_client_cert",
+        global = true
+    )]
+    pub grpc_tls_client_key: Option<PathBuf>,
+    /// The name the agent's certificate must carry, when it is not the host dialled (an IP).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub grpc_tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    /// The client TLS settings, or `None` for plaintext (no `--grpc-tls-ca`).
+    pub fn load(&self) -> anyhow::Result<Option<nodetopo::api::tls::ClientTls>> {
+        use anyhow::Context;
+        let Some(ca) = &self.grpc_tls_ca else {
+            anyhow::ensure!(
+                self.grpc_tls_client_cert.is_none() && self.grpc_tls_server_name.is_none(),
+                "the --grpc-tls-* client options need --grpc-tls-ca"
+            );
+            return Ok(None);
+        };
+        nodetopo::api::tls::ClientTls::load(
+            Some(ca),
+            self.grpc_tls_client_cert.as_deref(),
+            self.grpc_tls_client_key.as_deref(),
+            self.grpc_tls_server_name.clone(),
+        )
+        .map(Some)
+        .context("--grpc-tls-ca/--grpc-tls-client-cert/--grpc-tls-client-key")
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -22,6 +22,8 @@ pub struct QueryArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
+    #[command(flatten)]
+    tls: super::ClientTlsArgs,
     #[command(subcommand)]
     what: What,
 }
@@ -57,8 +59,8 @@ fn print(topo: &pb::NodeTopology, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let mut client = api::connect(&args.endpoint)
+async fn query(args: QueryArgs, tls: Option<api::tls::ClientTls>) -> anyhow::Result<()> {
+    let mut client = api::connect_with(&args.endpoint, tls.as_ref())
         .await
         .with_context(|| format!("connecting to {}", args.endpoint))?;
     match args.what {
@@ -118,12 +120,13 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let tls = args.tls.load()?;
     if let What::Env(env) = args.what {
-        return super::query_env::run(&args.endpoint, env);
+        return super::query_env::run(&args.endpoint, tls, env);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(query(args))
+    rt.block_on(query(args, tls))
 }

@@ -60,13 +60,14 @@ fn unreachable_status(s: &tonic::Status) -> bool {
 /// The agent's topology, retried until `deadline`.
 async fn topology(
     endpoint: &str,
+    tls: Option<&api::tls::ClientTls>,
     deadline: Instant,
 ) -> Result<(api::Client, pb::NodeTopology), anyhow::Error> {
     let mut last = anyhow!("no attempt made");
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt = tokio::time::timeout(left, async {
-            let mut c = api::connect(endpoint).await?;
+            let mut c = api::connect_with(endpoint, tls).await?;
             let t = c
                 .get_node_topology(pb::GetNodeTopologyRequest {})
                 .await
@@ -90,9 +91,13 @@ async fn topology(
     }
 }
 
-async fn make(endpoint: &str, args: &EnvArgs) -> Result<String, Failure> {
+async fn make(
+    endpoint: &str,
+    tls: Option<&api::tls::ClientTls>,
+    args: &EnvArgs,
+) -> Result<String, Failure> {
     let deadline = Instant::now() + args.timeout;
-    let (mut client, topo) = topology(endpoint, deadline)
+    let (mut client, topo) = topology(endpoint, tls, deadline)
         .await
         .map_err(Failure::Unreachable)?;
     let node: Vec<NodeGpu> = topo
@@ -193,7 +198,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
-pub fn run(endpoint: &str, args: EnvArgs) -> anyhow::Result<()> {
+pub fn run(endpoint: &str, tls: Option<api::tls::ClientTls>, args: EnvArgs) -> anyhow::Result<()> {
     let endpoint = match args.host_ip.as_deref().map(str::trim) {
         Some(ip) if !ip.is_empty() && ip.contains(':') => format!("[{ip}]:{}", args.agent_port),
         Some(ip) if !ip.is_empty() => format!("{ip}:{}", args.agent_port),
@@ -203,7 +208,7 @@ pub fn run(endpoint: &str, args: EnvArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match rt.block_on(make(&endpoint, &args)) {
+    match rt.block_on(make(&endpoint, tls.as_ref(), &args)) {
         Ok(text) => write(&args.file, &text),
         Err(Failure::Unreachable(e)) if args.optional => {
             let msg = format!("{e:#}").replace('\n', " ");

@@ -4,9 +4,13 @@
 use super::source::{AgentConnector, BoxError, BoxFuture, SourceError, TopologyStream};
 use crate::{api, model::NodeTopology, proto::v1 as pb};
 
-/// Connects to agents over gRPC (`host:port` or `http://host:port`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcConnector;
+/// Connects to agents over gRPC (`host:port`, `http://host:port` or `https://host:port`), over
+/// TLS when `tls` is set.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcConnector {
+    /// Client TLS settings (plaintext when `None`).
+    pub tls: Option<api::tls::ClientTls>,
+}
 
 struct GrpcStream {
     endpoint: String,
@@ -43,7 +47,7 @@ impl AgentConnector for GrpcConnector {
                 endpoint: endpoint.to_string(),
                 source,
             };
-            let mut client = api::connect(endpoint)
+            let mut client = api::connect_with(endpoint, self.tls.as_ref())
                 .await
                 .map_err(|e| connect_err(e.into()))?;
             let inner = client

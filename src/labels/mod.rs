@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compat;
+pub mod hysteresis;
 pub mod keys;
 pub mod syntax;
 

@@ -102,7 +102,8 @@ for bad in ({"agnet": {}}, {"compatLabels": ["gfd"]}, {"agent": {"interval": "so
             {"webhook": {"tls": {"mode": "vault"}}}, {"webhook": {"keys": ["nvlink domain"]}},
             {"webhook": {"tls": {"mode": "secret", "secretName": "", "caBundle": ""}}},
             {"webhook": {"blockLabels": ["Leaf Label"]}}, {"webhook": {"timeoutSeconds": 60}},
-            {"webhook": {"keys": []}}):
+            {"webhook": {"keys": []}}, {"networkPolicy": {"grpcFrom": "everyone"}},
+            {"networkPolicy": {"enabled": "yes"}}):
     v = copy.deepcopy(values)
     for k, x in bad.items():
         v[k] = {**v[k], **x} if isinstance(x, dict) and isinstance(v.get(k), dict) else x
@@ -123,7 +124,8 @@ if command -v helm >/dev/null 2>&1; then
   helm template nodetopo charts/nodetopo --namespace nodetopo > "$tmp/chart.yaml"
   helm template nodetopo charts/nodetopo --namespace nodetopo --set extender.enabled=true \
     --set compatLabels='{topograph}' --set webhook.enabled=true \
-    --set 'webhook.blockLabels={network.topology.nvidia.com/leaf}' > "$tmp/chart-all.yaml"
+    --set 'webhook.blockLabels={network.topology.nvidia.com/leaf}' --set networkPolicy.enabled=true \
+    > "$tmp/chart-all.yaml"
   "$kv" --strict --quiet -k "${VERSIONS[0]}" "$tmp/chart.yaml" "$tmp/chart-all.yaml"
 else
   echo "== helm is not installed: chart templates were not rendered (check_sync.py compares them textually)"

@@ -34,7 +34,7 @@ pub struct Machine {
     pub sysfs: &'static str,
 }
 
-const MACHINES: [Machine; 3] = [
+pub const MACHINES: [Machine; 3] = [
     Machine {
         node: "h200-0",
         snapshot: "h200x4-hgx/snapshot.json",
@@ -103,6 +103,41 @@ impl Agent {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn nodetopo agent")
+    }
+
+    /// The agent's metrics address (`127.0.0.1:PORT`).
+    pub fn metrics_addr(&self) -> String {
+        let i = self
+            .args
+            .iter()
+            .position(|a| a == "--metrics-listen")
+            .expect("--metrics-listen");
+        self.args[i + 1].to_string_lossy().into_owned()
+    }
+
+    /// The replayed snapshot file.
+    pub fn snapshot(&self) -> &Path {
+        &self.snapshot
+    }
+
+    /// The process id (the same id before and after a fault: no restart happened).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Rewrites the replayed snapshot with driver version `from` replaced by `to`, atomically:
+    /// a real change of the node's labels.
+    pub fn change_driver(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.snapshot).unwrap();
+        assert!(text.contains(from), "{from} not in the snapshot");
+        let tmp = self.snapshot.with_extension("new");
+        std::fs::write(&tmp, text.replace(from, to)).unwrap();
+        std::fs::rename(&tmp, &self.snapshot).unwrap();
     }
 
     /// SIGTERM, and the exit status.
@@ -185,7 +220,7 @@ pub async fn converge(
 }
 
 /// Writes (anything but get/list/watch) by the agents on Node `name`, from the audit log.
-fn node_writes(cp: &ControlPlane, name: &str) -> usize {
+pub fn node_writes(cp: &ControlPlane, name: &str) -> usize {
     cp.audited(AGENT_USER)
         .iter()
         .filter(|e| e.resource == "nodes" && e.name == name)

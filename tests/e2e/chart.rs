@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use kube::Api;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{self, ControlPlane, ROOT};
 
@@ -205,6 +205,48 @@ async fn chart_renders_installs_and_matches_daemonset() {
     let monitor = template(&cp, &["monitoring.podMonitor.enabled=true"]);
     assert!(find(&monitor, "PodMonitor").is_some());
 
+    // The agent's NetworkPolicy: off by default; on, a port without a peer stays closed.
+    assert!(find(&default, "NetworkPolicy").is_none());
+    let closed = template(&cp, &["networkPolicy.enabled=true"]);
+    let np = find(&closed, "NetworkPolicy").expect("networkPolicy.enabled renders one");
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([]),
+        "no peer: every port closed"
+    );
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "agent"
+    );
+    let open = template(
+        &cp,
+        &[
+            "networkPolicy.enabled=true",
+            "extender.enabled=true",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+        ],
+    );
+    let rules = find(&open, "NetworkPolicy").unwrap()["spec"]["ingress"].clone();
+    assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
+    assert_eq!(
+        rules[0]["ports"],
+        json!([{"protocol": "TCP", "port": 9750}])
+    );
+    assert_eq!(
+        rules[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "extender",
+        "{rules}"
+    );
+    assert_eq!(
+        rules[1]["ports"],
+        json!([{"protocol": "TCP", "port": 9751}])
+    );
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
+        "monitoring"
+    );
+
     let no_policy = template(&cp, &["admissionPolicy.enabled=false"]);
     assert!(find(&no_policy, "ValidatingAdmissionPolicy").is_none());
     assert!(find(&no_policy, "ValidatingAdmissionPolicyBinding").is_none());
@@ -395,6 +437,8 @@ async fn chart_renders_installs_and_matches_daemonset() {
         "compatLabels={topograph}",
         "--set",
         "webhook.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
     ]);
     // An upgrade keeps the self-signed pair, so the caBundle stays the Secret's CA.
     let ca_of = || {

@@ -149,6 +149,10 @@ pub struct Options {
 pub struct ControlPlane {
     dir: TempDir,
     procs: Vec<(&'static str, Child)>,
+    /// How each process was started (program and arguments), to start it again.
+    commands: Vec<(&'static str, PathBuf, Vec<std::ffi::OsString>)>,
+    etcd_port: u16,
+    restarts: u32,
     /// `https://127.0.0.1:PORT`.
     pub server: String,
     /// The CA that signed the API server's serving certificate.
@@ -183,6 +187,9 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             dir,
             procs: Vec::new(),
+            commands: Vec::new(),
+            etcd_port: 0,
+            restarts: 0,
             server: String::new(),
             ca: ca.clone(),
             admin_kubeconfig: d.join("admin.kubeconfig"),
@@ -193,8 +200,9 @@ impl ControlPlane {
         let (client_port, peer_port) = (free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut etcd_cmd = Command::new(bin("etcd"));
         let etcd = spawn(
-            Command::new(bin("etcd"))
+            etcd_cmd
                 .arg("--name=e2e")
                 .arg(format!("--data-dir={}", d.join("etcd").display()))
                 .arg(format!("--listen-client-urls={etcd_url}"))
@@ -206,14 +214,17 @@ impl ControlPlane {
                 .arg("--log-level=warn"),
             &d.join("etcd.log"),
         );
+        cp.remember("etcd", &etcd_cmd);
         cp.procs.push(("etcd", etcd));
+        cp.etcd_port = client_port;
         cp.wait_etcd(client_port);
 
         let port = free_port();
         cp.server = format!("https://127.0.0.1:{port}");
         let file_flag = |flag: &str, file: &str| format!("{flag}={}", d.join(file).display());
+        let mut apiserver_cmd = Command::new(bin("kube-apiserver"));
         let apiserver = spawn(
-            Command::new(bin("kube-apiserver"))
+            apiserver_cmd
                 .arg(format!("--etcd-servers={etcd_url}"))
                 .arg("--bind-address=127.0.0.1")
                 .arg("--advertise-address=127.0.0.1")
@@ -242,6 +253,7 @@ impl ControlPlane {
                 .args(opts.apiserver_args),
             &d.join("kube-apiserver.log"),
         );
+        cp.remember("kube-apiserver", &apiserver_cmd);
         cp.procs.push(("kube-apiserver", apiserver));
         write_kubeconfig(&cp.admin_kubeconfig, &cp.server, &ca, &admin_token);
         cp.wait_ready();
@@ -266,6 +278,45 @@ impl ControlPlane {
             d.display()
         );
         cp
+    }
+
+    fn remember(&mut self, name: &'static str, cmd: &Command) {
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
+        self.commands
+            .push((name, PathBuf::from(cmd.get_program()), args));
+    }
+
+    /// Stops process `name` (`etcd` or `kube-apiserver`): SIGTERM, then SIGKILL after 5 s.
+    pub fn stop_process(&mut self, name: &str) {
+        let i = self
+            .procs
+            .iter()
+            .position(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no running {name}"));
+        let (_, mut child) = self.procs.remove(i);
+        terminate(&mut child, Duration::from_secs(5));
+    }
+
+    /// Starts process `name` again with the arguments it first had (etcd keeps its data
+    /// directory), and waits until it serves.
+    pub fn start_process_again(&mut self, name: &'static str) {
+        let (_, program, args) = self
+            .commands
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .unwrap_or_else(|| panic!("{name} was never started"))
+            .clone();
+        self.restarts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("{name}-restart-{}.log", self.restarts));
+        let child = spawn(Command::new(program).args(args), &log);
+        self.procs.push((name, child));
+        match name {
+            "etcd" => self.wait_etcd(self.etcd_port),
+            _ => self.wait_ready(),
+        }
     }
 
     /// The last `n` lines of process `name`'s log.

@@ -10,6 +10,7 @@ mod agents;
 mod chart;
 #[path = "../common/mod.rs"]
 mod common;
+mod faults;
 mod harness;
 mod scheduler;
 mod topology;

@@ -168,7 +168,7 @@ async fn a_refused_connection_keeps_its_cause() {
         .unwrap()
         .port();
     let endpoint = format!("127.0.0.1:{port}");
-    let Err(e) = crate::extender::grpc::GrpcConnector
+    let Err(e) = crate::extender::grpc::GrpcConnector::default()
         .connect(&endpoint, 0)
         .await
     else {

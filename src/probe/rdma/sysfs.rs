@@ -80,6 +80,42 @@ pub fn parse_phys_state(s: &str) -> Option<PhysState> {
         .then(|| PhysState::from(name))
 }
 
+/// An RDMA device's node type, as the kernel's `node_type` attribute names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeType {
+    /// `1: CA`: a channel adapter (every HCA and RoCE NIC the agent pairs with GPUs).
+    Ca,
+    /// `2: switch`.
+    Switch,
+    /// `3: router`.
+    Router,
+    /// `4: RNIC` (iWARP).
+    Rnic,
+    /// `5: usNIC`.
+    Usnic,
+    /// `6: usNIC UDP`.
+    UsnicUdp,
+    /// `7: unspecified`.
+    Unspecified,
+}
+
+/// Parses `node_type` (`1: CA`). The number and the name must agree; the kernel's
+/// `<unknown>` and anything else is `None`.
+pub fn parse_node_type(s: &str) -> Option<NodeType> {
+    let (num, name) = s.split_once(':')?;
+    let t = match (num.trim(), name.trim()) {
+        ("1", "CA") => NodeType::Ca,
+        ("2", "switch") => NodeType::Switch,
+        ("3", "router") => NodeType::Router,
+        ("4", "RNIC") => NodeType::Rnic,
+        ("5", "usNIC") => NodeType::Usnic,
+        ("6", "usNIC UDP") => NodeType::UsnicUdp,
+        ("7", "unspecified") => NodeType::Unspecified,
+        _ => return None,
+    };
+    Some(t)
+}
+
 /// Parses `link_layer` (`InfiniBand` or `Ethernet`).
 pub fn parse_link_layer(s: &str) -> Option<LinkLayer> {
     match s.trim() {
@@ -447,6 +483,18 @@ mod tests {
         assert_eq!(parse_rate_gbps("400 Mb/sec"), None);
         assert_eq!(parse_rate_gbps("NaN Gb/sec"), None);
         assert_eq!(parse_rate_gbps("-1 Gb/sec"), None);
+    }
+
+    #[test]
+    fn node_types() {
+        assert_eq!(parse_node_type("1: CA\n"), Some(NodeType::Ca));
+        assert_eq!(parse_node_type("2: switch"), Some(NodeType::Switch));
+        assert_eq!(parse_node_type("4: RNIC"), Some(NodeType::Rnic));
+        assert_eq!(parse_node_type("6: usNIC UDP"), Some(NodeType::UsnicUdp));
+        assert_eq!(parse_node_type("1: switch"), None);
+        assert_eq!(parse_node_type("9: <unknown>"), None);
+        assert_eq!(parse_node_type("CA"), None);
+        assert_eq!(parse_node_type(""), None);
     }
 
     #[test]
