@@ -47,25 +47,7 @@ impl Drop for Proc {
     }
 }
 
-fn node_name(i: usize) -> String {
-    format!("gb-{i:05}")
-}
-
-fn node_labels(i: usize) -> serde_json::Value {
-    let rack = i / 18;
-    let clique = (i % 18) / 9 + 1;
-    let cluster = format!("{rack:08x}-0000-4000-8000-000000000000");
-    json!({
-        "nodetopo.io/gpu.count": "4",
-        "nodetopo.io/gpu.product": "NVIDIA-GB200",
-        "nodetopo.io/nvlink.fabric": "ready",
-        "nodetopo.io/nvlink.cluster": cluster,
-        "nodetopo.io/nvlink.domain": format!("{cluster}.{clique}"),
-        "nodetopo.io/rdma.link-layer": "infiniband",
-        "nodetopo.io/rdma.ib-subnet": "fe80-0000-0000-0000",
-        "network.example.com/leaf": format!("leaf-{}", rack / 4),
-    })
-}
+use common::{fleet_node_labels as node_labels, fleet_node_name as node_name};
 
 async fn create_nodes(client: &Client) {
     use futures::StreamExt;

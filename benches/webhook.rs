@@ -49,27 +49,16 @@ impl Drop for Proc {
     }
 }
 
-fn node_name(i: usize) -> String {
-    format!("gb-{i:05}")
-}
+use common::fleet_node_name as node_name;
 
+/// The fleet's labels plus what a kubelet and the driver add.
 fn node_labels(i: usize) -> Value {
-    let rack = i / 18;
-    let clique = (i % 18) / 9 + 1;
-    let cluster = format!("{rack:08x}-0000-4000-8000-000000000000");
-    json!({
-        "kubernetes.io/hostname": node_name(i),
-        "kubernetes.io/os": "linux",
-        "nodetopo.io/gpu.count": "4",
-        "nodetopo.io/gpu.product": "NVIDIA-GB200",
-        "nodetopo.io/gpu.driver": "580.159.04",
-        "nodetopo.io/nvlink.fabric": "ready",
-        "nodetopo.io/nvlink.cluster": cluster,
-        "nodetopo.io/nvlink.domain": format!("{cluster}.{clique}"),
-        "nodetopo.io/rdma.link-layer": "infiniband",
-        "nodetopo.io/rdma.ib-subnet": "fe80-0000-0000-0000",
-        "network.example.com/leaf": format!("leaf-{}", rack / 4),
-    })
+    let mut l = common::fleet_node_labels(i);
+    let m = l.as_object_mut().expect("an object");
+    m.insert("kubernetes.io/hostname".into(), node_name(i).into());
+    m.insert("kubernetes.io/os".into(), "linux".into());
+    m.insert("nodetopo.io/gpu.driver".into(), "580.159.04".into());
+    l
 }
 
 async fn create_nodes(client: &Client) {

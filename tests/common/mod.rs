@@ -27,3 +27,26 @@ pub fn xml_text(node: roxmltree::Node, tag: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// Node `i` of the synthetic GB200 fleet the scheduling and webhook benchmarks create.
+pub fn fleet_node_name(i: usize) -> String {
+    format!("gb-{i:05}")
+}
+
+/// The agent's labels of fleet node `i`: racks of 18 trays in two cliques of 9, one NVLink
+/// cluster per rack, four racks per leaf.
+pub fn fleet_node_labels(i: usize) -> serde_json::Value {
+    let rack = i / 18;
+    let clique = (i % 18) / 9 + 1;
+    let cluster = format!("{rack:08x}-0000-4000-8000-000000000000");
+    serde_json::json!({
+        "nodetopo.io/gpu.count": "4",
+        "nodetopo.io/gpu.product": "NVIDIA-GB200",
+        "nodetopo.io/nvlink.fabric": "ready",
+        "nodetopo.io/nvlink.cluster": cluster,
+        "nodetopo.io/nvlink.domain": format!("{cluster}.{clique}"),
+        "nodetopo.io/rdma.link-layer": "infiniband",
+        "nodetopo.io/rdma.ib-subnet": "fe80-0000-0000-0000",
+        "network.example.com/leaf": format!("leaf-{}", rack / 4),
+    })
+}

@@ -628,6 +628,18 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
 }
 
 /// Creates a ready GPU Node `name` with `labels`, as a kubelet would register it.
+/// Every Node, by name, as the server returns them.
+pub async fn nodes_by_name(client: &Client) -> std::collections::BTreeMap<String, Node> {
+    Api::<Node>::all(client.clone())
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| (n.metadata.name.clone().unwrap(), n))
+        .collect()
+}
+
 pub async fn create_node(client: &Client, name: &str, labels: &[(&str, &str)]) -> Node {
     create_node_with(client, name, labels, 4).await
 }

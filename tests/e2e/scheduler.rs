@@ -12,10 +12,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{
-    Api, Client,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, Client, api::PostParams};
 use serde_json::{Value, json};
 
 use crate::{
@@ -310,14 +307,7 @@ async fn groups_placed_by_the_real_scheduler() {
         );
         agents::converge(&admin, m.node, &want, Duration::from_secs(30)).await;
     }
-    let nodes: BTreeMap<String, Node> = Api::<Node>::all(admin.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|n| (n.metadata.name.clone().unwrap(), n))
-        .collect();
+    let nodes = harness::nodes_by_name(&admin).await;
     // The agents are not needed once their labels are on the Nodes; they keep running anyway.
 
     let (extender, port) = start_extender(&cp);

@@ -13,10 +13,7 @@ use std::{
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{
-    Api, Client,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, Client, api::PostParams};
 use serde_json::{Value, json};
 
 use crate::harness::{self, ControlPlane, NODETOPO, ROOT};
@@ -329,14 +326,7 @@ async fn scheduled_pods_carry_their_nodes_topology_labels() {
         let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         harness::create_node_with(&admin, name, &l, gpus).await;
     }
-    let node_objs: BTreeMap<String, Node> = Api::<Node>::all(admin.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|n| (n.metadata.name.clone().unwrap(), n))
-        .collect();
+    let node_objs = harness::nodes_by_name(&admin).await;
 
     // The chart's webhook objects: its RBAC is nodes get/list/watch and nothing else.
     let objs = chart(&cp);
