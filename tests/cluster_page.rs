@@ -199,6 +199,12 @@ async fn cluster_page_in_a_browser() {
                     "--disable-dev-shm-usage",
                     "--no-first-run",
                     "--hide-scrollbars",
+                    // Loopback only: no background requests, and no host name resolves.
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-default-browser-check",
+                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                 ])
                 .arg(format!("--user-data-dir={}", profile.display()))
                 .args(extra)
