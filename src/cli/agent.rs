@@ -47,6 +47,10 @@ pub struct AgentArgs {
     /// Most concurrent watch streams.
     #[arg(long, default_value_t = 1024)]
     max_watchers: usize,
+    /// Threads of the async runtime that serves gRPC, metrics and label writes (probes run on
+    /// blocking threads of their own).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    worker_threads: u16,
     /// Label key prefix.
     #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
     label_prefix: String,
@@ -133,9 +137,10 @@ impl AgentArgs {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let workers = usize::from(args.worker_threads);
     let cfg = args.into_config()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .max_blocking_threads(4)
         .enable_all()
         .build()

@@ -197,25 +197,25 @@ impl Extender {
     /// Remembers the labels of the request's Node objects (full-Node mode) where the view has
     /// none or only older labels, so that a group member's node stays known after it leaves the candidate
     /// list (kube-scheduler drops nodes that are full before it calls the extender).
-    fn remember_request_nodes(&self, labels: &BTreeMap<String, BTreeMap<String, String>>) {
+    fn remember_request_nodes(&self, labels: &wire::RequestLabels<'_>) {
         if labels.is_empty() {
             return;
         }
-        let stale: Vec<&String> = self.view.read(|v| {
+        let stale: Vec<&str> = self.view.read(|v| {
             labels
                 .iter()
                 .filter(|(n, l)| match v.entry(n) {
                     None => true,
                     // Newer labels of a node known by its labels alone; an agent's topology
                     // and labels from the watch are not replaced by a request's.
-                    Some(e) => e.topology.is_none() && !l.is_empty() && e.labels != **l,
+                    Some(e) => e.topology.is_none() && !l.is_empty() && e.labels != ***l,
                 })
-                .map(|(n, _)| n)
+                .map(|(n, _)| *n)
                 .collect()
         });
         for node in stale {
             self.view.apply(view::ViewEvent::Labels {
-                node: node.clone(),
+                node: node.to_string(),
                 labels: labels[node].clone(),
             });
         }
@@ -234,7 +234,7 @@ impl Extender {
             let ctx = policy::pod_context(&pod, view, self.placements.as_ref(), &labels);
             let resolved: Vec<_> = names
                 .iter()
-                .map(|n| (n.as_str(), view.resolve(n, labels.get(n))))
+                .map(|n| (n.as_str(), view.resolve(n, labels.get(n.as_str()).copied())))
                 .collect();
             let mut rejected = Rejections::new(reasons);
             // A pod the extender does not place passes every node, known or not.
@@ -248,7 +248,7 @@ impl Extender {
                             facts: Some(f),
                             freshness: r.as_ref().map(|r| r.freshness),
                         }),
-                        (None, _) if !labels.contains_key(*name) => rejected.add(
+                        (None, _) if !labels.contains_key(name) => rejected.add(
                             name,
                             "unknown node: not in the extender's view and no Node object in the request",
                         ),

@@ -244,12 +244,12 @@ pub fn pod_context(
     pod: &Pod,
     view: &ClusterView,
     placements: &dyn PlacementIndex,
-    request_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    request_labels: &super::wire::RequestLabels<'_>,
 ) -> PodContext {
     let group = group_of(pod);
     let me = super::group::pod_key(pod);
     let facts_of = |node: &str| {
-        view.resolve(node, request_labels.get(node))
+        view.resolve(node, request_labels.get(node).copied())
             .map(|r| r.facts.into_owned())
     };
     let peers = |list: Vec<super::placement::PlacedPod>| -> Vec<PeerFacts> {

@@ -110,11 +110,7 @@ fn kept(ext: &Extender, args: &ExtenderRequest) -> Vec<String> {
     let (r, _) = ext.filter(args);
     match (r.node_names, r.nodes) {
         (Some(n), _) => n,
-        (None, Some(list)) => list
-            .items
-            .into_iter()
-            .filter_map(|n| n.metadata.name)
-            .collect(),
+        (None, Some(list)) => list.items.into_iter().filter_map(|n| n.name).collect(),
         (None, None) => Vec::new(),
     }
 }
@@ -161,7 +157,7 @@ fn a_member_on_a_full_node_still_holds_its_group() {
         .unwrap()
         .items
         .into_iter()
-        .filter_map(|n| n.metadata.name)
+        .filter_map(|n| n.name)
         .collect();
     assert_eq!(kept, ["a2"]);
     assert!(r.failed_and_unresolvable_nodes["b1"].contains("outside clique"));

@@ -217,6 +217,18 @@ impl ClusterView {
                 freshness: Freshness::Live,
             });
         }
+        // The request's labels are the ones the view already holds (a full-Node request
+        // remembers its Nodes): their facts were derived when they were stored.
+        if let (Some(l), Some(e)) = (request_labels, entry)
+            && e.topology.is_none()
+            && e.labels == *l
+            && let Some(f) = &e.facts
+        {
+            return Some(Resolved {
+                facts: Cow::Borrowed(f),
+                freshness: Freshness::LabelsOnly,
+            });
+        }
         if let Some(f) =
             request_labels.and_then(|l| NodeFacts::from_labels(l, &self.labels.prefix, block_label))
         {

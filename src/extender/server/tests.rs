@@ -157,7 +157,7 @@ async fn full_nodes_mode_uses_request_labels() {
         .unwrap()
         .items
         .into_iter()
-        .filter_map(|n| n.metadata.name)
+        .filter_map(|n| n.name)
         .collect();
     assert_eq!(kept, vec!["a", "c"]);
     assert!(r.node_names.is_none());
