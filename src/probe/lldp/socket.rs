@@ -3,9 +3,9 @@
 //! SECURITY.md).
 //!
 //! The socket is opened with protocol 0 (it hears nothing), joined to the three LLDP multicast
-//! groups on the netdev (a NIC's filter drops them otherwise), told to skip frames this host sends
-//! (a local lldpd's own LLDPDUs), and only then bound to the netdev with ethertype 0x88cc, so no
-//! frame of another netdev or protocol is ever queued on it. It is non-blocking and registered
+//! groups on the netdev (a NIC's filter drops them otherwise), and only then bound to the netdev
+//! with ethertype 0x88cc, so no frame of another netdev or protocol is ever queued on it, and
+//! none this host sends (a local lldpd's own LLDPDUs). It is non-blocking and registered
 //! with tokio, so waiting for a frame parks no thread.
 //!
 //! `rustix` creates the socket, resolves the netdev and reads; the two calls it does not wrap
@@ -134,14 +134,17 @@ impl LldpSocket {
             join_multicast(&fd, ifindex_c, group)
                 .map_err(|e| socket_err("setsockopt(PACKET_ADD_MEMBERSHIP)", e))?;
         }
-        // Linux 4.20+; on an older kernel the socket also hears this host's own LLDPDUs (their
-        // chassis is this host's, so they are easy to tell apart in the output).
+        // A socket bound to one ethertype is not given outgoing frames (only ETH_P_ALL sockets
+        // are), so a local lldpd's LLDPDUs never reach it; PACKET_IGNORE_OUTGOING (Linux 4.20+)
+        // says so explicitly and is not needed where it is missing.
         if let Err(e) = set_ignore_outgoing(&fd) {
             tracing::debug!(netdev, error = %e, "PACKET_IGNORE_OUTGOING is not supported");
         }
         bind_lldp(&fd, ifindex_c).map_err(|e| socket_err("bind(AF_PACKET, ETH_P_LLDP)", e))?;
-        let fd = AsyncFd::with_interest(fd, Interest::READABLE)
-            .map_err(|e| socket_err("registering with the async runtime", e))?;
+        // SAFETY: an `OwnedFd` is open until dropped and always returns the same descriptor;
+        // the `AsyncFd` owns it, so it stays open for the registration's whole lifetime.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| socket_err("registering with the async runtime", e.into_parts().1))?;
         Ok(Self {
             fd,
             netdev: netdev.to_string(),
