@@ -33,8 +33,7 @@ fn lldpd_path() -> Option<PathBuf> {
 
 /// Whether the tests can run here; prints why not, or fails where they are required.
 fn runnable() -> Option<PathBuf> {
-    // SAFETY-free: geteuid has no preconditions.
-    let root = rustix_euid_is_root();
+    let root = euid_is_root();
     let lldpd = lldpd_path();
     let why = match (root, &lldpd) {
         (false, _) => "not running as root (network namespaces and CAP_NET_RAW are needed)",
@@ -48,7 +47,7 @@ fn runnable() -> Option<PathBuf> {
     None
 }
 
-fn rustix_euid_is_root() -> bool {
+fn euid_is_root() -> bool {
     // /proc/self/status: "Uid:\treal\teffective\t...".
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -245,6 +244,76 @@ impl Lab {
             )
         });
         (v, took)
+    }
+}
+
+impl Lab {
+    /// Sends `signal` (`TERM`, `KILL`) to daemon `name` and waits for it to exit.
+    fn stop(&mut self, name: &str, signal: &str) {
+        let i = self
+            .daemons
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no daemon {name}"));
+        let (_, mut child) = self.daemons.remove(i);
+        run(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
+        child.wait().expect("wait for the daemon");
+    }
+
+    /// Starts `nodetopo lldp --follow -o json` in `ns`; its lines arrive on the receiver with the
+    /// time each was read. The process is stopped with the lab.
+    fn follow(&mut self, ns: &str, netdev: &str, wait: &str) -> Follow {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(env!("CARGO_BIN_EXE_nodetopo"))
+            .args([
+                "lldp", "--netdev", netdev, "--wait", wait, "--follow", "-o", "json",
+            ])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start nodetopo lldp --follow");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("--follow line {line:?}: {e}"));
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        self.daemons.push(("follow".into(), child));
+        Follow { rx, seen: vec![] }
+    }
+}
+
+/// The lines of a running `nodetopo lldp --follow`.
+struct Follow {
+    rx: std::sync::mpsc::Receiver<(Instant, Value)>,
+    seen: Vec<Value>,
+}
+
+impl Follow {
+    /// The next line for which `want` holds, within `timeout`, and when it was read; lines
+    /// before it are kept for the failure message.
+    fn until(&mut self, timeout: Duration, want: impl Fn(&Value) -> bool) -> (Instant, Value) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((at, v)) if want(&v) => return (at, v),
+                Ok((_, v)) => self.seen.push(v),
+                Err(e) => panic!(
+                    "no expected line within {timeout:?} ({e}); lines: {:#?}",
+                    self.seen
+                ),
+            }
+        }
     }
 }
 
@@ -549,4 +618,70 @@ fn assert_binary_reachable(bin: &Path) {
             );
         }
     }
+}
+
+/// The watcher over time, in the real binary: a neighbour heard, its TTL running out when the
+/// switch's port goes down (no frame, no shutdown), the next switch identity replacing it when
+/// the port comes back, and a shutdown LLDPDU expiring it at once.
+#[test]
+fn follows_ttl_expiry_a_replaced_neighbour_and_a_shutdown() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let leaf = lab.netns("sw");
+    let node = lab.netns("nd");
+    lab.veth(&leaf, "swp7", Some(SWITCH_A_MAC), &node, "eth1");
+    lab.lldpd("leaf", &leaf, "swp7", &switch_config("leaf-07", "swp7"));
+    let adv = advertised(
+        &lab.wait_lldpd("leaf", &leaf, |v| {
+            v["lldp"]["interface"]["swp7"]["port"]["id"]["type"] == "ifname"
+        }),
+        "swp7",
+    );
+    assert_eq!(adv.4, "4", "TTL of a 1 s transmit interval");
+    let mut f = lab.follow(&node, "eth1", "60s");
+    let chassis = |v: &Value| {
+        v["neighbor"]["chassis_id"]["value"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let (_, v) = f.until(Duration::from_secs(10), |v| v["status"] == "current");
+    assert_heard(&v, &adv);
+    assert_eq!(v["netdev"], "eth1");
+
+    // The switch's port goes down: no more frames. The answer expires when its 4 s TTL has run
+    // out since the last frame (sent at most 1 s before), and is kept as the last known one.
+    ip(&["-n", &leaf, "link", "set", "swp7", "down"]);
+    let down = Instant::now();
+    let (at, v) = f.until(Duration::from_secs(10), |v| v["status"] != "current");
+    let after = at - down;
+    assert_eq!(v["status"], "expired", "{v}");
+    assert_eq!(chassis(&v).as_deref(), Some(SWITCH_A_MAC));
+    assert!(
+        after >= Duration::from_millis(2500) && after <= Duration::from_millis(5500),
+        "expired {after:?} after the port went down"
+    );
+
+    // Another identity on the same switch port: the fresh frame replaces the old answer.
+    lab.configure(
+        "leaf",
+        &leaf,
+        &["configure", "system", "chassisid", "leaf-09"],
+    );
+    ip(&["-n", &leaf, "link", "set", "swp7", "up"]);
+    let (_, v) = f.until(Duration::from_secs(15), |v| v["status"] == "current");
+    assert_eq!(chassis(&v).as_deref(), Some("leaf-09"), "{v}");
+    assert_eq!(v["neighbor"]["chassis_id"]["subtype"], "locally_assigned");
+
+    // lldpd stopping sends a shutdown LLDPDU (TTL 0): expired at once, not after the TTL.
+    let stop = Instant::now();
+    lab.stop("leaf", "TERM");
+    let (at, v) = f.until(Duration::from_secs(5), |v| v["status"] != "current");
+    assert_eq!(v["status"], "expired", "{v}");
+    assert_eq!(v["neighbor"]["ttl_s"], 0, "{v}");
+    assert_eq!(chassis(&v).as_deref(), Some("leaf-09"));
+    assert!(
+        at - stop < Duration::from_millis(2500),
+        "took {:?}",
+        at - stop
+    );
 }

@@ -2,13 +2,14 @@
 //! heard. A diagnostic and the real-peer test's view of the LLDP module; needs CAP_NET_RAW.
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     time::{Duration, SystemTime},
 };
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use nodetopo::probe::lldp::{LldpStatus, LldpWatcher};
+use nodetopo::probe::lldp::{LldpNeighbor, LldpStatus, LldpWatcher};
 
 /// Output format of `nodetopo lldp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,13 +32,23 @@ pub struct LldpArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = LldpFormat::Text)]
     output: LldpFormat,
+    /// Keep listening for the whole wait and print a line each time a netdev's status or
+    /// neighbour changes (JSON: one object per line, with a `netdev` field).
+    #[arg(long)]
+    follow: bool,
 }
+
+/// How often `--follow` looks at the statuses.
+const FOLLOW_TICK: Duration = Duration::from_millis(100);
 
 pub fn run(args: LldpArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if args.follow {
+        return rt.block_on(follow(&args));
+    }
     let snapshot = rt.block_on(async {
         let mut watcher = LldpWatcher::default();
         watcher.watch(&args.netdev);
@@ -55,6 +66,42 @@ pub fn run(args: LldpArgs) -> anyhow::Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// `--follow`: prints every change of status name or neighbour until the wait ends.
+async fn follow(args: &LldpArgs) -> anyhow::Result<()> {
+    let mut watcher = LldpWatcher::default();
+    watcher.watch(&args.netdev);
+    let deadline = tokio::time::Instant::now() + args.wait;
+    let mut shown: BTreeMap<String, (&'static str, Option<LldpNeighbor>)> = BTreeMap::new();
+    loop {
+        let mut out = String::new();
+        for (netdev, s) in watcher.snapshot(SystemTime::now()) {
+            let key = (s.name(), s.last_known().map(|h| h.neighbor.clone()));
+            if shown.get(&netdev) == Some(&key) {
+                continue;
+            }
+            match args.output {
+                LldpFormat::Json => {
+                    let mut v = serde_json::to_value(&s)?;
+                    v["netdev"] = netdev.clone().into();
+                    out.push_str(&serde_json::to_string(&v)?);
+                    out.push('\n');
+                }
+                LldpFormat::Text => out.push_str(&format!("{netdev}: {}\n", line(&s))),
+            }
+            shown.insert(netdev, key);
+        }
+        if !out.is_empty() {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.as_bytes())?;
+            stdout.flush()?;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_TICK).await;
+    }
 }
 
 fn line(s: &LldpStatus) -> String {
