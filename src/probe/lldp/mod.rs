@@ -218,3 +218,37 @@ fn fail(
     changed.send_modify(|v| *v += 1);
     failure
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a netdev of that name (as root) or without CAP_NET_RAW (otherwise), the listener
+    /// fails at once, the wait settles at once, retries keep the status, and unwatching forgets.
+    /// Hearing frames is tested against a real lldpd in tests/lldp_netns.rs.
+    #[tokio::test]
+    async fn a_failed_netdev_settles_at_once_and_unwatching_forgets_it() {
+        let mut w = LldpWatcher::new(Duration::from_millis(20));
+        w.watch(&["nosuch-lldp0"]);
+        assert_eq!(w.netdevs(), ["nosuch-lldp0"]);
+        let started = tokio::time::Instant::now();
+        assert!(w.settle(Duration::from_secs(10)).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let s = w.status("nosuch-lldp0", SystemTime::now());
+        assert!(
+            matches!(s.name(), "no_such_netdev" | "permission_denied"),
+            "{s:?}"
+        );
+        assert!(s.last_known().is_none());
+        // Several retries later: the same failure, no answer invented.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(w.status("nosuch-lldp0", SystemTime::now()), s);
+        w.watch::<&str>(&[]);
+        assert!(w.netdevs().is_empty());
+        assert_eq!(
+            w.status("nosuch-lldp0", SystemTime::now()),
+            LldpStatus::NotWatched
+        );
+        assert!(w.settle(Duration::ZERO).await, "nothing left to wait for");
+    }
+}
