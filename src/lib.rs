@@ -11,7 +11,8 @@
 //! - the [`extender`] places pod groups from the agents' topologies or their labels, the
 //!   [`webhook`] copies the labels onto bound Pods, and [`pod_env`] finds a pod's own GPUs.
 #![deny(missing_docs)]
-// FFI is confined to the modules that need it (NVML in `probe::nvml::live`); each opts in.
+// FFI is confined to the modules that need it (NVML in `probe::nvml::live`, ibverbs in
+// `probe::rdma::verbs`, the AF_PACKET socket in `probe::lldp::socket`); each opts in.
 #![deny(unsafe_code)]
 
 pub mod agent;

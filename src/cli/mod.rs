@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod extender;
+mod lldp;
 mod manifests;
 mod probe;
 mod query;
@@ -99,6 +100,10 @@ enum Command {
     Query(query::QueryArgs),
     /// Serve the admission webhook that copies topology labels from a Pod's Node onto the Pod.
     Webhook(webhook::WebhookArgs),
+    /// Listen for LLDP frames on netdevs for a bounded time and print the neighbours heard
+    /// (diagnostic; needs CAP_NET_RAW).
+    #[command(hide = true)]
+    Lldp(lldp::LldpArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -128,6 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Query(args) => query::run(args),
         Command::Webhook(args) => webhook::run(args),
+        Command::Lldp(args) => lldp::run(args),
     }
 }
 

@@ -4,6 +4,7 @@
 //! Every probe reports its outcome as a [`crate::model::SourceStatus`]; a failing
 //! source never aborts the others.
 
+pub mod lldp;
 pub mod nvml;
 pub mod pci;
 pub mod rails;

@@ -1,0 +1,687 @@
+//! The LLDP module against a real peer: network namespaces joined by veth pairs, a real
+//! `lldpd` in each "switch" namespace with the chassis and port IDs the test sets, and the real
+//! `nodetopo lldp` run in the "node" namespace on the other ends. Traffic stays inside the
+//! namespaces the test creates; every namespace and process is removed on the way out, also
+//! when an assertion fails.
+//!
+//! Needs root (namespaces, and CAP_NET_RAW for the socket) and lldpd (Debian `lldpd`). Without
+//! them the tests say so and pass, unless `NODETOPO_REQUIRE_NETNS=1` (CI sets it), where that
+//! is a failure. An lldpd the package may have started in the root namespace does not interfere:
+//! it neither sees these namespaces' interfaces nor shares their control sockets.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const SWITCH_A_MAC: &str = "02:00:5e:10:00:07";
+const SWITCH_B_MAC: &str = "02:00:5e:10:00:08";
+
+fn lldpd_path() -> Option<PathBuf> {
+    let dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    dirs.into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join("lldpd"))
+        .find(|p| p.is_file())
+}
+
+/// Whether the tests can run here; prints why not, or fails where they are required.
+fn runnable() -> Option<PathBuf> {
+    let root = euid_is_root();
+    let lldpd = lldpd_path();
+    let why = match (root, &lldpd) {
+        (false, _) => "not running as root (network namespaces and CAP_NET_RAW are needed)",
+        (true, None) => "lldpd is not installed (Debian package lldpd)",
+        (true, Some(_)) => return lldpd,
+    };
+    if std::env::var("NODETOPO_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+        panic!("NODETOPO_REQUIRE_NETNS=1 but {why}");
+    }
+    eprintln!("skipping the LLDP network namespace test: {why}");
+    None
+}
+
+fn euid_is_root() -> bool {
+    // /proc/self/status: "Uid:\treal\teffective\t...".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+static LAB_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Namespaces and processes of one test, removed on drop.
+struct Lab {
+    tag: String,
+    dir: tempfile::TempDir,
+    namespaces: Vec<String>,
+    daemons: Vec<(String, Child)>,
+    lldpd: PathBuf,
+}
+
+impl Lab {
+    fn new(lldpd: PathBuf) -> Self {
+        let tag = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            LAB_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        Self {
+            tag,
+            dir: tempfile::tempdir().expect("temp dir"),
+            namespaces: vec![],
+            daemons: vec![],
+            lldpd,
+        }
+    }
+
+    /// Creates a namespace `nt<role><tag>` with its loopback up.
+    fn netns(&mut self, role: &str) -> String {
+        let name = format!("nt{role}{}", self.tag);
+        ip(&["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// A veth pair `a` (in `ns_a`, MAC `mac_a` if given) – `b` (in `ns_b`), both up.
+    fn veth(&self, ns_a: &str, a: &str, mac_a: Option<&str>, ns_b: &str, b: &str) {
+        let mut args = vec!["link", "add", a, "netns", ns_a];
+        if let Some(m) = mac_a {
+            args.extend(["address", m]);
+        }
+        args.extend(["type", "veth", "peer", "name", b, "netns", ns_b]);
+        ip(&args);
+        ip(&["-n", ns_a, "link", "set", a, "up"]);
+        ip(&["-n", ns_b, "link", "set", b, "up"]);
+    }
+
+    fn ctl_socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sock"))
+    }
+
+    /// Starts lldpd in `ns` on `iface`, configured by `config` (lldpcli commands, run at start).
+    fn lldpd(&mut self, name: &str, ns: &str, iface: &str, config: &str) {
+        let conf = self.dir.path().join(format!("{name}.conf"));
+        std::fs::write(&conf, config).expect("write lldpd config");
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&self.lldpd)
+            // Foreground; no kernel release or description (the frames are the test's own).
+            .args([
+                "-d",
+                "-k",
+                "-S",
+                "nodetopo test switch",
+                "-I",
+                iface,
+                "-C",
+                iface,
+            ])
+            .arg("-u")
+            .arg(self.ctl_socket(name))
+            .arg("-p")
+            .arg(self.dir.path().join(format!("{name}.pid")))
+            .arg("-O")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start lldpd");
+        self.daemons.push((name.to_string(), child));
+    }
+
+    /// `lldpcli -f json ARGS` against lldpd `name` in `ns`.
+    fn lldpcli(&self, name: &str, ns: &str, args: &[&str]) -> Value {
+        let out = run(Command::new("ip")
+            .args(["netns", "exec", ns, "lldpcli", "-f", "json", "-u"])
+            .arg(self.ctl_socket(name))
+            .args(args));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "lldpcli {args:?}: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `lldpcli ARGS` (a configuration command) against lldpd `name`.
+    fn configure(&self, name: &str, ns: &str, args: &[&str]) {
+        run(Command::new("ip")
+            .args(["netns", "exec", ns, "lldpcli", "-u"])
+            .arg(self.ctl_socket(name))
+            .args(args));
+    }
+
+    /// Waits until lldpd `name` answers and `ready` holds on its `show interfaces`.
+    fn wait_lldpd(&self, name: &str, ns: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "lldpcli", "-f", "json", "-u"])
+                .arg(self.ctl_socket(name))
+                .args(["show", "interfaces"])
+                .output()
+                .expect("lldpcli runs");
+            if out.status.success() {
+                if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+                    if ready(&v) {
+                        return v;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lldpd {name} not ready in 15 s; log:\n{}",
+                std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `nodetopo ARGS` in `ns` (through `prefix`, e.g. setpriv, if given).
+    fn nodetopo(&self, ns: &str, prefix: &[&str], args: &[&str]) -> (Output, Duration) {
+        let started = Instant::now();
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(prefix)
+            .arg(env!("CARGO_BIN_EXE_nodetopo"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("nodetopo runs");
+        (out, started.elapsed())
+    }
+
+    /// `nodetopo lldp -o json` in `ns`, parsed; panics unless it exits 0.
+    fn lldp_json(&self, ns: &str, prefix: &[&str], netdevs: &str, wait: &str) -> (Value, Duration) {
+        let (out, took) = self.nodetopo(
+            ns,
+            prefix,
+            &["lldp", "--netdev", netdevs, "--wait", wait, "-o", "json"],
+        );
+        assert!(
+            out.status.success(),
+            "nodetopo lldp failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "nodetopo lldp output: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        (v, took)
+    }
+}
+
+impl Lab {
+    /// Sends `signal` (`TERM`, `KILL`) to daemon `name` and waits for it to exit.
+    fn stop(&mut self, name: &str, signal: &str) {
+        let i = self
+            .daemons
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no daemon {name}"));
+        let (_, mut child) = self.daemons.remove(i);
+        run(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
+        child.wait().expect("wait for the daemon");
+    }
+
+    /// Starts `nodetopo lldp --follow -o json` in `ns`; its lines arrive on the receiver with the
+    /// time each was read. The process is stopped with the lab.
+    fn follow(&mut self, ns: &str, netdev: &str, wait: &str) -> Follow {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(env!("CARGO_BIN_EXE_nodetopo"))
+            .args([
+                "lldp", "--netdev", netdev, "--wait", wait, "--follow", "-o", "json",
+            ])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start nodetopo lldp --follow");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("--follow line {line:?}: {e}"));
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        self.daemons.push(("follow".into(), child));
+        Follow { rx, seen: vec![] }
+    }
+}
+
+/// The lines of a running `nodetopo lldp --follow`.
+struct Follow {
+    rx: std::sync::mpsc::Receiver<(Instant, Value)>,
+    seen: Vec<Value>,
+}
+
+impl Follow {
+    /// The next line for which `want` holds, within `timeout`, and when it was read; lines
+    /// before it are kept for the failure message.
+    fn until(&mut self, timeout: Duration, want: impl Fn(&Value) -> bool) -> (Instant, Value) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((at, v)) if want(&v) => return (at, v),
+                Ok((_, v)) => self.seen.push(v),
+                Err(e) => panic!(
+                    "no expected line within {timeout:?} ({e}); lines: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.daemons {
+            // `ip netns exec` execs lldpd, so the child is lldpd itself: SIGTERM lets it send
+            // its shutdown LLDPDU and remove its socket; SIGKILL if it lingers.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if child.try_wait().ok().flatten().is_none() {
+                eprintln!("lldpd {name} ignored SIGTERM; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The switch's configuration: system name, 1 s transmit interval (TTL 4 s), port ID = the
+/// interface name, a port description.
+fn switch_config(name: &str, port: &str) -> String {
+    format!(
+        "configure system hostname {name}\n\
+         configure lldp tx-interval 1\n\
+         configure lldp portidsubtype ifname\n\
+         configure ports {port} lldp portdescription \"{name} {port}\"\n"
+    )
+}
+
+/// lldpcli's name of a chassis or port ID type, as nodetopo names the subtype.
+fn subtype_of_lldpcli(t: &str) -> &'static str {
+    match t {
+        "mac" => "mac_address",
+        "ifname" => "interface_name",
+        "local" => "locally_assigned",
+        "ip" => "network_address",
+        "ifalias" => "interface_alias",
+        other => panic!("lldpcli ID type {other:?} not mapped by the test"),
+    }
+}
+
+/// (chassis type, chassis value, port type, port value, ttl) of `iface` in lldpd's `show
+/// interfaces` (what it advertises).
+fn advertised(v: &Value, iface: &str) -> (String, String, String, String, String) {
+    let i = &v["lldp"]["interface"][iface];
+    let chassis = i["chassis"]
+        .as_object()
+        .and_then(|c| c.values().next())
+        .unwrap_or_else(|| panic!("no chassis for {iface} in {v}"));
+    let s = |x: &Value| {
+        x.as_str()
+            .unwrap_or_else(|| panic!("{x} in {v}"))
+            .to_string()
+    };
+    (
+        s(&chassis["id"]["type"]),
+        s(&chassis["id"]["value"]),
+        s(&i["port"]["id"]["type"]),
+        s(&i["port"]["id"]["value"]),
+        s(&i["ttl"]["ttl"]),
+    )
+}
+
+fn assert_heard(status: &Value, adv: &(String, String, String, String, String)) {
+    assert_eq!(status["status"], "current", "{status}");
+    let n = &status["neighbor"];
+    assert_eq!(
+        n["chassis_id"]["subtype"],
+        subtype_of_lldpcli(&adv.0),
+        "{status}"
+    );
+    assert_eq!(n["chassis_id"]["value"], adv.1.as_str(), "{status}");
+    assert_eq!(
+        n["port_id"]["subtype"],
+        subtype_of_lldpcli(&adv.2),
+        "{status}"
+    );
+    assert_eq!(n["port_id"]["value"], adv.3.as_str(), "{status}");
+    assert_eq!(n["ttl_s"].to_string(), adv.4, "{status}");
+}
+
+/// A node with two rails, each cabled to a different leaf (a rail-optimised fabric): each
+/// netdev reports its own leaf's chassis and port, equal to what that lldpd advertises; a
+/// reconfigured chassis ID (locally assigned) and port ID are heard as such.
+#[test]
+fn hears_each_leafs_chassis_and_port_from_real_lldpd() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let leaf_a = lab.netns("sa");
+    let leaf_b = lab.netns("sb");
+    let node = lab.netns("nd");
+    lab.veth(&leaf_a, "swp12", Some(SWITCH_A_MAC), &node, "eth1");
+    lab.veth(&leaf_b, "swp3", Some(SWITCH_B_MAC), &node, "eth2");
+    lab.lldpd("a", &leaf_a, "swp12", &switch_config("leaf-07", "swp12"));
+    lab.lldpd("b", &leaf_b, "swp3", &switch_config("leaf-08", "swp3"));
+    let port_is_ifname = |port: &'static str| {
+        move |v: &Value| v["lldp"]["interface"][port]["port"]["id"]["type"] == "ifname"
+    };
+    let adv_a = advertised(
+        &lab.wait_lldpd("a", &leaf_a, port_is_ifname("swp12")),
+        "swp12",
+    );
+    let adv_b = advertised(
+        &lab.wait_lldpd("b", &leaf_b, port_is_ifname("swp3")),
+        "swp3",
+    );
+    // What the test configured is what lldpd advertises.
+    assert_eq!(
+        adv_a,
+        (
+            "mac".into(),
+            SWITCH_A_MAC.into(),
+            "ifname".into(),
+            "swp12".into(),
+            "4".into()
+        )
+    );
+    assert_eq!((adv_b.1.as_str(), adv_b.3.as_str()), (SWITCH_B_MAC, "swp3"));
+    // `show chassis` agrees on the chassis ID.
+    let chassis = lab.lldpcli("a", &leaf_a, &["show", "chassis"]);
+    assert_eq!(
+        chassis["local-chassis"]["chassis"]["leaf-07"]["id"]["value"],
+        SWITCH_A_MAC
+    );
+
+    let (v, took) = lab.lldp_json(&node, &[], "eth1,eth2", "20s");
+    assert_heard(&v["eth1"], &adv_a);
+    assert_heard(&v["eth2"], &adv_b);
+    assert_eq!(v["eth1"]["neighbor"]["system_name"], "leaf-07");
+    assert_eq!(v["eth1"]["neighbor"]["port_description"], "leaf-07 swp12");
+    assert_eq!(v["eth2"]["neighbor"]["system_name"], "leaf-08");
+    assert_eq!(v["eth1"]["source"], SWITCH_A_MAC);
+    // The command returns once both are heard (1 s transmit interval), not at the end of the wait.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    // The operator sets the chassis ID and a locally assigned port ID.
+    lab.configure(
+        "a",
+        &leaf_a,
+        &["configure", "system", "chassisid", "leaf-07.pod2"],
+    );
+    lab.configure(
+        "a",
+        &leaf_a,
+        &[
+            "configure",
+            "ports",
+            "swp12",
+            "lldp",
+            "portidsubtype",
+            "local",
+            "Ethernet1/12",
+        ],
+    );
+    let adv_a = advertised(
+        &lab.wait_lldpd("a", &leaf_a, |v| {
+            v["lldp"]["interface"]["swp12"]["port"]["id"]["value"] == "Ethernet1/12"
+                && v["lldp"]["interface"]["swp12"]["chassis"]["leaf-07"]["id"]["value"]
+                    == "leaf-07.pod2"
+        }),
+        "swp12",
+    );
+    assert_eq!(adv_a.0, "local");
+    // lldpd sends at once on a change, and every second after: wait for the next one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (v, _) = lab.lldp_json(&node, &[], "eth1", "20s");
+    assert_heard(&v["eth1"], &adv_a);
+    assert_eq!(v["eth1"]["neighbor"]["chassis_id"]["value"], "leaf-07.pod2");
+    assert_eq!(v["eth1"]["neighbor"]["port_id"]["value"], "Ethernet1/12");
+}
+
+/// A local lldpd on the node, sending on the same netdev: its own frames are not taken for the
+/// switch's, and it still hears the switch (the kernel gives both sockets a copy).
+#[test]
+fn a_local_lldpd_on_the_node_does_not_hide_or_replace_the_switch() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let leaf = lab.netns("sw");
+    let node = lab.netns("nd");
+    lab.veth(&leaf, "swp1", Some(SWITCH_A_MAC), &node, "eth1");
+    lab.lldpd("leaf", &leaf, "swp1", &switch_config("leaf-01", "swp1"));
+    // The node's lldpd sends every second too, with its own chassis ID.
+    lab.lldpd(
+        "node",
+        &node,
+        "eth1",
+        "configure system hostname gpu-node-a\n\
+         configure system chassisid gpu-node-a\n\
+         configure lldp tx-interval 1\n",
+    );
+    let adv = advertised(
+        &lab.wait_lldpd("leaf", &leaf, |v| {
+            v["lldp"]["interface"]["swp1"]["port"]["id"]["type"] == "ifname"
+        }),
+        "swp1",
+    );
+    // The node's lldpd has heard the switch, so it is sending and receiving.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = lab.lldpcli("node", &node, &["show", "neighbors"]);
+        if n["lldp"]["interface"]["eth1"]["chassis"]["leaf-01"]["id"]["value"] == SWITCH_A_MAC {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node lldpd never heard the switch: {n}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Both send every second; the one frame the command waits for is the switch's (a socket
+    // bound to the LLDP ethertype is never given the host's outgoing frames).
+    let (v, _) = lab.lldp_json(&node, &[], "eth1", "3s");
+    assert_heard(&v["eth1"], &adv);
+    assert_ne!(v["eth1"]["neighbor"]["chassis_id"]["value"], "gpu-node-a");
+}
+
+/// With no LLDP sender the command answers "no frame yet" when the wait ends, not later; a
+/// missing netdev is its own status.
+#[test]
+fn no_sender_gives_no_frame_within_the_wait() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let peer = lab.netns("pe");
+    let node = lab.netns("nd");
+    lab.veth(&peer, "eth0", None, &node, "eth1");
+    let (v, took) = lab.lldp_json(&node, &[], "eth1,nosuch0", "2s");
+    assert_eq!(v["eth1"], serde_json::json!({"status": "no_frame_yet"}));
+    assert_eq!(v["nosuch0"]["status"], "failed", "{v}");
+    assert_eq!(v["nosuch0"]["kind"], "no_such_netdev", "{v}");
+    assert!(took >= Duration::from_secs(2), "returned after {took:?}");
+    assert!(took < Duration::from_secs(5), "returned after {took:?}");
+    // Text output says the same.
+    let (out, _) = lab.nodetopo(&node, &[], &["lldp", "--netdev", "eth1", "--wait", "1s"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "eth1: no_frame_yet\n");
+}
+
+/// What the socket needs: a non-root user without capabilities is refused with a clear
+/// status; the same user with CAP_NET_RAW (ambient, so it survives exec) hears the switch.
+#[test]
+fn cap_net_raw_is_what_the_socket_needs() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let leaf = lab.netns("sw");
+    let node = lab.netns("nd");
+    lab.veth(&leaf, "swp5", Some(SWITCH_B_MAC), &node, "eth1");
+    lab.lldpd("leaf", &leaf, "swp5", &switch_config("leaf-05", "swp5"));
+    let adv = advertised(
+        &lab.wait_lldpd("leaf", &leaf, |v| {
+            v["lldp"]["interface"]["swp5"]["port"]["id"]["type"] == "ifname"
+        }),
+        "swp5",
+    );
+    assert_binary_reachable(Path::new(env!("CARGO_BIN_EXE_nodetopo")));
+    // The chart's user, no capabilities.
+    let unprivileged = [
+        "setpriv",
+        "--reuid=65532",
+        "--regid=65532",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ];
+    let (v, took) = lab.lldp_json(&node, &unprivileged, "eth1", "5s");
+    assert_eq!(v["eth1"]["status"], "failed", "{v}");
+    assert_eq!(v["eth1"]["kind"], "permission_denied", "{v}");
+    let msg = v["eth1"]["message"].as_str().unwrap();
+    assert!(msg.contains("CAP_NET_RAW"), "{msg}");
+    // A refusal settles at once: no waiting for frames that cannot come.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // The same user with only CAP_NET_RAW.
+    let net_raw = [
+        "setpriv",
+        "--reuid=65532",
+        "--regid=65532",
+        "--clear-groups",
+        "--inh-caps=-all,+net_raw",
+        "--ambient-caps=-all,+net_raw",
+        "--bounding-set=-all,+net_raw",
+    ];
+    let (v, _) = lab.lldp_json(&node, &net_raw, "eth1", "20s");
+    assert_heard(&v["eth1"], &adv);
+}
+
+/// Every directory above the binary must be searchable by the unprivileged user.
+fn assert_binary_reachable(bin: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in bin.ancestors().skip(1) {
+        if let Ok(m) = std::fs::metadata(dir) {
+            assert!(
+                m.permissions().mode() & 0o001 != 0,
+                "{} is not searchable by other users; the unprivileged run cannot exec {}",
+                dir.display(),
+                bin.display()
+            );
+        }
+    }
+}
+
+/// The watcher over time, in the real binary: a neighbour heard, its TTL running out when the
+/// switch's port goes down (no frame, no shutdown), the next switch identity replacing it when
+/// the port comes back, and a shutdown LLDPDU expiring it at once.
+#[test]
+fn follows_ttl_expiry_a_replaced_neighbour_and_a_shutdown() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let leaf = lab.netns("sw");
+    let node = lab.netns("nd");
+    lab.veth(&leaf, "swp7", Some(SWITCH_A_MAC), &node, "eth1");
+    lab.lldpd("leaf", &leaf, "swp7", &switch_config("leaf-07", "swp7"));
+    let adv = advertised(
+        &lab.wait_lldpd("leaf", &leaf, |v| {
+            v["lldp"]["interface"]["swp7"]["port"]["id"]["type"] == "ifname"
+        }),
+        "swp7",
+    );
+    assert_eq!(adv.4, "4", "TTL of a 1 s transmit interval");
+    let mut f = lab.follow(&node, "eth1", "60s");
+    let chassis = |v: &Value| {
+        v["neighbor"]["chassis_id"]["value"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let (_, v) = f.until(Duration::from_secs(10), |v| v["status"] == "current");
+    assert_heard(&v, &adv);
+    assert_eq!(v["netdev"], "eth1");
+
+    // The switch's port goes down: no more frames. The answer expires when its 4 s TTL has run
+    // out since the last frame (sent at most 1 s before), and is kept as the last known one.
+    ip(&["-n", &leaf, "link", "set", "swp7", "down"]);
+    let down = Instant::now();
+    let (at, v) = f.until(Duration::from_secs(10), |v| v["status"] != "current");
+    let after = at - down;
+    assert_eq!(v["status"], "expired", "{v}");
+    assert_eq!(chassis(&v).as_deref(), Some(SWITCH_A_MAC));
+    assert!(
+        after >= Duration::from_millis(2500) && after <= Duration::from_millis(5500),
+        "expired {after:?} after the port went down"
+    );
+
+    // Another identity on the same switch port: the fresh frame replaces the old answer.
+    lab.configure(
+        "leaf",
+        &leaf,
+        &["configure", "system", "chassisid", "leaf-09"],
+    );
+    ip(&["-n", &leaf, "link", "set", "swp7", "up"]);
+    let (_, v) = f.until(Duration::from_secs(15), |v| v["status"] == "current");
+    assert_eq!(chassis(&v).as_deref(), Some("leaf-09"), "{v}");
+    assert_eq!(v["neighbor"]["chassis_id"]["subtype"], "locally_assigned");
+
+    // lldpd stopping sends a shutdown LLDPDU (TTL 0): expired at once, not after the TTL.
+    let stop = Instant::now();
+    lab.stop("leaf", "TERM");
+    let (at, v) = f.until(Duration::from_secs(5), |v| v["status"] != "current");
+    assert_eq!(v["status"], "expired", "{v}");
+    assert_eq!(v["neighbor"]["ttl_s"], 0, "{v}");
+    assert_eq!(chassis(&v).as_deref(), Some("leaf-09"));
+    assert!(
+        at - stop < Duration::from_millis(2500),
+        "took {:?}",
+        at - stop
+    );
+}
