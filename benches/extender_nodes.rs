@@ -18,7 +18,6 @@
 //! Environment: `CALLS` (default 40) calls per fleet; `FLEETS` (default `lean,kubelet-sized`).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::{
