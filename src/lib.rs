@@ -24,6 +24,7 @@ pub mod labels;
 pub mod metrics;
 pub mod model;
 pub mod node_labels;
+pub mod placement;
 pub mod pod_env;
 pub mod probe;
 pub mod proto;
