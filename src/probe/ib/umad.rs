@@ -65,6 +65,7 @@ pub struct Umad {
     budget: super::QueryBudget,
     init: Result<(), String>,
     next_tid: u64,
+    any_port: bool,
 }
 
 impl Umad {
@@ -84,9 +85,21 @@ impl Umad {
             // The kernel owns the upper 32 bits of a TID; start the lower ones at the pid so
             // that two processes on one port are told apart.
             next_tid: u64::from(std::process::id()) << 16,
+            any_port: false,
         }
     }
+
+    /// When a port has no umad device of its own, sends its SMPs out of the adapter's default
+    /// port along `0,<port>` instead. The ibsim simulator presents one umad port per adapter
+    /// and routes by the path; the `only` mode, made for it, sets this.
+    pub fn any_port(mut self, yes: bool) -> Self {
+        self.any_port = yes;
+        self
+    }
 }
+
+const EINVAL: c_int = 22;
+const ENODEV: c_int = 19;
 
 impl SmpOpener for Umad {
     fn ca_names(&mut self) -> Result<Vec<String>, SmpError> {
@@ -121,7 +134,11 @@ impl SmpOpener for Umad {
             .map_err(|_| SmpError::Io(format!("adapter name {ca:?} has a NUL byte")))?;
         let portnum = c_int::try_from(port).map_err(|_| SmpError::Io("port number".into()))?;
         // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-        let fd = unsafe { umad_open_port(name.as_ptr(), portnum) };
+        let mut fd = unsafe { umad_open_port(name.as_ptr(), portnum) };
+        if (fd == -EINVAL || fd == -ENODEV) && self.any_port && portnum != 0 {
+            // SAFETY: as above; port 0 asks libibumad for the adapter's default port.
+            fd = unsafe { umad_open_port(name.as_ptr(), 0) };
+        }
         if fd < 0 {
             return Err(SmpError::NoAccess(format!(
                 "opening the umad device of {ca} port {port} (/dev/infiniband/umad*): {}",
