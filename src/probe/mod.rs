@@ -167,11 +167,10 @@ impl Prober {
 /// The SMP opener of this build: libibumad with the `umad` feature, none without.
 #[cfg(feature = "umad")]
 fn smp_opener(opts: &NetworkOptions) -> Option<Box<dyn ib::SmpOpener>> {
-    (opts.ib_smp != IbSmpMode::Off)
-        .then(|| {
-            let umad = ib::umad::Umad::new(opts.budget).any_port(opts.ib_smp == IbSmpMode::Only);
-            Box::new(umad) as Box<dyn ib::SmpOpener>
-        })
+    (opts.ib_smp != IbSmpMode::Off).then(|| {
+        let umad = ib::umad::Umad::new(opts.budget).any_port(opts.ib_smp == IbSmpMode::Only);
+        Box::new(umad) as Box<dyn ib::SmpOpener>
+    })
 }
 
 /// The SMP opener of this build: libibumad with the `umad` feature, none without.
