@@ -349,12 +349,14 @@ impl Sim {
         let topo: Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("probe as {host}: {e}\nstdout: {out}\nstderr: {err}"));
         let mut sent = None;
+        let mut smp_time = Duration::ZERO;
         for l in err.lines() {
             if let Ok(v) = serde_json::from_str::<Value>(l)
                 && v["fields"]["message"] == "ib-smp: leaves looked for"
             {
                 let f = &v["fields"];
                 sent = Some(f["queries"].as_u64().unwrap() + f["local_queries"].as_u64().unwrap());
+                smp_time = Duration::from_micros(f["took_us"].as_u64().unwrap());
             }
         }
         // ibsim logs asynchronously; give it a moment to catch up.
@@ -363,6 +365,7 @@ impl Sim {
             topo,
             answered: self.answered() - before,
             sent: sent.unwrap_or(0),
+            smp_time,
             wall,
         }
     }
@@ -393,6 +396,8 @@ struct Probe {
     topo: Value,
     answered: usize,
     sent: u64,
+    /// The probe's own time for the leaf queries (the `ib-smp` pass).
+    smp_time: Duration,
     wall: Duration,
 }
 
@@ -523,19 +528,21 @@ fn check(file: &str, sm_host: &str) {
         assert!(has("ib.leaf", &want.leaf), "{host}: {labels}");
         assert!(has("ib.su", &want.su), "{host}: {labels}");
         assert!(has("ib.block", &want.block), "{host}: {labels}");
-        per_node.push((host.clone(), p.sent, p.answered, p.wall));
+        per_node.push((host.clone(), p.sent, p.answered, p.wall, p.smp_time));
     }
     let hosts = per_node.len();
     let sent: u64 = per_node.iter().map(|x| x.1).sum();
     let answered: usize = per_node.iter().map(|x| x.2).sum();
     let wall: Duration = per_node.iter().map(|x| x.3).sum();
+    let smp: Duration = per_node.iter().map(|x| x.4).sum();
     let report = format!(
         "{file}: {} switches, {hosts} hosts | per node: {:.1} SMPs sent, {:.1} answered by ibsim, \
-         {:.0} ms per probe process (max {} SMPs) | ibnetdiscover from {sm_host}: {disc_smps} \
-         SMPs answered, {} ms\n",
+         {:.2} ms in the leaf queries, {:.0} ms per probe process (max {} SMPs) | ibnetdiscover \
+         from {sm_host}: {disc_smps} SMPs answered, {} ms\n",
         net.nodes.len() - hosts,
         sent as f64 / hosts as f64,
         answered as f64 / hosts as f64,
+        smp.as_secs_f64() * 1000.0 / hosts as f64,
         wall.as_secs_f64() * 1000.0 / hosts as f64,
         per_node.iter().map(|x| x.1).max().unwrap_or(0),
         disc_wall.as_millis(),
