@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nodetopo::placement::short_hash;
+use nodetopo::{labels::Key, placement::short_hash};
 use serde_json::Value;
 
 /// One node of a topology file.
@@ -451,8 +451,36 @@ fn ibnetdiscover_links(text: &str) -> BTreeMap<(String, u8), (String, String)> {
     out
 }
 
-/// The whole check of one topology file; returns the cost figures.
-fn check(file: &str, sm_host: &str) {
+/// Compares `host`'s labels with the checked-in list `tests/fixtures/labels/<list>.txt` (the
+/// label contract for the keys only a fabric gives), or writes it with `NODETOPO_BLESS=1`.
+fn contract(list: &str, labels: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/labels")
+        .join(format!("{list}.txt"));
+    let body: String = labels
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if std::env::var_os("NODETOPO_BLESS").is_some() {
+        std::fs::write(
+            &path,
+            format!("# nodetopo probe -o labels --ib-smp only, under ibsim\n{body}"),
+        )
+        .unwrap();
+        return;
+    }
+    let want: String = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (bless to create)", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(body, want, "{list}: the label set changed");
+}
+
+/// The whole check of one topology file, with the label lists of `lists` (host, list name).
+fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
     let Some(t) = tools() else { return };
     let net = Net::parse(&std::fs::read_to_string(fixture(file)).unwrap());
     let mut sim = Sim::start(&t, file, &net);
@@ -518,16 +546,23 @@ fn check(file: &str, sm_host: &str) {
         }
         let labels = {
             let mut c = sim.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
-            c.args(["probe", "-o", "labels", "--ib-smp", "only"]);
+            c.args(["probe", "-o", "labels", "--ib-smp", "only", "--sysfs-root"])
+                .arg(sim.dir.path().join("no-sysfs"));
             sim.run(c).0
         };
-        let has = |k: &str, v: &Option<String>| match v {
-            Some(v) => labels.contains(&format!("nodetopo.io/{k}={v}\n")),
-            None => !labels.contains(&format!("nodetopo.io/{k}=")),
+        let has = |k: Key, v: &Option<String>| {
+            let key = k.under(nodetopo::labels::DEFAULT_PREFIX);
+            match v {
+                Some(v) => labels.contains(&format!("{key}={v}\n")),
+                None => !labels.contains(&format!("{key}=")),
+            }
         };
-        assert!(has("ib.leaf", &want.leaf), "{host}: {labels}");
-        assert!(has("ib.su", &want.su), "{host}: {labels}");
-        assert!(has("ib.block", &want.block), "{host}: {labels}");
+        assert!(has(Key::IbLeaf, &want.leaf), "{host}: {labels}");
+        assert!(has(Key::IbSu, &want.su), "{host}: {labels}");
+        assert!(has(Key::IbBlock, &want.block), "{host}: {labels}");
+        if let Some((_, list)) = lists.iter().find(|(h, _)| h == host) {
+            contract(list, &labels);
+        }
         per_node.push((host.clone(), p.sent, p.answered, p.wall, p.smp_time));
     }
     let hosts = per_node.len();
@@ -563,17 +598,24 @@ fn check(file: &str, sm_host: &str) {
 
 #[test]
 fn fat_tree() {
-    check("fat-tree.net", "Hca8");
+    check(
+        "fat-tree.net",
+        "Hca8",
+        &[
+            ("Hca1", "ibsim-fat-tree-hca1"),
+            ("Hca5", "ibsim-fat-tree-hca5"),
+        ],
+    );
 }
 
 #[test]
 fn rail_optimised() {
-    check("rail-optimised.net", "Hca8");
+    check("rail-optimised.net", "Hca8", &[]);
 }
 
 #[test]
 fn broken() {
-    check("broken.net", "Hca4");
+    check("broken.net", "Hca4", &[("Hca2", "ibsim-broken-hca2")]);
 }
 
 #[test]
