@@ -56,6 +56,8 @@ pub struct Prober {
     node_name: String,
     nic_roles: rails::RoleOverrides,
     network: NetworkOptions,
+    /// Leaves' uplinks from earlier probes, and since when.
+    uplinks: (std::time::Instant, ib::UplinkCache),
 }
 
 impl Prober {
@@ -67,6 +69,7 @@ impl Prober {
             node_name,
             nic_roles: rails::RoleOverrides::default(),
             network: NetworkOptions::default(),
+            uplinks: (std::time::Instant::now(), ib::UplinkCache::new()),
         }
     }
 
@@ -148,7 +151,12 @@ impl Prober {
         }
         if let Some(o) = opener.as_deref_mut()
             && self.network.ib_smp != IbSmpMode::Off
-            && let Some((status, cost)) = ib::fill(&mut topo.nics, o)
+            && let Some((status, cost)) = {
+                if self.uplinks.0.elapsed() > ib::UPLINKS_KEPT {
+                    self.uplinks = (std::time::Instant::now(), ib::UplinkCache::new());
+                }
+                ib::fill(&mut topo.nics, o, &mut self.uplinks.1)
+            }
         {
             tracing::info!(
                 ports = cost.ports,

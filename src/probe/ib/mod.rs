@@ -130,8 +130,13 @@ pub struct Cost {
     pub took: Duration,
 }
 
-/// Leaf GUID to its uplinks, so a leaf reached by two ports is asked once.
-type UplinkCache = BTreeMap<u64, Vec<String>>;
+/// Leaf GUID to its uplinks, so a leaf reached by two ports (or in two probes, see
+/// [`UPLINKS_KEPT`]) is asked once.
+pub type UplinkCache = BTreeMap<u64, Vec<String>>;
+
+/// How long a long-running prober keeps a leaf's uplinks before asking again. In between, a
+/// probe costs one NodeInfo per rail port.
+pub const UPLINKS_KEPT: Duration = Duration::from_secs(600);
 
 /// Finds the leaf of local port `port` through `ch`, and its uplinks.
 pub fn discover_port(ch: &mut dyn SmpChannel, port: u8, cache: &mut UplinkCache) -> PortNeighbor {
@@ -217,7 +222,11 @@ fn skip_reason(p: &NicPort) -> Option<PortNeighbor> {
 /// and virtual NICs are never queried) and sets each port's `neighbor`. Returns the `ib-smp`
 /// status and the cost, or `None` when no such port exists (a node without InfiniBand rails,
 /// or NICs read from a sysfs tree that is not this machine's).
-pub fn fill(nics: &mut [Nic], opener: &mut dyn SmpOpener) -> Option<(SourceStatus, Cost)> {
+pub fn fill(
+    nics: &mut [Nic],
+    opener: &mut dyn SmpOpener,
+    cache: &mut UplinkCache,
+) -> Option<(SourceStatus, Cost)> {
     let start = Instant::now();
     let known = match opener.ca_names() {
         Ok(n) => n,
@@ -227,7 +236,6 @@ pub fn fill(nics: &mut [Nic], opener: &mut dyn SmpOpener) -> Option<(SourceStatu
         }
     };
     let mut cost = Cost::default();
-    let mut cache = UplinkCache::new();
     let mut problems = Vec::new();
     let mut any = false;
     for nic in nics.iter_mut() {
@@ -259,7 +267,7 @@ pub fn fill(nics: &mut [Nic], opener: &mut dyn SmpOpener) -> Option<(SourceStatu
                         cost.ports += 1;
                         match opener.open(&name, p.port) {
                             Ok(mut ch) => {
-                                let nb = discover_port(ch.as_mut(), port, &mut cache);
+                                let nb = discover_port(ch.as_mut(), port, cache);
                                 cost.queries += ch.sent();
                                 nb
                             }

@@ -260,9 +260,15 @@ fn fill_queries_only_active_rail_ports() {
             ..Nic::default()
         },
     ];
-    let (status, cost) = fill(&mut nics, &mut opener).unwrap();
+    let mut cache = UplinkCache::new();
+    let (status, cost) = fill(&mut nics, &mut opener, &mut cache).unwrap();
     assert!(status.ok, "{}", status.error);
     assert_eq!(cost.ports, 1);
+    // The next probe with the kept uplinks asks one NodeInfo per port.
+    let mut again = nics.clone();
+    let (_, second) = fill(&mut again, &mut opener, &mut cache).unwrap();
+    assert_eq!(second.queries, 1);
+    assert_eq!(again, nics);
     let rail = &nics[0].ports;
     assert_eq!(
         rail[0].neighbor.as_ref().unwrap().status,
@@ -302,7 +308,7 @@ fn init_without_sm_and_no_access_are_statuses() {
         ],
         ..Nic::default()
     }];
-    let (status, _) = fill(&mut nics, &mut opener).unwrap();
+    let (status, _) = fill(&mut nics, &mut opener, &mut UplinkCache::new()).unwrap();
     assert!(!status.ok);
     let p = &nics[0].ports;
     assert_eq!(
@@ -328,7 +334,7 @@ fn init_without_sm_and_no_access_are_statuses() {
         ports: vec![ib_port(1, PortState::Active, 1)],
         ..Nic::default()
     }];
-    assert!(fill(&mut other, &mut opener).is_none());
+    assert!(fill(&mut other, &mut opener, &mut UplinkCache::new()).is_none());
     assert!(other[0].ports[0].neighbor.is_none());
 }
 
