@@ -3,6 +3,8 @@
 //! Data flows one way:
 //! - hardware probes ([`probe`]: [`probe::nvml`], [`probe::rdma`], [`probe::pci`] over
 //!   [`probe::sysfs`]) produce the [`model::NodeTopology`];
+//! - the node's place in its fabrics (leaf, scalable unit, spine block) is derived from its
+//!   ports' neighbours ([`placement`]; the SMP prober is [`probe::ib`]);
 //! - pure policy turns it into output: the label vocabulary and label set ([`labels`]), the
 //!   RDMA environment for a GPU selection ([`hints`]), the renderers ([`render`]) and other
 //!   schedulers' topology objects ([`deploy`]);
@@ -11,7 +13,8 @@
 //! - the [`extender`] places pod groups from the agents' topologies or their labels, the
 //!   [`webhook`] copies the labels onto bound Pods, and [`pod_env`] finds a pod's own GPUs.
 #![deny(missing_docs)]
-// FFI is confined to the modules that need it (NVML in `probe::nvml::live`); each opts in.
+// FFI is confined to the modules that need it (NVML in `probe::nvml::live`, libibumad in
+// `probe::ib::umad`); each opts in.
 #![deny(unsafe_code)]
 
 pub mod agent;
