@@ -210,6 +210,39 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_fabric_query_keeps_the_last_placement() {
+        let mut prev = good(1);
+        prev.network.infiniband = crate::model::FabricPlacement {
+            leaf: Some("0x0000000000b00001".into()),
+            su: Some("49c8b0ac92".into()),
+            block: Some("b19274c34c".into()),
+            reason: String::new(),
+        };
+        let mut fresh = good(2);
+        fresh.network.infiniband.reason = "no leaf found for mlx5_0/1: timeout".into();
+        fresh
+            .sources
+            .push(SourceStatus::failed(Source::IbSmp, "mlx5_0/1: timeout"));
+        let m = merge(&prev, fresh.clone());
+        assert_eq!(m.network.infiniband, prev.network.infiniband);
+        let ib = m
+            .sources
+            .iter()
+            .find(|s| s.source == Source::IbSmp)
+            .unwrap();
+        assert!(ib.stale && !ib.ok, "{ib:?}");
+        // A fresh answer replaces it.
+        let mut found = good(3);
+        found.network.infiniband.leaf = Some("0x0000000000b00002".into());
+        found.sources.push(SourceStatus::ok(Source::IbSmp));
+        let m = merge(&m, found);
+        assert_eq!(
+            m.network.infiniband.leaf.as_deref(),
+            Some("0x0000000000b00002")
+        );
+    }
+
+    #[test]
     fn partial_failure_keeps_fresh_data() {
         let prev = good(1);
         let mut fresh = good(2);
