@@ -523,6 +523,9 @@ mod tests {
             Err(NamesError::Parse(_))
         ));
         assert!(FabricNames::parse("").unwrap().is_empty());
+        // An unquoted 0x... key is read as written.
+        let n = FabricNames::parse("names:\n  0x00ab: rack-1\n").unwrap();
+        assert_eq!(n.name("0x00AB"), Some("rack-1"));
         assert!(FabricNames::load(Path::new("/nonexistent/names.yaml")).is_err());
     }
 
