@@ -38,6 +38,10 @@ struct Net {
     nodes: BTreeMap<String, Node>,
     /// ibsim console commands to send once the fabric runs.
     console: Vec<String>,
+    /// Console commands to send once every host's ports are ACTIVE.
+    after_sm: Vec<String>,
+    /// Switches that drop every NodeInfo (`Error "<name>" 100 17`, after the SM).
+    silent: BTreeSet<String>,
 }
 
 fn quoted(s: &str) -> Option<(&str, &str)> {
@@ -56,12 +60,17 @@ impl Net {
     fn parse(text: &str) -> Net {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
         let mut console = Vec::new();
+        let mut after_sm = Vec::new();
         let mut guid = None;
         let mut current: Option<String> = None;
         for line in text.lines() {
             let line = line.trim_end();
             if let Some(cmd) = line.strip_prefix("# console:") {
                 console.push(cmd.trim().to_string());
+                continue;
+            }
+            if let Some(cmd) = line.strip_prefix("# console-after-sm:") {
+                after_sm.push(cmd.trim().to_string());
                 continue;
             }
             if line.starts_with('#') || line.trim().is_empty() {
@@ -98,7 +107,18 @@ impl Net {
                 .links
                 .insert(port, (peer.to_string(), peer_port));
         }
-        let mut net = Net { nodes, console };
+        let silent = after_sm
+            .iter()
+            .filter_map(|c| c.strip_prefix("Error"))
+            .filter(|rest| rest.trim_end().ends_with(" 100 17"))
+            .filter_map(|rest| quoted(rest).map(|(n, _)| n.to_string()))
+            .collect();
+        let mut net = Net {
+            nodes,
+            console,
+            after_sm,
+            silent,
+        };
         for cmd in net.console.clone() {
             if let Some(rest) = cmd.strip_prefix("Unlink") {
                 let (name, rest) = quoted(rest).unwrap();
@@ -129,20 +149,38 @@ impl Net {
         let h = &self.nodes[host];
         let mut ports = BTreeMap::new();
         let mut uplinks = BTreeSet::new();
+        let mut timeouts = BTreeSet::new();
         for (&p, (peer, peer_port)) in &h.links {
             assert!(
                 self.nodes[peer].switch,
                 "the fixtures cable hosts to switches"
             );
             ports.insert(p, (self.guid(peer), peer_port.to_string()));
+            if self.silent.contains(peer) {
+                timeouts.insert(p);
+            }
             for (far, _) in self.nodes[peer].links.values() {
                 if self.nodes[far].switch && far != peer {
                     uplinks.insert(self.guid(far));
+                    if self.silent.contains(far) {
+                        timeouts.insert(p);
+                    }
                 }
             }
         }
         let leaves: BTreeSet<String> = ports.values().map(|(l, _)| l.clone()).collect();
+        if !timeouts.is_empty() {
+            return Expected {
+                leaf: None,
+                su: None,
+                block: None,
+                ports,
+                timeouts,
+                num_ports: h.ports,
+            };
+        }
         Expected {
+            timeouts,
             leaf: (leaves.len() == 1).then(|| leaves.iter().next().unwrap().clone()),
             su: (!leaves.is_empty()).then(|| short_hash(leaves.iter().map(String::as_str))),
             block: (!uplinks.is_empty()).then(|| short_hash(uplinks.iter().map(String::as_str))),
@@ -158,6 +196,8 @@ struct Expected {
     su: Option<String>,
     block: Option<String>,
     ports: BTreeMap<u8, (String, String)>,
+    /// Ports whose queries the fabric drops.
+    timeouts: BTreeSet<u8>,
     num_ports: u8,
 }
 
@@ -206,6 +246,7 @@ struct Sim {
     dir: tempfile::TempDir,
     sock: String,
     ibsim: Child,
+    console: std::process::ChildStdin,
     opensm: Option<Child>,
     preload: PathBuf,
 }
@@ -248,13 +289,12 @@ impl Sim {
             writeln!(stdin, "{cmd}").unwrap();
         }
         stdin.flush().unwrap();
-        // Keep the console open for the simulator's life.
-        std::mem::forget(stdin);
         std::thread::sleep(Duration::from_millis(300));
         Sim {
             dir,
             sock,
             ibsim,
+            console: stdin,
             opensm: None,
             preload: t.preload.clone(),
         }
@@ -502,6 +542,9 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
 
     sim.start_sm(&t, sm_host);
     sim.wait_active(sm_host, net.nodes[sm_host].links.len());
+    for (host, node) in net.hosts() {
+        sim.wait_active(host, node.links.len());
+    }
 
     let disc_before = sim.answered();
     let mut disc = sim.cmd(&t.ibnetdiscover, sm_host);
@@ -514,6 +557,11 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
         !discovered.is_empty(),
         "ibnetdiscover: {disc_out}\n{disc_err}"
     );
+    for cmd in &net.after_sm {
+        writeln!(sim.console, "{cmd}").unwrap();
+        sim.console.flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
 
     let mut per_node = Vec::new();
     for (host, node) in net.hosts() {
@@ -529,6 +577,18 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
             let n = u8::try_from(port["port"].as_u64().unwrap()).unwrap();
             let nb = &port["neighbor"];
             match want.ports.get(&n) {
+                Some(_) if want.timeouts.contains(&n) => {
+                    assert_eq!(nb["status"], "timeout", "{host} port {n}: {port}");
+                    let ib = p.topo["sources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|s| s["source"] == "ib-smp")
+                        .unwrap();
+                    assert_eq!(ib["ok"], false, "{ib}");
+                    // Bounded: 3 attempts of 200 ms per query, a few queries at most.
+                    assert!(p.wall < Duration::from_secs(10), "{host}: {:?}", p.wall);
+                }
                 Some((leaf, leaf_port)) => {
                     assert_eq!(nb["status"], "ok", "{host} port {n}: {port}");
                     assert_eq!(nb["leaf_id"], leaf.as_str(), "{host} port {n}");
@@ -635,5 +695,9 @@ fn fixtures_parse() {
     assert_ne!(rail.expect("Hca1").block, rail.expect("Hca5").block);
     let broken = Net::parse(&std::fs::read_to_string(fixture("broken.net")).unwrap());
     assert_eq!(broken.console, ["Unlink \"Hca2\"[2]"]);
+    assert!(broken.silent.contains("Leaf3"));
+    assert_eq!(broken.expect("Hca5").timeouts.len(), 1);
+    assert!(broken.expect("Hca5").su.is_none());
+    assert!(broken.expect("Hca4").timeouts.is_empty());
     assert_eq!(broken.expect("Hca2").ports.len(), 1);
 }
