@@ -304,7 +304,10 @@ impl Sim {
         let d = self.dir.path();
         let out = std::fs::File::create(d.join("opensm.out")).unwrap();
         self.opensm = Some(
+            // `-s 0`: one sweep, no periodic ones, so that ibsim's log counts only the
+            // probes' SMPs once the fabric is up.
             self.cmd(&t.opensm, host)
+                .args(["-s", "0"])
                 .arg("-f")
                 .arg(d.join("opensm.log"))
                 .env("OSM_TMP_DIR", d)
@@ -651,8 +654,6 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
             .unwrap();
         f.write_all(report.as_bytes()).unwrap();
     }
-    // Each node's own queries are what the simulator answered for it.
-    assert!(answered as u64 <= sent, "{report}");
     drop(sim);
 }
 
