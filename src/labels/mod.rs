@@ -19,8 +19,7 @@ pub use self::{
     syntax::{LabelError, LabelKey, LabelValue, is_dns_subdomain},
 };
 use crate::model::{
-    Connection, FabricState, GpuFamily, LinkLayer, NicRole, NodeTopology, P2pStatus, PortState,
-    Source,
+    Connection, FabricState, GpuFamily, LinkLayer, NodeTopology, P2pStatus, PortState, Source,
 };
 
 /// How labels are named.
@@ -225,7 +224,7 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     let active: Vec<_> = topo
         .nics
         .iter()
-        .filter(|n| matches!(n.role, NicRole::Compute | NicRole::Unknown) && !n.virtual_function)
+        .filter(|n| crate::placement::is_rail(n))
         .flat_map(|n| &n.ports)
         .filter(|p| matches!(p.state, PortState::Active | PortState::ActiveDefer))
         .collect();
