@@ -148,17 +148,7 @@ impl FabricNames {
 /// `aa-bb-cc-dd-ee-01`), and the ends are trimmed to alphanumerics. An ID that is then empty or
 /// longer than 63 characters is written `id-` and its short hash.
 pub fn id_label_value(id: &str) -> String {
-    let replaced: String = id
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let replaced = crate::labels::LabelValue::replace_invalid(id.trim());
     let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     if trimmed.is_empty() || trimmed.len() > 63 {
         format!("id-{}", short_hash([id]))

@@ -122,8 +122,18 @@ impl LabelValue {
     /// Turns any text into a value: invalid characters become `-`, the result is cut to 63
     /// characters and trimmed of non-alphanumerics at both ends. `None` when nothing is left.
     pub fn sanitize(text: &str) -> Option<Self> {
-        let replaced: String = text
-            .chars()
+        let replaced = Self::replace_invalid(text);
+        let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        // Every char is ASCII now, so byte slicing is safe.
+        let cut = &trimmed[..trimmed.len().min(MAX_NAME)];
+        let v = cut.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        (!v.is_empty()).then(|| Self(v.to_string()))
+    }
+
+    /// `text` with every character a label value may not hold replaced by `-` (not trimmed or
+    /// cut; [`Self::sanitize`] does both).
+    pub fn replace_invalid(text: &str) -> String {
+        text.chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                     c
@@ -131,12 +141,7 @@ impl LabelValue {
                     '-'
                 }
             })
-            .collect();
-        let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-        // Every char is ASCII now, so byte slicing is safe.
-        let cut = &trimmed[..trimmed.len().min(MAX_NAME)];
-        let v = cut.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-        (!v.is_empty()).then(|| Self(v.to_string()))
+            .collect()
     }
 
     /// The value text.
