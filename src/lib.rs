@@ -3,6 +3,8 @@
 //! Data flows one way:
 //! - hardware probes ([`probe`]: [`probe::nvml`], [`probe::rdma`], [`probe::pci`] over
 //!   [`probe::sysfs`]) produce the [`model::NodeTopology`];
+//! - the node's place in its fabrics (leaf, scalable unit, spine block) is derived from its
+//!   ports' neighbours ([`placement`]; the SMP prober is [`probe::ib`]);
 //! - pure policy turns it into output: the label vocabulary and label set ([`labels`]), the
 //!   RDMA environment for a GPU selection ([`hints`]), the renderers ([`render`]) and other
 //!   schedulers' topology objects ([`deploy`]);
@@ -12,7 +14,8 @@
 //!   [`webhook`] copies the labels onto bound Pods, and [`pod_env`] finds a pod's own GPUs.
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml::live`, ibverbs in
-// `probe::rdma::verbs`, the AF_PACKET socket in `probe::lldp::socket`); each opts in.
+// `probe::rdma::verbs`, libibumad in `probe::ib::umad`, the AF_PACKET socket in
+// `probe::lldp::socket`); each opts in.
 #![deny(unsafe_code)]
 
 pub mod agent;
@@ -25,6 +28,7 @@ pub mod labels;
 pub mod metrics;
 pub mod model;
 pub mod node_labels;
+pub mod placement;
 pub mod pod_env;
 pub mod probe;
 pub mod proto;

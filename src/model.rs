@@ -35,6 +35,8 @@ pub struct NodeTopology {
     pub rail_pairing: RailPairing,
     /// GPUDirect RDMA readiness.
     pub gpudirect: GpuDirect,
+    /// Where the node's compute rails plug into the InfiniBand and RoCE fabrics.
+    pub network: NetworkPlacement,
     /// One entry per probe source.
     pub sources: Vec<SourceStatus>,
 }
@@ -811,6 +813,118 @@ pub struct NicPort {
     pub subnet_prefix: String,
     /// GIDs.
     pub gids: Vec<Gid>,
+    /// The switch port this port plugs into, when it was looked for (SMP queries on
+    /// InfiniBand, LLDP on Ethernet); `None` when the port was not queried (storage and virtual
+    /// NICs, inactive ports, a build or run without the source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neighbor: Option<PortNeighbor>,
+}
+
+text_enum! {
+    /// The outcome of looking for one port's switch.
+    NeighborStatus {
+        /// Not looked for.
+        #[default]
+        Unknown = "",
+        /// Found: `leaf_id` and `leaf_port` are set.
+        Ok = "ok",
+        /// The port is not active (down, armed, ...); nothing was sent.
+        NotActive = "not-active",
+        /// The port is in INIT and no subnet manager has answered it (SM LID 0).
+        NoSm = "no-sm",
+        /// The device that would send or listen could not be opened (permissions, a missing
+        /// device file, no capability).
+        NoAccess = "no-access",
+        /// No answer within the time allowed, after every retry.
+        Timeout = "timeout",
+        /// The far end is not a switch (a cable straight to another host's adapter).
+        NoSwitch = "no-switch",
+        /// Anything else: a malformed or refused answer, an I/O error.
+        Error = "error",
+    }
+}
+
+/// The switch one port plugs into, and that switch's uplinks.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortNeighbor {
+    /// How the search went.
+    pub status: NeighborStatus,
+    /// Why, in words, when the status is not `ok`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The leaf switch: its node GUID on InfiniBand (`0x` and 16 hex digits), its LLDP chassis
+    /// ID on Ethernet, as read.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub leaf_id: String,
+    /// The leaf's port: the port number on InfiniBand (NodeInfo LocalPortNum), the LLDP port
+    /// ID on Ethernet, as read.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub leaf_port: String,
+    /// The switches above the leaf (InfiniBand spines), by node GUID, sorted and distinct.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uplink_ids: Vec<String>,
+}
+
+impl PortNeighbor {
+    /// A neighbour that was found.
+    pub fn found(leaf_id: impl Into<String>, leaf_port: impl Into<String>) -> Self {
+        Self {
+            status: NeighborStatus::Ok,
+            leaf_id: leaf_id.into(),
+            leaf_port: leaf_port.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A search that did not find one, and why.
+    pub fn failed(status: NeighborStatus, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The node's place in one RDMA fabric, derived from its compute ports' neighbours
+/// ([`crate::placement`]). A value is `None` when it is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FabricPlacement {
+    /// The leaf switch, only when every compute port of this fabric plugs into the same one
+    /// (renamed by the mapping file when it names it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<String>,
+    /// The scalable unit: a short hash of the sorted set of the compute ports' leaves. Nodes
+    /// with the same set are one hop apart on every rail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub su: Option<String>,
+    /// The spine block: a short hash of the sorted set of the leaves' uplink switches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+    /// Why a value is missing, in words.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl FabricPlacement {
+    /// True when nothing is known and there is no reason to give.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Where the node's compute rails plug into the fabrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkPlacement {
+    /// InfiniBand (SMP queries).
+    #[serde(skip_serializing_if = "FabricPlacement::is_empty")]
+    pub infiniband: FabricPlacement,
+    /// RoCE (LLDP).
+    #[serde(skip_serializing_if = "FabricPlacement::is_empty")]
+    pub roce: FabricPlacement,
 }
 
 /// A GID entry.
@@ -930,6 +1044,11 @@ pub enum Source {
     Gpudirect,
     /// ibverbs: each NIC opened once (the `verbs` feature).
     Verbs,
+    /// Directed-route SubnetManagement queries through libibumad: each InfiniBand compute
+    /// port's leaf switch and its uplinks (the `umad` feature).
+    IbSmp,
+    /// LLDP frames from the leaf switch on each RoCE compute port.
+    Lldp,
 }
 
 impl Source {

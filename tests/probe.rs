@@ -441,3 +441,48 @@ fn ib_subnet_label_only_for_one_infiniband_subnet() {
         "{roce}"
     );
 }
+
+#[test]
+fn fabric_flags_are_checked() {
+    let snap = fixtures().join("h200x1/snapshot.json");
+    let snap = snap.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("names.yaml");
+    std::fs::write(&bad, "names:\n  \"0x0000000000b00001\": \"rack 12\"\n").unwrap();
+    for (args, want) in [
+        (
+            vec!["--fabric-names", "/nonexistent/names.yaml"],
+            "--fabric-names",
+        ),
+        (vec!["--fabric-names", bad.to_str().unwrap()], "rack 12"),
+        (vec!["--ib-smp-timeout", "0s"], "--ib-smp-timeout"),
+        (vec!["--ib-smp-retries", "99"], "--ib-smp-retries"),
+    ] {
+        let mut all = vec!["probe", "--replay", snap, "--sysfs-root", "/nonexistent"];
+        all.extend(args.iter().copied());
+        let out = nodetopo(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "names:\n  \"0x0000000000b00001\": rack-12\n").unwrap();
+    let out = nodetopo(&[
+        "probe",
+        "--replay",
+        snap,
+        "--sysfs-root",
+        "/nonexistent",
+        "--fabric-names",
+        good.to_str().unwrap(),
+        "--ib-smp",
+        "off",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

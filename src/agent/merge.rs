@@ -20,6 +20,10 @@ enum Section {
     Pci,
     /// `gpudirect`: GPUDirect readiness.
     GpuDirect,
+    /// `ib-smp`: the node's place in the InfiniBand fabric.
+    IbPlacement,
+    /// `lldp`: the node's place in the RoCE fabric.
+    RocePlacement,
 }
 
 fn section_of(source: Source) -> Option<Section> {
@@ -31,6 +35,9 @@ fn section_of(source: Source) -> Option<Section> {
         Source::Gpudirect => Some(Section::GpuDirect),
         // ibverbs only annotates the NICs of `rdma`: it has no data of its own to keep.
         Source::Verbs => None,
+        // The port neighbours are this probe's facts; the node-level placement is kept.
+        Source::IbSmp => Some(Section::IbPlacement),
+        Source::Lldp => Some(Section::RocePlacement),
     }
 }
 
@@ -44,6 +51,8 @@ fn is_empty(t: &NodeTopology, s: Section) -> bool {
         Section::GpuDirect => {
             t.gpudirect.method == crate::model::GpuDirectMethod::None && !t.gpudirect.ready
         }
+        Section::IbPlacement => no_placement(&t.network.infiniband),
+        Section::RocePlacement => no_placement(&t.network.roce),
     }
 }
 
@@ -61,7 +70,13 @@ fn copy(from: &NodeTopology, to: &mut NodeTopology, s: Section) {
             to.rail_pairing = from.rail_pairing.clone();
         }
         Section::GpuDirect => to.gpudirect = from.gpudirect.clone(),
+        Section::IbPlacement => to.network.infiniband = from.network.infiniband.clone(),
+        Section::RocePlacement => to.network.roce = from.network.roce.clone(),
     }
+}
+
+fn no_placement(p: &crate::model::FabricPlacement) -> bool {
+    p.leaf.is_none() && p.su.is_none() && p.block.is_none()
 }
 
 /// Merges a `fresh` probe into the `previous` published topology.
@@ -192,6 +207,39 @@ mod tests {
         assert_eq!(m.rail_pairing, prev.rail_pairing);
         assert_eq!(m.gpudirect, prev.gpudirect);
         assert!(m.sources[2..].iter().all(|s| s.stale && !s.ok));
+    }
+
+    #[test]
+    fn a_failed_fabric_query_keeps_the_last_placement() {
+        let mut prev = good(1);
+        prev.network.infiniband = crate::model::FabricPlacement {
+            leaf: Some("0x0000000000b00001".into()),
+            su: Some("49c8b0ac92".into()),
+            block: Some("b19274c34c".into()),
+            reason: String::new(),
+        };
+        let mut fresh = good(2);
+        fresh.network.infiniband.reason = "no leaf found for mlx5_0/1: timeout".into();
+        fresh
+            .sources
+            .push(SourceStatus::failed(Source::IbSmp, "mlx5_0/1: timeout"));
+        let m = merge(&prev, fresh.clone());
+        assert_eq!(m.network.infiniband, prev.network.infiniband);
+        let ib = m
+            .sources
+            .iter()
+            .find(|s| s.source == Source::IbSmp)
+            .unwrap();
+        assert!(ib.stale && !ib.ok, "{ib:?}");
+        // A fresh answer replaces it.
+        let mut found = good(3);
+        found.network.infiniband.leaf = Some("0x0000000000b00002".into());
+        found.sources.push(SourceStatus::ok(Source::IbSmp));
+        let m = merge(&m, found);
+        assert_eq!(
+            m.network.infiniband.leaf.as_deref(),
+            Some("0x0000000000b00002")
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::{
     model::NodeTopology,
     node_labels::{NodeEvent, NodeLabeler, WriteError},
     probe::{
-        Prober,
+        NetworkOptions, Prober,
         nvml::prober::{GpuProber, ProbeOptions},
         nvml::snapshot::NvmlSnapshot,
         rails::RoleOverrides,
@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub sysfs_root: PathBuf,
     /// NIC roles set by the operator (`--nic-role`).
     pub nic_roles: RoleOverrides,
+    /// Fabric placement options (SMP queries, the mapping file).
+    pub network: NetworkOptions,
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
     /// Metrics listen address.
@@ -91,6 +93,7 @@ enum Probing {
         node: String,
         options: ProbeOptions,
         roles: RoleOverrides,
+        network: NetworkOptions,
     },
 }
 
@@ -105,7 +108,8 @@ impl Probing {
                     cfg.probe_options,
                     cfg.nvml_lib.as_deref().map(|p| p.as_os_str()),
                 )
-                .with_nic_roles(cfg.nic_roles.clone()),
+                .with_nic_roles(cfg.nic_roles.clone())
+                .with_network(cfg.network.clone()),
             )),
             GpuSource::Replay(path) => Self::Replay {
                 path: path.clone(),
@@ -113,6 +117,7 @@ impl Probing {
                 node: cfg.node_name.clone(),
                 options: cfg.probe_options,
                 roles: cfg.nic_roles.clone(),
+                network: cfg.network.clone(),
             },
         }
     }
@@ -127,12 +132,14 @@ impl Probing {
                 node,
                 options,
                 roles,
+                network,
             } => {
                 let gpu = NvmlSnapshot::load(path)
                     .map(|s| GpuProber::new(Box::new(s), *options))
                     .map_err(|e| e.to_string());
                 Prober::new(gpu, sysfs.clone(), node.clone())
                     .with_nic_roles(roles.clone())
+                    .with_network(network.clone())
                     .probe(now)
             }
         }

@@ -149,7 +149,50 @@ impl From<&m::NodeTopology> for p::NodeTopology {
                 method: t.gpudirect.method.to_string(),
                 reason: t.gpudirect.reason.clone(),
             }),
+            network: Some(p::NetworkPlacement {
+                infiniband: Some(placement_to(&t.network.infiniband)),
+                roce: Some(placement_to(&t.network.roce)),
+            }),
         }
+    }
+}
+
+fn placement_to(f: &m::FabricPlacement) -> p::FabricPlacement {
+    p::FabricPlacement {
+        leaf: f.leaf.clone().unwrap_or_default(),
+        su: f.su.clone().unwrap_or_default(),
+        block: f.block.clone().unwrap_or_default(),
+        reason: f.reason.clone(),
+    }
+}
+
+fn placement_from(f: Option<&p::FabricPlacement>) -> m::FabricPlacement {
+    let f = f.cloned().unwrap_or_default();
+    m::FabricPlacement {
+        leaf: opt_str(&f.leaf),
+        su: opt_str(&f.su),
+        block: opt_str(&f.block),
+        reason: f.reason,
+    }
+}
+
+fn neighbor_to(n: &m::PortNeighbor) -> p::PortNeighbor {
+    p::PortNeighbor {
+        status: n.status.to_string(),
+        detail: n.detail.clone(),
+        leaf_id: n.leaf_id.clone(),
+        leaf_port: n.leaf_port.clone(),
+        uplink_ids: n.uplink_ids.clone(),
+    }
+}
+
+fn neighbor_from(n: &p::PortNeighbor) -> m::PortNeighbor {
+    m::PortNeighbor {
+        status: n.status.as_str().into(),
+        detail: n.detail.clone(),
+        leaf_id: n.leaf_id.clone(),
+        leaf_port: n.leaf_port.clone(),
+        uplink_ids: n.uplink_ids.clone(),
     }
 }
 
@@ -247,6 +290,7 @@ fn nic_to(n: &m::Nic) -> p::Nic {
                         netdev: g.netdev.clone(),
                     })
                     .collect(),
+                neighbor: x.neighbor.as_ref().map(neighbor_to),
             })
             .collect(),
         verbs: n.verbs.as_ref().map(|v| p::VerbsCheck {
@@ -263,6 +307,7 @@ impl From<&p::NodeTopology> for m::NodeTopology {
         let fabric = t.fabric.clone().unwrap_or_default();
         let rail = t.rail_pairing.clone().unwrap_or_default();
         let gd = t.gpudirect.clone().unwrap_or_default();
+        let net = t.network.clone().unwrap_or_default();
         Self {
             node_name: t.node_name.clone(),
             revision: t.revision,
@@ -313,6 +358,10 @@ impl From<&p::NodeTopology> for m::NodeTopology {
                 ready: gd.ready,
                 method: gd.method.into(),
                 reason: gd.reason,
+            },
+            network: m::NetworkPlacement {
+                infiniband: placement_from(net.infiniband.as_ref()),
+                roce: placement_from(net.roce.as_ref()),
             },
             // A source this build does not know (from a newer agent) has no place in the model.
             sources: t
@@ -412,6 +461,7 @@ fn nic_from(n: &p::Nic) -> m::Nic {
                         netdev: g.netdev.clone(),
                     })
                     .collect(),
+                neighbor: x.neighbor.as_ref().map(neighbor_from),
             })
             .collect(),
         verbs: n.verbs.as_ref().map(|v| m::VerbsCheck {
@@ -513,6 +563,13 @@ mod tests {
                         gid_type: "RoCE v2".into(),
                         netdev: "eth0".into(),
                     }],
+                    neighbor: Some(m::PortNeighbor {
+                        status: m::NeighborStatus::NoSwitch,
+                        detail: "d".into(),
+                        leaf_id: "0x0000000000200001".into(),
+                        leaf_port: "Ethernet12".into(),
+                        uplink_ids: vec!["a".into(), "b".into()],
+                    }),
                 }],
                 verbs: Some(m::VerbsCheck {
                     usable: true,
@@ -546,6 +603,20 @@ mod tests {
                 ready: true,
                 method: "dma-buf".into(),
                 reason: "ok".into(),
+            },
+            network: m::NetworkPlacement {
+                infiniband: m::FabricPlacement {
+                    leaf: Some("l".into()),
+                    su: Some("s".into()),
+                    block: Some("b".into()),
+                    reason: "r".into(),
+                },
+                roce: m::FabricPlacement {
+                    leaf: Some("rl".into()),
+                    su: None,
+                    block: None,
+                    reason: "rr".into(),
+                },
             },
             sources: vec![m::SourceStatus {
                 source: m::Source::Nvml,

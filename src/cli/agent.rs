@@ -76,6 +76,8 @@ pub struct AgentArgs {
     /// Named NICs take that role instead of the derived one.
     #[arg(long = "nic-role", value_name = "ROLE=NAMES")]
     nic_roles: Vec<String>,
+    #[command(flatten)]
+    network: super::NetworkArgs,
 }
 
 impl AgentArgs {
@@ -122,6 +124,7 @@ impl AgentArgs {
             },
             sysfs_root: self.sysfs_root,
             nic_roles,
+            network: self.network.options()?,
             grpc_listen: self.grpc_listen,
             metrics_listen: self.metrics_listen,
             limits: ServerLimits {

@@ -38,6 +38,10 @@ struct TopologyArgs {
     /// A block or leaf node label between the NVLink clique and the host level.
     #[arg(long, value_name = "LABEL")]
     block_label: Option<String>,
+    /// The agent's fabric placement labels to add as levels: `infiniband` (`ib.block` and
+    /// `ib.su` above the NVLink levels) or `roce` (`roce.leaf` above the host).
+    #[arg(long, value_enum, default_value_t = topology::FabricLevels::None)]
+    fabric: topology::FabricLevels,
     /// Name of the object (for Volcano: the topology type in the discovery configuration).
     #[arg(long, default_value = topology::DEFAULT_NAME)]
     name: String,
@@ -56,6 +60,7 @@ fn topology(args: TopologyArgs) -> anyhow::Result<()> {
     let levels = topology::levels(&LevelOptions {
         label_prefix: args.label_prefix,
         block_label: args.block_label,
+        fabric: args.fabric,
     })
     .context("--label-prefix or --block-label")?;
     let object = topology::topology_object(args.scheduler, &args.name, &levels)?;

@@ -63,6 +63,57 @@ impl ClientTlsArgs {
     }
 }
 
+/// Flags of the fabric placement probes, shared by `probe` and `agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetworkArgs {
+    /// Directed-route SMP queries for each InfiniBand compute port's leaf switch and spines:
+    /// `on` (the ports found in sysfs), `off`, or `only` (adapters and ports from libibumad
+    /// alone, no RDMA sysfs: for the ibsim simulator). Builds without the `umad` feature send
+    /// none.
+    #[arg(long, value_enum, default_value_t = nodetopo::probe::IbSmpMode::On, env = "NODETOPO_IB_SMP")]
+    pub ib_smp: nodetopo::probe::IbSmpMode,
+    /// Timeout of one SMP query attempt.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub ib_smp_timeout: std::time::Duration,
+    /// Attempts after the first for an SMP query that got no reply.
+    #[arg(long, default_value_t = 2)]
+    pub ib_smp_retries: u32,
+    /// A YAML or JSON file of names for leaf IDs and su/block hashes (`names: {ID: NAME}`).
+    #[arg(long, value_name = "FILE", env = "NODETOPO_FABRIC_NAMES")]
+    pub fabric_names: Option<PathBuf>,
+}
+
+impl NetworkArgs {
+    /// The validated options.
+    pub fn options(&self) -> anyhow::Result<nodetopo::probe::NetworkOptions> {
+        use anyhow::Context;
+        if self.ib_smp == nodetopo::probe::IbSmpMode::Only && !cfg!(feature = "umad") {
+            anyhow::bail!("--ib-smp only needs a build with the umad feature");
+        }
+        anyhow::ensure!(
+            !self.ib_smp_timeout.is_zero()
+                && self.ib_smp_timeout <= std::time::Duration::from_secs(10),
+            "--ib-smp-timeout must be above 0 and at most 10s"
+        );
+        anyhow::ensure!(
+            self.ib_smp_retries <= 10,
+            "--ib-smp-retries must be at most 10"
+        );
+        let names = match &self.fabric_names {
+            Some(p) => nodetopo::placement::FabricNames::load(p).context("--fabric-names")?,
+            None => nodetopo::placement::FabricNames::default(),
+        };
+        Ok(nodetopo::probe::NetworkOptions {
+            ib_smp: self.ib_smp,
+            budget: nodetopo::probe::ib::QueryBudget {
+                timeout: self.ib_smp_timeout,
+                retries: self.ib_smp_retries,
+            },
+            names,
+        })
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

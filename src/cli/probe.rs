@@ -58,6 +58,8 @@ pub struct ProbeArgs {
     /// feature discovery is not deployed). Off by default.
     #[arg(long, value_name = "LIST", default_value = "")]
     compat_labels: String,
+    #[command(flatten)]
+    network: super::NetworkArgs,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
@@ -106,7 +108,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
             args.nvml_lib.as_deref().map(|p| p.as_os_str()),
         )
     };
-    let mut prober = prober.with_nic_roles(nic_roles);
+    let mut prober = prober
+        .with_nic_roles(nic_roles)
+        .with_network(args.network.options()?);
     let topo = prober.probe(SystemTime::now());
     for s in topo.sources.iter().filter(|s| !s.ok) {
         tracing::info!(source = %s.source, error = %s.error, "probe source failed");

@@ -1,8 +1,10 @@
 //! Topology objects for the schedulers users already run, built from the level list nodetopo
 //! labels.
 //!
-//! Levels go from broad to narrow: `<prefix>/nvlink.cluster` (the multi-node NVLink rack),
-//! `<prefix>/nvlink.domain` (the clique), an optional block or leaf label the user names, and
+//! Levels go from broad to narrow: with `--fabric infiniband`, `<prefix>/ib.block` (the spine
+//! block) and `<prefix>/ib.su` (the scalable unit); then `<prefix>/nvlink.cluster` (the
+//! multi-node NVLink rack), `<prefix>/nvlink.domain` (the clique), an optional block or leaf
+//! label the user names, with `--fabric roce` `<prefix>/roce.leaf`, and
 //! `kubernetes.io/hostname`. Each scheduler gets the same list in its own object:
 //!
 //! | scheduler | object |
@@ -41,6 +43,18 @@ pub enum Scheduler {
     Volcano,
 }
 
+/// Which of the agent's fabric placement labels become levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FabricLevels {
+    /// None: only the NVLink levels, the block label and the host.
+    #[default]
+    None,
+    /// InfiniBand: `ib.block` and `ib.su` above the NVLink levels.
+    Infiniband,
+    /// RoCE: `roce.leaf` just above the host.
+    Roce,
+}
+
 /// What the level list is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LevelOptions {
@@ -48,6 +62,8 @@ pub struct LevelOptions {
     pub label_prefix: String,
     /// A block or leaf label between the NVLink clique and the host, if the cluster has one.
     pub block_label: Option<String>,
+    /// The agent's fabric placement labels to use as levels.
+    pub fabric: FabricLevels,
 }
 
 impl Default for LevelOptions {
@@ -55,6 +71,7 @@ impl Default for LevelOptions {
         Self {
             label_prefix: DEFAULT_PREFIX.to_string(),
             block_label: None,
+            fabric: FabricLevels::None,
         }
     }
 }
@@ -76,20 +93,35 @@ pub fn levels(opts: &LevelOptions) -> Result<Vec<TopologyLevel>, DeployError> {
             opts.label_prefix.clone(),
         )));
     }
-    let mut out = vec![
-        TopologyLevel {
-            node_label: Key::NvlinkCluster.under(prefix),
-            domain: "rack",
-        },
-        TopologyLevel {
-            node_label: Key::NvlinkDomain.under(prefix),
-            domain: "clique",
-        },
-    ];
+    let mut out = Vec::new();
+    if opts.fabric == FabricLevels::Infiniband {
+        out.push(TopologyLevel {
+            node_label: Key::IbBlock.under(prefix),
+            domain: "block",
+        });
+        out.push(TopologyLevel {
+            node_label: Key::IbSu.under(prefix),
+            domain: "su",
+        });
+    }
+    out.push(TopologyLevel {
+        node_label: Key::NvlinkCluster.under(prefix),
+        domain: "rack",
+    });
+    out.push(TopologyLevel {
+        node_label: Key::NvlinkDomain.under(prefix),
+        domain: "clique",
+    });
     if let Some(block) = opts.block_label.as_deref().filter(|b| !b.is_empty()) {
         out.push(TopologyLevel {
             node_label: block.to_string(),
             domain: "leaf",
+        });
+    }
+    if opts.fabric == FabricLevels::Roce {
+        out.push(TopologyLevel {
+            node_label: Key::RoceLeaf.under(prefix),
+            domain: "roce-leaf",
         });
     }
     out.push(TopologyLevel {
@@ -210,8 +242,38 @@ mod tests {
         let with_block = levels(&LevelOptions {
             label_prefix: "example.com/".into(),
             block_label: Some("network.example.com/leaf".into()),
+            fabric: FabricLevels::None,
         })
         .unwrap();
+        let ib = levels(&LevelOptions {
+            fabric: FabricLevels::Infiniband,
+            ..LevelOptions::default()
+        })
+        .unwrap();
+        let keys: Vec<&str> = ib.iter().map(|l| l.node_label.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "nodetopo.io/ib.block",
+                "nodetopo.io/ib.su",
+                "nodetopo.io/nvlink.cluster",
+                "nodetopo.io/nvlink.domain",
+                "kubernetes.io/hostname"
+            ]
+        );
+        let roce = levels(&LevelOptions {
+            block_label: Some("network.example.com/leaf".into()),
+            fabric: FabricLevels::Roce,
+            ..LevelOptions::default()
+        })
+        .unwrap();
+        assert_eq!(roce[3].node_label, "nodetopo.io/roce.leaf");
+        assert_eq!(roce[4].node_label, HOSTNAME);
+        let domains: Vec<&str> = roce.iter().map(|l| l.domain).collect();
+        let mut distinct = domains.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), domains.len(), "{domains:?}");
         assert_eq!(with_block.len(), 4);
         assert_eq!(with_block[0].node_label, "example.com/nvlink.cluster");
         assert_eq!(with_block[2].node_label, "network.example.com/leaf");
@@ -222,7 +284,7 @@ mod tests {
     fn bad_options_rejected() {
         let bad_prefix = LevelOptions {
             label_prefix: "Not A Prefix".into(),
-            block_label: None,
+            ..LevelOptions::default()
         };
         assert!(levels(&bad_prefix).is_err());
         let bad_block = LevelOptions {
@@ -313,7 +375,7 @@ mod tests {
     fn levels_with_prefix(prefix: &str) -> Vec<TopologyLevel> {
         levels(&LevelOptions {
             label_prefix: prefix.into(),
-            block_label: None,
+            ..LevelOptions::default()
         })
         .unwrap()
     }

@@ -32,9 +32,27 @@ pub struct NodeFacts {
     /// Normalised InfiniBand subnet prefixes (hex digits only), sorted and distinct.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ib_subnets: Vec<String>,
-    /// The value of the leaf/block label, when the node has it.
+    /// The leaf level: the InfiniBand scalable unit (`ib.su`: the same set of leaves, one hop
+    /// apart on every rail) or else the RoCE leaf (`roce.leaf`), tagged with its fabric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<String>,
+    /// The block level: the operator's leaf/block label (`--block-label`) when the node has
+    /// it, else the InfiniBand spine block (`ib.block`, tagged `ib:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block: Option<String>,
+}
+
+/// The leaf-level key from the node's `ib.su` (or `ib.leaf`) and `roce.leaf`.
+fn leaf_key(ib_su: Option<&str>, ib_leaf: Option<&str>, roce_leaf: Option<&str>) -> Option<String> {
+    ib_su
+        .map(|s| format!("ib-su:{s}"))
+        .or_else(|| ib_leaf.map(|l| format!("ib-leaf:{l}")))
+        .or_else(|| roce_leaf.map(|l| format!("roce-leaf:{l}")))
+}
+
+/// The spine block key from `ib.block`.
+fn spine_block(b: Option<&str>) -> Option<String> {
+    b.filter(|b| !b.is_empty()).map(|b| format!("ib:{b}"))
 }
 
 /// Keeps only the hex digits of a subnet prefix, lowercase, so that `fe80:0000:…` and the label
@@ -47,8 +65,16 @@ pub fn normalize_subnet(s: &str) -> String {
 }
 
 impl NodeFacts {
-    /// Facts from an agent's topology. `block` comes from the node's labels.
+    /// Facts from an agent's topology. `block` comes from the node's labels (the operator's
+    /// block label); without it the topology's spine block is used.
     pub fn from_topology(t: &NodeTopology, block: Option<String>) -> Self {
+        let net = &t.network;
+        let leaf = leaf_key(
+            net.infiniband.su.as_deref(),
+            net.infiniband.leaf.as_deref(),
+            net.roce.leaf.as_deref(),
+        );
+        let block = block.or_else(|| spine_block(net.infiniband.block.as_deref()));
         let mut ib = 0usize;
         let mut eth = 0usize;
         let mut subnets: Vec<String> = Vec::new();
@@ -102,6 +128,7 @@ impl NodeFacts {
             clique_id: f.clique_id,
             link_layer,
             ib_subnets: subnets,
+            leaf,
             block,
         }
     }
@@ -152,7 +179,8 @@ impl NodeFacts {
             clique_id,
             link_layer,
             ib_subnets,
-            block: block_from(labels, block_label),
+            leaf: leaf_key(get(Key::IbSu), get(Key::IbLeaf), get(Key::RoceLeaf)),
+            block: block_from(labels, block_label).or_else(|| spine_block(get(Key::IbBlock))),
         })
     }
 
@@ -263,6 +291,45 @@ mod tests {
         assert_eq!(f.ib_subnets, vec!["fe80000000000001"]);
         assert_eq!(f.block.as_deref(), Some("b"));
         assert!(NodeFacts::from_labels(&BTreeMap::new(), "nodetopo.io", None).is_none());
+    }
+
+    #[test]
+    fn fabric_placement_gives_leaf_and_block() {
+        let mut t = NodeTopology::default();
+        t.network.infiniband = crate::model::FabricPlacement {
+            leaf: Some("0x0000000000200001".into()),
+            su: Some("abc".into()),
+            block: Some("def".into()),
+            reason: String::new(),
+        };
+        let f = NodeFacts::from_topology(&t, None);
+        assert_eq!(f.leaf.as_deref(), Some("ib-su:abc"));
+        assert_eq!(f.block.as_deref(), Some("ib:def"));
+        // The operator's block label wins over the spine block.
+        let f = NodeFacts::from_topology(&t, Some("row-3".into()));
+        assert_eq!(f.block.as_deref(), Some("row-3"));
+        let mut roce = NodeTopology::default();
+        roce.network.roce.leaf = Some("aa-bb".into());
+        assert_eq!(
+            NodeFacts::from_topology(&roce, None).leaf.as_deref(),
+            Some("roce-leaf:aa-bb")
+        );
+
+        let labels: BTreeMap<String, String> = [
+            ("nodetopo.io/gpu.count", "8"),
+            ("nodetopo.io/ib.su", "abc"),
+            ("nodetopo.io/ib.block", "def"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let l = NodeFacts::from_labels(&labels, "nodetopo.io", Some("leaf")).unwrap();
+        assert_eq!(l.leaf, f_leaf("ib-su:abc"));
+        assert_eq!(l.block.as_deref(), Some("ib:def"));
+    }
+
+    fn f_leaf(s: &str) -> Option<String> {
+        Some(s.to_string())
     }
 
     #[test]

@@ -29,8 +29,11 @@ pub enum Level {
     None,
     /// The same RDMA fabric (link layer and IB subnet).
     Fabric,
-    /// The same leaf/block label value.
+    /// The same leaf/block label value, or the same InfiniBand spine block.
     Block,
+    /// The same leaf switch, or the same InfiniBand scalable unit (the same leaves on every
+    /// rail).
+    Leaf,
     /// The same NVLink cluster (ClusterUUID).
     Cluster,
     /// The same NVLink clique.
@@ -53,6 +56,8 @@ pub struct Weights {
     pub level_clique: f64,
     /// Value of the same NVLink cluster.
     pub level_cluster: f64,
+    /// Value of the same leaf switch or scalable unit.
+    pub level_leaf: f64,
     /// Value of the same leaf/block.
     pub level_block: f64,
     /// Value of the same RDMA fabric.
@@ -67,6 +72,7 @@ impl Default for Weights {
             capacity: 2.0,
             level_clique: 1.0,
             level_cluster: 0.75,
+            level_leaf: 0.6,
             level_block: 0.5,
             level_fabric: 0.25,
         }
@@ -94,7 +100,9 @@ pub enum WeightsError {
         value: f64,
     },
     /// Levels must not rank a farther level above a closer one.
-    #[error("level values must not increase with distance (clique >= cluster >= block >= fabric)")]
+    #[error(
+        "level values must not increase with distance (clique >= cluster >= leaf >= block >= fabric)"
+    )]
     LevelOrder,
     /// The counterpart term is larger than the within-group term.
     #[error("counterpart weight {counterpart} must not exceed within_group weight {within_group}")]
@@ -124,6 +132,7 @@ impl Weights {
         for (name, value) in [
             ("level_clique", self.level_clique),
             ("level_cluster", self.level_cluster),
+            ("level_leaf", self.level_leaf),
             ("level_block", self.level_block),
             ("level_fabric", self.level_fabric),
         ] {
@@ -132,7 +141,8 @@ impl Weights {
             }
         }
         if !(self.level_clique >= self.level_cluster
-            && self.level_cluster >= self.level_block
+            && self.level_cluster >= self.level_leaf
+            && self.level_leaf >= self.level_block
             && self.level_block >= self.level_fabric)
         {
             return Err(WeightsError::LevelOrder);
@@ -154,6 +164,7 @@ impl Weights {
         match l {
             Level::Clique => self.level_clique,
             Level::Cluster => self.level_cluster,
+            Level::Leaf => self.level_leaf,
             Level::Block => self.level_block,
             Level::Fabric => self.level_fabric,
             Level::None => 0.0,
@@ -171,6 +182,9 @@ pub fn proximity(a: &NodeFacts, b: &NodeFacts) -> Level {
     }
     let rdma = a.rdma_compatible(b);
     let rdma_unknown = a.link_layer.is_none() || b.link_layer.is_none();
+    if a.leaf.is_some() && a.leaf == b.leaf && (rdma || rdma_unknown) {
+        return Level::Leaf;
+    }
     if a.block.is_some() && a.block == b.block && (rdma || rdma_unknown) {
         return Level::Block;
     }
@@ -464,12 +478,18 @@ pub struct ScoreBreakdown {
 }
 
 /// Domain keys of a node, one per level (where the node has one).
-fn domain_keys(f: &NodeFacts) -> [(Level, Option<String>); 4] {
+fn domain_keys(f: &NodeFacts) -> [(Level, Option<String>); 5] {
     DOMAIN_LEVELS.map(|l| (l, domain_key(f, l)))
 }
 
 /// The levels a group can be kept in, tightest first.
-pub const DOMAIN_LEVELS: [Level; 4] = [Level::Clique, Level::Cluster, Level::Block, Level::Fabric];
+pub const DOMAIN_LEVELS: [Level; 5] = [
+    Level::Clique,
+    Level::Cluster,
+    Level::Leaf,
+    Level::Block,
+    Level::Fabric,
+];
 
 /// The key of `f`'s domain at `level`: nodes with equal keys are in one domain.
 pub fn domain_key(f: &NodeFacts, level: Level) -> Option<String> {
@@ -487,6 +507,10 @@ pub fn domain_key(f: &NodeFacts, level: Level) -> Option<String> {
             .cluster_uuid
             .clone()
             .filter(|_| f.fabric_state == FabricState::Ready),
+        Level::Leaf => f
+            .leaf
+            .as_ref()
+            .map(|b| format!("{}|{b}", fabric().as_deref().unwrap_or(""))),
         Level::Block => f
             .block
             .as_ref()
@@ -517,6 +541,7 @@ impl std::fmt::Display for Domain {
         let level = match self.level {
             Level::Clique => "clique",
             Level::Cluster => "NVLink cluster",
+            Level::Leaf => "leaf",
             Level::Block => "block",
             Level::Fabric => "fabric",
             Level::None => "none",

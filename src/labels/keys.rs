@@ -100,6 +100,20 @@ pub enum Key {
     /// The most GPUs that share one rail NIC (1 on a rail-aligned node).
     #[strum(serialize = "rdma.gpus-per-rail")]
     RdmaGpusPerRail,
+    /// The InfiniBand leaf switch every compute port plugs into (its node GUID, or its name from
+    /// the mapping file).
+    #[strum(serialize = "ib.leaf")]
+    IbLeaf,
+    /// The InfiniBand scalable unit: a short hash of the set of the compute ports' leaves.
+    #[strum(serialize = "ib.su")]
+    IbSu,
+    /// The InfiniBand spine block: a short hash of the set of the leaves' uplink switches.
+    #[strum(serialize = "ib.block")]
+    IbBlock,
+    /// The RoCE leaf switch every compute port plugs into (its LLDP chassis ID, or its name from
+    /// the mapping file).
+    #[strum(serialize = "roce.leaf")]
+    RoceLeaf,
 }
 
 impl Key {

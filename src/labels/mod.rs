@@ -19,8 +19,7 @@ pub use self::{
     syntax::{LabelError, LabelKey, LabelValue, is_dns_subdomain},
 };
 use crate::model::{
-    Connection, FabricState, GpuFamily, LinkLayer, NicRole, NodeTopology, P2pStatus, PortState,
-    Source,
+    Connection, FabricState, GpuFamily, LinkLayer, NodeTopology, P2pStatus, PortState, Source,
 };
 
 /// How labels are named.
@@ -101,6 +100,7 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
     gpu_labels(topo, &mut set);
     nvlink_labels(topo, &mut set);
     rdma_labels(topo, &mut set);
+    network_labels(topo, &mut set);
     let mut out = set.out;
     for (key, value) in compat_labels(topo.fabric.domain.as_deref(), &config.compat) {
         if let (Ok(k), Some(v)) = (LabelKey::parse(key), LabelValue::sanitize(&value)) {
@@ -224,7 +224,7 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     let active: Vec<_> = topo
         .nics
         .iter()
-        .filter(|n| matches!(n.role, NicRole::Compute | NicRole::Unknown) && !n.virtual_function)
+        .filter(|n| crate::placement::is_rail(n))
         .flat_map(|n| &n.ports)
         .filter(|p| matches!(p.state, PortState::Active | PortState::ActiveDefer))
         .collect();
@@ -273,6 +273,17 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
         (topo.rail_pairing.gpus_per_rail > 0 && !failed(topo, Source::SysfsPci))
             .then(|| topo.rail_pairing.gpus_per_rail.to_string()),
     );
+}
+
+/// `ib.*` and `roce.leaf`: where the compute rails plug into the fabrics
+/// ([`crate::placement`]). Each value is already a label value (an ID's label spelling, a hash,
+/// or a name from the mapping file).
+fn network_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
+    let ib = &topo.network.infiniband;
+    set.put(Key::IbLeaf, ib.leaf.clone());
+    set.put(Key::IbSu, ib.su.clone());
+    set.put(Key::IbBlock, ib.block.clone());
+    set.put(Key::RoceLeaf, topo.network.roce.leaf.clone());
 }
 
 /// Renders labels one per line as `key=value`, as `nodetopo probe -o labels` prints them.

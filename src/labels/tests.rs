@@ -324,3 +324,72 @@ proptest! {
         }
     }
 }
+
+/// The fabric placement labels, from ports filled as the SMP prober (InfiniBand) and the LLDP
+/// prober (RoCE: a chassis ID and a port ID per port) fill them.
+#[test]
+fn fabric_placement_labels_from_port_neighbours() {
+    use crate::model::{LinkLayer, NicRole, PortNeighbor, PortState};
+    let port = |n: u32, ll: LinkLayer, leaf: &str, port: &str, up: &[&str]| NicPort {
+        port: n,
+        state: PortState::Active,
+        link_layer: ll,
+        neighbor: Some(PortNeighbor {
+            uplink_ids: up.iter().map(|s| s.to_string()).collect(),
+            ..PortNeighbor::found(leaf, port)
+        }),
+        ..NicPort::default()
+    };
+    let mut t = two_gpu_node();
+    t.nics = vec![
+        Nic {
+            name: "mlx5_0".into(),
+            role: NicRole::Compute,
+            ports: vec![port(
+                1,
+                LinkLayer::Infiniband,
+                "0x0000000000b00001",
+                "3",
+                &["0x0000000000a00001"],
+            )],
+            ..Nic::default()
+        },
+        Nic {
+            name: "mlx5_1".into(),
+            role: NicRole::Compute,
+            ports: vec![port(
+                1,
+                LinkLayer::Ethernet,
+                "aa:bb:cc:dd:ee:01",
+                "swp12",
+                &[],
+            )],
+            ..Nic::default()
+        },
+    ];
+    let names =
+        crate::placement::FabricNames::parse("names:\n  \"aa:bb:cc:dd:ee:01\": rack-12\n").unwrap();
+    t.network = crate::placement::place(&t.nics, &names);
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "ib.leaf"), Some("0x0000000000b00001"));
+    assert_eq!(
+        get(&l, "ib.su"),
+        Some(crate::placement::short_hash(["0x0000000000b00001"]).as_str())
+    );
+    assert_eq!(
+        get(&l, "ib.block"),
+        Some(crate::placement::short_hash(["0x0000000000a00001"]).as_str())
+    );
+    assert_eq!(get(&l, "roce.leaf"), Some("rack-12"));
+    for (k, v) in &l {
+        assert!(k8s_valid(&k.to_string(), v.as_str()), "{k}={v}");
+    }
+    // Without the mapping the chassis ID is spelled as a label value.
+    t.network = crate::placement::place(&t.nics, &Default::default());
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "roce.leaf"), Some("aa-bb-cc-dd-ee-01"));
+    // Nothing found: no key at all.
+    t.network = Default::default();
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert!(get(&l, "ib.leaf").is_none() && get(&l, "roce.leaf").is_none());
+}

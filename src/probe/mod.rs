@@ -4,6 +4,7 @@
 //! Every probe reports its outcome as a [`crate::model::SourceStatus`]; a failing
 //! source never aborts the others.
 
+pub mod ib;
 pub mod lldp;
 pub mod nvml;
 pub mod pci;
@@ -13,12 +14,40 @@ pub mod sysfs;
 
 use std::time::SystemTime;
 
-use crate::model::{Fabric, FabricState, NodeTopology, Source, SourceStatus};
+use crate::{
+    model::{Fabric, FabricState, NodeTopology, Source, SourceStatus},
+    placement::{self, FabricNames},
+};
 
 use self::{
     nvml::prober::{GpuProber, ProbeOptions},
     sysfs::SysfsRoot,
 };
+
+/// Whether and how the InfiniBand ports' leaves are looked for by SMP queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IbSmpMode {
+    /// No SMP queries.
+    Off,
+    /// Query the InfiniBand ports of the compute rails found in sysfs (needs the `umad`
+    /// feature; a build without it sends none).
+    #[default]
+    On,
+    /// Take the adapters and ports from libibumad and SMP alone, reading no RDMA sysfs (for
+    /// the ibsim simulator, which answers only libibumad calls).
+    Only,
+}
+
+/// Options of the fabric placement probes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkOptions {
+    /// SMP queries on InfiniBand.
+    pub ib_smp: IbSmpMode,
+    /// Timeout and retries of one SMP query.
+    pub budget: ib::QueryBudget,
+    /// Names for switch IDs and hashes (the mapping file).
+    pub names: FabricNames,
+}
 
 /// Composes every probe of this node. Keeps NVML open between calls to [`Prober::probe`].
 #[derive(Debug)]
@@ -27,6 +56,9 @@ pub struct Prober {
     sysfs: SysfsRoot,
     node_name: String,
     nic_roles: rails::RoleOverrides,
+    network: NetworkOptions,
+    /// Leaves' uplinks from earlier probes, and since when.
+    uplinks: (std::time::Instant, ib::UplinkCache),
 }
 
 impl Prober {
@@ -37,7 +69,15 @@ impl Prober {
             sysfs,
             node_name,
             nic_roles: rails::RoleOverrides::default(),
+            network: NetworkOptions::default(),
+            uplinks: (std::time::Instant::now(), ib::UplinkCache::new()),
         }
+    }
+
+    /// Sets the fabric placement options (SMP queries, the mapping file).
+    pub fn with_network(mut self, network: NetworkOptions) -> Self {
+        self.network = network;
+        self
     }
 
     /// Sets the operator's NIC roles (`--nic-role`), applied before rails are derived.
@@ -93,7 +133,57 @@ impl Prober {
                     .push(SourceStatus::failed(Source::Fabric, "not probed: no NVML"));
             }
         }
-        rdma::fill_with(&self.sysfs, &mut topo, &self.nic_roles);
+        let mut opener = smp_opener(&self.network);
+        let mut local_queries = 0u64;
+        match (self.network.ib_smp, opener.as_deref_mut()) {
+            (IbSmpMode::Only, Some(o)) => {
+                let start = std::time::Instant::now();
+                let (nics, errors, sent) = ib::local_cas(o);
+                local_queries = sent;
+                let probe = rdma::sysfs::RdmaProbe {
+                    nics,
+                    errors,
+                    note: Some("adapters and ports from libibumad and SMP (--ib-smp only)".into()),
+                    took: start.elapsed(),
+                };
+                rdma::finish(&self.sysfs, &mut topo, probe, None, &self.nic_roles);
+            }
+            _ => rdma::fill_with(&self.sysfs, &mut topo, &self.nic_roles),
+        }
+        if let Some(o) = opener.as_deref_mut()
+            && self.network.ib_smp != IbSmpMode::Off
+            && let Some((status, cost)) = {
+                if self.uplinks.0.elapsed() > ib::UPLINKS_KEPT {
+                    self.uplinks = (std::time::Instant::now(), ib::UplinkCache::new());
+                }
+                ib::fill(&mut topo.nics, o, &mut self.uplinks.1)
+            }
+        {
+            tracing::info!(
+                ports = cost.ports,
+                queries = cost.queries,
+                local_queries,
+                took_us = u64::try_from(cost.took.as_micros()).unwrap_or(u64::MAX),
+                "ib-smp: leaves looked for"
+            );
+            topo.sources.push(status);
+        }
+        topo.network = placement::place(&topo.nics, &self.network.names);
         topo
     }
+}
+
+/// The SMP opener of this build: libibumad with the `umad` feature, none without.
+#[cfg(feature = "umad")]
+fn smp_opener(opts: &NetworkOptions) -> Option<Box<dyn ib::SmpOpener>> {
+    (opts.ib_smp != IbSmpMode::Off).then(|| {
+        let umad = ib::umad::Umad::new(opts.budget).any_port(opts.ib_smp == IbSmpMode::Only);
+        Box::new(umad) as Box<dyn ib::SmpOpener>
+    })
+}
+
+/// The SMP opener of this build: libibumad with the `umad` feature, none without.
+#[cfg(not(feature = "umad"))]
+fn smp_opener(_opts: &NetworkOptions) -> Option<Box<dyn ib::SmpOpener>> {
+    None
 }

@@ -88,6 +88,10 @@ if values["compatLabels"]:
     args.append("--compat-labels=" + ",".join(values["compatLabels"]))
 if a["noKube"]:
     args.append("--no-kube")
+if not a["infiniband"]["enabled"]:
+    args.append("--ib-smp=off")
+if a["fabricNames"]:
+    args.append("--fabric-names=/etc/nodetopo/fabric-names/names.yaml")
 args += a["extraArgs"]
 check("agent args", c["args"], args)
 env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}

@@ -154,6 +154,26 @@ fn proximity_levels() {
     assert_eq!(proximity(&blk("l1", "s1"), &blk("l2", "s1")), Level::Fabric);
     assert_eq!(proximity(&blk("l1", "s1"), &blk("l1", "s2")), Level::None);
     assert_eq!(proximity(&ib("s1"), &roce()), Level::None);
+    // The same scalable unit beats the same block; a spine block alone is a block.
+    let su = |l: &str, b: &str| NodeFacts {
+        leaf: Some(format!("ib-su:{l}")),
+        block: Some(format!("ib:{b}")),
+        ..ib("s1")
+    };
+    assert_eq!(proximity(&su("u1", "b1"), &su("u1", "b1")), Level::Leaf);
+    assert_eq!(proximity(&su("u1", "b1"), &su("u2", "b1")), Level::Block);
+    assert_eq!(proximity(&su("u1", "b1"), &su("u2", "b2")), Level::Fabric);
+    let mut other_fabric = su("u1", "b1");
+    other_fabric.ib_subnets = vec!["s2".into()];
+    assert_eq!(proximity(&su("u1", "b1"), &other_fabric), Level::None);
+    assert_eq!(
+        domain_key(&su("u1", "b1"), Level::Leaf),
+        domain_key(&su("u1", "b2"), Level::Leaf)
+    );
+    assert_ne!(
+        domain_key(&su("u1", "b1"), Level::Block),
+        domain_key(&su("u1", "b2"), Level::Block)
+    );
 }
 
 #[test]
@@ -332,6 +352,9 @@ fn arb_facts() -> impl Strategy<Value = Option<NodeFacts>> {
                     } else {
                         Vec::new()
                     },
+                    leaf: block
+                        .filter(|b| b % 2 == 0)
+                        .map(|b| format!("ib-su:{}", b / 2)),
                     block: block.map(|b| format!("leaf{b}")),
                 }
             }),
@@ -345,6 +368,7 @@ fn arb_weights() -> impl Strategy<Value = Weights> {
         capacity: cap,
         level_clique: 1.0,
         level_cluster: 0.5 + lv / 2.0,
+        level_leaf: 0.5,
         level_block: 0.5,
         level_fabric: lv / 2.0,
     })
