@@ -130,6 +130,12 @@ impl Lab {
 
     /// Starts lldpd in `ns` on `iface`, configured by `config` (lldpcli commands, run at start).
     fn lldpd(&mut self, name: &str, ns: &str, iface: &str, config: &str) {
+        self.lldpd_on(name, ns, iface, iface, config);
+    }
+
+    /// Starts lldpd in `ns` on the interfaces `ifaces` (comma-separated), its chassis ID from
+    /// `chassis_iface`'s MAC address unless `config` sets one.
+    fn lldpd_on(&mut self, name: &str, ns: &str, ifaces: &str, chassis_iface: &str, config: &str) {
         let conf = self.dir.path().join(format!("{name}.conf"));
         std::fs::write(&conf, config).expect("write lldpd config");
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
@@ -143,9 +149,9 @@ impl Lab {
                 "-S",
                 "nodetopo test switch",
                 "-I",
-                iface,
+                ifaces,
                 "-C",
-                iface,
+                chassis_iface,
             ])
             .arg("-u")
             .arg(self.ctl_socket(name))
@@ -684,4 +690,237 @@ fn follows_ttl_expiry_a_replaced_neighbour_and_a_shutdown() {
         "took {:?}",
         at - stop
     );
+}
+
+/// The rails of the h100x8-roce sysfs fixture (`gen_sysfs.py`): RDMA device and netdev. mlx5_7's
+/// port is DOWN there; the others are ACTIVE.
+const FIXTURE_RAILS: [(&str, &str); 8] = [
+    ("mlx5_0", "enp28s0np0"),
+    ("mlx5_1", "enp46s0np0"),
+    ("mlx5_2", "enp64s0np0"),
+    ("mlx5_3", "enp81s0np0"),
+    ("mlx5_6", "enp158s0np0"),
+    ("mlx5_7", "enp175s0np0"),
+    ("mlx5_8", "enp196s0np0"),
+    ("mlx5_9", "enp212s0np0"),
+];
+const FIXTURE_DOWN_RAIL: &str = "mlx5_7";
+/// The fixture's bonded storage NIC and the netdev of its PCI function.
+const FIXTURE_STORAGE: (&str, &str) = ("mlx5_bond_0", "enp94s0f0np0");
+const LEAF_MAC: &str = "02:00:5e:10:00:21";
+const STORAGE_SWITCH_MAC: &str = "02:00:5e:10:00:31";
+
+/// lldpcli's JSON with the interfaces as one object: with more than one interface it lists them
+/// as an array of one-key objects.
+fn interfaces_as_object(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(list) = v["lldp"]["interface"].as_array() {
+        let merged: serde_json::Map<String, Value> = list
+            .iter()
+            .filter_map(Value::as_object)
+            .flat_map(|o| o.clone())
+            .collect();
+        v["lldp"]["interface"] = Value::Object(merged);
+    }
+    v
+}
+
+/// The text of a log line without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The real `nodetopo probe` on a recorded node (the h100x8-roce sysfs fixture and its NVML
+/// snapshot) whose netdevs exist, by name, as veths in the "node" namespace: every rail is
+/// cabled to one leaf switch running lldpd, the storage NIC to another. The active rails report
+/// the leaf's chassis ID and their own switch port, the node's `roce.leaf` label is the chassis
+/// ID spelled as a label value (or its name from `--fabric-names`), and neither the down rail
+/// nor the storage NIC is listened on, though both hear LLDP.
+#[test]
+fn probe_publishes_the_roce_leaf_of_a_recorded_node_from_real_lldpd() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let leaf = lab.netns("lf");
+    let storage = lab.netns("st");
+    let node = lab.netns("nd");
+    let mut swps = Vec::new();
+    for (i, (_, netdev)) in FIXTURE_RAILS.iter().enumerate() {
+        let swp = format!("swp{}", i + 1);
+        let mac = (i == 0).then_some(LEAF_MAC);
+        lab.veth(&leaf, &swp, mac, &node, netdev);
+        swps.push(swp);
+    }
+    lab.veth(
+        &storage,
+        "sw0",
+        Some(STORAGE_SWITCH_MAC),
+        &node,
+        FIXTURE_STORAGE.1,
+    );
+    let config = "configure system hostname leaf-21\n\
+                  configure lldp tx-interval 1\n\
+                  configure lldp portidsubtype ifname\n";
+    lab.lldpd_on("leaf", &leaf, &swps.join(","), "swp1", config);
+    lab.lldpd("storage", &storage, "sw0", &switch_config("stor-01", "sw0"));
+    let all_ifname = |v: &Value| {
+        let v = interfaces_as_object(v);
+        (1..=FIXTURE_RAILS.len())
+            .all(|i| v["lldp"]["interface"][format!("swp{i}")]["port"]["id"]["type"] == "ifname")
+    };
+    let shown = interfaces_as_object(&lab.wait_lldpd("leaf", &leaf, all_ifname));
+    for swp in &swps {
+        let adv = advertised(&shown, swp);
+        assert_eq!((adv.0.as_str(), adv.1.as_str()), ("mac", LEAF_MAC), "{swp}");
+        assert_eq!(adv.3, *swp);
+    }
+    lab.wait_lldpd("storage", &storage, |v| {
+        v["lldp"]["interface"]["sw0"]["port"]["id"]["type"] == "ifname"
+    });
+
+    let probe = |extra: &[&str]| {
+        let snapshot = fixture("h100x8-ib/snapshot.json");
+        let sysfs = fixture("h100x8-roce/sysfs/sys");
+        let mut args = vec![
+            "-v",
+            "probe",
+            "--node-name",
+            "gpu-node-1",
+            "--replay",
+            &snapshot,
+            "--sysfs-root",
+            &sysfs,
+            "--lldp-wait",
+            "20s",
+        ];
+        args.extend_from_slice(extra);
+        let (out, took) = lab.nodetopo(&node, &[], &args);
+        let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "nodetopo probe failed: {stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr, took)
+    };
+
+    // The default mode (auto) listens: the process has CAP_NET_RAW and the netdevs exist.
+    let (json, stderr, took) = probe(&["-o", "json"]);
+    let t: Value = serde_json::from_str(&json).expect("probe -o json");
+    // The first wait ends when every listened port has heard (1 s interval), not at its bound.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let nics = t["nics"].as_array().expect("nics");
+    let nic = |name: &str| {
+        nics.iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no NIC {name} in {json}"))
+    };
+    for (i, (rdma, netdev)) in FIXTURE_RAILS.iter().enumerate() {
+        let n = nic(rdma);
+        assert_eq!(n["role"], "compute", "{n}");
+        assert_eq!(n["netdevs"][0], *netdev);
+        let nb = &n["ports"][0]["neighbor"];
+        if *rdma == FIXTURE_DOWN_RAIL {
+            assert_eq!(nb["status"], "not-active", "{n}");
+            assert!(nb.get("leaf_id").is_none(), "{n}");
+            continue;
+        }
+        assert_eq!(nb["status"], "ok", "{n}");
+        assert_eq!(nb["leaf_id"], LEAF_MAC, "{n}");
+        assert_eq!(nb["leaf_port"], format!("swp{}", i + 1), "{n}");
+    }
+    let s = nic(FIXTURE_STORAGE.0);
+    assert_eq!(s["role"], "storage", "{s}");
+    assert!(s["ports"][0].get("neighbor").is_none(), "storage: {s}");
+    let label_leaf = LEAF_MAC.replace(':', "-");
+    assert_eq!(
+        t["network"]["roce"]["leaf"],
+        label_leaf.as_str(),
+        "{}",
+        t["network"]
+    );
+    let lldp = t["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "lldp")
+        .unwrap_or_else(|| panic!("no lldp source: {}", t["sources"]));
+    assert_eq!(lldp["ok"], true, "{lldp}");
+    // What was listened on: the active rails' netdevs, neither the down rail's nor storage's.
+    let listened = stderr
+        .lines()
+        .find(|l| l.contains("lldp: first wait over"))
+        .unwrap_or_else(|| panic!("no first-wait line: {stderr}"));
+    for (rdma, netdev) in FIXTURE_RAILS {
+        assert_eq!(
+            listened.contains(netdev),
+            rdma != FIXTURE_DOWN_RAIL,
+            "{netdev}: {listened}"
+        );
+    }
+    assert!(!listened.contains(FIXTURE_STORAGE.1), "{listened}");
+    assert!(listened.contains("settled=true"), "{listened}");
+
+    // The labels, and the leaf's name from a mapping file keyed by the chassis ID as read.
+    let (labels, _, _) = probe(&["-o", "labels"]);
+    assert!(
+        labels.contains(&format!("nodetopo.io/roce.leaf={label_leaf}\n")),
+        "{labels}"
+    );
+    let names = lab.dir.path().join("names.yaml");
+    std::fs::write(&names, format!("names:\n  \"{LEAF_MAC}\": rack-21\n")).unwrap();
+    let (labels, _, _) = probe(&["-o", "labels", "--fabric-names", names.to_str().unwrap()]);
+    assert!(
+        labels.contains("nodetopo.io/roce.leaf=rack-21\n"),
+        "{labels}"
+    );
+    // The agent (one shot, no Kubernetes) publishes the same label with its default wait.
+    let (out, _) = lab.nodetopo(
+        &node,
+        &[],
+        &[
+            "agent",
+            "--oneshot",
+            "--no-kube",
+            "--node-name",
+            "gpu-node-1",
+            "--replay",
+            &fixture("h100x8-ib/snapshot.json"),
+            "--sysfs-root",
+            &fixture("h100x8-roce/sysfs/sys"),
+            "--lldp",
+            "on",
+        ],
+    );
+    let agent_labels = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        agent_labels.contains(&format!("nodetopo.io/roce.leaf={label_leaf}\n")),
+        "{agent_labels}"
+    );
+    // Off: nothing listened on, no leaf.
+    let (labels, stderr, _) = probe(&["-o", "labels", "--lldp", "off"]);
+    assert!(!labels.contains("roce.leaf"), "{labels}");
+    assert!(!stderr.contains("lldp: first wait"), "{stderr}");
 }

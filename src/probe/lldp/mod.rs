@@ -225,7 +225,7 @@ impl LldpSession {
             let started = std::time::Instant::now();
             let settled = self.handle.block_on(self.watcher.settle(self.first_wait));
             tracing::info!(
-                netdevs = netdevs.len(),
+                netdevs = %netdevs.join(","),
                 settled,
                 waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "lldp: first wait over"
