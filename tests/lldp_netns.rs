@@ -788,28 +788,8 @@ fn fixture(rel: &str) -> String {
 fn probe_publishes_the_roce_leaf_of_a_recorded_node_from_real_lldpd() {
     let Some(lldpd) = runnable() else { return };
     let mut lab = Lab::new(lldpd);
-    let leaf = lab.netns("lf");
-    let storage = lab.netns("st");
-    let node = lab.netns("nd");
-    let mut swps = Vec::new();
-    for (i, (_, netdev)) in FIXTURE_RAILS.iter().enumerate() {
-        let swp = format!("swp{}", i + 1);
-        let mac = (i == 0).then_some(LEAF_MAC);
-        lab.veth(&leaf, &swp, mac, &node, netdev);
-        swps.push(swp);
-    }
-    lab.veth(
-        &storage,
-        "sw0",
-        Some(STORAGE_SWITCH_MAC),
-        &node,
-        FIXTURE_STORAGE.1,
-    );
-    let config = "configure system hostname leaf-21\n\
-                  configure lldp tx-interval 1\n\
-                  configure lldp portidsubtype ifname\n";
-    lab.lldpd_on("leaf", &leaf, &swps.join(","), "swp1", config);
-    lab.lldpd("storage", &storage, "sw0", &switch_config("stor-01", "sw0"));
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    start_fixture_switches(&mut lab, &leaf, &storage, &swps);
     let all_ifname = |v: &Value| {
         let v = interfaces_as_object(v);
         (1..=FIXTURE_RAILS.len())
@@ -951,4 +931,135 @@ fn probe_publishes_the_roce_leaf_of_a_recorded_node_from_real_lldpd() {
     let (labels, stderr, _) = probe(&["-o", "labels", "--lldp", "off"]);
     assert!(!labels.contains("roce.leaf"), "{labels}");
     assert!(!stderr.contains("lldp: first wait"), "{stderr}");
+}
+
+/// The "node" namespace with every netdev of the h100x8-roce fixture's rails and its storage NIC
+/// as a veth: the rails to `swp1`.. in a "leaf" namespace (swp1 with the MAC `LEAF_MAC`), the
+/// storage NIC to `sw0` in a "storage switch" namespace. Returns (leaf, storage, node, swps).
+fn cable_fixture_node(lab: &mut Lab) -> (String, String, String, Vec<String>) {
+    let leaf = lab.netns("lf");
+    let storage = lab.netns("st");
+    let node = lab.netns("nd");
+    let mut swps = Vec::new();
+    for (i, (_, netdev)) in FIXTURE_RAILS.iter().enumerate() {
+        let swp = format!("swp{}", i + 1);
+        let mac = (i == 0).then_some(LEAF_MAC);
+        lab.veth(&leaf, &swp, mac, &node, netdev);
+        swps.push(swp);
+    }
+    lab.veth(
+        &storage,
+        "sw0",
+        Some(STORAGE_SWITCH_MAC),
+        &node,
+        FIXTURE_STORAGE.1,
+    );
+    (leaf, storage, node, swps)
+}
+
+/// lldpd on every leaf port (chassis ID: swp1's MAC, port ID: the interface name, 1 s interval)
+/// and on the storage switch.
+fn start_fixture_switches(lab: &mut Lab, leaf: &str, storage: &str, swps: &[String]) {
+    let config = "configure system hostname leaf-21\n\
+                  configure lldp tx-interval 1\n\
+                  configure lldp portidsubtype ifname\n";
+    lab.lldpd_on("leaf", leaf, &swps.join(","), "swp1", config);
+    lab.lldpd("storage", storage, "sw0", &switch_config("stor-01", "sw0"));
+}
+
+/// The agent publishes at once, and the RoCE leaf follows when the frames arrive: the agent
+/// starts before the switch sends anything, with a probe interval of an hour, so only the probe
+/// that an LLDP answer's change triggers can publish the leaf.
+#[test]
+fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node])
+        .arg(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "agent",
+            "--no-kube",
+            "--node-name",
+            "gpu-node-1",
+            "--replay",
+            &fixture("h100x8-ib/snapshot.json"),
+            "--sysfs-root",
+            &fixture("h100x8-roce/sysfs/sys"),
+            "--grpc-listen",
+            "127.0.0.1:19750",
+            "--metrics-listen",
+            "127.0.0.1:19751",
+            "--interval",
+            "1h",
+            "--lldp",
+            "on",
+            "--lldp-wait",
+            "1s",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    lab.daemons.push(("agent".into(), child));
+    let get = |lab: &Lab| -> Option<Value> {
+        let (out, _) = lab.nodetopo(
+            &node,
+            &[],
+            &[
+                "query",
+                "--endpoint",
+                "127.0.0.1:19750",
+                "-o",
+                "json",
+                "get",
+            ],
+        );
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("query -o json"))
+    };
+    let poll = |lab: &Lab, what: &str, want: &dyn Fn(&Value) -> bool| -> (Value, Instant) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = get(lab).filter(|v| want(v)) {
+                return (v, Instant::now());
+            }
+            assert!(Instant::now() < deadline, "{what}: not within 20 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The first probe, published after its 1 s wait: the rails heard nothing yet.
+    let (first, _) = poll(&lab, "first publication", &|v| {
+        v["revision"].as_u64() > Some(0)
+    });
+    assert!(first["network"]["roce"].get("leaf").is_none(), "{first}");
+    let rail = first["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "mlx5_0")
+        .unwrap();
+    assert_eq!(
+        rail["ports"][0]["neighbor"]["status"], "no-frame-yet",
+        "{rail}"
+    );
+    // The switches start; the leaf follows, an hour before the next scheduled probe.
+    let started = Instant::now();
+    start_fixture_switches(&mut lab, &leaf, &storage, &swps);
+    let label_leaf = LEAF_MAC.replace(':', "-");
+    let (v, at) = poll(&lab, "the RoCE leaf", &|v| {
+        v["network"]["roce"]["leaf"] == label_leaf.as_str()
+    });
+    assert!(at - started < Duration::from_secs(15), "{:?}", at - started);
+    assert!(v["revision"].as_u64() > first["revision"].as_u64(), "{v}");
+    let lldp = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "lldp")
+        .unwrap();
+    assert_eq!(lldp["ok"], true, "{lldp}");
 }
