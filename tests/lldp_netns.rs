@@ -969,7 +969,8 @@ fn start_fixture_switches(lab: &mut Lab, leaf: &str, storage: &str, swps: &[Stri
 
 /// The agent publishes at once, and the RoCE leaf follows when the frames arrive: the agent
 /// starts before the switch sends anything, with a probe interval of an hour, so only the probe
-/// that an LLDP answer's change triggers can publish the leaf.
+/// that an LLDP answer's change triggers can publish the leaf. When the switch stops, the last
+/// answer is kept, marked expired.
 #[test]
 fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
     let Some(lldpd) = runnable() else { return };
@@ -1062,4 +1063,48 @@ fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
         .find(|s| s["source"] == "lldp")
         .unwrap();
     assert_eq!(lldp["ok"], true, "{lldp}");
+
+    // The leaf stops (its shutdown LLDPDU expires every answer at once): the agent probes again,
+    // the ports keep the last known leaf as `expired`, and so does the node.
+    lab.stop("leaf", "TERM");
+    let (v, _) = poll(&lab, "expired ports", &|v| {
+        v["nics"].as_array().is_some_and(|nics| {
+            nics.iter()
+                .any(|n| n["name"] == "mlx5_0" && n["ports"][0]["neighbor"]["status"] == "expired")
+        })
+    });
+    let rail = v["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "mlx5_0")
+        .unwrap();
+    let nb = &rail["ports"][0]["neighbor"];
+    assert_eq!(nb["leaf_id"], LEAF_MAC, "{nb}");
+    assert_eq!(nb["leaf_port"], "swp1", "{nb}");
+    assert!(
+        nb["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("last known answer kept")),
+        "{nb}"
+    );
+    assert_eq!(
+        v["network"]["roce"]["leaf"],
+        label_leaf.as_str(),
+        "{}",
+        v["network"]
+    );
+    let lldp = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "lldp")
+        .unwrap();
+    assert_eq!(lldp["ok"], false, "{lldp}");
+    assert!(
+        lldp["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("expired")),
+        "{lldp}"
+    );
 }
