@@ -1055,6 +1055,10 @@ fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
         v["network"]["roce"]["leaf"] == label_leaf.as_str()
     });
     assert!(at - started < Duration::from_secs(15), "{:?}", at - started);
+    eprintln!(
+        "the RoCE leaf was published {:?} after lldpd started",
+        at - started
+    );
     assert!(v["revision"].as_u64() > first["revision"].as_u64(), "{v}");
     let lldp = v["sources"]
         .as_array()
@@ -1067,7 +1071,8 @@ fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
     // The leaf stops (its shutdown LLDPDU expires every answer at once): the agent probes again,
     // the ports keep the last known leaf as `expired`, and so does the node.
     lab.stop("leaf", "TERM");
-    let (v, _) = poll(&lab, "expired ports", &|v| {
+    let stopped = Instant::now();
+    let (v, at) = poll(&lab, "expired ports", &|v| {
         v["nics"].as_array().is_some_and(|nics| {
             nics.iter()
                 .any(|n| n["name"] == "mlx5_0" && n["ports"][0]["neighbor"]["status"] == "expired")
@@ -1079,6 +1084,10 @@ fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
         .iter()
         .find(|n| n["name"] == "mlx5_0")
         .unwrap();
+    eprintln!(
+        "the ports read expired {:?} after lldpd stopped",
+        at - stopped
+    );
     let nb = &rail["ports"][0]["neighbor"];
     assert_eq!(nb["leaf_id"], LEAF_MAC, "{nb}");
     assert_eq!(nb["leaf_port"], "swp1", "{nb}");

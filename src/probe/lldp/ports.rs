@@ -91,7 +91,15 @@ pub fn neighbor_of(netdev: &str, status: &LldpStatus) -> PortNeighbor {
         LldpStatus::Expired(h) => with_last(
             PortNeighbor::failed(
                 NeighborStatus::Expired,
-                format!("{netdev}: LLDP {}: the TTL ran out", status.name()),
+                format!(
+                    "{netdev}: LLDP {}: {}",
+                    status.name(),
+                    if h.neighbor.ttl_s == 0 {
+                        "the switch sent a shutdown LLDPDU (TTL 0)"
+                    } else {
+                        "the TTL ran out"
+                    }
+                ),
             ),
             Some(h),
         ),
