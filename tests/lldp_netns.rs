@@ -1117,3 +1117,92 @@ fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
         "{lldp}"
     );
 }
+
+/// The probe under the chart's two users: its default one (65532, no capability), where `auto`
+/// listens on nothing and reports no `lldp` source while `on` reports `no-access` on every active
+/// rail; and its `agent.lldp.enabled` one (user 0 with every capability but NET_RAW dropped),
+/// which publishes the leaf.
+#[test]
+fn the_charts_users_without_and_with_net_raw() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    start_fixture_switches(&mut lab, &leaf, &storage, &swps);
+    lab.wait_lldpd("leaf", &leaf, |v| {
+        interfaces_as_object(v)["lldp"]["interface"]["swp1"]["port"]["id"]["type"] == "ifname"
+    });
+    assert_binary_reachable(Path::new(env!("CARGO_BIN_EXE_nodetopo")));
+    let probe = |prefix: &[&str], mode: &str| -> Value {
+        let (out, _) = lab.nodetopo(
+            &node,
+            prefix,
+            &[
+                "probe",
+                "-o",
+                "json",
+                "--replay",
+                &fixture("h100x8-ib/snapshot.json"),
+                "--sysfs-root",
+                &fixture("h100x8-roce/sysfs/sys"),
+                "--lldp",
+                mode,
+                "--lldp-wait",
+                "20s",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let lldp_source = |t: &Value| {
+        t["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == "lldp")
+            .cloned()
+    };
+    let rail_status = |t: &Value| {
+        t["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "mlx5_0")
+            .map(|n| n["ports"][0]["neighbor"]["status"].clone())
+            .unwrap()
+    };
+    let chart_default = [
+        "setpriv",
+        "--reuid=65532",
+        "--regid=65532",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ];
+    let t = probe(&chart_default, "auto");
+    assert!(lldp_source(&t).is_none(), "{:?}", lldp_source(&t));
+    assert_eq!(rail_status(&t), Value::Null);
+    assert!(t["network"]["roce"].get("leaf").is_none());
+    let t = probe(&chart_default, "on");
+    assert_eq!(rail_status(&t), "no-access");
+    let s = lldp_source(&t).unwrap();
+    assert_eq!(s["ok"], false);
+    assert!(s["error"].as_str().unwrap().contains("CAP_NET_RAW"), "{s}");
+    // The chart's LLDP setup: user 0, only NET_RAW left.
+    let chart_lldp = [
+        "setpriv",
+        "--reuid=0",
+        "--regid=65532",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all,+net_raw",
+    ];
+    let t = probe(&chart_lldp, "on");
+    assert_eq!(rail_status(&t), "ok");
+    assert_eq!(
+        t["network"]["roce"]["leaf"],
+        LEAF_MAC.replace(':', "-").as_str()
+    );
+}
