@@ -130,7 +130,10 @@ if command -v helm >/dev/null 2>&1; then
   # agent.lldp.enabled: user 0, only NET_RAW, --lldp=on (SECURITY.md).
   grep -q -- '- --lldp=on' "$tmp/chart-all.yaml"
   grep -q -- '- NET_RAW' "$tmp/chart-all.yaml"
-  ! grep -q -- 'NET_RAW' "$tmp/chart.yaml"
+  if grep -q -- 'NET_RAW' "$tmp/chart.yaml"; then
+    echo "the chart's defaults grant NET_RAW" >&2
+    exit 1
+  fi
 else
   echo "== helm is not installed: chart templates were not rendered (check_sync.py compares them textually)"
 fi
