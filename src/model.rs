@@ -839,6 +839,12 @@ text_enum! {
         Timeout = "timeout",
         /// The far end is not a switch (a cable straight to another host's adapter).
         NoSwitch = "no-switch",
+        /// LLDP: the last frame's time-to-live ran out (or the switch sent a shutdown LLDPDU);
+        /// `leaf_id` and `leaf_port` are the last known answer, kept.
+        Expired = "expired",
+        /// LLDP: listening, but no frame heard yet (switches send every 30 s by default; a
+        /// port whose switch sends no LLDP stays here).
+        NoFrameYet = "no-frame-yet",
         /// Anything else: a malformed or refused answer, an I/O error.
         Error = "error",
     }

@@ -211,7 +211,8 @@ pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) ->
             continue;
         };
         match nb.status {
-            NeighborStatus::Ok if !nb.leaf_id.is_empty() => {
+            // An expired LLDP answer is the last known leaf: kept until another is heard.
+            NeighborStatus::Ok | NeighborStatus::Expired if !nb.leaf_id.is_empty() => {
                 leaves.push(nb.leaf_id.as_str());
                 uplinks.extend(nb.uplink_ids.iter().map(String::as_str));
             }

@@ -145,7 +145,8 @@ fn every_fixture_keeps_its_label_set() {
 #[test]
 fn the_lists_cover_every_key_and_no_other() {
     // Every key of the vocabulary appears on some fixture node, so a rename is always caught.
-    // The lists include those of simulated fabric hosts (`ibsim-*.txt`, kept by tests/ibsim.rs).
+    // The lists include those of simulated fabric hosts (`ibsim-*.txt`, kept by tests/ibsim.rs)
+    // and of a recorded node cabled to a real lldpd (`lldp-*.txt`, kept by tests/lldp_netns.rs).
     let dir = fixtures().join("labels");
     let mut seen = BTreeSet::new();
     let mut lists: Vec<PathBuf> = fs::read_dir(&dir)
@@ -162,11 +163,9 @@ fn the_lists_cover_every_key_and_no_other() {
             }
         }
     }
-    // Keys that only a live peer can give, whose fixture comes with that peer's test.
-    const PENDING: &[&str] = &[
-        // Written from LLDP neighbours; its list comes with the LLDP probe and its lldpd test.
-        "roce.leaf",
-    ];
+    // Keys that only a live peer can give, whose fixture comes with that peer's test (none now:
+    // `lldp-*.txt` is kept by tests/lldp_netns.rs).
+    const PENDING: &[&str] = &[];
     let all: BTreeSet<String> = Key::all()
         .map(|k| k.name().to_string())
         .filter(|k| !PENDING.contains(&k.as_str()))

@@ -130,6 +130,12 @@ impl Lab {
 
     /// Starts lldpd in `ns` on `iface`, configured by `config` (lldpcli commands, run at start).
     fn lldpd(&mut self, name: &str, ns: &str, iface: &str, config: &str) {
+        self.lldpd_on(name, ns, iface, iface, config);
+    }
+
+    /// Starts lldpd in `ns` on the interfaces `ifaces` (comma-separated), its chassis ID from
+    /// `chassis_iface`'s MAC address unless `config` sets one.
+    fn lldpd_on(&mut self, name: &str, ns: &str, ifaces: &str, chassis_iface: &str, config: &str) {
         let conf = self.dir.path().join(format!("{name}.conf"));
         std::fs::write(&conf, config).expect("write lldpd config");
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
@@ -143,9 +149,9 @@ impl Lab {
                 "-S",
                 "nodetopo test switch",
                 "-I",
-                iface,
+                ifaces,
                 "-C",
-                iface,
+                chassis_iface,
             ])
             .arg("-u")
             .arg(self.ctl_socket(name))
@@ -683,5 +689,520 @@ fn follows_ttl_expiry_a_replaced_neighbour_and_a_shutdown() {
         at - stop < Duration::from_millis(2500),
         "took {:?}",
         at - stop
+    );
+}
+
+/// The rails of the h100x8-roce sysfs fixture (`gen_sysfs.py`): RDMA device and netdev. mlx5_7's
+/// port is DOWN there; the others are ACTIVE.
+const FIXTURE_RAILS: [(&str, &str); 8] = [
+    ("mlx5_0", "enp28s0np0"),
+    ("mlx5_1", "enp46s0np0"),
+    ("mlx5_2", "enp64s0np0"),
+    ("mlx5_3", "enp81s0np0"),
+    ("mlx5_6", "enp158s0np0"),
+    ("mlx5_7", "enp175s0np0"),
+    ("mlx5_8", "enp196s0np0"),
+    ("mlx5_9", "enp212s0np0"),
+];
+const FIXTURE_DOWN_RAIL: &str = "mlx5_7";
+/// The fixture's bonded storage NIC and the netdev of its PCI function.
+const FIXTURE_STORAGE: (&str, &str) = ("mlx5_bond_0", "enp94s0f0np0");
+const LEAF_MAC: &str = "02:00:5e:10:00:21";
+const STORAGE_SWITCH_MAC: &str = "02:00:5e:10:00:31";
+
+/// lldpcli's JSON with the interfaces as one object: with more than one interface it lists them
+/// as an array of one-key objects.
+fn interfaces_as_object(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(list) = v["lldp"]["interface"].as_array() {
+        let merged: serde_json::Map<String, Value> = list
+            .iter()
+            .filter_map(Value::as_object)
+            .flat_map(|o| o.clone())
+            .collect();
+        v["lldp"]["interface"] = Value::Object(merged);
+    }
+    v
+}
+
+/// The text of a log line without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Compares the labels with the checked-in list `tests/fixtures/labels/<list>.txt` (the label
+/// contract for the keys only a live LLDP peer gives), or writes it with `NODETOPO_BLESS=1`.
+fn contract(list: &str, labels: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/labels")
+        .join(format!("{list}.txt"));
+    if std::env::var_os("NODETOPO_BLESS").is_some() {
+        std::fs::write(
+            &path,
+            format!(
+                "# nodetopo probe -o labels on the h100x8-roce fixture, its rails cabled to lldpd \
+                 (tests/lldp_netns.rs)\n{labels}"
+            ),
+        )
+        .unwrap();
+        return;
+    }
+    let want: String = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (bless to create)", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(labels, want, "{list}: the label set changed");
+}
+
+fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The real `nodetopo probe` on a recorded node (the h100x8-roce sysfs fixture and its NVML
+/// snapshot) whose netdevs exist, by name, as veths in the "node" namespace: every rail is
+/// cabled to one leaf switch running lldpd, the storage NIC to another. The active rails report
+/// the leaf's chassis ID and their own switch port, the node's `roce.leaf` label is the chassis
+/// ID spelled as a label value (or its name from `--fabric-names`), and neither the down rail
+/// nor the storage NIC is listened on, though both hear LLDP.
+#[test]
+fn probe_publishes_the_roce_leaf_of_a_recorded_node_from_real_lldpd() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    start_fixture_switches(&mut lab, &leaf, &storage, &swps);
+    let all_ifname = |v: &Value| {
+        let v = interfaces_as_object(v);
+        (1..=FIXTURE_RAILS.len())
+            .all(|i| v["lldp"]["interface"][format!("swp{i}")]["port"]["id"]["type"] == "ifname")
+    };
+    let shown = interfaces_as_object(&lab.wait_lldpd("leaf", &leaf, all_ifname));
+    for swp in &swps {
+        let adv = advertised(&shown, swp);
+        assert_eq!((adv.0.as_str(), adv.1.as_str()), ("mac", LEAF_MAC), "{swp}");
+        assert_eq!(adv.3, *swp);
+    }
+    lab.wait_lldpd("storage", &storage, |v| {
+        v["lldp"]["interface"]["sw0"]["port"]["id"]["type"] == "ifname"
+    });
+
+    let probe = |extra: &[&str]| {
+        let snapshot = fixture("h100x8-ib/snapshot.json");
+        let sysfs = fixture("h100x8-roce/sysfs/sys");
+        let mut args = vec![
+            "-v",
+            "probe",
+            "--node-name",
+            "gpu-node-1",
+            "--replay",
+            &snapshot,
+            "--sysfs-root",
+            &sysfs,
+            "--lldp-wait",
+            "20s",
+        ];
+        args.extend_from_slice(extra);
+        let (out, took) = lab.nodetopo(&node, &[], &args);
+        let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "nodetopo probe failed: {stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr, took)
+    };
+
+    // The default mode (auto) listens: the process has CAP_NET_RAW and the netdevs exist.
+    let (json, stderr, took) = probe(&["-o", "json"]);
+    let t: Value = serde_json::from_str(&json).expect("probe -o json");
+    // The first wait ends when every listened port has heard (1 s interval), not at its bound.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let nics = t["nics"].as_array().expect("nics");
+    let nic = |name: &str| {
+        nics.iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no NIC {name} in {json}"))
+    };
+    for (i, (rdma, netdev)) in FIXTURE_RAILS.iter().enumerate() {
+        let n = nic(rdma);
+        assert_eq!(n["role"], "compute", "{n}");
+        assert_eq!(n["netdevs"][0], *netdev);
+        let nb = &n["ports"][0]["neighbor"];
+        if *rdma == FIXTURE_DOWN_RAIL {
+            assert_eq!(nb["status"], "not-active", "{n}");
+            assert!(nb.get("leaf_id").is_none(), "{n}");
+            continue;
+        }
+        assert_eq!(nb["status"], "ok", "{n}");
+        assert_eq!(nb["leaf_id"], LEAF_MAC, "{n}");
+        assert_eq!(nb["leaf_port"], format!("swp{}", i + 1), "{n}");
+    }
+    let s = nic(FIXTURE_STORAGE.0);
+    assert_eq!(s["role"], "storage", "{s}");
+    assert!(s["ports"][0].get("neighbor").is_none(), "storage: {s}");
+    let label_leaf = LEAF_MAC.replace(':', "-");
+    assert_eq!(
+        t["network"]["roce"]["leaf"],
+        label_leaf.as_str(),
+        "{}",
+        t["network"]
+    );
+    let lldp = t["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "lldp")
+        .unwrap_or_else(|| panic!("no lldp source: {}", t["sources"]));
+    assert_eq!(lldp["ok"], true, "{lldp}");
+    // What was listened on: the active rails' netdevs, neither the down rail's nor storage's.
+    let listened = stderr
+        .lines()
+        .find(|l| l.contains("lldp: first wait over"))
+        .unwrap_or_else(|| panic!("no first-wait line: {stderr}"));
+    for (rdma, netdev) in FIXTURE_RAILS {
+        assert_eq!(
+            listened.contains(netdev),
+            rdma != FIXTURE_DOWN_RAIL,
+            "{netdev}: {listened}"
+        );
+    }
+    assert!(!listened.contains(FIXTURE_STORAGE.1), "{listened}");
+    assert!(listened.contains("settled=true"), "{listened}");
+
+    // The labels (the label contract's list for this node), and the leaf's name from a mapping
+    // file keyed by the chassis ID as read.
+    let (labels, _, _) = probe(&["-o", "labels"]);
+    assert!(
+        labels.contains(&format!("nodetopo.io/roce.leaf={label_leaf}\n")),
+        "{labels}"
+    );
+    contract("lldp-h100x8-roce", &labels);
+    let names = lab.dir.path().join("names.yaml");
+    std::fs::write(&names, format!("names:\n  \"{LEAF_MAC}\": rack-21\n")).unwrap();
+    let (labels, _, _) = probe(&["-o", "labels", "--fabric-names", names.to_str().unwrap()]);
+    assert!(
+        labels.contains("nodetopo.io/roce.leaf=rack-21\n"),
+        "{labels}"
+    );
+    // The agent (one shot, no Kubernetes) publishes the same label with its default wait.
+    let (out, _) = lab.nodetopo(
+        &node,
+        &[],
+        &[
+            "agent",
+            "--oneshot",
+            "--no-kube",
+            "--node-name",
+            "gpu-node-1",
+            "--replay",
+            &fixture("h100x8-ib/snapshot.json"),
+            "--sysfs-root",
+            &fixture("h100x8-roce/sysfs/sys"),
+            "--lldp",
+            "on",
+        ],
+    );
+    let agent_labels = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        agent_labels.contains(&format!("nodetopo.io/roce.leaf={label_leaf}\n")),
+        "{agent_labels}"
+    );
+    // Off: nothing listened on, no leaf.
+    let (labels, stderr, _) = probe(&["-o", "labels", "--lldp", "off"]);
+    assert!(!labels.contains("roce.leaf"), "{labels}");
+    assert!(!stderr.contains("lldp: first wait"), "{stderr}");
+}
+
+/// The "node" namespace with every netdev of the h100x8-roce fixture's rails and its storage NIC
+/// as a veth: the rails to `swp1`.. in a "leaf" namespace (swp1 with the MAC `LEAF_MAC`), the
+/// storage NIC to `sw0` in a "storage switch" namespace. Returns (leaf, storage, node, swps).
+fn cable_fixture_node(lab: &mut Lab) -> (String, String, String, Vec<String>) {
+    let leaf = lab.netns("lf");
+    let storage = lab.netns("st");
+    let node = lab.netns("nd");
+    let mut swps = Vec::new();
+    for (i, (_, netdev)) in FIXTURE_RAILS.iter().enumerate() {
+        let swp = format!("swp{}", i + 1);
+        let mac = (i == 0).then_some(LEAF_MAC);
+        lab.veth(&leaf, &swp, mac, &node, netdev);
+        swps.push(swp);
+    }
+    lab.veth(
+        &storage,
+        "sw0",
+        Some(STORAGE_SWITCH_MAC),
+        &node,
+        FIXTURE_STORAGE.1,
+    );
+    (leaf, storage, node, swps)
+}
+
+/// lldpd on every leaf port (chassis ID: swp1's MAC, port ID: the interface name, 1 s interval)
+/// and on the storage switch.
+fn start_fixture_switches(lab: &mut Lab, leaf: &str, storage: &str, swps: &[String]) {
+    let config = "configure system hostname leaf-21\n\
+                  configure lldp tx-interval 1\n\
+                  configure lldp portidsubtype ifname\n";
+    lab.lldpd_on("leaf", leaf, &swps.join(","), "swp1", config);
+    lab.lldpd("storage", storage, "sw0", &switch_config("stor-01", "sw0"));
+}
+
+/// The agent publishes at once, and the RoCE leaf follows when the frames arrive: the agent
+/// starts before the switch sends anything, with a probe interval of an hour, so only the probe
+/// that an LLDP answer's change triggers can publish the leaf. When the switch stops, the last
+/// answer is kept, marked expired.
+#[test]
+fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node])
+        .arg(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "agent",
+            "--no-kube",
+            "--node-name",
+            "gpu-node-1",
+            "--replay",
+            &fixture("h100x8-ib/snapshot.json"),
+            "--sysfs-root",
+            &fixture("h100x8-roce/sysfs/sys"),
+            "--grpc-listen",
+            "127.0.0.1:19750",
+            "--metrics-listen",
+            "127.0.0.1:19751",
+            "--interval",
+            "1h",
+            "--lldp",
+            "on",
+            "--lldp-wait",
+            "1s",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    lab.daemons.push(("agent".into(), child));
+    let get = |lab: &Lab| -> Option<Value> {
+        let (out, _) = lab.nodetopo(
+            &node,
+            &[],
+            &[
+                "query",
+                "--endpoint",
+                "127.0.0.1:19750",
+                "-o",
+                "json",
+                "get",
+            ],
+        );
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("query -o json"))
+    };
+    let poll = |lab: &Lab, what: &str, want: &dyn Fn(&Value) -> bool| -> (Value, Instant) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = get(lab).filter(|v| want(v)) {
+                return (v, Instant::now());
+            }
+            assert!(Instant::now() < deadline, "{what}: not within 20 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The first probe, published after its 1 s wait: the rails heard nothing yet.
+    let (first, _) = poll(&lab, "first publication", &|v| {
+        v["revision"].as_u64() > Some(0)
+    });
+    assert!(first["network"]["roce"].get("leaf").is_none(), "{first}");
+    let rail = first["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "mlx5_0")
+        .unwrap();
+    assert_eq!(
+        rail["ports"][0]["neighbor"]["status"], "no-frame-yet",
+        "{rail}"
+    );
+    // The switches start; the leaf follows, an hour before the next scheduled probe.
+    let started = Instant::now();
+    start_fixture_switches(&mut lab, &leaf, &storage, &swps);
+    let label_leaf = LEAF_MAC.replace(':', "-");
+    let (v, at) = poll(&lab, "the RoCE leaf", &|v| {
+        v["network"]["roce"]["leaf"] == label_leaf.as_str()
+    });
+    assert!(at - started < Duration::from_secs(15), "{:?}", at - started);
+    eprintln!(
+        "the RoCE leaf was published {:?} after lldpd started",
+        at - started
+    );
+    assert!(v["revision"].as_u64() > first["revision"].as_u64(), "{v}");
+    let lldp = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "lldp")
+        .unwrap();
+    assert_eq!(lldp["ok"], true, "{lldp}");
+
+    // The leaf stops (its shutdown LLDPDU expires every answer at once): the agent probes again,
+    // the ports keep the last known leaf as `expired`, and so does the node.
+    lab.stop("leaf", "TERM");
+    let stopped = Instant::now();
+    let (v, at) = poll(&lab, "expired ports", &|v| {
+        v["nics"].as_array().is_some_and(|nics| {
+            nics.iter()
+                .any(|n| n["name"] == "mlx5_0" && n["ports"][0]["neighbor"]["status"] == "expired")
+        })
+    });
+    let rail = v["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "mlx5_0")
+        .unwrap();
+    eprintln!(
+        "the ports read expired {:?} after lldpd stopped",
+        at - stopped
+    );
+    let nb = &rail["ports"][0]["neighbor"];
+    assert_eq!(nb["leaf_id"], LEAF_MAC, "{nb}");
+    assert_eq!(nb["leaf_port"], "swp1", "{nb}");
+    assert!(
+        nb["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("last known answer kept")),
+        "{nb}"
+    );
+    assert_eq!(
+        v["network"]["roce"]["leaf"],
+        label_leaf.as_str(),
+        "{}",
+        v["network"]
+    );
+    let lldp = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "lldp")
+        .unwrap();
+    assert_eq!(lldp["ok"], false, "{lldp}");
+    assert!(
+        lldp["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("expired")),
+        "{lldp}"
+    );
+}
+
+/// The probe under the chart's two users: its default one (65532, no capability), where `auto`
+/// listens on nothing and reports no `lldp` source while `on` reports `no-access` on every active
+/// rail; and its `agent.lldp.enabled` one (user 0 with every capability but NET_RAW dropped),
+/// which publishes the leaf.
+#[test]
+fn the_charts_users_without_and_with_net_raw() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    start_fixture_switches(&mut lab, &leaf, &storage, &swps);
+    lab.wait_lldpd("leaf", &leaf, |v| {
+        interfaces_as_object(v)["lldp"]["interface"]["swp1"]["port"]["id"]["type"] == "ifname"
+    });
+    assert_binary_reachable(Path::new(env!("CARGO_BIN_EXE_nodetopo")));
+    let probe = |prefix: &[&str], mode: &str| -> Value {
+        let (out, _) = lab.nodetopo(
+            &node,
+            prefix,
+            &[
+                "probe",
+                "-o",
+                "json",
+                "--replay",
+                &fixture("h100x8-ib/snapshot.json"),
+                "--sysfs-root",
+                &fixture("h100x8-roce/sysfs/sys"),
+                "--lldp",
+                mode,
+                "--lldp-wait",
+                "20s",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let lldp_source = |t: &Value| {
+        t["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == "lldp")
+            .cloned()
+    };
+    let rail_status = |t: &Value| {
+        t["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "mlx5_0")
+            .map(|n| n["ports"][0]["neighbor"]["status"].clone())
+            .unwrap()
+    };
+    let chart_default = [
+        "setpriv",
+        "--reuid=65532",
+        "--regid=65532",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ];
+    let t = probe(&chart_default, "auto");
+    assert!(lldp_source(&t).is_none(), "{:?}", lldp_source(&t));
+    assert_eq!(rail_status(&t), Value::Null);
+    assert!(t["network"]["roce"].get("leaf").is_none());
+    let t = probe(&chart_default, "on");
+    assert_eq!(rail_status(&t), "no-access");
+    let s = lldp_source(&t).unwrap();
+    assert_eq!(s["ok"], false);
+    assert!(s["error"].as_str().unwrap().contains("CAP_NET_RAW"), "{s}");
+    // The chart's LLDP setup: user 0, only NET_RAW left.
+    let chart_lldp = [
+        "setpriv",
+        "--reuid=0",
+        "--regid=65532",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all,+net_raw",
+    ];
+    let t = probe(&chart_lldp, "on");
+    assert_eq!(rail_status(&t), "ok");
+    assert_eq!(
+        t["network"]["roce"]["leaf"],
+        LEAF_MAC.replace(':', "-").as_str()
     );
 }

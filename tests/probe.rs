@@ -8,7 +8,8 @@ use std::{
 };
 
 use nodetopo::model::{
-    Connection, FabricRegistration, FabricState, GpuFamily, MigMode, NodeTopology, P2pStatus,
+    Connection, FabricRegistration, FabricState, GpuFamily, MigMode, NeighborStatus, NicRole,
+    NodeTopology, P2pStatus, Source,
 };
 
 fn fixtures() -> PathBuf {
@@ -457,6 +458,8 @@ fn fabric_flags_are_checked() {
         (vec!["--fabric-names", bad.to_str().unwrap()], "rack 12"),
         (vec!["--ib-smp-timeout", "0s"], "--ib-smp-timeout"),
         (vec!["--ib-smp-retries", "99"], "--ib-smp-retries"),
+        (vec!["--lldp-wait", "10m"], "--lldp-wait"),
+        (vec!["--lldp", "sometimes"], "--lldp"),
     ] {
         let mut all = vec!["probe", "--replay", snap, "--sysfs-root", "/nonexistent"];
         all.extend(args.iter().copied());
@@ -485,4 +488,66 @@ fn fabric_flags_are_checked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// LLDP on a recorded node (the h100x8-roce sysfs tree) whose netdevs do not exist here: `auto`
+/// listens on none and reports no `lldp` source; `on` reports each active rail port (not the
+/// storage NIC, not the down rail), at once, and places no leaf. The real peer is in
+/// tests/lldp_netns.rs.
+#[test]
+fn lldp_on_a_recorded_node_without_its_netdevs() {
+    let run = |mode: &str| -> (NodeTopology, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let o = nodetopo(&[
+            "probe",
+            "-o",
+            "json",
+            "--replay",
+            fixtures().join("h100x8-ib/snapshot.json").to_str().unwrap(),
+            "--sysfs-root",
+            fixtures().join("h100x8-roce/sysfs/sys").to_str().unwrap(),
+            "--lldp",
+            mode,
+        ]);
+        (
+            serde_json::from_str(&stdout(&o)).unwrap(),
+            started.elapsed(),
+        )
+    };
+    let (auto, _) = run("auto");
+    assert!(auto.sources.iter().all(|s| s.source != Source::Lldp));
+    assert!(
+        auto.nics
+            .iter()
+            .flat_map(|n| &n.ports)
+            .all(|p| p.neighbor.is_none())
+    );
+    let (on, took) = run("on");
+    // Every socket fails at once (no such netdev, or no CAP_NET_RAW): no wait.
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    let lldp = on
+        .sources
+        .iter()
+        .find(|s| s.source == Source::Lldp)
+        .unwrap();
+    assert!(!lldp.ok, "{lldp:?}");
+    for n in &on.nics {
+        let nb = n.ports[0].neighbor.as_ref();
+        match (n.name.as_str(), n.role) {
+            ("mlx5_bond_0", _) => assert!(nb.is_none(), "storage: {nb:?}"),
+            ("mlx5_7", _) => assert_eq!(nb.unwrap().status, NeighborStatus::NotActive),
+            (_, NicRole::Compute) => {
+                let nb = nb.unwrap();
+                assert!(
+                    matches!(nb.status, NeighborStatus::Error | NeighborStatus::NoAccess),
+                    "{}: {nb:?}",
+                    n.name
+                );
+                assert!(nb.detail.contains(&n.netdevs[0]), "{nb:?}");
+            }
+            _ => panic!("unexpected NIC {}", n.name),
+        }
+    }
+    assert!(on.network.roce.leaf.is_none());
+    assert!(!on.network.roce.reason.is_empty());
 }

@@ -29,6 +29,7 @@ use crate::{
     node_labels::{NodeEvent, NodeLabeler, WriteError},
     probe::{
         NetworkOptions, Prober,
+        lldp::LldpView,
         nvml::prober::{GpuProber, ProbeOptions},
         nvml::snapshot::NvmlSnapshot,
         rails::RoleOverrides,
@@ -84,41 +85,59 @@ pub struct AgentConfig {
     pub grace: Duration,
 }
 
-/// Probes the node, keeping NVML open where it is live.
+/// The agent's default bound of the first probe's wait for LLDP (`--lldp-wait`): short, so
+/// the first publication is not held back; the RoCE leaf follows when the frames arrive (the
+/// probe loop probes again when an LLDP answer changes).
+pub const AGENT_LLDP_WAIT: Duration = Duration::from_secs(5);
+
+/// After an LLDP answer changed, how long the loop waits for the other ports' frames before it
+/// probes again (one probe for a burst of first frames).
+const LLDP_SETTLE: Duration = Duration::from_secs(1);
+
+/// Probes the node, keeping NVML open where it is live, and the LLDP listeners always.
 enum Probing {
     Live(Box<Prober>),
+    /// A recorded snapshot, read again on every probe.
     Replay {
         path: PathBuf,
-        sysfs: SysfsRoot,
-        node: String,
         options: ProbeOptions,
-        roles: RoleOverrides,
-        network: NetworkOptions,
+        prober: Box<Prober>,
     },
 }
 
 impl Probing {
+    /// Must run inside the agent's (multi-thread) runtime: the LLDP listeners run on it.
     fn new(cfg: &AgentConfig) -> Self {
         let sysfs = SysfsRoot::new(&cfg.sysfs_root);
+        let finish = |p: Prober| {
+            Box::new(
+                p.with_nic_roles(cfg.nic_roles.clone())
+                    .with_network(cfg.network.clone())
+                    .with_lldp_runtime(tokio::runtime::Handle::current()),
+            )
+        };
         match &cfg.gpu_source {
-            GpuSource::Live => Self::Live(Box::new(
-                Prober::live(
-                    sysfs,
-                    cfg.node_name.clone(),
-                    cfg.probe_options,
-                    cfg.nvml_lib.as_deref().map(|p| p.as_os_str()),
-                )
-                .with_nic_roles(cfg.nic_roles.clone())
-                .with_network(cfg.network.clone()),
-            )),
+            GpuSource::Live => Self::Live(finish(Prober::live(
+                sysfs,
+                cfg.node_name.clone(),
+                cfg.probe_options,
+                cfg.nvml_lib.as_deref().map(|p| p.as_os_str()),
+            ))),
             GpuSource::Replay(path) => Self::Replay {
                 path: path.clone(),
-                sysfs,
-                node: cfg.node_name.clone(),
                 options: cfg.probe_options,
-                roles: cfg.nic_roles.clone(),
-                network: cfg.network.clone(),
+                prober: finish(Prober::new(
+                    Err("not loaded yet".into()),
+                    sysfs,
+                    cfg.node_name.clone(),
+                )),
             },
+        }
+    }
+
+    fn prober(&self) -> &Prober {
+        match self {
+            Self::Live(p) | Self::Replay { prober: p, .. } => p,
         }
     }
 
@@ -128,20 +147,29 @@ impl Probing {
             Self::Live(p) => p.probe(now),
             Self::Replay {
                 path,
-                sysfs,
-                node,
                 options,
-                roles,
-                network,
+                prober,
             } => {
                 let gpu = NvmlSnapshot::load(path)
                     .map(|s| GpuProber::new(Box::new(s), *options))
                     .map_err(|e| e.to_string());
-                Prober::new(gpu, sysfs.clone(), node.clone())
-                    .with_nic_roles(roles.clone())
-                    .with_network(network.clone())
-                    .probe(now)
+                prober.set_gpu(gpu);
+                prober.probe(now)
             }
+        }
+    }
+}
+
+/// Resolves when an LLDP answer differs from `seen` (what the last probe used); pending forever
+/// without LLDP.
+async fn lldp_changed(view: &mut Option<LldpView>, seen: &[(String, &'static str, String)]) {
+    let Some(view) = view.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        view.changed().await;
+        if view.digest() != seen {
+            return;
         }
     }
 }
@@ -487,15 +515,29 @@ async fn probe_loop(
         metrics,
     } = out;
     let mut source = Some(Probing::new(&cfg));
+    let mut lldp_view = source
+        .as_ref()
+        .and_then(|s| s.prober().lldp())
+        .map(|l| l.view());
+    let mut lldp_seen = Vec::new();
     let mut fabric_hold =
         labels::hysteresis::FabricHysteresis::new(cfg.labels.prefix(), FABRIC_CONFIRMATIONS);
     let mut first = true;
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let lldp_moved = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = lldp_changed(&mut lldp_view, &lldp_seen) => true,
             _ = shutdown.wait_for(|s| *s) => return,
+        };
+        if lldp_moved {
+            tracing::debug!("an LLDP answer changed; probing again");
+            tokio::select! {
+                _ = tokio::time::sleep(LLDP_SETTLE) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            ticker.reset();
         }
         let Some(src) = source.take() else { return };
         let (src, fresh, took) = tokio::select! {
@@ -508,6 +550,9 @@ async fn probe_loop(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        if let Some(v) = &lldp_view {
+            lldp_seen = v.digest();
+        }
         source = Some(src);
         let prev = state.borrow().topo.clone();
         let fresh_sources = fresh.sources.clone();

@@ -124,7 +124,7 @@ impl AgentArgs {
             },
             sysfs_root: self.sysfs_root,
             nic_roles,
-            network: self.network.options()?,
+            network: self.network.options(nodetopo::agent::AGENT_LLDP_WAIT)?,
             grpc_listen: self.grpc_listen,
             metrics_listen: self.metrics_listen,
             limits: ServerLimits {

@@ -78,6 +78,16 @@ pub struct NetworkArgs {
     /// Attempts after the first for an SMP query that got no reply.
     #[arg(long, default_value_t = 2)]
     pub ib_smp_retries: u32,
+    /// LLDP on each active compute-rail RoCE port's netdev, for its leaf switch (needs
+    /// CAP_NET_RAW): `auto` (listen unless every socket is refused or no such netdev exists
+    /// here), `on` (listen and report each failure), `off`.
+    #[arg(long, value_enum, default_value_t = nodetopo::probe::lldp::LldpMode::Auto, env = "NODETOPO_LLDP")]
+    pub lldp: nodetopo::probe::lldp::LldpMode,
+    /// How long the first probe waits for every RoCE compute port's first LLDP frame (switches
+    /// send every 30 s by default). Default: 35s for `probe`, 5s for `agent` (whose labels
+    /// follow when the frames arrive). At most 5m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lldp_wait: Option<std::time::Duration>,
     /// A YAML or JSON file of names for leaf IDs and su/block hashes (`names: {ID: NAME}`).
     #[arg(long, value_name = "FILE", env = "NODETOPO_FABRIC_NAMES")]
     pub fabric_names: Option<PathBuf>,
@@ -85,7 +95,10 @@ pub struct NetworkArgs {
 
 impl NetworkArgs {
     /// The validated options.
-    pub fn options(&self) -> anyhow::Result<nodetopo::probe::NetworkOptions> {
+    pub fn options(
+        &self,
+        default_lldp_wait: std::time::Duration,
+    ) -> anyhow::Result<nodetopo::probe::NetworkOptions> {
         use anyhow::Context;
         if self.ib_smp == nodetopo::probe::IbSmpMode::Only && !cfg!(feature = "umad") {
             anyhow::bail!("--ib-smp only needs a build with the umad feature");
@@ -99,6 +112,11 @@ impl NetworkArgs {
             self.ib_smp_retries <= 10,
             "--ib-smp-retries must be at most 10"
         );
+        let lldp_wait = self.lldp_wait.unwrap_or(default_lldp_wait);
+        anyhow::ensure!(
+            lldp_wait <= std::time::Duration::from_secs(300),
+            "--lldp-wait must be at most 5m"
+        );
         let names = match &self.fabric_names {
             Some(p) => nodetopo::placement::FabricNames::load(p).context("--fabric-names")?,
             None => nodetopo::placement::FabricNames::default(),
@@ -110,6 +128,8 @@ impl NetworkArgs {
                 retries: self.ib_smp_retries,
             },
             names,
+            lldp: self.lldp,
+            lldp_wait,
         })
     }
 }

@@ -62,6 +62,9 @@ pub struct ProbeArgs {
     network: super::NetworkArgs,
 }
 
+/// `probe`'s default first LLDP wait: one default transmit interval of a switch, and some.
+const PROBE_LLDP_WAIT: std::time::Duration = std::time::Duration::from_secs(35);
+
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let label_config = LabelConfig::new(&args.label_prefix)
         .context("--label-prefix")?
@@ -108,10 +111,19 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
             args.nvml_lib.as_deref().map(|p| p.as_os_str()),
         )
     };
+    // The LLDP listeners run on a runtime of their own; the probe blocks this thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let mut prober = prober
         .with_nic_roles(nic_roles)
-        .with_network(args.network.options()?);
+        .with_network(args.network.options(PROBE_LLDP_WAIT)?)
+        .with_lldp_runtime(rt.handle().clone());
     let topo = prober.probe(SystemTime::now());
+    drop(prober);
+    drop(rt);
     for s in topo.sources.iter().filter(|s| !s.ok) {
         tracing::info!(source = %s.source, error = %s.error, "probe source failed");
     }

@@ -47,6 +47,10 @@ pub struct NetworkOptions {
     pub budget: ib::QueryBudget,
     /// Names for switch IDs and hashes (the mapping file).
     pub names: FabricNames,
+    /// LLDP on the RoCE compute ports (needs [`Prober::with_lldp_runtime`]).
+    pub lldp: lldp::LldpMode,
+    /// How long the first probe waits for every RoCE compute port's first LLDP frame.
+    pub lldp_wait: std::time::Duration,
 }
 
 /// Composes every probe of this node. Keeps NVML open between calls to [`Prober::probe`].
@@ -59,6 +63,8 @@ pub struct Prober {
     network: NetworkOptions,
     /// Leaves' uplinks from earlier probes, and since when.
     uplinks: (std::time::Instant, ib::UplinkCache),
+    /// The LLDP listeners, once a runtime is given.
+    lldp: Option<lldp::LldpSession>,
 }
 
 impl Prober {
@@ -71,7 +77,27 @@ impl Prober {
             nic_roles: rails::RoleOverrides::default(),
             network: NetworkOptions::default(),
             uplinks: (std::time::Instant::now(), ib::UplinkCache::new()),
+            lldp: None,
         }
+    }
+
+    /// Lets the probe listen for LLDP (as [`NetworkOptions::lldp`] says) with listeners on
+    /// `handle`'s runtime, which other threads must drive (a multi-thread runtime). Without
+    /// it no LLDP is heard. Call after [`Prober::with_network`].
+    pub fn with_lldp_runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.lldp = (self.network.lldp != lldp::LldpMode::Off)
+            .then(|| lldp::LldpSession::new(handle, self.network.lldp, self.network.lldp_wait));
+        self
+    }
+
+    /// The LLDP listeners, when the probe has them.
+    pub fn lldp(&self) -> Option<&lldp::LldpSession> {
+        self.lldp.as_ref()
+    }
+
+    /// Replaces the GPU prober (a snapshot read again), keeping everything else.
+    pub fn set_gpu(&mut self, gpu: Result<GpuProber, String>) {
+        self.gpu = gpu;
     }
 
     /// Sets the fabric placement options (SMP queries, the mapping file).
@@ -166,6 +192,14 @@ impl Prober {
                 took_us = u64::try_from(cost.took.as_micros()).unwrap_or(u64::MAX),
                 "ib-smp: leaves looked for"
             );
+            topo.sources.push(status);
+        }
+        if let Some(l) = self.lldp.as_mut()
+            && let Some(status) = {
+                let start = std::time::Instant::now();
+                l.probe(&mut topo.nics).map(|s| s.took(start.elapsed()))
+            }
+        {
             topo.sources.push(status);
         }
         topo.network = placement::place(&topo.nics, &self.network.names);

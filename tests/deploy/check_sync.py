@@ -90,6 +90,7 @@ if a["noKube"]:
     args.append("--no-kube")
 if not a["infiniband"]["enabled"]:
     args.append("--ib-smp=off")
+args.append("--lldp=on" if a["lldp"]["enabled"] else "--lldp=off")
 if a["fabricNames"]:
     args.append("--fabric-names=/etc/nodetopo/fabric-names/names.yaml")
 args += a["extraArgs"]

@@ -125,8 +125,15 @@ if command -v helm >/dev/null 2>&1; then
   helm template nodetopo charts/nodetopo --namespace nodetopo --set extender.enabled=true \
     --set compatLabels='{topograph}' --set webhook.enabled=true \
     --set 'webhook.blockLabels={network.topology.nvidia.com/leaf}' --set networkPolicy.enabled=true \
-    > "$tmp/chart-all.yaml"
+    --set agent.lldp.enabled=true > "$tmp/chart-all.yaml"
   "$kv" --strict --quiet -k "${VERSIONS[0]}" "$tmp/chart.yaml" "$tmp/chart-all.yaml"
+  # agent.lldp.enabled: user 0, only NET_RAW, --lldp=on (SECURITY.md).
+  grep -q -- '- --lldp=on' "$tmp/chart-all.yaml"
+  grep -q -- '- NET_RAW' "$tmp/chart-all.yaml"
+  if grep -q -- 'NET_RAW' "$tmp/chart.yaml"; then
+    echo "the chart's defaults grant NET_RAW" >&2
+    exit 1
+  fi
 else
   echo "== helm is not installed: chart templates were not rendered (check_sync.py compares them textually)"
 fi

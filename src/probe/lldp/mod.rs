@@ -4,6 +4,10 @@
 //! - [`frame`]: the pure LLDPDU parser ([`parse_frame`]).
 //! - [`cache`]: the last answer per netdev and what it means at a time ([`LldpCache`],
 //!   [`LldpStatus`]); pure.
+//! - [`ports`]: which ports of the model are listened on (active compute-rail RoCE ports, by
+//!   netdev) and each port's neighbour from what was heard; pure.
+//! - [`LldpSession`]: the probe's use of a watcher: watch the netdevs of a probe, wait a bounded
+//!   time once, read the answers.
 //! - [`socket`]: the raw AF_PACKET socket of one netdev ([`LldpSocket`]); needs CAP_NET_RAW.
 //! - [`LldpWatcher`]: one listening task per netdev feeding a shared cache, so a frame is
 //!   recorded when it arrives (its receive time and TTL are exact) and the probe reads the
@@ -22,6 +26,7 @@
 
 pub mod cache;
 pub mod frame;
+pub mod ports;
 pub mod socket;
 
 use std::{
@@ -146,6 +151,140 @@ impl Drop for LldpWatcher {
     fn drop(&mut self) {
         for t in self.tasks.values() {
             t.abort();
+        }
+    }
+}
+
+/// Whether the probe listens for LLDP on the RoCE compute ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LldpMode {
+    /// Never.
+    Off,
+    /// Listen where it can: when every port's socket is refused (no CAP_NET_RAW) or no port's
+    /// netdev exists here (another network namespace, a recorded sysfs tree), listen on none
+    /// and report no `lldp` source.
+    #[default]
+    Auto,
+    /// Listen on every active compute-rail RoCE port and report each failure.
+    On,
+}
+
+/// The probe's use of a watcher: the netdevs of each probe are watched, the first probe waits
+/// a bounded time for their frames, and every probe reads the answers without waiting.
+#[derive(Debug)]
+pub struct LldpSession {
+    handle: tokio::runtime::Handle,
+    watcher: LldpWatcher,
+    mode: LldpMode,
+    first_wait: Duration,
+    waited: bool,
+    skipped: Option<&'static str>,
+}
+
+impl LldpSession {
+    /// A session whose listeners run on `handle` (a runtime with I/O and time enabled, driven
+    /// by other threads than the one that calls [`LldpSession::probe`]).
+    pub fn new(handle: tokio::runtime::Handle, mode: LldpMode, first_wait: Duration) -> Self {
+        Self {
+            handle,
+            watcher: LldpWatcher::default(),
+            mode,
+            first_wait,
+            waited: false,
+            skipped: None,
+        }
+    }
+
+    /// Blocking (not on a runtime worker thread): watches the netdevs of the active RoCE ports
+    /// of the compute rails among `nics`, waits for them once (the first call, at most the first
+    /// wait), and sets each such port's neighbour ([`ports::fill`]). Returns the `lldp` source
+    /// status, or `None` when there is nothing to listen on (or, in auto mode, nothing can be).
+    pub fn probe(&mut self, nics: &mut [crate::model::Nic]) -> Option<crate::model::SourceStatus> {
+        if self.mode == LldpMode::Off {
+            return None;
+        }
+        let netdevs = ports::netdevs(nics);
+        if self.mode == LldpMode::Auto
+            && let Some(why) = self.cannot_listen(&netdevs)
+        {
+            if self.skipped != Some(why) {
+                tracing::info!(netdevs = ?netdevs, reason = why, "lldp auto: not listening (--lldp on reports each port)");
+            }
+            self.skipped = Some(why);
+            let _rt = self.handle.enter();
+            self.watcher.watch::<&str>(&[]);
+            return None;
+        }
+        self.skipped = None;
+        {
+            let _rt = self.handle.enter();
+            self.watcher.watch(&netdevs);
+        }
+        if !self.waited && !netdevs.is_empty() {
+            self.waited = true;
+            let started = std::time::Instant::now();
+            let settled = self.handle.block_on(self.watcher.settle(self.first_wait));
+            tracing::info!(
+                netdevs = %netdevs.join(","),
+                settled,
+                waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "lldp: first wait over"
+            );
+        }
+        ports::fill(nics, &self.watcher.snapshot(SystemTime::now()))
+    }
+
+    /// Auto mode: why none of `netdevs` can be listened on, trying one socket at a time until
+    /// one opens (and is closed again): every socket refused, or no such netdev here.
+    fn cannot_listen(&self, netdevs: &[String]) -> Option<&'static str> {
+        if netdevs.iter().any(|n| self.watcher.tasks.contains_key(n)) {
+            return None;
+        }
+        let _rt = self.handle.enter();
+        let mut kinds = Vec::new();
+        for n in netdevs {
+            match LldpSocket::open(n) {
+                Ok(_) => return None,
+                Err(e) => kinds.push(e.failure().kind),
+            }
+        }
+        if kinds.contains(&FailureKind::PermissionDenied) {
+            Some("no CAP_NET_RAW")
+        } else if !kinds.is_empty() && kinds.iter().all(|k| *k == FailureKind::NoSuchNetdev) {
+            Some("no compute netdev exists in this network namespace")
+        } else {
+            None
+        }
+    }
+
+    /// A view of the answers for another task.
+    pub fn view(&self) -> LldpView {
+        LldpView {
+            cache: Arc::clone(&self.watcher.cache),
+            changed: self.watcher.changed_tx.subscribe(),
+        }
+    }
+}
+
+/// A read-only view of a watcher's answers, for a task that reacts to them (the agent's probe
+/// loop probes again when they change).
+#[derive(Debug, Clone)]
+pub struct LldpView {
+    cache: Arc<Mutex<LldpCache>>,
+    changed: watch::Receiver<u64>,
+}
+
+impl LldpView {
+    /// What of the answers matters to the ports now ([`ports::digest`]).
+    pub fn digest(&self) -> Vec<(String, &'static str, String)> {
+        ports::digest(&lock(&self.cache).snapshot(SystemTime::now()))
+    }
+
+    /// Waits for the next frame or failure recorded (also a repeated frame: compare
+    /// [`LldpView::digest`]). Never resolves once the watcher is gone.
+    pub async fn changed(&mut self) {
+        if self.changed.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
