@@ -26,7 +26,7 @@ fn outage() -> Duration {
 }
 
 /// `GET path` on the agent's metrics port: (status, body).
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("metrics port");
@@ -44,7 +44,7 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of an unlabelled series in Prometheus text.
-fn sample(text: &str, series: &str) -> f64 {
+pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)?
@@ -56,7 +56,7 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
-async fn metric(agent: &Agent, series: &str) -> f64 {
+pub async fn metric(agent: &Agent, series: &str) -> f64 {
     let (code, body) = http_get(&agent.metrics_addr(), "/metrics").await;
     assert_eq!(code, 200);
     sample(&body, series)

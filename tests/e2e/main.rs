@@ -13,5 +13,6 @@ mod common;
 mod faults;
 mod harness;
 mod scheduler;
+mod soak;
 mod topology;
 mod webhook;
