@@ -12,6 +12,7 @@ mod chart;
 mod common;
 mod faults;
 mod harness;
+mod proxy;
 mod scheduler;
 mod soak;
 mod topology;
