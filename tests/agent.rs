@@ -34,6 +34,15 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[&str]) -> Self {
+        Self::launch(true, extra)
+    }
+
+    /// An agent on live NVML (no `--replay`; `extra` names the library with `--nvml-lib`).
+    fn start_live(extra: &[&str]) -> Self {
+        Self::launch(false, extra)
+    }
+
+    fn launch(replay: bool, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = dir.path().join("snapshot.json");
         std::fs::copy(Path::new(FIXTURE).join("snapshot.json"), &snapshot).unwrap();
@@ -48,8 +57,8 @@ impl Agent {
                 "--node-name",
                 "test-node",
             ])
-            .arg("--replay")
-            .arg(&snapshot)
+            .args(replay.then_some("--replay"))
+            .args(replay.then_some(&snapshot))
             .arg("--sysfs-root")
             .arg(Path::new(FIXTURE).join("sysfs/sys"))
             .args(["--grpc-listen", &grpc, "--metrics-listen", &metrics])
@@ -894,4 +903,198 @@ fn tls_flags_go_together() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent.pem"), "{err}");
+}
+
+/// A stand-in NVML library for the live path: `nvmlInit_v2` answers `INIT_RC` (9 is
+/// `NVML_ERROR_DRIVER_NOT_LOADED`); once initialised it reports driver 999.1.2 and no GPU.
+const NVML_STUB: &str = r#"
+#include <string.h>
+int nvmlInit_v2(void) { return INIT_RC; }
+int nvmlShutdown(void) { return 0; }
+const char *nvmlErrorString(int rc) { return rc == 9 ? "Driver Not Loaded" : "Unknown Error"; }
+static int put(char *out, unsigned len, const char *s) {
+    if (strlen(s) + 1 > len) return 7; /* NVML_ERROR_INSUFFICIENT_SIZE */
+    strcpy(out, s); return 0;
+}
+int nvmlSystemGetDriverVersion(char *v, unsigned len) { return put(v, len, "999.1.2"); }
+int nvmlSystemGetNVMLVersion(char *v, unsigned len) { return put(v, len, "13.999.1.2"); }
+int nvmlSystemGetCudaDriverVersion_v2(int *v) { *v = 13000; return 0; }
+int nvmlSystemGetCudaDriverVersion(int *v) { *v = 13000; return 0; }
+int nvmlDeviceGetCount_v2(unsigned *n) { *n = 0; return 0; }
+"#;
+
+/// Builds the stub with `nvmlInit_v2` answering `init_rc` and moves it to `dest` atomically.
+fn build_nvml_stub(dir: &Path, init_rc: i32, dest: &Path) {
+    let src = dir.join("nvml_stub.c");
+    std::fs::write(&src, NVML_STUB).unwrap();
+    let tmp = dir.join(format!("stub-{init_rc}.so"));
+    let out = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O1",
+            &format!("-DINIT_RC={init_rc}"),
+            "-o",
+        ])
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .expect("run cc");
+    assert!(out.status.success(), "cc: {out:?}");
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// The NVML source's status on gRPC.
+fn nvml_status(t: &pb::NodeTopology) -> &pb::SourceStatus {
+    t.sources
+        .iter()
+        .find(|s| s.source.as_str() == "nvml")
+        .expect("an nvml source status")
+}
+
+/// The sysfs (RDMA) probe reported success.
+fn sysfs_ok(t: &pb::NodeTopology) -> bool {
+    t.sources
+        .iter()
+        .any(|s| s.source.as_str() == "rdma" && s.ok)
+}
+
+/// Polls `Get` until `ok` holds.
+async fn get_until(
+    c: &mut Client<Channel>,
+    what: &str,
+    ok: impl Fn(&pb::NodeTopology) -> bool,
+) -> pb::NodeTopology {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let t = get(c).await;
+        if ok(&t) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what}: last {t:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Live NVML (no `--replay`): the library missing, then present with `nvmlInit` failing, then
+/// working. The agent keeps running and serving the sysfs facts throughout, each fault shows in
+/// the nvml source status and `nodetopo_probe_errors_total{source="nvml"}`, and NVML is opened
+/// again on a later probe without a restart.
+#[tokio::test]
+async fn live_nvml_missing_then_init_failing_then_back_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libnvidia-ml.so.1");
+    let mut agent = Agent::start_live(&["--nvml-lib", lib.to_str().unwrap()]);
+    let pid = agent.child.id();
+    let mut c = agent.ready().await;
+
+    // 1. No library at the path.
+    let t = get(&mut c).await;
+    let nvml = nvml_status(&t);
+    assert!(!nvml.ok, "{nvml:?}");
+    assert!(
+        nvml.error.contains("NVML is not available"),
+        "{}",
+        nvml.error
+    );
+    assert!(t.gpus.is_empty());
+    assert!(
+        sysfs_ok(&t),
+        "the sysfs probe goes on without NVML: {:?}",
+        t.sources
+    );
+    let (code, m1) = agent.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    let e1 = sample(&m1, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap_or(0.0);
+    assert!(e1 >= 1.0, "{m1}");
+    assert_eq!(agent.http_get("/healthz").await.0, 200);
+    let missing = nvml.error.clone();
+
+    // 2. The library appears, but its nvmlInit fails.
+    build_nvml_stub(dir.path(), 9, &lib);
+    let t = get_until(&mut c, "the init failure", |t| {
+        !nvml_status(t).ok && nvml_status(t).error != missing
+    })
+    .await;
+    let init_failed = nvml_status(&t).error.clone();
+    assert!(
+        init_failed.to_lowercase().contains("driver"),
+        "init failure named: {init_failed}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, m2) = agent.http_get("/metrics").await;
+    let e2 = sample(&m2, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap();
+    assert!(e2 > e1, "errors keep counting: {e1} -> {e2}");
+    assert!(sysfs_ok(&get(&mut c).await));
+
+    // 3. A working library: NVML is opened on a later probe, no restart.
+    build_nvml_stub(dir.path(), 0, &lib);
+    let t = get_until(&mut c, "NVML back", |t| nvml_status(t).ok).await;
+    assert_eq!(driver(&t), "999.1.2");
+    assert!(sysfs_ok(&t));
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "the agent still runs"
+    );
+    assert_eq!(agent.child.id(), pid);
+    eprintln!(
+        "live NVML: missing ({missing}), then init failing ({init_failed}), then back; \
+         {e2} nvml probe errors counted"
+    );
+}
+
+/// A GPU lost mid-run: the replayed snapshot changes to one where every query of GPU 2 answers
+/// `GPU is lost`. The agent keeps running, the nvml source says what failed, the other GPUs stay
+/// as they were, and a snapshot with the GPU back brings all four back without a restart.
+#[tokio::test]
+async fn gpu_lost_mid_run_is_reported_and_the_others_kept() {
+    let agent = Agent::start(&[]);
+    let mut c = agent.ready().await;
+    let good = get(&mut c).await;
+    assert_eq!(good.gpus.len(), 4);
+    let (_, m0) = agent.http_get("/metrics").await;
+    let e0 = sample(&m0, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap_or(0.0);
+
+    let mut snap: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURE).join("snapshot.json")).unwrap(),
+    )
+    .unwrap();
+    let lost = serde_json::json!({"Err": {"kind": "gpu-lost", "message": "NVMLError_GpuIsLost: GPU is lost"}});
+    let dev = snap["devices"][2].as_object_mut().unwrap();
+    for (k, v) in dev.iter_mut() {
+        if k != "index" {
+            *v = lost.clone();
+        }
+    }
+    let tmp = agent.snapshot.with_extension("tmp");
+    std::fs::write(&tmp, snap.to_string()).unwrap();
+    std::fs::rename(&tmp, &agent.snapshot).unwrap();
+
+    let t = get_until(&mut c, "the lost GPU reported", |t| !nvml_status(t).ok).await;
+    let nvml = nvml_status(&t).clone();
+    assert!(nvml.error.contains("lost"), "{}", nvml.error);
+    // A partial failure is taken as probed (src/agent/merge.rs): the lost GPU is no longer
+    // served, the other three are, unchanged.
+    let uuids = |t: &pb::NodeTopology| t.gpus.iter().map(|g| g.uuid.clone()).collect::<Vec<_>>();
+    let mut others = uuids(&good);
+    others.remove(2);
+    assert_eq!(uuids(&t), others, "the other GPUs are kept");
+    let (code, m1) = agent.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    let e1 = sample(&m1, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap();
+    assert!(e1 > e0, "counted: {e0} -> {e1}");
+    assert_eq!(agent.http_get("/healthz").await.0, 200);
+    eprintln!(
+        "GPU lost: nvml source {nvml:?}; {} GPUs served",
+        t.gpus.len()
+    );
+
+    agent.set_driver(DRIVER);
+    let t = get_until(&mut c, "the GPU back", |t| nvml_status(t).ok).await;
+    assert_eq!(t.gpus.len(), 4);
+    assert!(
+        t.sources.iter().all(|s| s.ok && !s.stale),
+        "{:?}",
+        t.sources
+    );
 }
