@@ -42,7 +42,16 @@ impl Agent {
         Self::launch(false, extra)
     }
 
+    /// [`Self::start`] with probe interval `interval` instead of 200 ms.
+    fn start_every(interval: &str, extra: &[&str]) -> Self {
+        Self::launch_every(true, interval, extra)
+    }
+
     fn launch(replay: bool, extra: &[&str]) -> Self {
+        Self::launch_every(replay, "200ms", extra)
+    }
+
+    fn launch_every(replay: bool, interval: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = dir.path().join("snapshot.json");
         std::fs::copy(Path::new(FIXTURE).join("snapshot.json"), &snapshot).unwrap();
@@ -53,7 +62,7 @@ impl Agent {
                 "agent",
                 "--no-kube",
                 "--interval",
-                "200ms",
+                interval,
                 "--node-name",
                 "test-node",
             ])
@@ -1097,4 +1106,173 @@ async fn gpu_lost_mid_run_is_reported_and_the_others_kept() {
         "{:?}",
         t.sources
     );
+}
+
+/// `KEY: N kB` of `/proc/PID/status`.
+fn proc_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A GetNodeTopology request with unknown fields: `pad` bytes in field 999, plus a varint in
+/// field 1000.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PaddedRequest {
+    #[prost(bytes = "vec", tag = "999")]
+    pad: Vec<u8>,
+    #[prost(uint64, tag = "1000")]
+    extra: u64,
+}
+
+async fn padded_get(ch: Channel, pad: usize) -> Result<pb::GetNodeTopologyResponse, tonic::Status> {
+    let mut g = tonic::client::Grpc::new(ch).max_encoding_message_size(usize::MAX);
+    g.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static("/nodetopo.v1.TopologyService/GetNodeTopology");
+    let codec = tonic_prost::ProstCodec::<PaddedRequest, pb::GetNodeTopologyResponse>::default();
+    let req = PaddedRequest {
+        pad: vec![0x5a; pad],
+        extra: 42,
+    };
+    g.unary(tonic::Request::new(req), path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// 10,000 gRPC connections, each connecting, asking once and going away; a request with unknown
+/// fields, and one over the 16 MiB message limit; then watchers on their own connections that
+/// never read while the topology changes hundreds of times. The agent keeps answering, its fds
+/// come back to where they were, and its RSS stays within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connection_churn_bad_messages_and_stuck_watchers() {
+    const CYCLES: usize = 10_000;
+    const TASKS: usize = 8;
+    let mut agent = Agent::start_every("20ms", &[]);
+    agent.ready().await;
+    let pid = agent.child.id();
+    let url = format!("http://{}", agent.grpc);
+    let cycle = |url: String| async move {
+        let ch = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let t = get(&mut Client::new(ch)).await;
+        assert_eq!(t.gpus.len(), 4);
+    };
+    // Warm-up: the runtime's and allocator's first connections.
+    for _ in 0..200 {
+        cycle(url.clone()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds0, rss0) = (fd_count(pid), proc_kib(pid, "VmRSS:"));
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                for _ in 0..CYCLES / TASKS {
+                    cycle(url.clone()).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fds1, rss1) = (fd_count(pid), proc_kib(pid, "VmRSS:"));
+    eprintln!(
+        "gRPC churn: {CYCLES} connect/Get/disconnect cycles in {:.1} s; fds {fds0} -> {fds1}; \
+         RSS {rss0} -> {rss1} KiB (peak {} KiB)",
+        took.as_secs_f64(),
+        proc_kib(pid, "VmHWM:")
+    );
+    assert!(fds1 <= fds0 + 2, "fds leaked: {fds0} -> {fds1}");
+    assert!(rss1 <= rss0 + 8 * 1024, "RSS grew: {rss0} -> {rss1} KiB");
+
+    // Unknown fields are skipped; an oversized message is refused, and the agent goes on.
+    let ch = Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = padded_get(ch.clone(), 1024)
+        .await
+        .expect("unknown fields skipped");
+    assert_eq!(r.topology.unwrap().gpus.len(), 4);
+    let err = padded_get(ch.clone(), 17 * 1024 * 1024)
+        .await
+        .expect_err("over the message limit");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal
+        ),
+        "{err:?}"
+    );
+    let mut c = agent.ready().await;
+    assert_eq!(get(&mut c).await.gpus.len(), 4, "still serving");
+    let rss2 = proc_kib(pid, "VmRSS:");
+    eprintln!(
+        "oversized request refused: {:?} ({}); RSS {rss2} KiB",
+        err.code(),
+        err.message()
+    );
+
+    // Watchers that never read, each on its own connection, while the facts change 300 times.
+    let mut stuck = Vec::new();
+    for _ in 0..20 {
+        let ch = Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let s = Client::new(ch)
+            .watch_node_topology(pb::WatchNodeTopologyRequest { since_revision: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        stuck.push(s);
+    }
+    let rss3 = proc_kib(pid, "VmRSS:");
+    let r0 = get(&mut c).await.revision;
+    for i in 0..300 {
+        agent.set_driver(&format!("580.{}.01", 300 + i));
+        let want = format!("580.{}.01", 300 + i);
+        get_until(&mut c, "the change probed", |t| driver(t) == want).await;
+    }
+    let r1 = get(&mut c).await.revision;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss4 = proc_kib(pid, "VmRSS:");
+    eprintln!(
+        "20 watchers that never read, {} revisions: RSS {rss3} -> {rss4} KiB",
+        r1 - r0
+    );
+    assert!(r1 - r0 >= 300);
+    assert!(
+        rss4 <= rss3 + 8 * 1024,
+        "RSS grew with stuck watchers: {rss3} -> {rss4} KiB"
+    );
+    // The stuck watchers, read at last, get the latest state, not a backlog.
+    let latest = next_msg(&mut stuck[0]).await;
+    let mut last = latest;
+    while let Ok(Ok(Some(m))) = timeout(Duration::from_millis(300), stuck[0].message()).await {
+        last = m.topology.unwrap();
+    }
+    assert_eq!(driver(&last), "580.599.01");
+    drop(stuck);
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "the agent still runs"
+    );
+    assert_eq!(agent.child.id(), pid);
 }
