@@ -52,9 +52,25 @@ impl Agent {
     }
 
     fn launch_every(replay: bool, interval: &str, extra: &[&str]) -> Self {
+        Self::launch_on(
+            &Path::new(FIXTURE).join("snapshot.json"),
+            &Path::new(FIXTURE).join("sysfs/sys"),
+            replay,
+            interval,
+            extra,
+        )
+    }
+
+    fn launch_on(
+        snapshot_from: &Path,
+        sysfs: &Path,
+        replay: bool,
+        interval: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = dir.path().join("snapshot.json");
-        std::fs::copy(Path::new(FIXTURE).join("snapshot.json"), &snapshot).unwrap();
+        std::fs::copy(snapshot_from, &snapshot).unwrap();
         let grpc = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
@@ -69,7 +85,7 @@ impl Agent {
             .args(replay.then_some("--replay"))
             .args(replay.then_some(&snapshot))
             .arg("--sysfs-root")
-            .arg(Path::new(FIXTURE).join("sysfs/sys"))
+            .arg(sysfs)
             .args(["--grpc-listen", &grpc, "--metrics-listen", &metrics])
             .args(extra)
             .stdout(Stdio::null())
@@ -1270,6 +1286,169 @@ async fn grpc_connection_churn_bad_messages_and_stuck_watchers() {
     }
     assert_eq!(driver(&last), "580.599.01");
     drop(stuck);
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "the agent still runs"
+    );
+    assert_eq!(agent.child.id(), pid);
+}
+
+fn probe_secs(t: &pb::NodeTopology) -> f64 {
+    let p = t.probe_time.as_ref().expect("a probe time");
+    p.seconds as f64 + f64::from(p.nanos) / 1e9
+}
+
+/// sysfs faults under a running agent, one at a time on a copy of the 8xH100 InfiniBand tree,
+/// each undone before the next: garbage in a port's `rate`, a FIFO in place of its `state` (a
+/// blocking `open` would hang the probe), a directory in place of `link_layer`, a device entry
+/// that is a symlink loop, and one whose target vanished between the directory listing and the
+/// read (a dangling link). The agent keeps probing (the probe time moves) and serving, the rdma
+/// source names the fault or the NIC is left out, and the tree put back gives the first answer
+/// again, without a restart.
+#[tokio::test]
+async fn sysfs_faults_under_a_running_agent() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h100x8-ib");
+    let tree = tempfile::tempdir().unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(fx.join("sysfs/sys"))
+        .arg(tree.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let sys = tree.path().join("sys");
+    let mut agent = Agent::launch_on(&fx.join("snapshot.json"), &sys, true, "100ms", &[]);
+    let pid = agent.child.id();
+    let mut c = agent.ready().await;
+    let nic_names =
+        |t: &pb::NodeTopology| t.nics.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    let rdma = |t: &pb::NodeTopology| {
+        t.sources
+            .iter()
+            .find(|s| s.source.as_str() == "rdma")
+            .cloned()
+            .expect("an rdma source status")
+    };
+    let good = get(&mut c).await;
+    assert!(rdma(&good).ok, "{:?}", rdma(&good));
+    let good_nics = good.nics.clone();
+    assert!(good_nics.len() >= 8, "{:?}", nic_names(&good));
+
+    let class = sys.join("class/infiniband");
+    let port = std::fs::canonicalize(class.join("mlx5_0"))
+        .unwrap()
+        .join("ports/1");
+    let file_fault = |name: &'static str, make: fn(&Path)| {
+        let p = port.join(name);
+        let keep = std::fs::read(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        make(&p);
+        let p2 = p.clone();
+        Box::new(move || {
+            let _ = std::fs::remove_dir(&p2);
+            let _ = std::fs::remove_file(&p2);
+            std::fs::write(&p2, &keep).unwrap();
+        }) as Box<dyn Fn()>
+    };
+    let link_fault = |name: &'static str, loop_: bool| {
+        let p = class.join(name);
+        let target = std::fs::read_link(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let other = class.join(format!("{name}.other"));
+        if loop_ {
+            std::os::unix::fs::symlink(&other, &p).unwrap();
+            std::os::unix::fs::symlink(&p, &other).unwrap();
+        } else {
+            std::os::unix::fs::symlink(class.join("gone/away"), &p).unwrap();
+        }
+        Box::new(move || {
+            let _ = std::fs::remove_file(&other);
+            std::fs::remove_file(&p).unwrap();
+            std::os::unix::fs::symlink(&target, &p).unwrap();
+        }) as Box<dyn Fn()>
+    };
+    let faults: Vec<(&str, Box<dyn Fn() -> Box<dyn Fn()>>)> = vec![
+        (
+            "garbage rate",
+            Box::new(move || {
+                file_fault("rate", |p| std::fs::write(p, b"\xff\x00garbage").unwrap())
+            }),
+        ),
+        (
+            "FIFO as state",
+            Box::new(move || {
+                file_fault("state", |p| {
+                    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+                    // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+                })
+            }),
+        ),
+        (
+            "directory as link_layer",
+            Box::new(move || file_fault("link_layer", |p| std::fs::create_dir(p).unwrap())),
+        ),
+        (
+            "symlink loop as mlx5_1",
+            Box::new(move || link_fault("mlx5_1", true)),
+        ),
+        (
+            "mlx5_2 vanished",
+            Box::new(move || link_fault("mlx5_2", false)),
+        ),
+    ];
+    let mut observed = Vec::new();
+    for (what, inject) in faults {
+        let undo = inject();
+        let at = probe_secs(&get(&mut c).await);
+        // Five probes later the agent is still probing, and the fault shows.
+        let t = get_until(&mut c, what, |t| probe_secs(t) > at + 0.45).await;
+        let (code, metrics) = agent.http_get("/metrics").await;
+        assert_eq!(code, 200);
+        assert_eq!(agent.http_get("/healthz").await.0, 200);
+        let r = rdma(&t);
+        let shown = !r.ok || t.nics.len() < good_nics.len() || t.nics != good_nics;
+        assert!(shown, "{what}: the fault does not show: {r:?}");
+        let rdma_errors = sample(&metrics, "nodetopo_probe_errors_total{source=\"rdma\"}");
+        observed.push(format!(
+            "{what}: rdma ok={} error={:?}, {} NICs served (of {}), rdma errors {:?}",
+            r.ok,
+            r.error,
+            t.nics.len(),
+            good_nics.len(),
+            rdma_errors
+        ));
+        eprintln!("sysfs fault {}", observed.last().unwrap());
+        // The other NICs keep their facts. Roles are derived again from the NICs left, so a
+        // NIC left out can move another between compute and storage: compared without roles.
+        let plain = |n: &pb::Nic| pb::Nic {
+            role: 0,
+            ..n.clone()
+        };
+        let good_plain: Vec<pb::Nic> = good_nics.iter().map(plain).collect();
+        let kept = t
+            .nics
+            .iter()
+            .filter(|n| good_plain.contains(&plain(n)))
+            .count();
+        assert!(kept >= good_nics.len() - 1, "{what}: only {kept} NICs kept");
+        let moved: Vec<_> = t
+            .nics
+            .iter()
+            .filter(|n| {
+                good_nics
+                    .iter()
+                    .any(|g| g.name == n.name && g.role != n.role)
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        if !moved.is_empty() {
+            eprintln!("  roles derived again for {moved:?}");
+        }
+        undo();
+        let t = get_until(&mut c, "recovery", |t| rdma(t).ok && t.nics == good_nics).await;
+        assert_eq!(nic_names(&t), nic_names(&good));
+    }
     assert!(
         matches!(agent.child.try_wait(), Ok(None)),
         "the agent still runs"
