@@ -1367,7 +1367,9 @@ async fn sysfs_faults_under_a_running_agent() {
             std::os::unix::fs::symlink(&target, &p).unwrap();
         }) as Box<dyn Fn()>
     };
-    let faults: Vec<(&str, Box<dyn Fn() -> Box<dyn Fn()>>)> = vec![
+    // Each fault is made by a closure that returns its undoing.
+    type Inject<'a> = Box<dyn Fn() -> Box<dyn Fn() + 'a> + 'a>;
+    let faults: Vec<(&str, Inject<'_>)> = vec![
         (
             "garbage rate",
             Box::new(move || {

@@ -141,7 +141,7 @@ impl DirAttrs {
 
     /// Like [`read_attr`] for `<dir>/<name>`.
     pub(crate) fn read(&self, name: &str) -> std::io::Result<Option<String>> {
-        use rustix::fs::{Mode, OFlags, openat};
+        use rustix::fs::{Mode, openat};
         let Some(dir) = &self.dir else {
             return read_attr(&self.path.join(name));
         };
