@@ -308,3 +308,113 @@ async fn agent_honours_429_409_and_hangs_then_survives_sigterm_mid_write() {
     assert!(gaps.is_empty(), "the labels disappeared: {gaps:?}");
     assert!(polls >= 10, "polled throughout: {polls}");
 }
+
+/// Node names in the extender's `/debug/view`.
+async fn extender_view(port: u16) -> Vec<String> {
+    let (code, body) = http_get(&format!("127.0.0.1:{port}"), "/debug/view").await;
+    assert_eq!(code, 200, "{body}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    rows.iter()
+        .filter_map(|r| r["node"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The extender's Node watch breaks when kube-apiserver stops; the extender keeps serving
+/// (`/healthz`, its last view), and once the server is back the watch resumes: a Node created
+/// after the restart shows in its view, without an extender restart.
+#[tokio::test]
+async fn extender_node_watch_survives_an_api_server_restart() {
+    let mut cp = ControlPlane::start(harness::Options::default());
+    let admin = cp.admin().await;
+    harness::create_node(&admin, "before-1", &[("network.example.com/leaf", "l1")]).await;
+    let port = harness::free_port();
+    let ext = std::process::Command::new(harness::NODETOPO)
+        .args([
+            "extender",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--debug-placements",
+            "--block-label",
+            "network.example.com/leaf",
+            "--agent-port",
+            &harness::free_port().to_string(),
+        ])
+        .env("KUBECONFIG", &cp.admin_kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn nodetopo extender");
+    let mut ext = KillOnDrop(ext);
+    let ext = &mut ext.0;
+    let pid = ext.id();
+    harness::eventually(
+        Duration::from_secs(30),
+        "the extender listening",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    harness::eventually(
+        Duration::from_secs(30),
+        "the first Node in view",
+        || async {
+            extender_view(port)
+                .await
+                .contains(&"before-1".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+
+    cp.stop_process("kube-apiserver");
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(ext.try_wait().unwrap().is_none(), "the extender exited");
+        assert_eq!(
+            http_get(&format!("127.0.0.1:{port}"), "/healthz").await.0,
+            200
+        );
+        assert!(
+            extender_view(port).await.contains(&"before-1".to_string()),
+            "the last view is kept"
+        );
+    }
+    cp.start_process_again("kube-apiserver");
+    let up = Instant::now();
+    let admin = cp.admin().await;
+    harness::create_node(&admin, "after-1", &[("network.example.com/leaf", "l2")]).await;
+    harness::eventually(
+        Duration::from_secs(90),
+        "a Node created after the restart in view",
+        || async {
+            extender_view(port)
+                .await
+                .contains(&"after-1".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "extender Node watch: resumed {:.1} s after kube-apiserver was back; same pid",
+        up.elapsed().as_secs_f64()
+    );
+    assert!(ext.try_wait().unwrap().is_none());
+    assert_eq!(ext.id(), pid);
+}
+
+/// A child process killed when the test ends, panics included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
