@@ -11,6 +11,10 @@
 
 use std::{
     collections::BTreeMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -78,6 +82,121 @@ fn same_labels(owned: &BTreeMap<String, String>, labels: &Labels) -> bool {
         })
 }
 
+/// The longest wait a server's `Retry-After` can ask of the label writer; a longer one is
+/// capped here, so a misconfigured server cannot park the labels for hours.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
+/// The `Retry-After` of a `429 Too Many Requests` or `503 Service Unavailable` answer, in
+/// delta-seconds (the form kube-apiserver sends); `None` for other answers or an HTTP date.
+pub fn retry_after(status: http::StatusCode, headers: &http::HeaderMap) -> Option<Duration> {
+    if status != http::StatusCode::TOO_MANY_REQUESTS
+        && status != http::StatusCode::SERVICE_UNAVAILABLE
+    {
+        return None;
+    }
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// The wait before the next write attempt: the backoff's, or longer when the server asked for
+/// longer (capped at [`RETRY_AFTER_MAX`]).
+pub fn retry_delay(backoff: Duration, server: Option<Duration>) -> Duration {
+    match server {
+        Some(s) => backoff.max(s.min(RETRY_AFTER_MAX)),
+        None => backoff,
+    }
+}
+
+/// The `Retry-After` the API server last sent, recorded by [`RetryAfterLayer`] on the client
+/// and read by the label writer after a failed write.
+#[derive(Debug, Clone, Default)]
+pub struct RetryAfterHint(Arc<Mutex<Option<Duration>>>);
+
+impl RetryAfterHint {
+    fn record(&self, d: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+    }
+
+    /// The last recorded wait, cleared.
+    pub fn take(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A client layer that records each answer's [`retry_after`] into a [`RetryAfterHint`]: the kube
+/// client reports a 429 as an error without its headers.
+#[derive(Debug, Clone)]
+pub struct RetryAfterLayer(pub RetryAfterHint);
+
+impl<S> tower::Layer<S> for RetryAfterLayer {
+    type Service = RecordRetryAfter<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RecordRetryAfter {
+            inner,
+            hint: self.0.clone(),
+        }
+    }
+}
+
+/// The service of [`RetryAfterLayer`].
+#[derive(Debug, Clone)]
+pub struct RecordRetryAfter<S> {
+    inner: S,
+    hint: RetryAfterHint,
+}
+
+impl<S, Req, B> tower::Service<Req> for RecordRetryAfter<S>
+where
+    S: tower::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let hint = self.hint.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            if let Some(d) = retry_after(res.status(), res.headers()) {
+                hint.record(d);
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// The wait the server asked for in a failed write: its `Retry-After` header (through `hint`),
+/// or the `retryAfterSeconds` of its Status body.
+fn server_retry_after(e: &WriteError, hint: &RetryAfterHint) -> Option<Duration> {
+    let from_header = hint.take();
+    let from_status = match e {
+        WriteError::Api(err) => match err.as_ref() {
+            kube::Error::Api(status) => status
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(u64::from(s))),
+            _ => None,
+        },
+        WriteError::Timeout(_) => None,
+    };
+    from_header.max(from_status)
+}
+
 /// Writes labels on one Node.
 pub struct NodeLabeler {
     api: Api<Node>,
@@ -87,6 +206,7 @@ pub struct NodeLabeler {
     read_current: bool,
     request_timeout: Duration,
     metrics: Metrics,
+    retry_after: RetryAfterHint,
 }
 
 impl NodeLabeler {
@@ -104,7 +224,15 @@ impl NodeLabeler {
             read_current: false,
             request_timeout,
             metrics,
+            retry_after: RetryAfterHint::default(),
         }
+    }
+
+    /// Honours the `Retry-After` that `hint` records (the client must carry a
+    /// [`RetryAfterLayer`] of the same hint).
+    pub fn with_retry_after(mut self, hint: RetryAfterHint) -> Self {
+        self.retry_after = hint;
+        self
     }
 
     /// Applies `labels` unless they equal the last applied set. `Ok(false)` when skipped.
@@ -132,6 +260,8 @@ impl NodeLabeler {
                 }
             }
         }
+        // A hint left by an earlier answer says nothing about this write.
+        self.retry_after.take();
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let body = apply_body(&self.node, labels);
         let res = tokio::time::timeout(
@@ -178,8 +308,9 @@ impl NodeLabeler {
                         }
                     }
                     Err(e) => {
-                        let delay = backoff.next_random_delay();
-                        tracing::warn!(node = %self.node, error = &e as &dyn std::error::Error, retry_in = ?delay, "node label write failed");
+                        let server = server_retry_after(&e, &self.retry_after);
+                        let delay = retry_delay(backoff.next_random_delay(), server);
+                        tracing::warn!(node = %self.node, error = &e as &dyn std::error::Error, retry_in = ?delay, retry_after = ?server, "node label write failed");
                         retry_in = Some(delay);
                     }
                 }

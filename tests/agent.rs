@@ -34,9 +34,43 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[&str]) -> Self {
+        Self::launch(true, extra)
+    }
+
+    /// An agent on live NVML (no `--replay`; `extra` names the library with `--nvml-lib`).
+    fn start_live(extra: &[&str]) -> Self {
+        Self::launch(false, extra)
+    }
+
+    /// [`Self::start`] with probe interval `interval` instead of 200 ms.
+    fn start_every(interval: &str, extra: &[&str]) -> Self {
+        Self::launch_every(true, interval, extra)
+    }
+
+    fn launch(replay: bool, extra: &[&str]) -> Self {
+        Self::launch_every(replay, "200ms", extra)
+    }
+
+    fn launch_every(replay: bool, interval: &str, extra: &[&str]) -> Self {
+        Self::launch_on(
+            &Path::new(FIXTURE).join("snapshot.json"),
+            &Path::new(FIXTURE).join("sysfs/sys"),
+            replay,
+            interval,
+            extra,
+        )
+    }
+
+    fn launch_on(
+        snapshot_from: &Path,
+        sysfs: &Path,
+        replay: bool,
+        interval: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = dir.path().join("snapshot.json");
-        std::fs::copy(Path::new(FIXTURE).join("snapshot.json"), &snapshot).unwrap();
+        std::fs::copy(snapshot_from, &snapshot).unwrap();
         let grpc = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
@@ -44,14 +78,14 @@ impl Agent {
                 "agent",
                 "--no-kube",
                 "--interval",
-                "200ms",
+                interval,
                 "--node-name",
                 "test-node",
             ])
-            .arg("--replay")
-            .arg(&snapshot)
+            .args(replay.then_some("--replay"))
+            .args(replay.then_some(&snapshot))
             .arg("--sysfs-root")
-            .arg(Path::new(FIXTURE).join("sysfs/sys"))
+            .arg(sysfs)
             .args(["--grpc-listen", &grpc, "--metrics-listen", &metrics])
             .args(extra)
             .stdout(Stdio::null())
@@ -894,4 +928,532 @@ fn tls_flags_go_together() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent.pem"), "{err}");
+}
+
+/// A stand-in NVML library for the live path: `nvmlInit_v2` answers `INIT_RC` (9 is
+/// `NVML_ERROR_DRIVER_NOT_LOADED`); once initialised it reports driver 999.1.2 and no GPU.
+const NVML_STUB: &str = r#"
+#include <string.h>
+int nvmlInit_v2(void) { return INIT_RC; }
+int nvmlShutdown(void) { return 0; }
+const char *nvmlErrorString(int rc) { return rc == 9 ? "Driver Not Loaded" : "Unknown Error"; }
+static int put(char *out, unsigned len, const char *s) {
+    if (strlen(s) + 1 > len) return 7; /* NVML_ERROR_INSUFFICIENT_SIZE */
+    strcpy(out, s); return 0;
+}
+int nvmlSystemGetDriverVersion(char *v, unsigned len) { return put(v, len, "999.1.2"); }
+int nvmlSystemGetNVMLVersion(char *v, unsigned len) { return put(v, len, "13.999.1.2"); }
+int nvmlSystemGetCudaDriverVersion_v2(int *v) { *v = 13000; return 0; }
+int nvmlSystemGetCudaDriverVersion(int *v) { *v = 13000; return 0; }
+int nvmlDeviceGetCount_v2(unsigned *n) { *n = 0; return 0; }
+"#;
+
+/// Builds the stub with `nvmlInit_v2` answering `init_rc` and moves it to `dest` atomically.
+fn build_nvml_stub(dir: &Path, init_rc: i32, dest: &Path) {
+    let src = dir.join("nvml_stub.c");
+    std::fs::write(&src, NVML_STUB).unwrap();
+    let tmp = dir.join(format!("stub-{init_rc}.so"));
+    let out = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O1",
+            &format!("-DINIT_RC={init_rc}"),
+            "-o",
+        ])
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .expect("run cc");
+    assert!(out.status.success(), "cc: {out:?}");
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// The NVML source's status on gRPC.
+fn nvml_status(t: &pb::NodeTopology) -> &pb::SourceStatus {
+    t.sources
+        .iter()
+        .find(|s| s.source.as_str() == "nvml")
+        .expect("an nvml source status")
+}
+
+/// The sysfs (RDMA) probe reported success.
+fn sysfs_ok(t: &pb::NodeTopology) -> bool {
+    t.sources
+        .iter()
+        .any(|s| s.source.as_str() == "rdma" && s.ok)
+}
+
+/// Polls `Get` until `ok` holds.
+async fn get_until(
+    c: &mut Client<Channel>,
+    what: &str,
+    ok: impl Fn(&pb::NodeTopology) -> bool,
+) -> pb::NodeTopology {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let t = get(c).await;
+        if ok(&t) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what}: last {t:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Live NVML (no `--replay`): the library missing, then present with `nvmlInit` failing, then
+/// working. The agent keeps running and serving the sysfs facts throughout, each fault shows in
+/// the nvml source status and `nodetopo_probe_errors_total{source="nvml"}`, and NVML is opened
+/// again on a later probe without a restart.
+#[tokio::test]
+async fn live_nvml_missing_then_init_failing_then_back_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libnvidia-ml.so.1");
+    let mut agent = Agent::start_live(&["--nvml-lib", lib.to_str().unwrap()]);
+    let pid = agent.child.id();
+    let mut c = agent.ready().await;
+
+    // 1. No library at the path.
+    let t = get(&mut c).await;
+    let nvml = nvml_status(&t);
+    assert!(!nvml.ok, "{nvml:?}");
+    assert!(
+        nvml.error.contains("NVML is not available"),
+        "{}",
+        nvml.error
+    );
+    assert!(t.gpus.is_empty());
+    assert!(
+        sysfs_ok(&t),
+        "the sysfs probe goes on without NVML: {:?}",
+        t.sources
+    );
+    let (code, m1) = agent.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    let e1 = sample(&m1, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap_or(0.0);
+    assert!(e1 >= 1.0, "{m1}");
+    assert_eq!(agent.http_get("/healthz").await.0, 200);
+    let missing = nvml.error.clone();
+
+    // 2. The library appears, but its nvmlInit fails.
+    build_nvml_stub(dir.path(), 9, &lib);
+    let t = get_until(&mut c, "the init failure", |t| {
+        !nvml_status(t).ok && nvml_status(t).error != missing
+    })
+    .await;
+    let init_failed = nvml_status(&t).error.clone();
+    assert!(
+        init_failed.to_lowercase().contains("driver"),
+        "init failure named: {init_failed}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, m2) = agent.http_get("/metrics").await;
+    let e2 = sample(&m2, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap();
+    assert!(e2 > e1, "errors keep counting: {e1} -> {e2}");
+    assert!(sysfs_ok(&get(&mut c).await));
+
+    // 3. A working library: NVML is opened on a later probe, no restart.
+    build_nvml_stub(dir.path(), 0, &lib);
+    let t = get_until(&mut c, "NVML back", |t| nvml_status(t).ok).await;
+    assert_eq!(driver(&t), "999.1.2");
+    assert!(sysfs_ok(&t));
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "the agent still runs"
+    );
+    assert_eq!(agent.child.id(), pid);
+    eprintln!(
+        "live NVML: missing ({missing}), then init failing ({init_failed}), then back; \
+         {e2} nvml probe errors counted"
+    );
+}
+
+/// A GPU lost mid-run: the replayed snapshot changes to one where every query of GPU 2 answers
+/// `GPU is lost`. The agent keeps running, the nvml source says what failed, the other GPUs stay
+/// as they were, and a snapshot with the GPU back brings all four back without a restart.
+#[tokio::test]
+async fn gpu_lost_mid_run_is_reported_and_the_others_kept() {
+    let agent = Agent::start(&[]);
+    let mut c = agent.ready().await;
+    let good = get(&mut c).await;
+    assert_eq!(good.gpus.len(), 4);
+    let (_, m0) = agent.http_get("/metrics").await;
+    let e0 = sample(&m0, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap_or(0.0);
+
+    let mut snap: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURE).join("snapshot.json")).unwrap(),
+    )
+    .unwrap();
+    let lost = serde_json::json!({"Err": {"kind": "gpu-lost", "message": "NVMLError_GpuIsLost: GPU is lost"}});
+    let dev = snap["devices"][2].as_object_mut().unwrap();
+    for (k, v) in dev.iter_mut() {
+        if k != "index" {
+            *v = lost.clone();
+        }
+    }
+    let tmp = agent.snapshot.with_extension("tmp");
+    std::fs::write(&tmp, snap.to_string()).unwrap();
+    std::fs::rename(&tmp, &agent.snapshot).unwrap();
+
+    let t = get_until(&mut c, "the lost GPU reported", |t| !nvml_status(t).ok).await;
+    let nvml = nvml_status(&t).clone();
+    assert!(nvml.error.contains("lost"), "{}", nvml.error);
+    // A partial failure is taken as probed (src/agent/merge.rs): the lost GPU is no longer
+    // served, the other three are, unchanged.
+    let uuids = |t: &pb::NodeTopology| t.gpus.iter().map(|g| g.uuid.clone()).collect::<Vec<_>>();
+    let mut others = uuids(&good);
+    others.remove(2);
+    assert_eq!(uuids(&t), others, "the other GPUs are kept");
+    let (code, m1) = agent.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    let e1 = sample(&m1, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap();
+    assert!(e1 > e0, "counted: {e0} -> {e1}");
+    assert_eq!(agent.http_get("/healthz").await.0, 200);
+    eprintln!(
+        "GPU lost: nvml source {nvml:?}; {} GPUs served",
+        t.gpus.len()
+    );
+
+    agent.set_driver(DRIVER);
+    let t = get_until(&mut c, "the GPU back", |t| nvml_status(t).ok).await;
+    assert_eq!(t.gpus.len(), 4);
+    assert!(
+        t.sources.iter().all(|s| s.ok && !s.stale),
+        "{:?}",
+        t.sources
+    );
+}
+
+/// `KEY: N kB` of `/proc/PID/status`.
+fn proc_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A GetNodeTopology request with unknown fields: `pad` bytes in field 999, plus a varint in
+/// field 1000.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PaddedRequest {
+    #[prost(bytes = "vec", tag = "999")]
+    pad: Vec<u8>,
+    #[prost(uint64, tag = "1000")]
+    extra: u64,
+}
+
+async fn padded_get(ch: Channel, pad: usize) -> Result<pb::GetNodeTopologyResponse, tonic::Status> {
+    let mut g = tonic::client::Grpc::new(ch).max_encoding_message_size(usize::MAX);
+    g.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static("/nodetopo.v1.TopologyService/GetNodeTopology");
+    let codec = tonic_prost::ProstCodec::<PaddedRequest, pb::GetNodeTopologyResponse>::default();
+    let req = PaddedRequest {
+        pad: vec![0x5a; pad],
+        extra: 42,
+    };
+    g.unary(tonic::Request::new(req), path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// 10,000 gRPC connections, each connecting, asking once and going away; a request with unknown
+/// fields, and one over the 16 MiB message limit; then watchers on their own connections that
+/// never read while the topology changes hundreds of times. The agent keeps answering, its fds
+/// come back to where they were, and its RSS stays within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connection_churn_bad_messages_and_stuck_watchers() {
+    const CYCLES: usize = 10_000;
+    const TASKS: usize = 8;
+    let mut agent = Agent::start_every("20ms", &[]);
+    agent.ready().await;
+    let pid = agent.child.id();
+    let url = format!("http://{}", agent.grpc);
+    let cycle = |url: String| async move {
+        let ch = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let t = get(&mut Client::new(ch)).await;
+        assert_eq!(t.gpus.len(), 4);
+    };
+    // Warm-up: the runtime's and allocator's first connections.
+    for _ in 0..200 {
+        cycle(url.clone()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds0, rss0) = (fd_count(pid), proc_kib(pid, "VmRSS:"));
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                for _ in 0..CYCLES / TASKS {
+                    cycle(url.clone()).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fds1, rss1) = (fd_count(pid), proc_kib(pid, "VmRSS:"));
+    eprintln!(
+        "gRPC churn: {CYCLES} connect/Get/disconnect cycles in {:.1} s; fds {fds0} -> {fds1}; \
+         RSS {rss0} -> {rss1} KiB (peak {} KiB)",
+        took.as_secs_f64(),
+        proc_kib(pid, "VmHWM:")
+    );
+    assert!(fds1 <= fds0 + 2, "fds leaked: {fds0} -> {fds1}");
+    assert!(rss1 <= rss0 + 8 * 1024, "RSS grew: {rss0} -> {rss1} KiB");
+
+    // Unknown fields are skipped; an oversized message is refused, and the agent goes on.
+    let ch = Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = padded_get(ch.clone(), 1024)
+        .await
+        .expect("unknown fields skipped");
+    assert_eq!(r.topology.unwrap().gpus.len(), 4);
+    let err = padded_get(ch.clone(), 17 * 1024 * 1024)
+        .await
+        .expect_err("over the message limit");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal
+        ),
+        "{err:?}"
+    );
+    let mut c = agent.ready().await;
+    assert_eq!(get(&mut c).await.gpus.len(), 4, "still serving");
+    let rss2 = proc_kib(pid, "VmRSS:");
+    eprintln!(
+        "oversized request refused: {:?} ({}); RSS {rss2} KiB",
+        err.code(),
+        err.message()
+    );
+
+    // Watchers that never read, each on its own connection, while the facts change 300 times.
+    let mut stuck = Vec::new();
+    for _ in 0..20 {
+        let ch = Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let s = Client::new(ch)
+            .watch_node_topology(pb::WatchNodeTopologyRequest { since_revision: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        stuck.push(s);
+    }
+    let rss3 = proc_kib(pid, "VmRSS:");
+    let r0 = get(&mut c).await.revision;
+    for i in 0..300 {
+        agent.set_driver(&format!("580.{}.01", 300 + i));
+        let want = format!("580.{}.01", 300 + i);
+        get_until(&mut c, "the change probed", |t| driver(t) == want).await;
+    }
+    let r1 = get(&mut c).await.revision;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss4 = proc_kib(pid, "VmRSS:");
+    eprintln!(
+        "20 watchers that never read, {} revisions: RSS {rss3} -> {rss4} KiB",
+        r1 - r0
+    );
+    assert!(r1 - r0 >= 300);
+    assert!(
+        rss4 <= rss3 + 8 * 1024,
+        "RSS grew with stuck watchers: {rss3} -> {rss4} KiB"
+    );
+    // The stuck watchers, read at last, get the latest state, not a backlog.
+    let latest = next_msg(&mut stuck[0]).await;
+    let mut last = latest;
+    while let Ok(Ok(Some(m))) = timeout(Duration::from_millis(300), stuck[0].message()).await {
+        last = m.topology.unwrap();
+    }
+    assert_eq!(driver(&last), "580.599.01");
+    drop(stuck);
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "the agent still runs"
+    );
+    assert_eq!(agent.child.id(), pid);
+}
+
+fn probe_secs(t: &pb::NodeTopology) -> f64 {
+    let p = t.probe_time.as_ref().expect("a probe time");
+    p.seconds as f64 + f64::from(p.nanos) / 1e9
+}
+
+/// sysfs faults under a running agent, one at a time on a copy of the 8xH100 InfiniBand tree,
+/// each undone before the next: garbage in a port's `rate`, a FIFO in place of its `state` (a
+/// blocking `open` would hang the probe), a directory in place of `link_layer`, a device entry
+/// that is a symlink loop, and one whose target vanished between the directory listing and the
+/// read (a dangling link). The agent keeps probing (the probe time moves) and serving, the rdma
+/// source names the fault or the NIC is left out, and the tree put back gives the first answer
+/// again, without a restart.
+#[tokio::test]
+async fn sysfs_faults_under_a_running_agent() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h100x8-ib");
+    let tree = tempfile::tempdir().unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(fx.join("sysfs/sys"))
+        .arg(tree.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let sys = tree.path().join("sys");
+    let mut agent = Agent::launch_on(&fx.join("snapshot.json"), &sys, true, "100ms", &[]);
+    let pid = agent.child.id();
+    let mut c = agent.ready().await;
+    let nic_names =
+        |t: &pb::NodeTopology| t.nics.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    let rdma = |t: &pb::NodeTopology| {
+        t.sources
+            .iter()
+            .find(|s| s.source.as_str() == "rdma")
+            .cloned()
+            .expect("an rdma source status")
+    };
+    let good = get(&mut c).await;
+    assert!(rdma(&good).ok, "{:?}", rdma(&good));
+    let good_nics = good.nics.clone();
+    assert!(good_nics.len() >= 8, "{:?}", nic_names(&good));
+
+    let class = sys.join("class/infiniband");
+    let port = std::fs::canonicalize(class.join("mlx5_0"))
+        .unwrap()
+        .join("ports/1");
+    let file_fault = |name: &'static str, make: fn(&Path)| {
+        let p = port.join(name);
+        let keep = std::fs::read(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        make(&p);
+        let p2 = p.clone();
+        Box::new(move || {
+            let _ = std::fs::remove_dir(&p2);
+            let _ = std::fs::remove_file(&p2);
+            std::fs::write(&p2, &keep).unwrap();
+        }) as Box<dyn Fn()>
+    };
+    let link_fault = |name: &'static str, loop_: bool| {
+        let p = class.join(name);
+        let target = std::fs::read_link(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let other = class.join(format!("{name}.other"));
+        if loop_ {
+            std::os::unix::fs::symlink(&other, &p).unwrap();
+            std::os::unix::fs::symlink(&p, &other).unwrap();
+        } else {
+            std::os::unix::fs::symlink(class.join("gone/away"), &p).unwrap();
+        }
+        Box::new(move || {
+            let _ = std::fs::remove_file(&other);
+            std::fs::remove_file(&p).unwrap();
+            std::os::unix::fs::symlink(&target, &p).unwrap();
+        }) as Box<dyn Fn()>
+    };
+    // Each fault is made by a closure that returns its undoing.
+    type Inject<'a> = Box<dyn Fn() -> Box<dyn Fn() + 'a> + 'a>;
+    let faults: Vec<(&str, Inject<'_>)> = vec![
+        (
+            "garbage rate",
+            Box::new(move || {
+                file_fault("rate", |p| std::fs::write(p, b"\xff\x00garbage").unwrap())
+            }),
+        ),
+        (
+            "FIFO as state",
+            Box::new(move || {
+                file_fault("state", |p| {
+                    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+                    // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+                })
+            }),
+        ),
+        (
+            "directory as link_layer",
+            Box::new(move || file_fault("link_layer", |p| std::fs::create_dir(p).unwrap())),
+        ),
+        (
+            "symlink loop as mlx5_1",
+            Box::new(move || link_fault("mlx5_1", true)),
+        ),
+        (
+            "mlx5_2 vanished",
+            Box::new(move || link_fault("mlx5_2", false)),
+        ),
+    ];
+    let mut observed = Vec::new();
+    for (what, inject) in faults {
+        let undo = inject();
+        let at = probe_secs(&get(&mut c).await);
+        // Five probes later the agent is still probing, and the fault shows.
+        let t = get_until(&mut c, what, |t| probe_secs(t) > at + 0.45).await;
+        let (code, metrics) = agent.http_get("/metrics").await;
+        assert_eq!(code, 200);
+        assert_eq!(agent.http_get("/healthz").await.0, 200);
+        let r = rdma(&t);
+        let shown = !r.ok || t.nics.len() < good_nics.len() || t.nics != good_nics;
+        assert!(shown, "{what}: the fault does not show: {r:?}");
+        let rdma_errors = sample(&metrics, "nodetopo_probe_errors_total{source=\"rdma\"}");
+        observed.push(format!(
+            "{what}: rdma ok={} error={:?}, {} NICs served (of {}), rdma errors {:?}",
+            r.ok,
+            r.error,
+            t.nics.len(),
+            good_nics.len(),
+            rdma_errors
+        ));
+        eprintln!("sysfs fault {}", observed.last().unwrap());
+        // The other NICs keep their facts. Roles are derived again from the NICs left, so a
+        // NIC left out can move another between compute and storage: compared without roles.
+        let plain = |n: &pb::Nic| pb::Nic {
+            role: 0,
+            ..n.clone()
+        };
+        let good_plain: Vec<pb::Nic> = good_nics.iter().map(plain).collect();
+        let kept = t
+            .nics
+            .iter()
+            .filter(|n| good_plain.contains(&plain(n)))
+            .count();
+        assert!(kept >= good_nics.len() - 1, "{what}: only {kept} NICs kept");
+        let moved: Vec<_> = t
+            .nics
+            .iter()
+            .filter(|n| {
+                good_nics
+                    .iter()
+                    .any(|g| g.name == n.name && g.role != n.role)
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        if !moved.is_empty() {
+            eprintln!("  roles derived again for {moved:?}");
+        }
+        undo();
+        let t = get_until(&mut c, "recovery", |t| rdma(t).ok && t.nics == good_nics).await;
+        assert_eq!(nic_names(&t), nic_names(&good));
+    }
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "the agent still runs"
+    );
+    assert_eq!(agent.child.id(), pid);
 }

@@ -521,4 +521,115 @@ fn malformed_and_unknown_over_the_wire() {
     );
     let (status, _) = http(&ext.addr, "GET", "/healthz", "");
     assert_eq!(status, 200);
+
+    // A 50 MB body is read and answered (the default limit is sized for 5,000 kubelet-sized
+    // Nodes); one byte over the limit is refused with 413; JSON nested 100,000 deep with 400;
+    // 100,000 node names are all answered. The same process serves throughout.
+    let pid = ext._proc.0.id();
+    let body_of = |len: usize| {
+        let head = format!(
+            "{{\"Pod\": {}, \"NodeNames\": [\"",
+            pod("x-0", "x", "decode", None)
+        );
+        let tail = "\"]}";
+        format!(
+            "{head}{}{tail}",
+            "n".repeat(len.saturating_sub(head.len() + tail.len()))
+        )
+    };
+    let big = body_of(50_000_000);
+    let t = Instant::now();
+    let (status, text) = http_lenient(&ext.addr, "/filter", big.as_bytes());
+    eprintln!(
+        "50 MB body: {status} in {:.2} s; extender RSS {} KiB",
+        t.elapsed().as_secs_f64(),
+        proc_rss_kib(pid)
+    );
+    assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
+    assert!(text.contains("unknown node"), "{}", &text[..text.len().min(300)]);
+    drop(big);
+    let over = body_of(nodetopo::extender::server::DEFAULT_BODY_LIMIT + 1);
+    let t = Instant::now();
+    let (status, text) = http_lenient(&ext.addr, "/filter", over.as_bytes());
+    eprintln!(
+        "body one byte over the {} B limit: {status} in {:.2} s",
+        nodetopo::extender::server::DEFAULT_BODY_LIMIT,
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(status, 413, "{text}");
+    drop(over);
+    let deep = format!(
+        "{{\"Pod\": {}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let (status, text) = http_lenient(&ext.addr, "/filter", deep.as_bytes());
+    assert_eq!(status, 400, "{text}");
+    let names: Vec<String> = (0..100_000).map(|i| format!("gone-{i}")).collect();
+    let t = Instant::now();
+    let r = post(
+        &ext.addr,
+        "/filter",
+        &json!({"Pod": pod("x-0", "x", "decode", None), "NodeNames": names}),
+    );
+    let took = t.elapsed();
+    let failed = r["FailedAndUnresolvableNodes"]
+        .as_object()
+        .map_or(0, |m| m.len())
+        + r["FailedNodes"].as_object().map_or(0, |m| m.len());
+    eprintln!(
+        "100,000 node names: answered in {:.2} s, {failed} reasons named (none passed); extender RSS {} KiB",
+        took.as_secs_f64(),
+        proc_rss_kib(pid)
+    );
+    // None passes; the answer names at most FILTER_REASONS (64) reasons, by design.
+    let passed = r["NodeNames"].as_array().map_or(0, Vec::len);
+    assert_eq!(passed, 0, "{r}");
+    assert_eq!(failed, nodetopo::extender::FILTER_REASONS);
+    let (status, _) = http(&ext.addr, "GET", "/healthz", "");
+    assert_eq!(status, 200);
+    assert_eq!(ext._proc.0.id(), pid);
+}
+
+/// `VmRSS` of process `pid`, in KiB.
+fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// POSTs `body` and reads the answer even when the server answers (and stops reading) before
+/// the body is sent in full.
+fn http_lenient(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the extender");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let body = body.to_vec();
+    let writer = std::thread::spawn(move || {
+        for chunk in body.chunks(64 * 1024) {
+            if w.write_all(chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, rest.to_string())
 }

@@ -26,7 +26,7 @@ use crate::{
     labels::{self, LabelConfig, Labels},
     metrics::Metrics,
     model::NodeTopology,
-    node_labels::{NodeEvent, NodeLabeler, WriteError},
+    node_labels::{self, NodeEvent, NodeLabeler, RetryAfterHint, RetryAfterLayer, WriteError},
     probe::{
         NetworkOptions, Prober,
         lldp::LldpView,
@@ -257,13 +257,14 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
     let labels = labels::desired_labels(&topo, &cfg.labels);
     print!("{}", labels::render(&labels));
     if cfg.kube {
-        let client = kube_client().await?;
+        let (client, hint) = kube_client().await?;
         let mut labeler = NodeLabeler::new(
             client,
             cfg.node_name.clone(),
             cfg.kube_timeout,
             Metrics::new(),
-        );
+        )
+        .with_retry_after(hint.clone());
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         let mut attempt = 0;
         loop {
@@ -276,7 +277,12 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
                         attempt,
                         "label write failed; retrying"
                     );
-                    tokio::time::sleep(backoff.next_random_delay()).await;
+                    let server = hint.take();
+                    tokio::time::sleep(node_labels::retry_delay(
+                        backoff.next_random_delay(),
+                        server,
+                    ))
+                    .await;
                 }
                 Err(e) => return Err(AgentError::Labels(e)),
             }
@@ -286,10 +292,22 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
-async fn kube_client() -> Result<kube::Client, AgentError> {
-    kube::Client::try_default()
+/// The client of the label writer and the event recorder. The kube client's own retry of 429,
+/// 503 and 504 answers is off: the label writer retries each failed write itself, with its
+/// backoff or the server's `Retry-After` when that is longer ([`node_labels::retry_delay`]), so
+/// every attempt shows in `nodetopo_label_write_errors_total` and a throttled node sends one
+/// request per retry, not a burst inside each.
+async fn kube_client() -> Result<(kube::Client, RetryAfterHint), AgentError> {
+    let mut config = kube::Config::infer()
         .await
-        .map_err(AgentError::KubeConfig)
+        .map_err(|e| AgentError::KubeConfig(kube::Error::InferConfig(e)))?;
+    config.default_retry = false;
+    let hint = RetryAfterHint::default();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(AgentError::KubeConfig)?
+        .with_layer(&RetryAfterLayer(hint.clone()))
+        .build();
+    Ok((client, hint))
 }
 
 async fn bind(flag: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, AgentError> {
@@ -353,7 +371,7 @@ async fn start_labeler(
         events_rx.close();
         return Ok(None);
     }
-    let client = kube_client().await?;
+    let (client, hint) = kube_client().await?;
     tokio::spawn(crate::node_labels::record_events(
         client.clone(),
         cfg.node_name.clone(),
@@ -365,7 +383,8 @@ async fn start_labeler(
         cfg.node_name.clone(),
         cfg.kube_timeout,
         metrics.clone(),
-    );
+    )
+    .with_retry_after(hint);
     Ok(Some(tokio::spawn(l.run(
         labels_rx,
         shutdown_rx,

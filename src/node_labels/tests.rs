@@ -399,3 +399,129 @@ async fn a_failed_write_keeps_the_api_servers_answer() {
         "{chain}"
     );
 }
+
+#[test]
+fn retry_after_is_read_from_429_and_503_only() {
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::RETRY_AFTER, " 7 ".parse().unwrap());
+    let s = Duration::from_secs;
+    assert_eq!(
+        retry_after(http::StatusCode::TOO_MANY_REQUESTS, &h),
+        Some(s(7))
+    );
+    assert_eq!(
+        retry_after(http::StatusCode::SERVICE_UNAVAILABLE, &h),
+        Some(s(7))
+    );
+    assert_eq!(retry_after(http::StatusCode::CONFLICT, &h), None);
+    h.insert(
+        http::header::RETRY_AFTER,
+        "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+    );
+    assert_eq!(retry_after(http::StatusCode::TOO_MANY_REQUESTS, &h), None);
+    assert_eq!(
+        retry_after(http::StatusCode::TOO_MANY_REQUESTS, &http::HeaderMap::new()),
+        None
+    );
+    // The longer of the backoff and the server's wish, the latter capped.
+    assert_eq!(retry_delay(s(2), Some(s(5))), s(5));
+    assert_eq!(retry_delay(s(9), Some(s(5))), s(9));
+    assert_eq!(retry_delay(s(2), None), s(2));
+    assert_eq!(retry_delay(s(2), Some(s(86_400))), RETRY_AFTER_MAX);
+}
+
+fn too_many(retry_after: &str) -> Response<Body> {
+    Response::builder()
+        .status(429)
+        .header("Retry-After", retry_after)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .body(Body::from(
+            b"Too many requests, please try again later.\n".to_vec(),
+        ))
+        .unwrap()
+}
+
+/// A 429 with `Retry-After: 20` (header only, as kube-apiserver's filters send it), then a 409
+/// and a 429 whose Status body carries `retryAfterSeconds: 12`: each retry waits at least what
+/// the server asked, though the backoff alone would wait 50-100 ms.
+#[tokio::test(start_paused = true)]
+async fn retry_after_of_a_429_is_honoured() {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let hint = RetryAfterHint::default();
+    let client = kube::client::ClientBuilder::new(svc, "default")
+        .with_layer(&RetryAfterLayer(hint.clone()))
+        .build();
+    let metrics = Metrics::new();
+    let labeler = NodeLabeler::new(
+        client,
+        "node-a".into(),
+        Duration::from_secs(10),
+        metrics.clone(),
+    )
+    .with_retry_after(hint);
+    let want = labels("4");
+    let (_desired_tx, desired_rx) = watch::channel(Some(want.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(labeler.run(
+        desired_rx,
+        shutdown_rx,
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+    ));
+    expect_get(&mut handle, node_ok()).await;
+
+    let (req, send) = handle.next_request().await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(expect_apply(req).await, as_map(&want));
+    send.send_response(too_many("20"));
+
+    let (req, send) = handle.next_request().await.unwrap();
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(21),
+        "{waited:?}"
+    );
+    expect_apply(req).await;
+    send.send_response(status(409, "Conflict"));
+
+    // A 409 has no Retry-After: the backoff's second step (100-200 ms).
+    let t1 = tokio::time::Instant::now();
+    let (req, send) = handle.next_request().await.unwrap();
+    assert!(
+        t1.elapsed() <= Duration::from_millis(200),
+        "{:?}",
+        t1.elapsed()
+    );
+    expect_apply(req).await;
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "throttled", "reason": "TooManyRequests", "code": 429,
+        "details": {"retryAfterSeconds": 12},
+    });
+    send.send_response(
+        Response::builder()
+            .status(429)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+
+    let t2 = tokio::time::Instant::now();
+    let (req, send) = handle.next_request().await.unwrap();
+    let waited = t2.elapsed();
+    assert!(
+        waited >= Duration::from_secs(12) && waited < Duration::from_secs(13),
+        "{waited:?}"
+    );
+    expect_apply(req).await;
+    send.send_response(node_ok());
+
+    let next = tokio::time::timeout(Duration::from_secs(3600), handle.next_request()).await;
+    assert!(next.is_err(), "nothing more once written");
+    let text = metrics.encode();
+    assert!(text.contains("nodetopo_label_writes_total 1"), "{text}");
+    assert!(
+        text.contains("nodetopo_label_write_errors_total 3"),
+        "{text}"
+    );
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap();
+}

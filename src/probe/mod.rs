@@ -53,6 +53,16 @@ pub struct NetworkOptions {
     pub lldp_wait: std::time::Duration,
 }
 
+/// Opens live NVML, or says why it is not available.
+fn open_live(
+    options: ProbeOptions,
+    nvml_lib: Option<&std::ffi::OsStr>,
+) -> Result<GpuProber, String> {
+    nvml::live::LiveNvml::init(nvml_lib)
+        .map(|n| GpuProber::new(Box::new(n), options))
+        .map_err(|e| format!("NVML is not available: {e}"))
+}
+
 /// Composes every probe of this node. Keeps NVML open between calls to [`Prober::probe`].
 #[derive(Debug)]
 pub struct Prober {
@@ -65,6 +75,8 @@ pub struct Prober {
     uplinks: (std::time::Instant, ib::UplinkCache),
     /// The LLDP listeners, once a runtime is given.
     lldp: Option<lldp::LldpSession>,
+    /// How to open live NVML again while it is not available (see [`Prober::live`]).
+    reopen: Option<(ProbeOptions, Option<std::ffi::OsString>)>,
 }
 
 impl Prober {
@@ -78,6 +90,7 @@ impl Prober {
             network: NetworkOptions::default(),
             uplinks: (std::time::Instant::now(), ib::UplinkCache::new()),
             lldp: None,
+            reopen: None,
         }
     }
 
@@ -113,17 +126,17 @@ impl Prober {
     }
 
     /// A prober over live NVML (`nvml_lib` overrides the library path); a machine without NVML
-    /// gets a prober that reports zero GPUs.
+    /// gets a prober that reports zero GPUs, and tries to open NVML again on every probe until it
+    /// succeeds: the driver (a GPU operator's driver container, say) may come up after the agent.
     pub fn live(
         sysfs: SysfsRoot,
         node_name: String,
         options: ProbeOptions,
         nvml_lib: Option<&std::ffi::OsStr>,
     ) -> Self {
-        let gpu = nvml::live::LiveNvml::init(nvml_lib)
-            .map(|n| GpuProber::new(Box::new(n), options))
-            .map_err(|e| format!("NVML is not available: {e}"));
-        Self::new(gpu, sysfs, node_name)
+        let mut p = Self::new(open_live(options, nvml_lib), sysfs, node_name);
+        p.reopen = Some((options, nvml_lib.map(std::ffi::OsStr::to_os_string)));
+        p
     }
 
     /// The GPU prober, when NVML is available.
@@ -138,6 +151,12 @@ impl Prober {
             probe_time: Some(now),
             ..NodeTopology::default()
         };
+        if let (Err(_), Some((options, lib))) = (&self.gpu, &self.reopen) {
+            self.gpu = open_live(*options, lib.as_deref());
+            if self.gpu.is_ok() {
+                tracing::info!("NVML is available now");
+            }
+        }
         match &mut self.gpu {
             Ok(p) => {
                 let r = p.probe(&self.sysfs);

@@ -288,7 +288,7 @@ pub fn data_direct_functions(root: &SysfsRoot) -> Vec<(String, String)> {
         {
             continue;
         }
-        if let Some(vu) = std::fs::read(dev.join("vpd"))
+        if let Some(vu) = crate::probe::sysfs::read_binary_attr(&dev.join("vpd"))
             .ok()
             .and_then(|v| vpd_keyword(&v, *b"VU"))
         {
@@ -310,7 +310,7 @@ fn data_direct_of<'a>(
         return None;
     }
     let bdf = PciAddress::parse(nic_bdf)?.to_string();
-    let vu = std::fs::read(root.pci_device(&bdf).join("vpd"))
+    let vu = crate::probe::sysfs::read_binary_attr(&root.pci_device(&bdf).join("vpd"))
         .ok()
         .and_then(|v| vpd_keyword(&v, *b"VU"))?;
     data_direct

@@ -58,19 +58,53 @@ impl SysfsRoot {
 /// Reads one sysfs attribute, trimmed; `Ok(None)` when it does not exist. sysfs hands out an
 /// attribute (at most a page) in one read, so this does open, one read and close, which matters
 /// for GID tables of 255 entries per RoCE port. Longer files are read to the end.
+///
+/// Only a regular file is read: the file is opened without blocking (a FIFO or a device in its
+/// place would otherwise hang the probe in `open` or `read`) and anything else is an
+/// `InvalidInput` error naming its type.
 pub fn read_attr(path: &Path) -> std::io::Result<Option<String>> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    use rustix::fs::{CWD, Mode, openat};
+    let fd = match openat(CWD, path, ATTR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    read_open(&mut f)
+    read_open(fd)
 }
 
-/// Reads an open attribute file: one `read` for the usual small attribute, trimmed; not UTF-8
-/// is an `InvalidData` error.
-fn read_open(f: &mut std::fs::File) -> std::io::Result<Option<String>> {
+/// Reads a binary attribute (a VPD) whole, with the checks of [`read_attr`].
+pub fn read_binary_attr(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    let fd = rustix::fs::openat(rustix::fs::CWD, path, ATTR_FLAGS, rustix::fs::Mode::empty())?;
+    regular(&fd)?;
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// `InvalidInput` unless `fd` is a regular file.
+fn regular(fd: &rustix::fd::OwnedFd) -> std::io::Result<()> {
+    let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode);
+    if kind == rustix::fs::FileType::RegularFile {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("not a regular file but a {kind:?}"),
+    ))
+}
+
+/// How an attribute is opened: read-only, close-on-exec, and never blocking.
+const ATTR_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::CLOEXEC)
+    .union(rustix::fs::OFlags::NONBLOCK);
+
+/// Reads an open attribute file: one `read` for the usual small attribute, trimmed; not UTF-8
+/// is an `InvalidData` error, and not a regular file an `InvalidInput` one.
+fn read_open(fd: rustix::fd::OwnedFd) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    regular(&fd)?;
+    let f = &mut std::fs::File::from(fd);
     let mut buf = [0u8; 4096];
     let n = f.read(&mut buf)?;
     let mut bytes = buf[..n].to_vec();
@@ -107,16 +141,16 @@ impl DirAttrs {
 
     /// Like [`read_attr`] for `<dir>/<name>`.
     pub(crate) fn read(&self, name: &str) -> std::io::Result<Option<String>> {
-        use rustix::fs::{Mode, OFlags, openat};
+        use rustix::fs::{Mode, openat};
         let Some(dir) = &self.dir else {
             return read_attr(&self.path.join(name));
         };
-        let fd = match openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        let fd = match openat(dir, name, ATTR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        read_open(&mut std::fs::File::from(fd))
+        read_open(fd)
     }
 }
 
@@ -134,6 +168,57 @@ mod tests {
         assert_eq!(a("0000:00:20.0"), None);
         // The two parsers this replaces disagreed on the short form; now it is refused.
         assert_eq!(a("0:0:6.0"), None);
+    }
+
+    /// Runs `f` on a thread; panics if it takes longer than 5 s (a hang).
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the read returned in time")
+    }
+
+    #[test]
+    fn a_fifo_directory_or_loop_in_place_of_an_attribute_is_an_error_not_a_hang() {
+        use rustix::fs::{CWD, FileType, Mode, mknodat};
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("rate");
+        mknodat(CWD, &fifo, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0).unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(d.path().join("b"), d.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("a"), d.path().join("b")).unwrap();
+        std::fs::write(d.path().join("ok"), "100 Gb/sec (4X EDR)\n").unwrap();
+        std::fs::write(d.path().join("bin"), b"\xff\xfe").unwrap();
+        let root = d.path().to_path_buf();
+        let (plain, by_dir) = within_5s(move || {
+            let names = ["rate", "state", "a", "ok", "bin", "gone"];
+            let plain: Vec<_> = names.iter().map(|n| read_attr(&root.join(n))).collect();
+            let attrs = DirAttrs::open(&root);
+            let by_dir: Vec<_> = names.iter().map(|n| attrs.read(n)).collect();
+            assert!(
+                read_binary_attr(&root.join("rate")).is_err(),
+                "a FIFO as VPD"
+            );
+            assert_eq!(read_binary_attr(&root.join("bin")).unwrap(), b"\xff\xfe");
+            (plain, by_dir)
+        });
+        for results in [plain, by_dir] {
+            let kind = |i: usize| results[i].as_ref().err().map(std::io::Error::kind);
+            let e = results[0].as_ref().unwrap_err().to_string();
+            assert!(
+                e.contains("not a regular file") && e.contains("Fifo"),
+                "{e}"
+            );
+            assert_eq!(kind(1), Some(io::ErrorKind::InvalidInput), "a directory");
+            assert!(results[2].is_err(), "a symlink loop: {:?}", results[2]);
+            assert_eq!(
+                results[3].as_ref().unwrap().as_deref(),
+                Some("100 Gb/sec (4X EDR)")
+            );
+            assert_eq!(kind(4), Some(io::ErrorKind::InvalidData), "not UTF-8");
+            assert!(matches!(results[5], Ok(None)), "a vanished file");
+        }
     }
 
     #[test]

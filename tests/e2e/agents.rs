@@ -58,11 +58,23 @@ pub struct Agent {
     snapshot: PathBuf,
     args: Vec<std::ffi::OsString>,
     kubeconfig: PathBuf,
+    log: Option<PathBuf>,
     _dir: TempDir,
 }
 
 impl Agent {
     pub fn start(m: &Machine, kubeconfig: &Path) -> Self {
+        Self::start_with(m, kubeconfig, &[], None)
+    }
+
+    /// [`Self::start`] with flags `set` (a flag already given gets the new value, others are
+    /// added) and the agent's standard error written to `log` instead of the test's.
+    pub fn start_with(
+        m: &Machine,
+        kubeconfig: &Path,
+        set: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = dir.path().join("snapshot.json");
         std::fs::copy(fixture(m.snapshot), &snapshot).unwrap();
@@ -83,26 +95,57 @@ impl Agent {
         args.push(snapshot.clone().into());
         args.push("--sysfs-root".into());
         args.push(fixture(m.sysfs).into());
-        let child = Self::spawn(&args, kubeconfig);
+        for (flag, value) in set {
+            match args.iter().position(|a| a == *flag) {
+                Some(i) => args[i + 1] = (*value).into(),
+                None => args.extend([(*flag).into(), (*value).into()]),
+            }
+        }
+        let log = log.map(Path::to_path_buf);
+        let child = Self::spawn(&args, kubeconfig, log.as_deref());
         Self {
             child,
             snapshot,
             args,
             kubeconfig: kubeconfig.to_path_buf(),
+            log,
             _dir: dir,
         }
     }
 
-    fn spawn(args: &[std::ffi::OsString], kubeconfig: &Path) -> Child {
+    fn spawn(args: &[std::ffi::OsString], kubeconfig: &Path, log: Option<&Path>) -> Child {
+        let stderr = match log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("agent log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         Command::new(NODETOPO)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn nodetopo agent")
+    }
+
+    /// The agent's resident set size in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// Open file descriptors of the agent (entries of `/proc/PID/fd`).
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("/proc/PID/fd")
+            .count()
     }
 
     /// The agent's metrics address (`127.0.0.1:PORT`).
@@ -141,13 +184,13 @@ impl Agent {
     }
 
     /// SIGTERM, and the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         harness::terminate(&mut self.child, Duration::from_secs(15)).expect("agent exit status")
     }
 
     /// Starts the same agent again (same flags, same snapshot file).
-    fn restart(&mut self) {
-        self.child = Self::spawn(&self.args, &self.kubeconfig);
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.args, &self.kubeconfig, self.log.as_deref());
     }
 
     /// Replaces the replayed snapshot with `fixture`, atomically.
@@ -163,6 +206,15 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `KEY: N kB` field of `/proc/PID/status`, in KiB.
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
 /// The labels `nodetopo probe` derives from the same replayed facts: what the Node must carry.
@@ -183,7 +235,7 @@ pub fn probe_labels(snapshot: &Path, sysfs: &Path, node: &str) -> BTreeMap<Strin
         .collect()
 }
 
-fn own_labels(node: &Node) -> BTreeMap<String, String> {
+pub fn own_labels(node: &Node) -> BTreeMap<String, String> {
     node.metadata
         .labels
         .clone()
@@ -193,7 +245,7 @@ fn own_labels(node: &Node) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn get(client: &Client, name: &str) -> Node {
+pub async fn get(client: &Client, name: &str) -> Node {
     Api::<Node>::all(client.clone())
         .get(name)
         .await

@@ -12,6 +12,8 @@ mod chart;
 mod common;
 mod faults;
 mod harness;
+mod proxy;
 mod scheduler;
+mod soak;
 mod topology;
 mod webhook;

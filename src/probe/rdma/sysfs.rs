@@ -288,7 +288,22 @@ pub fn probe(root: &SysfsRoot) -> RdmaProbe {
     };
     let mut out = RdmaProbe::default();
     for name in names {
-        let nic = probe_device(&class.join(&name), &name, &mut out.errors);
+        let dir = class.join(&name);
+        // An entry that is no directory (any more): it vanished after the listing (its link
+        // dangles), or its link loops. There is nothing of it to read: left out, and said.
+        match fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                out.errors
+                    .push(format!("{name}: not a device directory; left out"));
+                continue;
+            }
+            Err(e) => {
+                out.errors.push(format!("{name}: {e}; left out"));
+                continue;
+            }
+        }
+        let nic = probe_device(&dir, &name, &mut out.errors);
         out.nics.push(nic);
     }
     if out.nics.is_empty() {
