@@ -546,7 +546,11 @@ fn malformed_and_unknown_over_the_wire() {
         proc_rss_kib(pid)
     );
     assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
-    assert!(text.contains("unknown node"), "{}", &text[..text.len().min(300)]);
+    assert!(
+        text.contains("unknown node"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
     drop(big);
     let over = body_of(nodetopo::extender::server::DEFAULT_BODY_LIMIT + 1);
     let t = Instant::now();
