@@ -228,18 +228,7 @@ mod tests {
     use super::*;
     use crate::probe::lldp::frame::parse_frame;
 
-    const MAC: &[u8] = include_bytes!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/lldp/lldpd-mac-ifname.bin"
-    ));
-    const LOCAL: &[u8] = include_bytes!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/lldp/lldpd-local.bin"
-    ));
-    const SHUTDOWN: &[u8] = include_bytes!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/lldp/lldpd-shutdown.bin"
-    ));
+    use crate::probe::lldp::captured::{LOCAL, MAC_IFNAME as MAC, SHUTDOWN};
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)

@@ -25,6 +25,8 @@
 //! (for DCBX); on those the firmware agent must be told to pass them up (see SECURITY.md).
 
 pub mod cache;
+#[cfg(test)]
+mod captured;
 pub mod frame;
 pub mod ports;
 pub mod socket;

@@ -7,23 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// lldpd 1.0.16: chassis ID from the MAC of `swp12` (02:00:5e:10:00:07), port ID subtype
-/// ifname, system name `leaf-07`, port description `rail-3 gpu-node-a`, TTL 4 (tx-interval 1).
-const MAC_IFNAME: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/lldp/lldpd-mac-ifname.bin"
-));
-/// The same lldpd after `configure system chassisid leaf-07.pod2` and `configure ports swp12
-/// lldp portidsubtype local Ethernet1/12`.
-const LOCAL: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/lldp/lldpd-local.bin"
-));
-/// The shutdown LLDPDU it sent when stopped (TTL 0, mandatory TLVs only).
-const SHUTDOWN: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/lldp/lldpd-shutdown.bin"
-));
+use crate::probe::lldp::captured::{LOCAL, MAC_IFNAME, SHUTDOWN};
 
 const SWITCH_MAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x07]);
 
