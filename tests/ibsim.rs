@@ -22,6 +22,8 @@ use std::{
 use nodetopo::{labels::Key, placement::short_hash};
 use serde_json::Value;
 
+mod common;
+
 /// One node of a topology file.
 #[derive(Debug, Clone)]
 struct Node {
@@ -494,34 +496,6 @@ fn ibnetdiscover_links(text: &str) -> BTreeMap<(String, u8), (String, String)> {
     out
 }
 
-/// Compares `host`'s labels with the checked-in list `tests/fixtures/labels/<list>.txt` (the
-/// label contract for the keys only a fabric gives), or writes it with `NODETOPO_BLESS=1`.
-fn contract(list: &str, labels: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/labels")
-        .join(format!("{list}.txt"));
-    let body: String = labels
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if std::env::var_os("NODETOPO_BLESS").is_some() {
-        std::fs::write(
-            &path,
-            format!("# nodetopo probe -o labels --ib-smp only, under ibsim\n{body}"),
-        )
-        .unwrap();
-        return;
-    }
-    let want: String = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (bless to create)", path.display()))
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(body, want, "{list}: the label set changed");
-}
-
 /// The whole check of one topology file, with the label lists of `lists` (host, list name).
 fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
     let Some(t) = tools() else { return };
@@ -624,7 +598,11 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
         assert!(has(Key::IbSu, &want.su), "{host}: {labels}");
         assert!(has(Key::IbBlock, &want.block), "{host}: {labels}");
         if let Some((_, list)) = lists.iter().find(|(h, _)| h == host) {
-            contract(list, &labels);
+            common::label_list_contract(
+                list,
+                "nodetopo probe -o labels --ib-smp only, under ibsim",
+                &labels,
+            );
         }
         per_node.push((host.clone(), p.sent, p.answered, p.wall, p.smp_time));
     }

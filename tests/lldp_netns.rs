@@ -18,6 +18,8 @@ use std::{
 
 use serde_json::Value;
 
+mod common;
+
 const SWITCH_A_MAC: &str = "02:00:5e:10:00:07";
 const SWITCH_B_MAC: &str = "02:00:5e:10:00:08";
 
@@ -743,32 +745,6 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Compares the labels with the checked-in list `tests/fixtures/labels/<list>.txt` (the label
-/// contract for the keys only a live LLDP peer gives), or writes it with `NODETOPO_BLESS=1`.
-fn contract(list: &str, labels: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/labels")
-        .join(format!("{list}.txt"));
-    if std::env::var_os("NODETOPO_BLESS").is_some() {
-        std::fs::write(
-            &path,
-            format!(
-                "# nodetopo probe -o labels on the h100x8-roce fixture, its rails cabled to lldpd \
-                 (tests/lldp_netns.rs)\n{labels}"
-            ),
-        )
-        .unwrap();
-        return;
-    }
-    let want: String = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (bless to create)", path.display()))
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(labels, want, "{list}: the label set changed");
-}
-
 fn fixture(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -891,7 +867,11 @@ fn probe_publishes_the_roce_leaf_of_a_recorded_node_from_real_lldpd() {
         labels.contains(&format!("nodetopo.io/roce.leaf={label_leaf}\n")),
         "{labels}"
     );
-    contract("lldp-h100x8-roce", &labels);
+    common::label_list_contract(
+        "lldp-h100x8-roce",
+        "nodetopo probe -o labels on the h100x8-roce fixture, its rails cabled to lldpd (tests/lldp_netns.rs)",
+        &labels,
+    );
     let names = lab.dir.path().join("names.yaml");
     std::fs::write(&names, format!("names:\n  \"{LEAF_MAC}\": rack-21\n")).unwrap();
     let (labels, _, _) = probe(&["-o", "labels", "--fabric-names", names.to_str().unwrap()]);

@@ -50,3 +50,28 @@ pub fn fleet_node_labels(i: usize) -> serde_json::Value {
         "network.example.com/leaf": format!("leaf-{}", rack / 4),
     })
 }
+
+/// Compares `labels` (one `key=value` a line) with the checked-in list
+/// `tests/fixtures/labels/<list>.txt`, the label contract for keys only a live peer gives, or
+/// writes the list, `header` as its comment line, with `NODETOPO_BLESS=1`.
+pub fn label_list_contract(list: &str, header: &str, labels: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/labels")
+        .join(format!("{list}.txt"));
+    let body: String = labels
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if std::env::var_os("NODETOPO_BLESS").is_some() {
+        std::fs::write(&path, format!("# {header}\n{body}")).unwrap();
+        return;
+    }
+    let want: String = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (bless to create)", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(body, want, "{list}: the label set changed");
+}
