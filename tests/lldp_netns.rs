@@ -256,6 +256,28 @@ impl Lab {
 }
 
 impl Lab {
+    /// A switch namespace running lldpd as `name` on `port`, cabled to `eth1` of a node
+    /// namespace; returns both namespaces and what lldpd advertises, once it does so with the
+    /// port ID subtype ifname.
+    fn one_leaf(
+        &mut self,
+        port: &str,
+        mac: &str,
+        name: &str,
+    ) -> (String, String, (String, String, String, String, String)) {
+        let leaf = self.netns("sw");
+        let node = self.netns("nd");
+        self.veth(&leaf, port, Some(mac), &node, "eth1");
+        self.lldpd("leaf", &leaf, port, &switch_config(name, port));
+        let adv = advertised(
+            &self.wait_lldpd("leaf", &leaf, |v| {
+                v["lldp"]["interface"][port]["port"]["id"]["type"] == "ifname"
+            }),
+            port,
+        );
+        (leaf, node, adv)
+    }
+
     /// Sends `signal` (`TERM`, `KILL`) to daemon `name` and waits for it to exit.
     fn stop(&mut self, name: &str, signal: &str) {
         let i = self
@@ -573,16 +595,7 @@ fn no_sender_gives_no_frame_within_the_wait() {
 fn cap_net_raw_is_what_the_socket_needs() {
     let Some(lldpd) = runnable() else { return };
     let mut lab = Lab::new(lldpd);
-    let leaf = lab.netns("sw");
-    let node = lab.netns("nd");
-    lab.veth(&leaf, "swp5", Some(SWITCH_B_MAC), &node, "eth1");
-    lab.lldpd("leaf", &leaf, "swp5", &switch_config("leaf-05", "swp5"));
-    let adv = advertised(
-        &lab.wait_lldpd("leaf", &leaf, |v| {
-            v["lldp"]["interface"]["swp5"]["port"]["id"]["type"] == "ifname"
-        }),
-        "swp5",
-    );
+    let (_leaf, node, adv) = lab.one_leaf("swp5", SWITCH_B_MAC, "leaf-05");
     assert_binary_reachable(Path::new(env!("CARGO_BIN_EXE_nodetopo")));
     // The chart's user, no capabilities.
     let unprivileged = [
@@ -635,16 +648,7 @@ fn assert_binary_reachable(bin: &Path) {
 fn follows_ttl_expiry_a_replaced_neighbour_and_a_shutdown() {
     let Some(lldpd) = runnable() else { return };
     let mut lab = Lab::new(lldpd);
-    let leaf = lab.netns("sw");
-    let node = lab.netns("nd");
-    lab.veth(&leaf, "swp7", Some(SWITCH_A_MAC), &node, "eth1");
-    lab.lldpd("leaf", &leaf, "swp7", &switch_config("leaf-07", "swp7"));
-    let adv = advertised(
-        &lab.wait_lldpd("leaf", &leaf, |v| {
-            v["lldp"]["interface"]["swp7"]["port"]["id"]["type"] == "ifname"
-        }),
-        "swp7",
-    );
+    let (leaf, node, adv) = lab.one_leaf("swp7", SWITCH_A_MAC, "leaf-07");
     assert_eq!(adv.4, "4", "TTL of a 1 s transmit interval");
     let mut f = lab.follow(&node, "eth1", "60s");
     let chassis = |v: &Value| {
