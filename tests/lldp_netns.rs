@@ -87,6 +87,10 @@ struct Lab {
     namespaces: Vec<String>,
     daemons: Vec<(String, Child)>,
     lldpd: PathBuf,
+    /// The nodetopo binary the lab runs: the build's own, or a copy another user can reach.
+    bin: PathBuf,
+    /// The copy `bin` points into when staged; removed with the lab.
+    staged: Option<OtherUsersCopy>,
 }
 
 impl Lab {
@@ -102,7 +106,24 @@ impl Lab {
             namespaces: vec![],
             daemons: vec![],
             lldpd,
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_nodetopo")),
+            staged: None,
         }
+    }
+
+    /// Copies the binary and the fixtures `rels` (under `tests/fixtures`) where an unprivileged
+    /// user can reach them, and runs that copy from now on; returns where each fixture went.
+    /// The checkout may sit under a directory other users cannot enter (a `mktemp -d`, root's
+    /// home), so the build's own paths are not used for runs as another user.
+    fn stage_for_other_users(&mut self, rels: &[&str]) -> Vec<String> {
+        let staged = OtherUsersCopy::new(Path::new(env!("CARGO_BIN_EXE_nodetopo")), rels);
+        self.bin = staged.bin.clone();
+        let paths = rels
+            .iter()
+            .map(|r| staged.fixture(r).to_str().unwrap().to_string())
+            .collect();
+        self.staged = Some(staged);
+        paths
     }
 
     /// Creates a namespace `nt<role><tag>` with its loopback up.
@@ -224,7 +245,7 @@ impl Lab {
         let out = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(prefix)
-            .arg(env!("CARGO_BIN_EXE_nodetopo"))
+            .arg(&self.bin)
             .args(args)
             .env_remove("RUST_LOG")
             .output()
@@ -596,7 +617,7 @@ fn cap_net_raw_is_what_the_socket_needs() {
     let Some(lldpd) = runnable() else { return };
     let mut lab = Lab::new(lldpd);
     let (_leaf, node, adv) = lab.one_leaf("swp5", SWITCH_B_MAC, "leaf-05");
-    assert_binary_reachable(Path::new(env!("CARGO_BIN_EXE_nodetopo")));
+    lab.stage_for_other_users(&[]);
     // The chart's user, no capabilities.
     let unprivileged = [
         "setpriv",
@@ -626,19 +647,65 @@ fn cap_net_raw_is_what_the_socket_needs() {
     assert_heard(&v["eth1"], &adv);
 }
 
-/// Every directory above the binary must be searchable by the unprivileged user.
-fn assert_binary_reachable(bin: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for dir in bin.ancestors().skip(1) {
-        if let Ok(m) = std::fs::metadata(dir) {
-            assert!(
-                m.permissions().mode() & 0o001 != 0,
-                "{} is not searchable by other users; the unprivileged run cannot exec {}",
-                dir.display(),
-                bin.display()
-            );
+/// A copy of the binary and of some fixtures in a fresh directory that every user can enter
+/// and read, under the first of `$TMPDIR`, `/tmp`, `/var/tmp` and `/dev/shm` whose every
+/// ancestor other users may search; removed on drop.
+struct OtherUsersCopy {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl OtherUsersCopy {
+    fn new(bin: &Path, fixtures: &[&str]) -> Self {
+        let candidates = [
+            std::env::temp_dir(),
+            PathBuf::from("/tmp"),
+            PathBuf::from("/var/tmp"),
+            PathBuf::from("/dev/shm"),
+        ];
+        let base = candidates
+            .iter()
+            .find(|d| d.is_dir() && searchable_by_others(d))
+            .unwrap_or_else(|| {
+                panic!("none of {candidates:?} can be entered by other users; nowhere to put a copy of the binary for the unprivileged run")
+            });
+        let dir = tempfile::Builder::new()
+            .prefix("nodetopo-other-user-")
+            .tempdir_in(base)
+            .expect("staging dir");
+        let bin_copy = dir.path().join("nodetopo");
+        std::fs::copy(bin, &bin_copy)
+            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", bin.display(), bin_copy.display()));
+        for rel in fixtures {
+            let to = dir.path().join("fixtures").join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).expect("fixture dir");
+            // `cp -a` keeps the sysfs captures' symlinks as links.
+            run(Command::new("cp").arg("-a").arg(fixture(rel)).arg(&to));
         }
+        // The temp dir is 0700 and the checkout's modes depend on the user's umask: open up
+        // the copy only (directories and executables searchable, everything readable).
+        run(Command::new("chmod").arg("-R").arg("a+rX").arg(dir.path()));
+        let copy = Self { dir, bin: bin_copy };
+        assert!(
+            searchable_by_others(&copy.bin),
+            "{} is still not reachable by other users",
+            copy.bin.display()
+        );
+        copy
     }
+
+    fn fixture(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("fixtures").join(rel)
+    }
+}
+
+/// Whether every directory above `path` (and `path` itself, if a directory) lets other users
+/// through.
+fn searchable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .filter(|p| p.is_dir())
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
 /// The watcher over time, in the real binary: a neighbour heard, its TTL running out when the
@@ -1115,7 +1182,9 @@ fn the_charts_users_without_and_with_net_raw() {
     lab.wait_lldpd("leaf", &leaf, |v| {
         interfaces_as_object(v)["lldp"]["interface"]["swp1"]["port"]["id"]["type"] == "ifname"
     });
-    assert_binary_reachable(Path::new(env!("CARGO_BIN_EXE_nodetopo")));
+    // The whole capture: the probe also reads `<root>/../proc`.
+    let staged = lab.stage_for_other_users(&["h100x8-ib/snapshot.json", "h100x8-roce/sysfs"]);
+    let (snapshot, sysfs) = (&staged[0], format!("{}/sys", staged[1]));
     let probe = |prefix: &[&str], mode: &str| -> Value {
         let (out, _) = lab.nodetopo(
             &node,
@@ -1125,9 +1194,9 @@ fn the_charts_users_without_and_with_net_raw() {
                 "-o",
                 "json",
                 "--replay",
-                &fixture("h100x8-ib/snapshot.json"),
+                snapshot,
                 "--sysfs-root",
-                &fixture("h100x8-roce/sysfs/sys"),
+                &sysfs,
                 "--lldp",
                 mode,
                 "--lldp-wait",
