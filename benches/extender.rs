@@ -139,6 +139,7 @@ fn setup() -> (Extender, ExtenderRequest) {
             pod: "bench/p-0".into(),
             node: "node-00200".into(),
             group: g,
+            gpus: 8,
         }));
     }
     let ext = Extender::new(view, placements, Weights::default());

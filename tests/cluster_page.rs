@@ -108,11 +108,13 @@ fn cluster() -> (SharedView, Arc<MemoryPlacementIndex>) {
             pod: format!("serving/decode-{k}"),
             node: format!("gb-r1-t{:02}", k),
             group: group("serving/decode-0", Role::Decode),
+            gpus: 4,
         }));
         placements.apply(PodEvent::Placed(PlacedPod {
             pod: format!("serving/prefill-{k}"),
             node: format!("hgx-{:03}", 1 + k),
             group: group("serving/prefill-0", Role::Prefill),
+            gpus: 8,
         }));
     }
     (view, placements)

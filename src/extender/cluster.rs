@@ -26,7 +26,7 @@ use tokio_stream::StreamExt;
 
 use super::{
     group::pod_key,
-    placement::{PlacedPod, PlacementIndex, PodEvent},
+    placement::{PlacedPod, PlacementIndex, PodEvent, WaitingPod},
     source::{AgentConnector, watch_agent},
     view::{SharedView, ViewEvent},
 };
@@ -215,20 +215,20 @@ impl<'a> NodeState<'a> {
 /// until it is complete.
 fn on_pod_event(
     placements: &dyn PlacementIndex,
-    relist: &mut Option<Vec<PlacedPod>>,
+    relist: &mut Option<(Vec<PlacedPod>, Vec<WaitingPod>)>,
     event: Event<Pod>,
 ) {
     match event {
-        Event::Init => *relist = Some(Vec::new()),
-        Event::InitApply(pod) => {
-            if let (Some(PodEvent::Placed(p)), Some(buf)) = (PodEvent::from_pod(&pod), &mut *relist)
-            {
-                buf.push(p);
-            }
-        }
+        Event::Init => *relist = Some(Default::default()),
+        Event::InitApply(pod) => match (PodEvent::from_pod(&pod), &mut *relist) {
+            (Some(PodEvent::Placed(p)), Some(buf)) => buf.0.push(p),
+            (Some(PodEvent::Waiting(w)), Some(buf)) => buf.1.push(w),
+            _ => {}
+        },
         Event::InitDone => {
-            if let Some(placed) = relist.take() {
+            if let Some((placed, waiting)) = relist.take() {
                 placements.replace_all(placed);
+                placements.replace_waiting(waiting);
             }
         }
         Event::Apply(pod) => {
@@ -277,7 +277,9 @@ impl ClusterSource {
         mut stop: watch::Receiver<bool>,
     ) {
         let api: Api<Pod> = Api::all(self.client.clone());
-        let config = watcher::Config::default().fields("spec.nodeName!=");
+        // Every pod, bound or not: a group's pods still waiting to be bound are the room its
+        // counterpart must leave nearby.
+        let config = watcher::Config::default();
         let mut events = pin!(watcher(api, config).default_backoff());
         let mut relist = None;
         loop {
@@ -599,8 +601,9 @@ mod tests {
 
         let requests = api.requests();
         assert!(requests.len() >= 5, "{requests:?}");
+        // Every pod is watched: unbound group pods are the demand a counterpart leaves room for.
         for r in &requests {
-            assert!(r.contains("fieldSelector=spec.nodeName%21%3D"), "{r}");
+            assert!(!r.contains("fieldSelector"), "{r}");
         }
 
         stop_tx.send(true).unwrap();

@@ -47,12 +47,25 @@ pub struct Reservations(Mutex<HashMap<String, Reservation>>);
 struct Reservation {
     domain: Domain,
     size: u32,
+    /// GPUs per member.
+    gpus: u32,
+    /// The domain and those around it at the looser levels, so that the counterpart finds it
+    /// at every level.
+    home: Vec<Domain>,
+    /// The group's deployment and role, so that its counterpart can find it.
+    deployment: String,
+    role: Option<group::Role>,
     at: Instant,
     /// Pods that passed the filter into the domain.
     admitted: std::collections::BTreeSet<String>,
 }
 
 impl Reservation {
+    /// Not expired, and not every member seen placed yet.
+    fn live(&self, placed: usize, now: Instant) -> bool {
+        now.duration_since(self.at) < RESERVATION_TTL && placed < self.size as usize
+    }
+
     /// Members still to come: neither admitted nor seen placed.
     fn remaining(&self, placed: usize) -> u32 {
         let done = placed.max(self.admitted.len());
@@ -74,32 +87,62 @@ impl Reservations {
             .map(|r| r.domain.clone())
     }
 
-    /// Reserves `domain` for `group` of `size` pods, `pod` admitted first; drops expired
-    /// reservations.
-    pub fn reserve(&self, group: &str, pod: &str, domain: Domain, size: u32, now: Instant) {
+    /// Reserves `domain` for `group` (of known size), whose pods ask for `gpus` GPUs each,
+    /// `pod` admitted first; drops expired reservations.
+    pub fn reserve(
+        &self,
+        group: &group::GroupInfo,
+        pod: &str,
+        home: Vec<Domain>,
+        gpus: u32,
+        now: Instant,
+    ) {
+        let Some(size) = group.size else { return };
+        let Some(domain) = home.first().cloned() else {
+            return;
+        };
         let mut m = self.lock();
         m.retain(|_, r| now.duration_since(r.at) < RESERVATION_TTL);
         let mut r = Reservation {
             domain,
+            home,
             size,
+            gpus,
+            deployment: group.deployment.clone(),
+            role: group.role,
             at: now,
             admitted: Default::default(),
         };
         r.admitted.insert(pod.to_string());
-        if r.remaining(0) > 0 {
-            m.insert(group.to_string(), r);
-        } else {
-            m.remove(group);
-        }
+        // Kept until every member is seen placed (or the TTL ends), also once all have passed
+        // the filter: the counterpart finds the group's domain here while the pod watch lags.
+        m.insert(group.group_id.clone(), r);
+    }
+
+    /// The domains reserved for groups of `deployment` with role `role` (their members not yet
+    /// all placed), with the domains around them at looser levels, and those groups' ids.
+    pub fn reserved_for(
+        &self,
+        deployment: &str,
+        role: group::Role,
+        placements: &dyn PlacementIndex,
+        now: Instant,
+    ) -> Vec<(String, Domain)> {
+        self.lock()
+            .iter()
+            .filter(|(g, r)| r.live(placements.members(g).len(), now))
+            .filter(|(_, r)| r.deployment == deployment && r.role == Some(role))
+            .flat_map(|(g, r)| r.home.iter().map(|d| (g.clone(), d.clone())))
+            .collect()
     }
 
     /// Records that `pod` of `group` passed the filter; the reservation ends when every member
-    /// has.
+    /// is seen placed.
     pub fn admit(&self, group: &str, pod: &str, placed: usize) {
         let mut m = self.lock();
         if let Some(r) = m.get_mut(group) {
             r.admitted.insert(pod.to_string());
-            if r.remaining(placed) == 0 {
+            if placed >= r.size as usize {
                 m.remove(group);
             }
         }
@@ -111,12 +154,14 @@ impl Reservations {
         let mut m = self.lock();
         let mut out = Vec::new();
         m.retain(|g, r| {
-            let remaining = r.remaining(placements.members(g).len());
-            let keep = now.duration_since(r.at) < RESERVATION_TTL && remaining > 0;
-            if keep && g != group {
+            let placed = placements.members(g).len();
+            let remaining = r.remaining(placed);
+            let keep = r.live(placed, now);
+            if keep && remaining > 0 && g != group {
                 out.push(Held {
                     domain: r.domain.clone(),
                     remaining,
+                    gpus_per_pod: r.gpus,
                 });
             }
             keep
@@ -247,6 +292,7 @@ impl Extender {
                             name,
                             facts: Some(f),
                             freshness: r.as_ref().map(|r| r.freshness),
+                            used_gpus: self.placements.gpus_on(name),
                         }),
                         (None, _) if !labels.contains_key(name) => rejected.add(
                             name,
@@ -276,6 +322,7 @@ impl Extender {
                         name,
                         facts: r.as_ref().map(|r| r.facts.as_ref()),
                         freshness: r.as_ref().map(|r| r.freshness),
+                        used_gpus: 0,
                     })
                     .collect();
                 (policy::score_nodes(&ctx, &all, &self.weights), None)
@@ -321,12 +368,57 @@ impl Extender {
             let held = self
                 .reservations
                 .held(&group.group_id, self.placements.as_ref(), now);
-            let chosen = ctx
-                .remaining
-                .and_then(|r| policy::choose_domain(r, &ctx.counterparts, passed, &held));
-            if reserve && let (Some(c), Some(size)) = (&chosen, group.size) {
-                self.reservations
-                    .reserve(&group.group_id, pod, c.domain().clone(), size, now);
+            // The counterpart role: placed pods, groups reserved but not visible as placed yet,
+            // and the largest group still waiting with neither.
+            let reserved = group
+                .role
+                .map(|r| {
+                    self.reservations.reserved_for(
+                        &group.deployment,
+                        r.counterpart(),
+                        self.placements.as_ref(),
+                        now,
+                    )
+                })
+                .unwrap_or_default();
+            let waiting = ctx
+                .counterpart_waiting
+                .iter()
+                .filter(|(g, _)| !reserved.iter().any(|(r, _)| r == g))
+                .map(|(_, d)| *d)
+                .max_by_key(|d| (u64::from(d.pods) * u64::from(d.gpus_per_pod), d.pods));
+            let reserved: Vec<Domain> = reserved.into_iter().map(|(_, d)| d).collect();
+            let counterpart = policy::Counterpart {
+                placed: &ctx.counterparts,
+                reserved: &reserved,
+                waiting,
+            };
+            let chosen = ctx.remaining.and_then(|r| {
+                let need = policy::Demand {
+                    pods: r,
+                    gpus_per_pod: ctx.gpus,
+                };
+                policy::choose_domain(need, counterpart, passed, &held)
+            });
+            if reserve && let Some(c) = &chosen {
+                let dom = c.domain();
+                // The chosen domain, then the domains around it at looser levels.
+                let around = passed
+                    .iter()
+                    .filter_map(|c| c.facts)
+                    .find(|f| dom.contains(f))
+                    .map(|f| {
+                        policy::DOMAIN_LEVELS
+                            .iter()
+                            .filter(|l| **l < dom.level)
+                            .filter_map(|&level| {
+                                policy::domain_key(f, level).map(|key| Domain { level, key })
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                let home = std::iter::once(dom.clone()).chain(around).collect();
+                self.reservations.reserve(group, pod, home, ctx.gpus, now);
             }
             return chosen;
         };

@@ -324,6 +324,7 @@ mod tests {
                 role: None,
                 size: Some(1),
             },
+            gpus: 1,
         }];
         let html = render(&nodes, &placed);
         assert!(

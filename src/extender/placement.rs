@@ -21,6 +21,20 @@ pub struct PlacedPod {
     pub node: String,
     /// Its group.
     pub group: GroupInfo,
+    /// The GPUs it requests (`*/gpu` resources), which the node no longer has for others.
+    pub gpus: u32,
+}
+
+/// A pod of a group that is not bound yet (pending, or held by a scheduling gate): the room its
+/// group will need, which a counterpart group placed before it must leave nearby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingPod {
+    /// `<namespace>/<name>`.
+    pub pod: String,
+    /// Its group.
+    pub group: GroupInfo,
+    /// The GPUs it requests.
+    pub gpus: u32,
 }
 
 /// A change in where pods run.
@@ -28,6 +42,8 @@ pub struct PlacedPod {
 pub enum PodEvent {
     /// The pod is bound to a node (new, or moved).
     Placed(PlacedPod),
+    /// The pod is in a group and waits to be bound.
+    Waiting(WaitingPod),
     /// The pod is gone (deleted, or finished).
     Removed {
         /// `<namespace>/<name>`.
@@ -37,7 +53,8 @@ pub enum PodEvent {
 
 impl PodEvent {
     /// The event a pod watcher derives from a pod object: `Placed` when it is bound and in a
-    /// group, `Removed` otherwise (finished pods free their place).
+    /// group, `Waiting` when it is in a group and not bound yet, `Removed` otherwise (finished
+    /// and deleted pods free their place).
     pub fn from_pod(pod: &Pod) -> Option<PodEvent> {
         let key = pod_key(pod)?;
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -46,17 +63,55 @@ impl PodEvent {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let live = !finished && pod.metadata.deletion_timestamp.is_none();
+        let gpus = gpu_request(pod);
         match (node, group_of(pod)) {
-            (Some(node), Some(group)) if !finished && pod.metadata.deletion_timestamp.is_none() => {
-                Some(PodEvent::Placed(PlacedPod {
-                    pod: key,
-                    node,
-                    group,
-                }))
-            }
+            (Some(node), Some(group)) if live => Some(PodEvent::Placed(PlacedPod {
+                pod: key,
+                node,
+                group,
+                gpus,
+            })),
+            (None, Some(group)) if live => Some(PodEvent::Waiting(WaitingPod {
+                pod: key,
+                group,
+                gpus,
+            })),
             _ => Some(PodEvent::Removed { pod: key }),
         }
     }
+}
+
+/// The GPUs a pod requests: per container the larger of its `*/gpu` request and limit, summed
+/// over the containers, or the largest init container's if that is more (as kube-scheduler
+/// counts a pod's resources).
+pub fn gpu_request(pod: &Pod) -> u32 {
+    use k8s_openapi::api::core::v1::Container;
+    let of = |c: &Container| -> u32 {
+        let Some(r) = c.resources.as_ref() else {
+            return 0;
+        };
+        r.requests
+            .iter()
+            .flatten()
+            .chain(r.limits.iter().flatten())
+            .filter(|(k, _)| k.ends_with("/gpu"))
+            .filter_map(|(_, q)| q.0.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
+    let main: u32 = spec.containers.iter().map(of).sum();
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(of)
+        .max()
+        .unwrap_or(0);
+    main.max(init)
 }
 
 /// Read side of the placement index, as the policy sees it.
@@ -69,6 +124,16 @@ pub trait PlacementIndex: Send + Sync {
     fn apply(&self, event: PodEvent);
     /// Replaces the whole content (after a full re-list).
     fn replace_all(&self, placed: Vec<PlacedPod>);
+    /// Replaces the waiting pods (after a full re-list).
+    fn replace_waiting(&self, _waiting: Vec<WaitingPod>) {}
+    /// Waiting pods of `deployment` with role `role`, sorted by pod key (empty where not kept).
+    fn waiting_with_role(&self, _deployment: &str, _role: Role) -> Vec<WaitingPod> {
+        Vec::new()
+    }
+    /// GPUs requested by the group pods placed on `node` (0 where not kept).
+    fn gpus_on(&self, _node: &str) -> u32 {
+        0
+    }
     /// Every placed pod, sorted by pod key (for the debug page; empty where not kept).
     fn all(&self) -> Vec<PlacedPod> {
         Vec::new()
@@ -79,6 +144,7 @@ pub trait PlacementIndex: Send + Sync {
 #[derive(Debug, Default)]
 pub struct MemoryPlacementIndex {
     pods: RwLock<BTreeMap<String, PlacedPod>>,
+    waiting: RwLock<BTreeMap<String, WaitingPod>>,
 }
 
 impl MemoryPlacementIndex {
@@ -141,12 +207,19 @@ impl PlacementIndex for MemoryPlacementIndex {
 
     fn apply(&self, event: PodEvent) {
         let mut pods = self.write();
+        let mut waiting = self.waiting.write().unwrap_or_else(|e| e.into_inner());
         match event {
             PodEvent::Placed(p) => {
+                waiting.remove(&p.pod);
                 pods.insert(p.pod.clone(), p);
+            }
+            PodEvent::Waiting(w) => {
+                pods.remove(&w.pod);
+                waiting.insert(w.pod.clone(), w);
             }
             PodEvent::Removed { pod } => {
                 pods.remove(&pod);
+                waiting.remove(&pod);
             }
         }
     }
@@ -154,6 +227,29 @@ impl PlacementIndex for MemoryPlacementIndex {
     fn replace_all(&self, placed: Vec<PlacedPod>) {
         let map = placed.into_iter().map(|p| (p.pod.clone(), p)).collect();
         *self.write() = map;
+    }
+
+    fn replace_waiting(&self, waiting: Vec<WaitingPod>) {
+        let map = waiting.into_iter().map(|p| (p.pod.clone(), p)).collect();
+        *self.waiting.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    fn waiting_with_role(&self, deployment: &str, role: Role) -> Vec<WaitingPod> {
+        self.waiting
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|p| p.group.deployment == deployment && p.group.role == Some(role))
+            .cloned()
+            .collect()
+    }
+
+    fn gpus_on(&self, node: &str) -> u32 {
+        self.read()
+            .values()
+            .filter(|p| p.node == node)
+            .map(|p| p.gpus)
+            .sum()
     }
 }
 
@@ -188,6 +284,13 @@ mod tests {
         idx.apply(PodEvent::from_pod(&pod("b", Some("n2"), "prefill")).unwrap());
         idx.apply(PodEvent::from_pod(&pod("c", None, "decode")).unwrap());
         assert_eq!(idx.len(), 2);
+        // The unbound pod waits: its group's demand is known, it is no member placed anywhere.
+        let w = idx.waiting_with_role("ns/lws:m", Role::Decode);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].pod, "ns/c");
+        idx.apply(PodEvent::from_pod(&pod("c", Some("n3"), "decode")).unwrap());
+        assert!(idx.waiting_with_role("ns/lws:m", Role::Decode).is_empty());
+        idx.apply(PodEvent::Removed { pod: "ns/c".into() });
         let m = idx.members("ns/lws:m/0");
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].group.kind, GroupKind::Lws);

@@ -222,6 +222,12 @@ pub struct PodContext {
     /// Members still to place, this pod included; `None` when the group size is unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u32>,
+    /// GPUs the pod requests.
+    pub gpus: u32,
+    /// Groups of the counterpart role with pods waiting to be bound and none placed, by group
+    /// id: the room to leave near this group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub counterpart_waiting: Vec<(String, Demand)>,
 }
 
 impl PodContext {
@@ -290,6 +296,11 @@ pub fn pod_context(
         }
         None => (Vec::new(), Vec::new(), 0),
     };
+    let counterpart_waiting = group
+        .as_ref()
+        .and_then(|g| Some((g, g.role?)))
+        .map(|(g, r)| waiting_groups(placements, &g.deployment, r.counterpart()))
+        .unwrap_or_default();
     let remaining = group.as_ref().and_then(|g| g.size).map(|s| {
         s.saturating_sub(u32::try_from(placed).unwrap_or(u32::MAX))
             .max(1)
@@ -303,8 +314,41 @@ pub fn pod_context(
         members,
         counterparts,
         remaining,
+        gpus: super::placement::gpu_request(pod),
+        counterpart_waiting,
         group,
     }
+}
+
+/// The groups of `deployment`'s `role` that wait with no member placed, and what each still
+/// needs: its size when known (else its waiting pods), at the largest GPU request among them.
+fn waiting_groups(
+    placements: &dyn PlacementIndex,
+    deployment: &str,
+    role: super::group::Role,
+) -> Vec<(String, Demand)> {
+    let mut by_group: BTreeMap<String, (u32, u32, Option<u32>)> = BTreeMap::new();
+    for w in placements.waiting_with_role(deployment, role) {
+        let e = by_group
+            .entry(w.group.group_id.clone())
+            .or_insert((0, 0, w.group.size));
+        e.0 += 1;
+        e.1 = e.1.max(w.gpus);
+    }
+    by_group
+        .into_iter()
+        .filter(|(g, _)| placements.members(g).is_empty())
+        .map(|(g, (count, gpus, size))| {
+            let pods = size.unwrap_or(count).max(count);
+            (
+                g,
+                Demand {
+                    pods,
+                    gpus_per_pod: gpus,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Why a node is rejected. Rendered only when the reason is sent (filter, explain), so that
@@ -450,6 +494,8 @@ pub struct Candidate<'a> {
     pub facts: Option<&'a NodeFacts>,
     /// Their freshness.
     pub freshness: Option<Freshness>,
+    /// GPUs the node already gives to placed group pods.
+    pub used_gpus: u32,
 }
 
 /// The score of one node and how it was made.
@@ -565,13 +611,13 @@ pub enum GroupDomain {
         /// The domain.
         domain: Domain,
     },
-    /// Chosen now, for the group's first member: at the tightest level with a domain whose
-    /// candidate nodes can hold the whole rest of the group, the domain closest to the
-    /// counterpart role, then the one that fits most tightly.
+    /// Chosen now, for the group's first member ([`choose_domain`]): inside the tightest
+    /// domain that holds the group with its counterpart role, the tightest domain that holds
+    /// the group, leaving the counterpart its tightest fit.
     Chosen {
         /// The domain.
         domain: Domain,
-        /// Candidate nodes in it, less those held for other groups.
+        /// Pods of the group its candidates can take, less the room held for other groups.
         room: u32,
         /// Its closeness to the counterpart role's placed pods.
         counterpart: Level,
@@ -596,6 +642,8 @@ pub struct Held {
     pub domain: Domain,
     /// Members still to place there.
     pub remaining: u32,
+    /// GPUs per member.
+    pub gpus_per_pod: u32,
 }
 
 /// The domains that hold every placed member, tightest first.
@@ -615,57 +663,6 @@ pub fn members_domains(members: &[PeerFacts]) -> Vec<Domain> {
         .collect()
 }
 
-/// The domain for the first member of a group of `remaining` pods: at the tightest level where
-/// some domain's candidates, less the room `held` for other groups, can hold all `remaining`,
-/// the domain closest to a counterpart pod; among equals the tightest fit, then the smallest
-/// key. `None` when no domain at any level can hold the group.
-pub fn choose_domain(
-    remaining: u32,
-    counterparts: &[PeerFacts],
-    candidates: &[Candidate<'_>],
-    held: &[Held],
-) -> Option<GroupDomain> {
-    for level in DOMAIN_LEVELS {
-        // key -> (candidate count, closeness to a counterpart)
-        let mut domains: BTreeMap<String, (u32, Level)> = BTreeMap::new();
-        for c in candidates {
-            let Some(f) = c.facts else { continue };
-            let Some(key) = domain_key(f, level) else {
-                continue;
-            };
-            let near = counterparts
-                .iter()
-                .map(|p| proximity(f, &p.facts))
-                .max()
-                .unwrap_or(Level::None);
-            let e = domains.entry(key).or_insert((0, Level::None));
-            e.0 += 1;
-            e.1 = e.1.max(near);
-        }
-        let best = domains
-            .into_iter()
-            .filter_map(|(key, (count, near))| {
-                let taken: u32 = held
-                    .iter()
-                    .filter(|h| h.domain.level == level && h.domain.key == key)
-                    .map(|h| h.remaining)
-                    .sum();
-                let room = count.saturating_sub(taken);
-                (room >= remaining).then_some((key, room, near))
-            })
-            // Closest to the counterpart, then the tightest fit, then the smallest key.
-            .min_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
-        if let Some((key, room, counterpart)) = best {
-            return Some(GroupDomain::Chosen {
-                domain: Domain { level, key },
-                room,
-                counterpart,
-            });
-        }
-    }
-    None
-}
-
 /// Scores every candidate (in input order). Candidates without facts score 0.
 pub fn score_nodes(
     ctx: &PodContext,
@@ -673,7 +670,7 @@ pub fn score_nodes(
     w: &Weights,
 ) -> Vec<ScoreBreakdown> {
     let counts = if ctx.remaining.is_some() {
-        domain_counts(candidates)
+        domain_counts(candidates, ctx.gpus)
     } else {
         HashMap::new()
     };
@@ -702,13 +699,18 @@ pub fn score_nodes(
         .collect()
 }
 
-/// Capacity: candidate nodes per domain, at each level.
-fn domain_counts(candidates: &[Candidate<'_>]) -> HashMap<(Level, String), u32> {
-    let mut counts = HashMap::new();
-    for f in candidates.iter().filter_map(|c| c.facts) {
+/// Capacity: per domain at each level, the pods of `gpus` GPUs its candidates can still take
+/// (each candidate at least one: kube-scheduler passed it).
+fn domain_counts(candidates: &[Candidate<'_>], gpus: u32) -> HashMap<(Level, String), u32> {
+    let mut counts: HashMap<(Level, String), u32> = HashMap::new();
+    for c in candidates {
+        let Some(f) = c.facts else { continue };
+        let free = f.gpu_count.saturating_sub(c.used_gpus);
+        let slots = free.checked_div(gpus).unwrap_or(1).max(1);
         for (lvl, key) in domain_keys(f) {
             if let Some(k) = key {
-                *counts.entry((lvl, k)).or_default() += 1;
+                let e = counts.entry((lvl, k)).or_default();
+                *e = e.saturating_add(slots);
             }
         }
     }
@@ -774,6 +776,9 @@ fn score_node(
         note: None,
     }
 }
+
+mod room;
+pub use room::{Counterpart, Demand, choose_domain};
 
 #[cfg(test)]
 mod tests;

@@ -70,8 +70,13 @@ fn extender() -> (Extender, Arc<MemoryPlacementIndex>) {
     )
 }
 
-/// Pod `index` of LWS group `group` of LeaderWorkerSet `lws` (size `size`), asking for GPUs.
+/// Pod `index` of LWS group `group` of LeaderWorkerSet `lws` (size `size`), asking for 4 GPUs.
 fn lws_pod(lws: &str, group: u32, index: u32, size: u32) -> Pod {
+    lws_pod_gpus(lws, group, index, size, 4)
+}
+
+/// [`lws_pod`] asking for `gpus` GPUs.
+fn lws_pod_gpus(lws: &str, group: u32, index: u32, size: u32, gpus: u32) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": format!("{lws}-{group}-{index}"), "namespace": "ns",
@@ -82,7 +87,8 @@ fn lws_pod(lws: &str, group: u32, index: u32, size: u32) -> Pod {
             },
             "annotations": {"leaderworkerset.sigs.k8s.io/size": size.to_string()},
         },
-        "spec": {"containers": [{"name": "w", "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+        "spec": {"containers": [{"name": "w",
+            "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
     }))
     .unwrap()
 }
@@ -120,6 +126,7 @@ fn place(placements: &MemoryPlacementIndex, pod: &Pod, node: &str) {
         pod: group::pod_key(pod).unwrap(),
         node: node.into(),
         group: group::group_of(pod).unwrap(),
+        gpus: crate::extender::placement::gpu_request(pod),
     }));
 }
 
@@ -168,7 +175,7 @@ fn a_member_on_a_full_node_still_holds_its_group() {
 /// and another group does not count that room as free.
 #[test]
 fn reservation_bridges_the_pod_watch_delay() {
-    let (ext, _placements) = extender();
+    let (ext, placements) = extender();
     let names: Vec<String> = (1..=3)
         .map(|i| format!("a{i}"))
         .chain((1..=2).map(|i| format!("b{i}")))
@@ -190,7 +197,12 @@ fn reservation_bridges_the_pod_watch_delay() {
     assert_eq!(kept(&ext, &names_args(&single, &left)), ["a1", "a2", "a3"]);
     // The decode group's second member joins the first.
     assert_eq!(kept(&ext, &names_args(&g0(1), &left)), ["b2"]);
-    assert!(ext.reservations.is_empty(), "every member passed");
+    assert!(
+        ext.reservations
+            .held("other", placements.as_ref(), Instant::now())
+            .is_empty(),
+        "every member passed"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -254,8 +266,10 @@ fn place_group(c: &Cluster) -> (Vec<usize>, BTreeMap<String, usize>) {
     }
     let mut chosen = Vec::new();
     let mut pending: Vec<(Pod, String)> = Vec::new();
+    // Whole-node pods: each free node takes one.
+    let gpus = if c.nvlink { 4 } else { 8 };
     for i in 0..c.size {
-        let pod = lws_pod("m-prefill", 0, i, c.size);
+        let pod = lws_pod_gpus("m-prefill", 0, i, c.size, gpus);
         let cands: Vec<String> = free.iter().cloned().collect();
         let args = names_args(&pod, &cands);
         let keep = kept(&ext, &args);
@@ -314,10 +328,11 @@ fn a_complete_group_releases_its_reservation() {
     assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
     place(&placements, &g(0), "b1");
     assert_eq!(kept(&ext, &names_args(&g(1), &names[1..])), ["b2"]);
-    assert_eq!(
-        ext.reservations.len(),
-        0,
-        "the last member admitted ends the reservation"
+    assert!(
+        ext.reservations
+            .held("other", placements.as_ref(), Instant::now())
+            .is_empty(),
+        "the last member admitted holds no more room"
     );
     place(&placements, &g(1), "b2");
     let h = lws_pod("prefill", 0, 0, 2);
@@ -335,7 +350,7 @@ fn a_complete_group_releases_its_reservation() {
 /// again) hold no room once every member has passed.
 #[test]
 fn a_reservation_ends_when_every_member_passed_the_filter() {
-    let (ext, _placements) = extender();
+    let (ext, placements) = extender();
     let names = trays(&ext, "b", 2, 2);
     let g = |i| lws_pod("decode", 0, i, 2);
     assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
@@ -344,7 +359,11 @@ fn a_reservation_ends_when_every_member_passed_the_filter() {
     assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2"]);
     assert_eq!(ext.reservations.len(), 1);
     assert_eq!(kept(&ext, &names_args(&g(1), &names[1..])), ["b2"]);
-    assert!(ext.reservations.is_empty());
+    assert!(
+        ext.reservations
+            .held("other", placements.as_ref(), Instant::now())
+            .is_empty()
+    );
     // Both pods were deleted before the watch showed them: the room is free for the next group.
     let h = lws_pod("prefill", 0, 0, 2);
     assert_eq!(kept(&ext, &names_args(&h, &names)), ["b1", "b2"]);
@@ -367,4 +386,203 @@ fn filter_reasons_are_bounded() {
     assert_eq!(r.failed_and_unresolvable_nodes.len(), FILTER_REASONS);
     assert_eq!(ex.rejected_more, 190 - FILTER_REASONS);
     assert_eq!(ext.evaluate(&names_args(&p, &names)).rejected.len(), 190);
+}
+
+/// Labels of an 8-GPU InfiniBand node in scalable unit `su` of spine block `block`, as the
+/// agent publishes them from SMP.
+fn ib_su(block: usize, su: usize) -> BTreeMap<String, String> {
+    [
+        ("nodetopo.io/gpu.count", "8".to_string()),
+        ("nodetopo.io/nvlink.fabric", "none".into()),
+        ("nodetopo.io/rdma.link-layer", "infiniband".into()),
+        ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0000".into()),
+        ("nodetopo.io/ib.su", format!("b{block}-su{su}")),
+        ("nodetopo.io/ib.block", format!("b{block}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Room in GPUs: a group of four 4-GPU pods fits two free 8-GPU nodes of one scalable unit,
+/// so it is kept there rather than spread over the spine block where four nodes are free.
+#[test]
+fn room_is_counted_in_gpus_not_nodes() {
+    let (ext, _placements) = extender();
+    let mut cands = Vec::new();
+    for (su, free) in [(0, 2), (1, 1), (2, 1)] {
+        for i in 0..free {
+            let name = format!("su{su}-n{i}");
+            ext.view.apply(ViewEvent::Labels {
+                node: name.clone(),
+                labels: ib_su(0, su),
+            });
+            cands.push(name);
+        }
+    }
+    let pod = lws_pod_gpus("m-decode", 0, 0, 4, 4);
+    let (r, ex) = ext.filter(&names_args(&pod, &cands));
+    assert_eq!(
+        r.node_names.unwrap(),
+        vec!["su0-n0", "su0-n1"],
+        "the scalable unit with room for 4 pods"
+    );
+    match ex.domain {
+        Some(GroupDomain::Chosen { domain, room, .. }) => {
+            assert_eq!(domain.level, policy::Level::Leaf);
+            assert_eq!(room, 4, "two 8-GPU nodes take four 4-GPU pods");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A fragmented InfiniBand fleet: spine blocks of scalable units, each with some free 8-GPU
+/// nodes.
+#[derive(Debug, Clone)]
+struct Fleet {
+    /// Free nodes per scalable unit, per block.
+    free: Vec<Vec<usize>>,
+    decode: u32,
+    prefill: u32,
+    seed: u64,
+    visible: f64,
+}
+
+fn arb_fleet() -> impl Strategy<Value = Fleet> {
+    (
+        proptest::collection::vec(proptest::collection::vec(0usize..5, 1..4), 1..4),
+        1u32..5,
+        1u32..5,
+        any::<u64>(),
+        prop_oneof![Just(0.0), Just(1.0)],
+    )
+        .prop_map(|(free, decode, prefill, seed, visible)| Fleet {
+            free,
+            decode,
+            prefill,
+            seed,
+            visible,
+        })
+}
+
+/// Places a decode group and then its prefill group of whole-node pods, both created (waiting
+/// in the pod watch) before the first is scheduled, as kube-scheduler would: each pod's
+/// candidates are the free nodes, filter then prioritize, random tie-breaks. Returns the
+/// `(block, su)` of each decode and each prefill pod.
+fn place_pair(f: &Fleet) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+    let (ext, placements) = extender();
+    let mut rng = StdRng::seed_from_u64(f.seed);
+    let mut where_: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (b, sus) in f.free.iter().enumerate() {
+        for (s, n) in sus.iter().enumerate() {
+            for i in 0..*n {
+                let name = format!("b{b}-su{s}-n{i}");
+                ext.view.apply(ViewEvent::Labels {
+                    node: name.clone(),
+                    labels: ib_su(b, s),
+                });
+                where_.insert(name, (b, s));
+            }
+        }
+    }
+    let mut free: BTreeSet<String> = where_.keys().cloned().collect();
+    let pods = |lws: &str, size: u32| -> Vec<Pod> {
+        (0..size)
+            .map(|i| lws_pod_gpus(lws, 0, i, size, 8))
+            .collect()
+    };
+    let decode = pods("m-decode", f.decode);
+    let prefill = pods("m-prefill", f.prefill);
+    for p in decode.iter().chain(&prefill) {
+        placements.apply(PodEvent::from_pod(p).unwrap());
+    }
+    let mut out = (Vec::new(), Vec::new());
+    for (role, group) in [(0, &decode), (1, &prefill)] {
+        for pod in group {
+            let cands: Vec<String> = free.iter().cloned().collect();
+            let keep = kept(&ext, &names_args(pod, &cands));
+            let (scores, _) = ext.prioritize(&names_args(pod, &keep));
+            let Some(best) = scores.iter().map(|h| h.score).max() else {
+                break;
+            };
+            let top: Vec<&String> = scores
+                .iter()
+                .filter(|h| h.score == best)
+                .map(|h| &h.host)
+                .collect();
+            let node = top[rng.random_range(0..top.len())].clone();
+            free.remove(&node);
+            if rng.random_bool(f.visible) {
+                place(&placements, pod, &node);
+            }
+            let at = where_[&node];
+            if role == 0 {
+                out.0.push(at);
+            } else {
+                out.1.push(at);
+            }
+        }
+    }
+    out
+}
+
+/// The tightest level (0: scalable unit, 1: spine block, 2: fabric) at which some domain holds
+/// `size` nodes, or 3.
+fn own_level(free: &[Vec<usize>], size: usize) -> usize {
+    if free.iter().flatten().any(|n| *n >= size) {
+        0
+    } else if free.iter().any(|b| b.iter().sum::<usize>() >= size) {
+        1
+    } else if free.iter().flatten().sum::<usize>() >= size {
+        2
+    } else {
+        3
+    }
+}
+
+/// Where both groups fit a scalable unit of their own: the tightest level (0: one scalable unit,
+/// 1: one spine block, 2: the fabric) at which one domain holds the decode group in one
+/// scalable unit and the prefill group in one scalable unit beside it.
+fn pair_level(free: &[Vec<usize>], decode: usize, prefill: usize) -> usize {
+    if free.iter().flatten().any(|n| *n >= decode + prefill) {
+        return 0;
+    }
+    let block = free.iter().any(|b| {
+        b.iter().enumerate().any(|(i, n)| {
+            *n >= decode && b.iter().enumerate().any(|(j, m)| j != i && *m >= prefill)
+        })
+    });
+    if block { 1 } else { 2 }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The deployment, not only the group: the decode group is kept at its own tightest level
+    /// (one scalable unit, else one spine block, wherever one holds it), and whenever one domain
+    /// at a level holds it there together with its prefill group (each in a scalable unit of
+    /// its own), both land inside that level.
+    #[test]
+    fn decode_and_prefill_land_within_the_tightest_level_that_holds_both(f in arb_fleet()) {
+        let (d_size, p_size) = (f.decode as usize, f.prefill as usize);
+        let total: usize = f.free.iter().flatten().sum();
+        prop_assume!(total >= d_size + p_size);
+        let (d, p) = place_pair(&f);
+        prop_assert_eq!(d.len() + p.len(), d_size + p_size, "every pod placed: {:?}", f);
+        let same = |g: &[&(usize, usize)], level: usize| match level {
+            0 => g.iter().all(|x| *x == g[0]),
+            1 => g.iter().all(|x| x.0 == g[0].0),
+            _ => true,
+        };
+        let decode: Vec<&(usize, usize)> = d.iter().collect();
+        let own = own_level(&f.free, d_size);
+        prop_assert!(same(&decode, own), "decode split below level {}: {:?} for {:?}", own, d, f);
+        // Where both groups can each have a scalable unit of their own, they get one, inside
+        // the tightest level that holds both that way.
+        if own == 0 && own_level(&f.free, p_size) == 0 {
+            let all: Vec<&(usize, usize)> = d.iter().chain(&p).collect();
+            let level = pair_level(&f.free, d_size, p_size);
+            prop_assert!(same(&all, level), "the pair left level {}: {:?} + {:?} for {:?}", level, d, p, f);
+        }
+    }
 }

@@ -3,7 +3,8 @@
 # kube-apiserver, kube-controller-manager (only its admission-policy status controller runs in
 # the tests), kube-scheduler and kubectl (tests/e2e/kube), helm (tests/e2e/helm), etcd from the
 # etcd-bin-vendored-linux-amd64 crate, and the released CRDs of the topology-aware schedulers
-# whose Go modules the proxy serves (Kueue).
+# whose Go modules the proxy serves (Kueue), and the LeaderWorkerSet manager (tests/e2e/lws) with
+# its CRDs and webhook manifests.
 #
 # Binaries go to a cache outside the repository, keyed by a hash of the wrapper modules' go.mod
 # and go.sum files and the versions below, so a second run builds nothing. Prints the binary folder
@@ -19,6 +20,7 @@ HELM_VERSION=v3.22.0
 ETCD_CRATE_VERSION=3.7.2
 KUEUE_VERSION=v0.17.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+LWS_VERSION=v0.9.0
 KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl"
 
 key=$( { cat "$here/kube/go.mod" "$here/kube/go.sum" "$here/helm/go.mod" "$here/helm/go.sum"
@@ -46,8 +48,37 @@ crds() {
     "$PROMETHEUS_OPERATOR_VERSION" example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml
 }
 
+# The LeaderWorkerSet manager (LeaderWorkerSet and DisaggregatedSet controllers and webhooks)
+# from tests/e2e/lws, with the CRDs and webhook manifests of the same module version, cached by
+# its own key so that a change there does not rebuild the control plane; linked as $bin/lws.
+lws() { # lws BIN-DIR
+  local lws_key lws_bin dir
+  lws_key=$( { cat "$here/lws/go.mod" "$here/lws/go.sum"; echo "$LWS_VERSION"; } | sha256sum | cut -c1-16)
+  lws_bin="$root/lws-$lws_key"
+  if [ ! -f "$lws_bin/.complete" ]; then
+    mkdir -p "$lws_bin.tmp"
+    log "building the LeaderWorkerSet manager $LWS_VERSION (a cold build takes a few minutes)"
+    local t0; t0=$(date +%s)
+    (cd "$here/lws" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/lws/pkg/version.GitVersion=$LWS_VERSION" \
+      -o "$lws_bin.tmp/lws-manager" sigs.k8s.io/lws/cmd)
+    log "lws-manager built in $(( $(date +%s) - t0 )) s"
+    dir=$(cd "$here/lws" && GOFLAGS= go list -m -f '{{.Dir}}' sigs.k8s.io/lws)
+    mkdir -p "$lws_bin.tmp/crds" "$lws_bin.tmp/webhook"
+    cp "$dir"/config/crd/bases/*.yaml "$lws_bin.tmp/crds/"
+    cp "$dir"/config/webhook/manifests.yaml "$dir"/config/webhook/mutating-patch.yaml \
+      "$dir"/config/webhook/validating-patch.yaml "$lws_bin.tmp/webhook/"
+    chmod -R u+w "$lws_bin.tmp"
+    touch "$lws_bin.tmp/.complete"
+    rm -rf "$lws_bin"
+    mv "$lws_bin.tmp" "$lws_bin"
+  fi
+  ln -sfn "$lws_bin" "$1/lws"
+}
+
 if [ -f "$bin/.complete" ]; then
   crds "$bin"
+  lws "$bin"
   log "cached: $bin"
   echo "$bin"
   exit 0
@@ -110,5 +141,6 @@ done
 touch "$bin.tmp/.complete"
 rm -rf "$bin"
 mv "$bin.tmp" "$bin"
+lws "$bin"
 log "control plane ready in $(( $(date +%s) - started )) s: $bin"
 echo "$bin"

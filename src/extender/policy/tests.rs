@@ -56,6 +56,8 @@ fn ctx(members: Vec<PeerFacts>) -> PodContext {
         members,
         counterparts: Vec::new(),
         remaining: Some(2),
+        gpus: 4,
+        counterpart_waiting: Vec::new(),
     }
 }
 
@@ -192,6 +194,7 @@ fn scores_prefer_clique_then_cluster_and_counterpart_is_smaller() {
             name: n,
             facts: Some(f),
             freshness: None,
+            used_gpus: 0,
         })
         .collect();
     let mut c = ctx(vec![peer("m", nvl("u", 0, FabricState::Ready))]);
@@ -218,21 +221,25 @@ fn capacity_prefers_a_clique_with_room() {
             name: "a",
             facts: Some(&f0),
             freshness: None,
+            used_gpus: 0,
         },
         Candidate {
             name: "b",
             facts: Some(&f1),
             freshness: None,
+            used_gpus: 0,
         },
         Candidate {
             name: "c",
             facts: Some(&f1),
             freshness: None,
+            used_gpus: 0,
         },
         Candidate {
             name: "d",
             facts: Some(&f1),
             freshness: None,
+            used_gpus: 0,
         },
     ];
     let mut c = ctx(Vec::new());
@@ -308,6 +315,7 @@ fn pod_context_from_index_and_view() {
         pod: "ns/w-0".into(),
         node: "n1".into(),
         group: group.clone(),
+        gpus: 4,
     }));
     let c = pod_context(&pod, &view, &idx, &BTreeMap::new());
     assert_eq!(c.members.len(), 1);
@@ -392,11 +400,13 @@ proptest! {
             members: members.into_iter().flatten().enumerate().map(|(i, f)| peer(&format!("m{i}"), f)).collect(),
             counterparts: counterparts.into_iter().flatten().enumerate().map(|(i, f)| peer(&format!("c{i}"), f)).collect(),
             remaining,
+            gpus: 4,
+            counterpart_waiting: Vec::new(),
         };
         let names: Vec<String> = (0..nodes.len()).map(|i| format!("n{i}")).collect();
         let passed: Vec<Candidate<'_>> = names.iter().zip(nodes.iter())
             .filter(|(_, f)| filter_node(&c, f.as_ref()).is_ok())
-            .map(|(n, f)| Candidate { name: n, facts: f.as_ref(), freshness: None })
+            .map(|(n, f)| Candidate { name: n, facts: f.as_ref(), freshness: None, used_gpus: 0 })
             .collect();
         prop_assert!(passed.len() <= nodes.len());
         for p in &passed {

@@ -146,7 +146,7 @@ async fn full_nodes_mode_uses_request_labels() {
     let body = format!(
         r#"{{"Pod":{POD},"Nodes":{{"items":[
             {{"metadata":{{"name":"a"}}}},
-            {{"metadata":{{"name":"c","labels":{{"nodetopo.io/gpu.count":"8","nodetopo.io/rdma.link-layer":"ethernet"}}}}}},
+            {{"metadata":{{"name":"c","labels":{{"nodetopo.io/gpu.count":"4","nodetopo.io/rdma.link-layer":"ethernet"}}}}}},
             {{"metadata":{{"name":"d","labels":{{"kubernetes.io/os":"linux"}}}}}}]}}}}"#
     );
     let (s, b) = call(app.clone(), "POST", "/filter", body.clone()).await;
