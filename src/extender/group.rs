@@ -40,6 +40,8 @@ pub mod grove {
     pub const BASE_PODGANG: &str = "grove.io/base-podgang";
     /// The PodCliqueSet name (Grove sets the common `part-of` label to it).
     pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    /// The scheduling gate Grove's pods are created with, lifted once their PodGang exists.
+    pub const PODGANG_GATE: &str = "grove.io/podgang-pending-creation";
     /// Container env var: the pods of one scaling-group replica (its cliques' replicas summed).
     pub const TEMPLATE_NUM_PODS_ENV: &str = "GROVE_PCSG_TEMPLATE_NUM_PODS";
 }

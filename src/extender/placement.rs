@@ -36,7 +36,7 @@ pub enum PodEvent {
 }
 
 /// True while the pod has scheduling gates: it is not schedulable yet (Grove creates its pods
-/// with `grove.io/podgang-pending-creation` until their PodGang exists), so it is not placed
+/// with [`super::group::grove::PODGANG_GATE`] until their PodGang exists), so it is not placed
 /// and reserves nothing, whatever else its spec says.
 pub fn scheduling_gated(pod: &Pod) -> bool {
     pod.spec
@@ -228,7 +228,7 @@ mod tests {
         let mut gated = pod("g", Some("n1"), "decode");
         gated.spec.as_mut().unwrap().scheduling_gates =
             Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
-                name: "grove.io/podgang-pending-creation".into(),
+                name: crate::extender::group::grove::PODGANG_GATE.into(),
             }]);
         assert!(scheduling_gated(&gated));
         idx.apply(PodEvent::from_pod(&gated).unwrap());

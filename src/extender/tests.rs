@@ -340,7 +340,7 @@ fn a_gated_pod_reserves_nothing() {
     let mut p = lws_pod("decode", 0, 0, 2);
     p.spec.as_mut().unwrap().scheduling_gates =
         Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
-            name: "grove.io/podgang-pending-creation".into(),
+            name: crate::extender::group::grove::PODGANG_GATE.into(),
         }]);
     assert_eq!(kept(&ext, &names_args(&p, &names)), ["b1", "b2"]);
     assert!(ext.reservations.is_empty(), "a gated pod reserved a domain");

@@ -271,12 +271,23 @@ mod operator {
         })
     }
 
+    /// The PodCliqueSet's labels or annotations less Grove's own (`mirrorPCSMetadata`).
+    fn mirrored(pcs: &Value, key: &str) -> BTreeMap<String, String> {
+        let all: BTreeMap<String, String> =
+            serde_json::from_value(pcs["metadata"][key].clone()).unwrap_or_default();
+        all.into_iter()
+            .filter(|(k, _)| !k.starts_with("grove.io/"))
+            .collect()
+    }
+
     /// `operator/internal/controller/podcliqueset/components/podgang/podgang.go`
-    /// `buildResource`, `createPodGroupsForPodGang`: one pod group per PodClique, its pods
-    /// sorted by name, `minReplicas` the clique's `minAvailable` (its replicas when unset).
+    /// `buildResource`, `createPodGroupsForPodGang`: the PodCliqueSet's labels and annotations
+    /// mirrored, one pod group per PodClique, its pods sorted by name, `minReplicas` the
+    /// clique's `minAvailable` (its replicas when unset).
     pub fn podgang(pcs: &Value, name: &str, cliques: &[(&Value, Vec<String>)]) -> Value {
         let pcs_name = pcs["metadata"]["name"].as_str().unwrap();
-        let mut labels = default_labels(pcs_name);
+        let mut labels = mirrored(pcs, "labels");
+        labels.extend(default_labels(pcs_name));
         labels.insert(COMPONENT.into(), "podgang".into());
         labels.insert(SCHEDULER_NAME.into(), SCHEDULER.into());
         let groups: Vec<Value> = cliques
@@ -296,6 +307,7 @@ mod operator {
         json!({
             "apiVersion": "scheduler.grove.io/v1alpha1", "kind": "PodGang",
             "metadata": {"name": name, "namespace": NS, "labels": labels,
+                "annotations": mirrored(pcs, "annotations"),
                 "ownerReferences": owner(pcs)},
             "spec": {"podgroups": groups},
         })
