@@ -178,7 +178,11 @@ pub fn group_from_maps(
 fn container_env<'p>(pod: &'p Pod, name: &str) -> Option<&'p str> {
     pod.spec
         .iter()
-        .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
         .flat_map(|c| c.env.iter().flatten())
         .find(|e| e.name == name)
         .and_then(|e| e.value.as_deref())
@@ -315,7 +319,11 @@ impl PodLabels<'_> {
                 own(pcsg),
                 self.size.or(self.grove_size),
             ),
-            _ => (format!("{ns}/grove:{gang}/{clique}"), own(clique), self.size),
+            _ => (
+                format!("{ns}/grove:{gang}/{clique}"),
+                own(clique),
+                self.size,
+            ),
         };
         let role = self
             .explicit_role
@@ -434,11 +442,17 @@ mod tests {
             ("app.kubernetes.io/managed-by", "grove-operator"),
             ("app.kubernetes.io/part-of", pcs),
             ("app.kubernetes.io/component", "pcsg-podclique"),
-            (grove::PODCLIQUE, &format!("{pcsg_fqn}-{pcsg_replica}-{clique}")),
+            (
+                grove::PODCLIQUE,
+                &format!("{pcsg_fqn}-{pcsg_replica}-{clique}"),
+            ),
             (grove::PODGANG, &gang),
             (grove::REPLICA_INDEX, "0"),
             (grove::SCALING_GROUP, &pcsg_fqn),
-            (grove::SCALING_GROUP_REPLICA_INDEX, &pcsg_replica.to_string()),
+            (
+                grove::SCALING_GROUP_REPLICA_INDEX,
+                &pcsg_replica.to_string(),
+            ),
             (grove::PODCLIQUE_POD_INDEX, "0"),
         ]);
         if gang != base {
@@ -449,7 +463,9 @@ mod tests {
 
     fn grove_group(labels: &BTreeMap<String, String>, env_size: Option<&str>) -> GroupInfo {
         group_from_parts("ns", labels, &BTreeMap::new(), |k| {
-            (k == grove::TEMPLATE_NUM_PODS_ENV).then_some(env_size).flatten()
+            (k == grove::TEMPLATE_NUM_PODS_ENV)
+                .then_some(env_size)
+                .flatten()
         })
         .unwrap()
     }
@@ -495,9 +511,15 @@ mod tests {
     /// PodCliqueSet's; an explicit `llm-d.ai/role` (set on the clique template) wins.
     #[test]
     fn grove_role_from_scaling_group_not_set_name() {
-        let d = grove_group(&grove_pcsg_pod("prefill-svc", "decode", 0, 1, "dleader"), None);
+        let d = grove_group(
+            &grove_pcsg_pod("prefill-svc", "decode", 0, 1, "dleader"),
+            None,
+        );
         assert_eq!(d.role, Some(Role::Decode));
-        let p = grove_group(&grove_pcsg_pod("decode-svc", "prefill", 0, 1, "pworker"), None);
+        let p = grove_group(
+            &grove_pcsg_pod("decode-svc", "prefill", 0, 1, "pworker"),
+            None,
+        );
         assert_eq!(p.role, Some(Role::Prefill));
         // Names that say nothing: no role, unless the user names it.
         let mut l = grove_pcsg_pod("decode-svc", "sga", 0, 1, "leader");
@@ -524,8 +546,14 @@ mod tests {
             }
             group_from_maps("ns", &l, &BTreeMap::new()).unwrap()
         };
-        assert_eq!(g("prefill", Some("0")).deployment, g("decode", Some("0")).deployment);
-        assert_ne!(g("prefill", Some("0")).deployment, g("decode", Some("1")).deployment);
+        assert_eq!(
+            g("prefill", Some("0")).deployment,
+            g("decode", Some("0")).deployment
+        );
+        assert_ne!(
+            g("prefill", Some("0")).deployment,
+            g("decode", Some("1")).deployment
+        );
         assert_eq!(g("prefill", None).deployment, g("decode", None).deployment);
     }
 

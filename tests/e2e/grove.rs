@@ -368,7 +368,10 @@ async fn deploy(cp: &ControlPlane, client: &Client, pcs: &Value) -> Vec<Replica>
     let pcs = create(cp, pcs);
     let pcs_name = pcs["metadata"]["name"].as_str().unwrap().to_string();
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let cliques = pcs["spec"]["template"]["cliques"].as_array().unwrap().clone();
+    let cliques = pcs["spec"]["template"]["cliques"]
+        .as_array()
+        .unwrap()
+        .clone();
     let mut replicas = Vec::new();
     // gang -> [(PodClique, its pods)]
     let mut gangs: BTreeMap<String, Vec<(Value, Vec<String>)>> = BTreeMap::new();
@@ -389,10 +392,7 @@ async fn deploy(cp: &ControlPlane, client: &Client, pcs: &Value) -> Vec<Replica>
                 };
                 for clique in pcsg["spec"]["cliqueNames"].as_array().unwrap() {
                     let template = cliques.iter().find(|c| c["name"] == *clique).unwrap();
-                    let pclq = create(
-                        cp,
-                        &operator::pcsg_podclique(&pcs, r, &pcsg, k, template),
-                    );
+                    let pclq = create(cp, &operator::pcsg_podclique(&pcs, r, &pcsg, k, template));
                     let mut names = Vec::new();
                     for i in 0..pclq["spec"]["replicas"].as_u64().unwrap() as u32 {
                         let pod: Pod =
@@ -429,7 +429,8 @@ async fn deploy(cp: &ControlPlane, client: &Client, pcs: &Value) -> Vec<Replica>
     }
     // The PodGangs, once their pods exist (the PodCliqueSet's podgang component).
     for (name, members) in &gangs {
-        let refs: Vec<(&Value, Vec<String>)> = members.iter().map(|(c, p)| (c, p.clone())).collect();
+        let refs: Vec<(&Value, Vec<String>)> =
+            members.iter().map(|(c, p)| (c, p.clone())).collect();
         create(cp, &operator::podgang(&pcs, name, &refs));
     }
     // Base PodGang pods are ungated at once; scaled ones once the base PodGang is scheduled
@@ -542,10 +543,7 @@ async fn grove_pods_placed_by_the_real_scheduler() {
     let (_, pending, _) = like("gb-a1-pending");
     let rack_b = b1.iter().find(|l| l.0 == CLUSTER).unwrap().1.clone();
     let mut b3 = b1.clone();
-    b3.iter_mut()
-        .find(|l| l.0 == CLIQUE)
-        .unwrap()
-        .1 = format!("{rack_b}.3");
+    b3.iter_mut().find(|l| l.0 == CLIQUE).unwrap().1 = format!("{rack_b}.3");
     let degraded: Vec<(String, String)> = pending
         .into_iter()
         .map(|(k, v)| match k.as_str() {
@@ -607,7 +605,11 @@ async fn grove_pods_placed_by_the_real_scheduler() {
             .iter()
             .map(|r| one_of(&nodes, &placed, &r.pods, CLIQUE, "replica"))
             .collect();
-        assert_eq!(cliques.len(), reps.len(), "one pod per tray: one clique each");
+        assert_eq!(
+            cliques.len(),
+            reps.len(),
+            "one pod per tray: one clique each"
+        );
         harness::delete_pods(&admin, NS).await;
 
         // 2. InfiniBand HGX nodes: the sample with 8 GPUs a pod, one worker per clique and one

@@ -245,7 +245,11 @@ async fn create_all(client: &Client, pods: &[Pod]) {
 }
 
 /// Waits until every pod named is bound; returns pod → node.
-pub(crate) async fn bound(client: &Client, names: &[String], within: Duration) -> BTreeMap<String, String> {
+pub(crate) async fn bound(
+    client: &Client,
+    names: &[String],
+    within: Duration,
+) -> BTreeMap<String, String> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     harness::eventually(within, &format!("pods {names:?} to be bound"), || async {
         let mut out = BTreeMap::new();
