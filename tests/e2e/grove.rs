@@ -57,7 +57,8 @@ fn upstream_crds() -> Option<PathBuf> {
 }
 
 /// What Grove's operator creates for a PodCliqueSet, as plain JSON objects. Each fact names the
-/// file of ai-dynamo/grove (main, 2026-08) it comes from; nothing here is Grove's code.
+/// file of ai-dynamo/grove (main @ fcc3b3bbbc5e, 2026-08-19, the commit of the CRDs) it comes
+/// from; nothing here is Grove's code.
 mod operator {
     use super::*;
 
