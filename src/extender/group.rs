@@ -29,6 +29,21 @@ pub mod grove {
     pub const PODCLIQUE: &str = "grove.io/podclique";
     /// The PodCliqueSet replica index.
     pub const REPLICA_INDEX: &str = "grove.io/podcliqueset-replica-index";
+    /// The PodCliqueScalingGroup (its full name, `<pcs>-<pcs replica>-<scaling group>`).
+    pub const SCALING_GROUP: &str = "grove.io/podcliquescalinggroup";
+    /// The replica index inside the PodCliqueScalingGroup.
+    pub const SCALING_GROUP_REPLICA_INDEX: &str = "grove.io/podcliquescalinggroup-replica-index";
+    /// The pod's index inside its PodClique.
+    pub const PODCLIQUE_POD_INDEX: &str = "grove.io/podclique-pod-index";
+    /// On the pods of a scaled scaling-group replica (at or above `minAvailable`, in a PodGang
+    /// of its own): the PodGang of its PodCliqueSet replica.
+    pub const BASE_PODGANG: &str = "grove.io/base-podgang";
+    /// The PodCliqueSet name (Grove sets the common `part-of` label to it).
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    /// The scheduling gate Grove's pods are created with, lifted once their PodGang exists.
+    pub const PODGANG_GATE: &str = "grove.io/podgang-pending-creation";
+    /// Container env var: the pods of one scaling-group replica (its cliques' replicas summed).
+    pub const TEMPLATE_NUM_PODS_ENV: &str = "GROVE_PCSG_TEMPLATE_NUM_PODS";
 }
 
 /// DisaggregatedSet keys.
@@ -145,14 +160,54 @@ pub fn group_of(pod: &Pod) -> Option<GroupInfo> {
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    group_from_maps(ns, labels, annotations)
+    group_from_parts(ns, labels, annotations, |name| container_env(pod, name))
 }
 
-/// [`group_of`] over plain maps (what the pod watcher and tests hold).
+/// [`group_of`] over plain maps (what the pod watcher and tests hold), for a pod without
+/// container env; see [`group_from_parts`].
 pub fn group_from_maps(
     ns: &str,
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
+) -> Option<GroupInfo> {
+    group_from_parts(ns, labels, annotations, |_| None)
+}
+
+/// The value of env var `name` of the pod's first container that sets it literally (a value
+/// taken from a field or a secret is not known before the pod runs).
+fn container_env<'p>(pod: &'p Pod, name: &str) -> Option<&'p str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+fn positive(s: &str) -> Option<u32> {
+    s.trim().parse::<u32>().ok().filter(|n| *n > 0)
+}
+
+/// The deployment key of a DisaggregatedSet: one slice (v0.10, `slice` label) is one complete
+/// set of roles; without the label (v0.9) the whole set pairs.
+fn dset_deployment(name: &str, slice: Option<&str>) -> String {
+    match slice {
+        Some(s) => format!("ds:{name}/slice:{s}"),
+        None => format!("ds:{name}"),
+    }
+}
+
+/// [`group_from_maps`] with the pod's container env (`env(name)`: the literal value of env var
+/// `name`), where Grove puts the size of a scaling-group replica.
+pub fn group_from_parts<'e>(
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    env: impl Fn(&str) -> Option<&'e str>,
 ) -> Option<GroupInfo> {
     let l = |k: &str| labels.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let pod = PodLabels {
@@ -161,14 +216,14 @@ pub fn group_from_maps(
         size: annotations
             .get(lws::SIZE)
             .or_else(|| labels.get(lws::SIZE))
-            .and_then(|s| s.parse::<u32>().ok())
-            .filter(|s| *s > 0),
+            .and_then(|s| positive(s)),
+        grove_size: env(grove::TEMPLATE_NUM_PODS_ENV).and_then(positive),
         explicit_role: l(llmd::ROLE)
             .and_then(Role::parse)
             .or_else(|| l(dset::ROLE).and_then(Role::parse)),
         // A deployment key shared by the prefill and decode halves.
         pairing: l(dset::NAME)
-            .map(|n| format!("ds:{n}"))
+            .map(|n| dset_deployment(n, l(dset::SLICE)))
             .or_else(|| l(llmd::MODEL).map(|m| format!("model:{m}")))
             .or_else(|| l(INSTANCE).map(|i| format!("instance:{i}"))),
     };
@@ -183,6 +238,8 @@ struct PodLabels<'a> {
     ns: &'a str,
     l: &'a dyn Fn(&str) -> Option<&'a str>,
     size: Option<u32>,
+    /// Pods in a Grove scaling-group replica ([`grove::TEMPLATE_NUM_PODS_ENV`]).
+    grove_size: Option<u32>,
     explicit_role: Option<Role>,
     pairing: Option<String>,
 }
@@ -200,7 +257,9 @@ impl PodLabels<'_> {
         let (ns, l) = (self.ns, self.l);
         let name = l(dset::NAME)?;
         let role = self.explicit_role;
-        let slice = l(dset::SLICE).unwrap_or("0");
+        let slice = l(dset::SLICE);
+        let deployment = dset_deployment(name, slice);
+        let slice = slice.unwrap_or("0");
         let role_s = role.map_or("any", role_name);
         // A DisaggregatedSet slice may itself be an LWS group; its index refines the group.
         let sub = l(lws::GROUP_KEY)
@@ -210,7 +269,7 @@ impl PodLabels<'_> {
         Some(GroupInfo {
             kind: GroupKind::DisaggregatedSet,
             group_id: format!("{ns}/ds:{name}/{role_s}/{slice}{sub}"),
-            deployment: format!("{ns}/ds:{name}"),
+            deployment: format!("{ns}/{deployment}"),
             role,
             size: self.size,
         })
@@ -236,17 +295,48 @@ impl PodLabels<'_> {
         })
     }
 
+    /// A Grove pod. A replica of a PodCliqueScalingGroup (its leader and worker PodCliques) is
+    /// one group, sized by [`grove::TEMPLATE_NUM_PODS_ENV`]; a PodClique outside any scaling
+    /// group is a group of its own. Prefill and decode pair inside one PodCliqueSet replica,
+    /// whose PodGang is the base of the scaled ones. The role is the explicit one, else read
+    /// from the scaling group's or the clique's own name, never the PodCliqueSet's.
     fn grove(&self) -> Option<GroupInfo> {
         let (ns, l) = (self.ns, self.l);
         let gang = l(grove::PODGANG)?;
         let clique = l(grove::PODCLIQUE).unwrap_or("");
+        let base = l(grove::BASE_PODGANG).unwrap_or(gang);
+        // Grove's names start with `<podcliqueset>-<replica>-`; what follows is the user's.
+        let own = |full: &str| -> Option<String> {
+            let prefix = format!("{}-{}-", l(grove::PART_OF)?, l(grove::REPLICA_INDEX)?);
+            full.strip_prefix(&prefix).map(str::to_string)
+        };
+        let (group_id, named, size) = match (
+            l(grove::SCALING_GROUP),
+            l(grove::SCALING_GROUP_REPLICA_INDEX),
+        ) {
+            (Some(pcsg), Some(k)) => (
+                format!("{ns}/grove:{pcsg}/{k}"),
+                own(pcsg),
+                self.size.or(self.grove_size),
+            ),
+            _ => (
+                format!("{ns}/grove:{gang}/{clique}"),
+                own(clique),
+                self.size,
+            ),
+        };
+        let role = self
+            .explicit_role
+            .or_else(|| named.as_deref().and_then(Role::from_name))
+            // Without the PodCliqueSet's labels the names cannot be split: the full one is all
+            // there is.
+            .or_else(|| named.is_none().then(|| Role::from_name(clique)).flatten());
         Some(GroupInfo {
             kind: GroupKind::Grove,
-            group_id: format!("{ns}/grove:{gang}/{clique}"),
-            // The PodGang holds all cliques of one replica: prefill and decode pair inside it.
-            deployment: format!("{ns}/grove:{gang}"),
-            role: self.explicit_role.or_else(|| Role::from_name(clique)),
-            size: self.size,
+            group_id,
+            deployment: format!("{ns}/grove:{base}"),
+            role,
+            size,
         })
     }
 
@@ -329,6 +419,142 @@ mod tests {
         assert_eq!(g.group_id, "ns/grove:svc-0/svc-0-decode");
         assert_eq!(g.deployment, "ns/grove:svc-0");
         assert_eq!(g.role, Some(Role::Decode));
+    }
+
+    /// The labels Grove's operator puts on a pod of a PodCliqueScalingGroup replica
+    /// (`operator/internal/controller/podclique/components/pod/pod.go` `getLabels` over the
+    /// PodClique's labels from `.../podcliquescalinggroup/components/podclique/podclique.go`).
+    fn grove_pcsg_pod(
+        pcs: &str,
+        pcsg: &str,
+        pcsg_replica: u32,
+        min_available: u32,
+        clique: &str,
+    ) -> BTreeMap<String, String> {
+        let pcsg_fqn = format!("{pcs}-0-{pcsg}");
+        let base = format!("{pcs}-0");
+        let gang = if pcsg_replica < min_available {
+            base.clone()
+        } else {
+            format!("{pcsg_fqn}-{}", pcsg_replica - min_available)
+        };
+        let mut m = maps(&[
+            ("app.kubernetes.io/managed-by", "grove-operator"),
+            ("app.kubernetes.io/part-of", pcs),
+            ("app.kubernetes.io/component", "pcsg-podclique"),
+            (
+                grove::PODCLIQUE,
+                &format!("{pcsg_fqn}-{pcsg_replica}-{clique}"),
+            ),
+            (grove::PODGANG, &gang),
+            (grove::REPLICA_INDEX, "0"),
+            (grove::SCALING_GROUP, &pcsg_fqn),
+            (
+                grove::SCALING_GROUP_REPLICA_INDEX,
+                &pcsg_replica.to_string(),
+            ),
+            (grove::PODCLIQUE_POD_INDEX, "0"),
+        ]);
+        if gang != base {
+            m.insert(grove::BASE_PODGANG.into(), base);
+        }
+        m
+    }
+
+    fn grove_group(labels: &BTreeMap<String, String>, env_size: Option<&str>) -> GroupInfo {
+        group_from_parts("ns", labels, &BTreeMap::new(), |k| {
+            (k == grove::TEMPLATE_NUM_PODS_ENV)
+                .then_some(env_size)
+                .flatten()
+        })
+        .unwrap()
+    }
+
+    /// Issue 22 (1): the leader and worker PodCliques of one scaling-group replica are one group;
+    /// another replica is another group.
+    #[test]
+    fn grove_scaling_group_replica_is_one_group() {
+        let leader = grove_group(&grove_pcsg_pod("svc", "prefill", 0, 1, "pleader"), None);
+        let worker = grove_group(&grove_pcsg_pod("svc", "prefill", 0, 1, "pworker"), None);
+        let other = grove_group(&grove_pcsg_pod("svc", "prefill", 1, 1, "pworker"), None);
+        assert_eq!(leader.kind, GroupKind::Grove);
+        assert_eq!(leader.group_id, worker.group_id);
+        assert_ne!(leader.group_id, other.group_id);
+    }
+
+    /// Issue 22 (2): a scaled replica (own PodGang, `grove.io/base-podgang`) pairs with the
+    /// decode of its PodCliqueSet replica; another PodCliqueSet replica does not.
+    #[test]
+    fn grove_scaled_replica_pairs_with_its_decode() {
+        let scaled = grove_group(&grove_pcsg_pod("svc", "prefill", 2, 1, "pleader"), None);
+        let decode = grove_group(&grove_pcsg_pod("svc", "decode", 0, 1, "dleader"), None);
+        assert_eq!(scaled.deployment, decode.deployment);
+        let mut other = grove_pcsg_pod("svc", "decode", 0, 1, "dleader");
+        other.insert(grove::REPLICA_INDEX.into(), "1".into());
+        other.insert(grove::PODGANG.into(), "svc-1".into());
+        other.insert(grove::SCALING_GROUP.into(), "svc-1-decode".into());
+        assert_ne!(grove_group(&other, None).deployment, scaled.deployment);
+    }
+
+    /// Issue 22 (3): the size of a scaling-group replica comes from the env var Grove sets;
+    /// a value that is not a positive number leaves it unknown.
+    #[test]
+    fn grove_size_from_template_num_pods_env() {
+        let l = grove_pcsg_pod("svc", "prefill", 0, 1, "pworker");
+        assert_eq!(grove_group(&l, Some("5")).size, Some(5));
+        assert_eq!(grove_group(&l, Some("five")).size, None);
+        assert_eq!(grove_group(&l, Some("0")).size, None);
+        assert_eq!(grove_group(&l, None).size, None);
+    }
+
+    /// Issue 22 (4): the role comes from the scaling group's own name, never from the
+    /// PodCliqueSet's; an explicit `llm-d.ai/role` (set on the clique template) wins.
+    #[test]
+    fn grove_role_from_scaling_group_not_set_name() {
+        let d = grove_group(
+            &grove_pcsg_pod("prefill-svc", "decode", 0, 1, "dleader"),
+            None,
+        );
+        assert_eq!(d.role, Some(Role::Decode));
+        let p = grove_group(
+            &grove_pcsg_pod("decode-svc", "prefill", 0, 1, "pworker"),
+            None,
+        );
+        assert_eq!(p.role, Some(Role::Prefill));
+        // Names that say nothing: no role, unless the user names it.
+        let mut l = grove_pcsg_pod("decode-svc", "sga", 0, 1, "leader");
+        assert_eq!(grove_group(&l, None).role, None);
+        l.insert(llmd::ROLE.into(), "prefill".into());
+        assert_eq!(grove_group(&l, None).role, Some(Role::Prefill));
+        // A clique outside any scaling group: its template name.
+        let solo = maps(&[
+            ("app.kubernetes.io/part-of", "prefill-svc"),
+            (grove::PODCLIQUE, "prefill-svc-0-decode"),
+            (grove::PODGANG, "prefill-svc-0"),
+            (grove::REPLICA_INDEX, "0"),
+        ]);
+        assert_eq!(grove_group(&solo, None).role, Some(Role::Decode));
+    }
+
+    /// Issue 22 (8): DisaggregatedSet v0.10 pairs inside a slice; v0.9 (no slice) by name.
+    #[test]
+    fn disaggregated_set_pairs_within_a_slice() {
+        let g = |role: &str, slice: Option<&str>| {
+            let mut l = maps(&[(dset::NAME, "ds"), (dset::ROLE, role)]);
+            if let Some(s) = slice {
+                l.insert(dset::SLICE.into(), s.into());
+            }
+            group_from_maps("ns", &l, &BTreeMap::new()).unwrap()
+        };
+        assert_eq!(
+            g("prefill", Some("0")).deployment,
+            g("decode", Some("0")).deployment
+        );
+        assert_ne!(
+            g("prefill", Some("0")).deployment,
+            g("decode", Some("1")).deployment
+        );
+        assert_eq!(g("prefill", None).deployment, g("decode", None).deployment);
     }
 
     #[test]

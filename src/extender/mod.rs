@@ -274,6 +274,8 @@ impl Extender {
         let labels = args.node_labels();
         self.remember_request_nodes(&labels);
         let pod = args.pod.clone().unwrap_or_default();
+        // A gated pod is not being scheduled: it is explained, but reserves no domain.
+        let reserve = reserve && !placement::scheduling_gated(&pod);
         let now = Instant::now();
         self.view.read(|view| {
             let ctx = policy::pod_context(&pod, view, self.placements.as_ref(), &labels);

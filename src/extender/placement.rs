@@ -51,10 +51,21 @@ pub enum PodEvent {
     },
 }
 
+/// True while the pod has scheduling gates: it is not schedulable yet (Grove creates its pods
+/// with [`super::group::grove::PODGANG_GATE`] until their PodGang exists), so it is not placed
+/// and reserves nothing, whatever else its spec says.
+pub fn scheduling_gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
+}
+
 impl PodEvent {
     /// The event a pod watcher derives from a pod object: `Placed` when it is bound and in a
-    /// group, `Waiting` when it is in a group and not bound yet, `Removed` otherwise (finished
-    /// and deleted pods free their place).
+    /// group and not [`scheduling_gated`], `Waiting` when it is in a group and not bound yet
+    /// (gated or not: its group will need the room), `Removed` otherwise (finished and deleted
+    /// pods free their place).
     pub fn from_pod(pod: &Pod) -> Option<PodEvent> {
         let key = pod_key(pod)?;
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -66,12 +77,14 @@ impl PodEvent {
         let live = !finished && pod.metadata.deletion_timestamp.is_none();
         let gpus = gpu_request(pod);
         match (node, group_of(pod)) {
-            (Some(node), Some(group)) if live => Some(PodEvent::Placed(PlacedPod {
-                pod: key,
-                node,
-                group,
-                gpus,
-            })),
+            (Some(node), Some(group)) if live && !scheduling_gated(pod) => {
+                Some(PodEvent::Placed(PlacedPod {
+                    pod: key,
+                    node,
+                    group,
+                    gpus,
+                }))
+            }
             (None, Some(group)) if live => Some(PodEvent::Waiting(WaitingPod {
                 pod: key,
                 group,
@@ -307,5 +320,23 @@ mod tests {
         assert!(idx.with_role("ns/lws:m", Role::Decode).is_empty());
         idx.replace_all(Vec::new());
         assert!(idx.is_empty());
+    }
+
+    /// Issue 22 (5): a gated pod is not placed, even with a node name (a Binding written
+    /// around the gate, or a client that set both); lifting the gate places it.
+    #[test]
+    fn a_gated_pod_is_not_placed() {
+        let idx = MemoryPlacementIndex::new();
+        let mut gated = pod("g", Some("n1"), "decode");
+        gated.spec.as_mut().unwrap().scheduling_gates =
+            Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+                name: crate::extender::group::grove::PODGANG_GATE.into(),
+            }]);
+        assert!(scheduling_gated(&gated));
+        idx.apply(PodEvent::from_pod(&gated).unwrap());
+        assert!(idx.is_empty());
+        gated.spec.as_mut().unwrap().scheduling_gates = Some(Vec::new());
+        idx.apply(PodEvent::from_pod(&gated).unwrap());
+        assert_eq!(idx.len(), 1);
     }
 }

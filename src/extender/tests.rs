@@ -346,6 +346,24 @@ fn a_complete_group_releases_its_reservation() {
     assert_eq!(kept(&ext, &names_args(&h, &names)), ["b1", "b2"]);
 }
 
+/// Issue 22 (5): a pod still behind a scheduling gate (Grove's, until its PodGang exists)
+/// reserves no domain when asked about; once ungated, it does.
+#[test]
+fn a_gated_pod_reserves_nothing() {
+    let (ext, _placements) = extender();
+    let names = trays(&ext, "b", 2, 2);
+    let mut p = lws_pod("decode", 0, 0, 2);
+    p.spec.as_mut().unwrap().scheduling_gates =
+        Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+            name: crate::extender::group::grove::PODGANG_GATE.into(),
+        }]);
+    assert_eq!(kept(&ext, &names_args(&p, &names)), ["b1", "b2"]);
+    assert!(ext.reservations.is_empty(), "a gated pod reserved a domain");
+    p.spec.as_mut().unwrap().scheduling_gates = None;
+    assert_eq!(kept(&ext, &names_args(&p, &names)), ["b1", "b2"]);
+    assert_eq!(ext.reservations.len(), 1);
+}
+
 /// Members that passed the filter but are not in the pod watch yet (and may already be deleted
 /// again) hold no room once every member has passed.
 #[test]

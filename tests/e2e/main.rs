@@ -11,6 +11,7 @@ mod chart;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
+mod grove;
 mod harness;
 mod proxy;
 mod scheduler;

@@ -26,7 +26,7 @@ const UUID_B: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
 const ROUNDS: usize = 3;
 
 /// A process killed on drop.
-struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -96,7 +96,7 @@ fn hgx(link: &str, leaf: Option<&str>) -> Labels {
 type Labels = Vec<(String, String)>;
 
 /// Nodes set directly: name, labels, allocatable GPUs.
-fn direct_nodes() -> Vec<(String, Labels, u32)> {
+pub(crate) fn direct_nodes() -> Vec<(String, Labels, u32)> {
     let mut v = Vec::new();
     // Rack A, clique 1: two more trays beside the agents' two (four usable in all).
     for i in 3..=4 {
@@ -127,7 +127,7 @@ fn direct_nodes() -> Vec<(String, Labels, u32)> {
 }
 
 /// `nodetopo extender` in cluster mode (Node and Pod watch through the admin kubeconfig).
-fn start_extender(cp: &ControlPlane) -> (Proc, u16) {
+pub(crate) fn start_extender(cp: &ControlPlane) -> (Proc, u16) {
     let port = harness::free_port();
     let child = Command::new(NODETOPO)
         .args([
@@ -159,7 +159,7 @@ fn start_extender(cp: &ControlPlane) -> (Proc, u16) {
 
 /// kube-scheduler with the shipped configuration, its `urlPrefix` pointed at the extender on
 /// 127.0.0.1, serving profile `scheduler_name`, with `ignorable` as given.
-fn start_scheduler(
+pub(crate) fn start_scheduler(
     cp: &ControlPlane,
     ext_port: u16,
     scheduler_name: &str,
@@ -245,7 +245,11 @@ async fn create_all(client: &Client, pods: &[Pod]) {
 }
 
 /// Waits until every pod named is bound; returns pod → node.
-async fn bound(client: &Client, names: &[String], within: Duration) -> BTreeMap<String, String> {
+pub(crate) async fn bound(
+    client: &Client,
+    names: &[String],
+    within: Duration,
+) -> BTreeMap<String, String> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
     harness::eventually(within, &format!("pods {names:?} to be bound"), || async {
         let mut out = BTreeMap::new();
