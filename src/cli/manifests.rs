@@ -89,8 +89,7 @@ fn topology(args: TopologyArgs) -> anyhow::Result<()> {
             kai_topology: args.kai_topology,
             volcano_types: args.volcano_types,
         },
-    )
-    .context("--name, --kai-topology, --volcano-types or the levels")?;
+    )?;
     let text = match args.output {
         Output::Yaml => serde_yaml_ng::to_string(&object)?,
         Output::Json => serde_json::to_string_pretty(&object)? + "\n",

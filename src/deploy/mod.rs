@@ -35,7 +35,7 @@ pub enum DeployError {
     InvalidName(String),
     /// A name is longer than the target project accepts (it would skip it, not refuse it).
     #[error(
-        "{what} {name:?} is {len} characters; {project} skips a longer one than {max}, so shorten the name"
+        "{what} {name:?} is {len} characters, but {project} skips any longer than {max}: shorten the name"
     )]
     NameTooLong {
         /// What the name names, e.g. Volcano's network topology type.
