@@ -222,7 +222,9 @@ fn upstream(cp: &ControlPlane, dir: &Path) {
             grove["metadata"]["name"],
             name.as_deref().unwrap_or("nodetopo-grove")
         );
-        assert_ne!(grove["metadata"]["name"], kai["metadata"]["name"]);
+        if name.is_none() {
+            assert_ne!(grove["metadata"]["name"], kai["metadata"]["name"]);
+        }
         assert_eq!(level_count(&grove), level_count(&kai));
         // Bound to nodetopo's KAI Topology: the binding may then share its name.
         let kai_name = kai["metadata"]["name"].as_str().unwrap();
@@ -337,11 +339,25 @@ fn hypernodes(cp: &ControlPlane) {
 /// Grove v0.1.0-alpha.8's `ClusterTopology` (the kind before `ClusterTopologyBinding`) allows only
 /// its own domain names, so nodetopo's levels cannot be written for it.
 fn grove_alpha8(cp: &ControlPlane, dir: &Path) {
-    install_crd(
-        cp,
-        &dir.join("grove/grove.io_clustertopologies.v0.1.0-alpha.8.yaml"),
-        "clustertopologies.grove.io",
+    // Both Grove CRDs claim the short name `ct`, so the older one is never Established next to
+    // the newer: install it without short names.
+    let file = dir.join("grove/grove.io_clustertopologies.v0.1.0-alpha.8.yaml");
+    let mut crd: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    crd["spec"]["names"]
+        .as_object_mut()
+        .unwrap()
+        .remove("shortNames");
+    let out = cp.kubectl_input(
+        &["apply", "--server-side", "-f", "-"],
+        &serde_json::to_string(&crd).unwrap(),
     );
+    assert!(out.status.success(), "{out:?}");
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/clustertopologies.grove.io",
+    ]);
     let mut old: Value = serde_yaml_ng::from_str(&manifests(&["--for", "grove"])).unwrap();
     old["kind"] = json!("ClusterTopology");
     refused(cp, &serde_json::to_string(&old).unwrap(), "clique");
