@@ -75,4 +75,51 @@ fn bad_options_fail_clearly() {
     assert!(err.contains("invalid label key"), "{err}");
     let out = nodetopo(&["manifests", "topology", "--for", "slurm"]);
     assert!(!out.status.success());
+    let out = nodetopo(&[
+        "manifests",
+        "topology",
+        "--for",
+        "kai",
+        "--kai-topology",
+        "nodetopo",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only to Grove"), "{err}");
+    let out = nodetopo(&[
+        "manifests",
+        "topology",
+        "--for",
+        "volcano",
+        "--name",
+        "a-rather-long-name",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Volcano skips"), "{err}");
+}
+
+#[test]
+fn grove_binding_names_the_kai_topology() {
+    let out = nodetopo(&["manifests", "topology", "--for", "grove", "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metadata"]["name"], "nodetopo-grove");
+    assert!(v["spec"].get("schedulerTopologyBindings").is_none());
+    let out = nodetopo(&[
+        "manifests",
+        "topology",
+        "--for",
+        "grove",
+        "--kai-topology",
+        "nodetopo",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["spec"]["schedulerTopologyBindings"][0]["topologyReference"],
+        "nodetopo"
+    );
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use nodetopo::deploy::topology::{self, LevelOptions, Scheduler};
+use nodetopo::deploy::topology::{self, LevelOptions, ObjectOptions, Scheduler};
 
 /// Flags of `nodetopo manifests`.
 #[derive(Debug, Args)]
@@ -42,9 +42,23 @@ struct TopologyArgs {
     /// `ib.su` above the NVLink levels) or `roce` (`roce.leaf` above the host).
     #[arg(long, value_enum, default_value_t = topology::FabricLevels::None)]
     fabric: topology::FabricLevels,
-    /// Name of the object (for Volcano: the topology type in the discovery configuration).
-    #[arg(long, default_value = topology::DEFAULT_NAME)]
-    name: String,
+    /// Name of the object: `nodetopo`, for Grove `nodetopo-grove` (Grove's KAI backend creates a
+    /// KAI Topology of the binding's name, which must not be the one `--for kai` writes). For
+    /// Volcano, the prefix of its topology types (`<name>-nvlink`, `<name>-ib`, ...; Volcano skips
+    /// a type name over 20 characters, so this is refused).
+    #[arg(long)]
+    name: Option<String>,
+    /// Grove only: bind Grove's KAI backend to this KAI Topology (the one `--for kai --name NAME`
+    /// writes) through `spec.schedulerTopologyBindings`; Grove then checks it for drift instead of
+    /// creating its own. Needs Grove's KAI backend enabled (Grove's webhook refuses it otherwise).
+    #[arg(long, value_name = "NAME")]
+    kai_topology: Option<String>,
+    /// Volcano only: `per-family` writes a topology type per family of levels, so that every
+    /// node is in the HyperNodes of the labels it carries (tiers counted per type); `single` one
+    /// type of every level (one tree, a tier per level, but a node lacking any level, such as an
+    /// HGX node without `nvlink.domain`, is in no HyperNode).
+    #[arg(long, value_enum, default_value_t = topology::VolcanoTypes::PerFamily)]
+    volcano_types: topology::VolcanoTypes,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Yaml)]
     output: Output,
@@ -63,7 +77,19 @@ fn topology(args: TopologyArgs) -> anyhow::Result<()> {
         fabric: args.fabric,
     })
     .context("--label-prefix or --block-label")?;
-    let object = topology::topology_object(args.scheduler, &args.name, &levels)?;
+    let name = args
+        .name
+        .as_deref()
+        .unwrap_or(args.scheduler.default_name());
+    let object = topology::topology_object_with(
+        args.scheduler,
+        name,
+        &levels,
+        &ObjectOptions {
+            kai_topology: args.kai_topology,
+            volcano_types: args.volcano_types,
+        },
+    )?;
     let text = match args.output {
         Output::Yaml => serde_yaml_ng::to_string(&object)?,
         Output::Json => serde_json::to_string_pretty(&object)? + "\n",

@@ -33,4 +33,33 @@ pub enum DeployError {
     /// A name for a generated object is not a DNS subdomain.
     #[error("invalid object name {0:?}: must be a lowercase DNS subdomain")]
     InvalidName(String),
+    /// A name is longer than the target project accepts (it would skip it, not refuse it).
+    #[error(
+        "{what} {name:?} is {len} characters, but {project} skips any longer than {max}: shorten the name"
+    )]
+    NameTooLong {
+        /// What the name names, e.g. Volcano's network topology type.
+        what: &'static str,
+        /// The offending name.
+        name: String,
+        /// Its length.
+        len: usize,
+        /// The project that sets the limit.
+        project: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// A level list that does not end with the host level.
+    #[error("the levels must end with the host level ({HOSTNAME})", HOSTNAME = crate::labels::keys::HOSTNAME)]
+    HostNotLast,
+    /// An option that only one scheduler's object has was given for another.
+    #[error("{option} applies only to {only}, not to {scheduler}")]
+    NotForScheduler {
+        /// The option.
+        option: &'static str,
+        /// The object it belongs to.
+        only: &'static str,
+        /// The scheduler it was given for.
+        scheduler: &'static str,
+    },
 }
