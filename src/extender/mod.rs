@@ -389,6 +389,17 @@ impl Extender {
                 .filter(|(g, _)| !reserved.iter().any(|(r, _)| r == g))
                 .map(|(_, d)| *d)
                 .max_by_key(|d| (u64::from(d.pods) * u64::from(d.gpus_per_pod), d.pods));
+            // A counterpart not seen at all yet (its LeaderWorkerSet created a moment later, its
+            // controller still making the pods) is expected to be this group's size.
+            let waiting = waiting.or_else(|| {
+                (group.role.is_some() && reserved.is_empty() && ctx.counterparts.is_empty())
+                    .then_some(group.size)
+                    .flatten()
+                    .map(|pods| policy::Demand {
+                        pods,
+                        gpus_per_pod: ctx.gpus,
+                    })
+            });
             let reserved: Vec<Domain> = reserved.into_iter().map(|(_, d)| d).collect();
             let counterpart = policy::Counterpart {
                 placed: &ctx.counterparts,

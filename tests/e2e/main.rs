@@ -18,3 +18,4 @@ mod scheduler;
 mod soak;
 mod topology;
 mod webhook;
+mod workloads;

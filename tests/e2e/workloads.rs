@@ -1,0 +1,550 @@
+//! Wide-EP deployments as users create them: LeaderWorkerSet and DisaggregatedSet objects whose
+//! pods are made by the real LeaderWorkerSet manager (v0.9.0, built from its Go module by
+//! `build-kube.sh`, CRDs and webhook manifests from the same module), the StatefulSets under
+//! them by kube-controller-manager's StatefulSet controller, and every pod placed by a real
+//! kube-scheduler with the shipped configuration calling `nodetopo extender`.
+//!
+//! The manager runs as on a cluster, adapted to loopback: leader election off, its internal
+//! certificate management off, its webhooks served on 127.0.0.1 with a certificate of the
+//! harness's CA and registered by `url`. No kubelet runs: pods stay Pending once bound, and a
+//! test that needs a group Ready (a rolling update) marks its pods Running and Ready itself, as
+//! a kubelet would.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+use crate::harness::{self, ControlPlane, NODETOPO, ROOT};
+
+/// A process killed on drop.
+pub struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        harness::terminate(&mut self.0, Duration::from_secs(5));
+    }
+}
+
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Proc {
+    let f = std::fs::File::create(log).expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    Proc(child)
+}
+
+/// The LeaderWorkerSet manager's folder: the binary, `crds/` and `webhook/`.
+fn lws_dir() -> PathBuf {
+    harness::bin_dir().join("lws")
+}
+
+/// kube-controller-manager with what pods of a workload controller need: StatefulSets, the
+/// garbage collector (deletion), namespaces' default ServiceAccounts and root CA.
+pub fn start_controller_manager(cp: &ControlPlane) -> Proc {
+    spawn_logged(
+        Command::new(harness::bin("kube-controller-manager"))
+            .arg(format!("--kubeconfig={}", cp.admin_kubeconfig.display()))
+            .arg(
+                "--controllers=statefulset-controller,garbage-collector-controller,\
+                 serviceaccount-controller,root-ca-certificate-publisher-controller,\
+                 namespace-controller",
+            )
+            .arg(format!("--root-ca-file={}", cp.ca.display()))
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--use-service-account-credentials=false"),
+        &cp.admin_kubeconfig.with_file_name("kcm-workloads.log"),
+    )
+}
+
+/// The webhook configurations of the module, with its kustomize patches applied (the pod
+/// webhooks only for pods of a LeaderWorkerSet) and each `clientConfig.service` replaced by a
+/// URL on 127.0.0.1 and the test CA.
+fn webhook_configs(port: u16, ca: &Path) -> Vec<Value> {
+    use base64::Engine as _;
+    let dir = lws_dir().join("webhook");
+    let text = std::fs::read_to_string(dir.join("manifests.yaml")).expect("webhook manifests");
+    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(ca).unwrap());
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let mut v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v.is_null() {
+            continue;
+        }
+        let patch = match v["kind"].as_str() {
+            Some("MutatingWebhookConfiguration") => "mutating-patch.yaml",
+            _ => "validating-patch.yaml",
+        };
+        let ops: Vec<Value> =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join(patch)).unwrap()).unwrap();
+        for op in ops {
+            assert_eq!(op["op"], "replace", "{op}");
+            let path = op["path"].as_str().unwrap();
+            *v.pointer_mut(path)
+                .unwrap_or_else(|| panic!("{path} in {patch}")) = op["value"].clone();
+        }
+        for w in v["webhooks"].as_array_mut().unwrap() {
+            let path = w["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            w["clientConfig"] = json!({
+                "url": format!("https://127.0.0.1:{port}{path}"),
+                "caBundle": ca_b64,
+            });
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// The LeaderWorkerSet manager with its CRDs and webhooks installed; returns once its webhook
+/// server answers.
+pub fn start_lws_manager(cp: &ControlPlane) -> Proc {
+    cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        lws_dir().join("crds").to_str().unwrap(),
+    ]);
+    let dir = cp.admin_kubeconfig.with_file_name("lws-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, key) = cp.serving_cert("lws-webhook");
+    std::fs::copy(&crt, dir.join("tls.crt")).unwrap();
+    std::fs::copy(&key, dir.join("tls.key")).unwrap();
+    let (port, health) = (harness::free_port(), harness::free_port());
+    let config = format!(
+        "apiVersion: config.lws.x-k8s.io/v1alpha1\nkind: Configuration\n\
+         leaderElection:\n  leaderElect: false\n\
+         internalCertManagement:\n  enable: false\n\
+         webhook:\n  port: {port}\n  host: 127.0.0.1\n  certDir: {}\n\
+         metrics:\n  bindAddress: \"0\"\n\
+         health:\n  healthProbeBindAddress: 127.0.0.1:{health}\n",
+        dir.display()
+    );
+    std::fs::write(dir.join("config.yaml"), config).unwrap();
+    let proc = spawn_logged(
+        Command::new(lws_dir().join("lws-manager"))
+            .arg(format!("--config={}", dir.join("config.yaml").display()))
+            .env("KUBECONFIG", &cp.admin_kubeconfig),
+        &dir.join("manager.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the LeaderWorkerSet manager's webhook did not listen in 60 s:\n{}",
+            std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for cfg in webhook_configs(port, &cp.ca) {
+        let out = cp.kubectl_input(&["apply", "-f", "-"], &cfg.to_string());
+        assert!(out.status.success(), "{out:?}");
+    }
+    proc
+}
+
+/// An 8-GPU HGX H100 node on InfiniBand, in scalable unit `su` of spine block `block`, with the
+/// labels nodetopo's agent publishes there and a real node's allocatable resources.
+pub async fn create_hgx(client: &Client, name: &str, block: usize, su: usize) {
+    let labels = [
+        ("nodetopo.io/gpu.count", "8".to_string()),
+        ("nodetopo.io/gpu.product", "NVIDIA-H100-80GB-HBM3".into()),
+        ("nodetopo.io/nvlink.fabric", "none".into()),
+        ("nodetopo.io/rdma.link-layer", "infiniband".into()),
+        ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0000".into()),
+        ("nodetopo.io/ib.su", format!("b{block}-su{su}")),
+        ("nodetopo.io/ib.block", format!("b{block}")),
+    ];
+    create_node(client, name, &labels, 8).await;
+}
+
+/// A Ready node with `labels`, `gpus` GPUs and the CPU, memory and disk of an HGX server.
+pub async fn create_node(client: &Client, name: &str, labels: &[(&str, String)], gpus: u32) {
+    let api: Api<Node> = Api::all(client.clone());
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), json!(v)))
+        .chain([("kubernetes.io/hostname".to_string(), json!(name))])
+        .collect();
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &node).await.unwrap();
+    let res = json!({"cpu": "224", "memory": "2Ti", "ephemeral-storage": "28Ti",
+        "pods": "110", "nvidia.com/gpu": gpus.to_string()});
+    let status = json!({"status": {"capacity": res, "allocatable": res,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "e2e", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"taints": null}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// A pod that occupies a whole node (another team's job), bound directly.
+async fn occupy(client: &Client, ns: &str, node: &str) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": format!("busy-{node}"), "namespace": ns},
+        "spec": {"nodeName": node, "containers": [{"name": "train", "image": "pytorch:2.9",
+            "resources": {"limits": {"nvidia.com/gpu": "8"}}}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+}
+
+/// The llm-d wide-EP pod template: vLLM with 8 GPUs, 32 CPUs, 512Gi memory and 1Ti ephemeral
+/// storage, `llm-d.ai/role` and `llm-d.ai/model` labels, no `schedulerName`.
+fn vllm_template(role: &str, model: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"llm-d.ai/role": role, "llm-d.ai/model": model,
+            "llm-d.ai/inferenceServing": "true"}},
+        "spec": {"containers": [{
+            "name": "vllm",
+            "image": "ghcr.io/llm-d/llm-d-cuda:v0.3.0",
+            "args": ["--model", "deepseek-ai/DeepSeek-R1-0528", "--data-parallel-size", "16"],
+            "resources": {
+                "limits": {"nvidia.com/gpu": "8", "cpu": "32", "memory": "512Gi",
+                    "ephemeral-storage": "1Ti"},
+                "requests": {"nvidia.com/gpu": "8", "cpu": "32", "memory": "512Gi",
+                    "ephemeral-storage": "1Ti"},
+            },
+        }]},
+    })
+}
+
+/// A LeaderWorkerSet of `replicas` groups of `size` pods from `template`.
+fn lws(name: &str, replicas: u32, size: u32, template: &Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "leaderWorkerTemplate": {
+                "size": size,
+                "leaderTemplate": template,
+                "workerTemplate": template,
+            },
+        },
+    })
+}
+
+/// Applies `obj` in `ns` (server-side, as a user's `kubectl apply`).
+fn apply(cp: &ControlPlane, ns: &str, obj: &Value) {
+    let out = cp.kubectl_input(
+        &["apply", "--server-side", "-n", ns, "-f", "-"],
+        &obj.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "apply {}: {}",
+        obj["metadata"]["name"],
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pods of `ns` with a LeaderWorkerSet group key: group key → (pod → node, if bound).
+async fn groups(client: &Client, ns: &str) -> BTreeMap<String, BTreeMap<String, Option<String>>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("leaderworkerset.sigs.k8s.io/group-key"))
+        .await
+        .unwrap();
+    let mut out: BTreeMap<String, BTreeMap<String, Option<String>>> = BTreeMap::new();
+    for p in pods.items {
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        let key = format!(
+            "{}/{}",
+            labels["leaderworkerset.sigs.k8s.io/name"],
+            labels["leaderworkerset.sigs.k8s.io/group-key"]
+        );
+        out.entry(key).or_default().insert(
+            p.metadata.name.clone().unwrap(),
+            p.spec.and_then(|s| s.node_name),
+        );
+    }
+    out
+}
+
+/// Waits until `ns` has `pods` group pods, all bound; returns group → nodes and how long it took.
+async fn all_bound(
+    client: &Client,
+    ns: &str,
+    pods: usize,
+    within: Duration,
+) -> (BTreeMap<String, Vec<String>>, Duration) {
+    let t0 = Instant::now();
+    let out = harness::eventually(within, &format!("{pods} pods bound in {ns}"), || async {
+        let g = groups(client, ns).await;
+        let n: usize = g.values().map(BTreeMap::len).sum();
+        if n != pods {
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        for (k, members) in g {
+            let nodes: Option<Vec<String>> = members.into_values().collect();
+            out.insert(k, nodes?);
+        }
+        Some(out)
+    })
+    .await;
+    (out, t0.elapsed())
+}
+
+/// The scalable unit (`ib.su`) of each node.
+async fn su_of(client: &Client) -> BTreeMap<String, String> {
+    harness::nodes_by_name(client)
+        .await
+        .into_iter()
+        .filter_map(|(n, node)| {
+            let su = node.metadata.labels?.get("nodetopo.io/ib.su")?.clone();
+            Some((n, su))
+        })
+        .collect()
+}
+
+/// Deletes every LeaderWorkerSet and DisaggregatedSet in `ns` and waits until the garbage
+/// collector has removed their StatefulSets and pods. Pods bound to a node wait for its kubelet
+/// to confirm their end; none runs here, so they are removed at once, as the kubelet would.
+async fn delete_workloads(cp: &ControlPlane, client: &Client, ns: &str) {
+    cp.kubectl(&[
+        "delete",
+        "leaderworkersets,disaggregatedsets",
+        "--all",
+        "-n",
+        ns,
+        "--wait=false",
+    ]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), ns);
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    harness::eventually(Duration::from_secs(90), "the workloads' pods gone", || {
+        let (pods, sts, dp) = (pods.clone(), sts.clone(), dp.clone());
+        async move {
+            let _ = pods.delete_collection(&dp, &ListParams::default()).await;
+            let p = pods.list(&ListParams::default()).await.ok()?.items.len();
+            let s = sts.list(&ListParams::default()).await.ok()?.items.len();
+            (p == 0 && s == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// kube-scheduler without the extender: the reference.
+fn start_plain_scheduler(cp: &ControlPlane) -> Proc {
+    let cfg = json!({
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": cp.admin_kubeconfig.display().to_string()},
+        "leaderElection": {"leaderElect": false},
+        "profiles": [{"schedulerName": "default-scheduler"}],
+    });
+    let path = cp.admin_kubeconfig.with_file_name("plain-scheduler.yaml");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    spawn_logged(
+        Command::new(harness::bin("kube-scheduler"))
+            .arg(format!("--config={}", path.display()))
+            .arg("--secure-port=0"),
+        &cp.admin_kubeconfig.with_file_name("plain-scheduler.log"),
+    )
+}
+
+/// One fragmented InfiniBand fleet: 2 spine blocks × 3 scalable units × 4 HGX nodes, some nodes
+/// busy with other jobs. Seeded: which scalable units are tight (exactly 2 free nodes: one group
+/// fits, not a pair) and which two have room for a decode and a prefill group (4 free).
+fn fleet(seed: u64) -> Vec<(usize, usize, usize)> {
+    // (block, su, free nodes); the two roomy scalable units move with the seed.
+    let roomy: BTreeSet<usize> = [(seed % 6) as usize, ((seed + 3) % 6) as usize].into();
+    (0..6)
+        .map(|i| (i / 3, i % 3, if roomy.contains(&i) { 4 } else { 2 }))
+        .collect()
+}
+
+struct Outcome {
+    took: Duration,
+    groups: usize,
+    split: usize,
+    pairs_apart: usize,
+}
+
+/// Creates the fleet, then a prefill and a decode LeaderWorkerSet (`size: 2`, llm-d's wide-EP
+/// shape) in `ns`, and measures until every pod is bound.
+async fn wide_ep_round(
+    cp: &ControlPlane,
+    client: &Client,
+    ns: &str,
+    model: &str,
+) -> (BTreeMap<String, Vec<String>>, Outcome) {
+    cp.kubectl(&["create", "namespace", ns]);
+    harness::eventually(
+        Duration::from_secs(30),
+        "the default ServiceAccount",
+        || {
+            let sa =
+                Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns);
+            async move { sa.get("default").await.ok() }
+        },
+    )
+    .await;
+    let t0 = Instant::now();
+    for role in ["decode", "prefill"] {
+        apply(
+            cp,
+            ns,
+            &lws(
+                &format!("{model}-{role}"),
+                1,
+                2,
+                &vllm_template(role, model),
+                json!({}),
+            ),
+        );
+    }
+    let (placed, _) = all_bound(client, ns, 4, Duration::from_secs(120)).await;
+    let took = t0.elapsed();
+    let sus = su_of(client).await;
+    let su_set =
+        |nodes: &[String]| -> BTreeSet<String> { nodes.iter().map(|n| sus[n].clone()).collect() };
+    let split = placed.values().filter(|n| su_set(n).len() > 1).count();
+    let all: Vec<String> = placed.values().flatten().cloned().collect();
+    let pairs_apart = usize::from(su_set(&all).len() > 1);
+    let out = Outcome {
+        took,
+        groups: placed.len(),
+        split,
+        pairs_apart,
+    };
+    (placed, out)
+}
+
+/// The llm-d wide-EP shape on a fragmented InfiniBand fleet, with the extender and with
+/// kube-scheduler alone, several seeds: every LeaderWorkerSet group (`group-key`, set by the
+/// manager's pod webhook) lands in one scalable unit, and prefill joins its decode's scalable
+/// unit wherever one has room for both; deletion frees the room.
+#[tokio::test]
+async fn wide_ep_leaderworkersets_placed_through_the_extender() {
+    let cp = ControlPlane::start(harness::Options::default());
+    let client = cp.admin().await;
+    cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
+    let _kcm = start_controller_manager(&cp);
+    let _lws = start_lws_manager(&cp);
+    cp.kubectl(&["create", "namespace", "other-jobs"]);
+    harness::eventually(
+        Duration::from_secs(30),
+        "other-jobs' ServiceAccount",
+        || {
+            let sa = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+                client.clone(),
+                "other-jobs",
+            );
+            async move { sa.get("default").await.ok() }
+        },
+    )
+    .await;
+    let mut nodes = Vec::new();
+    for b in 0..2 {
+        for s in 0..3 {
+            for i in 0..4 {
+                let name = format!("hgx-b{b}-su{s}-{i}");
+                create_hgx(&client, &name, b, s).await;
+                nodes.push((b, s, i, name));
+            }
+        }
+    }
+
+    let mut rows = Vec::new();
+    for (mode, seeds) in [
+        ("kube-scheduler alone", 0..3u64),
+        ("nodetopo extender", 0..3u64),
+    ] {
+        let (sched, _ext) = if mode == "nodetopo extender" {
+            let (ext, port) = crate::scheduler::start_extender(&cp);
+            let s = crate::scheduler::start_scheduler(&cp, port, "default-scheduler", true);
+            (Box::new(s) as Box<dyn std::any::Any>, Some(ext))
+        } else {
+            (
+                Box::new(start_plain_scheduler(&cp)) as Box<dyn std::any::Any>,
+                None,
+            )
+        };
+        for seed in seeds {
+            // Busy nodes for this seed: all but the free ones of each scalable unit.
+            let free = fleet(seed);
+            for (b, s, i, name) in &nodes {
+                let f = free.iter().find(|x| x.0 == *b && x.1 == *s).unwrap().2;
+                if *i >= f {
+                    occupy(&client, "other-jobs", name).await;
+                }
+            }
+            let tag = if _ext.is_some() { "x" } else { "k" };
+            let ns = format!("ep-{tag}{seed}");
+            let (placed, o) = wide_ep_round(&cp, &client, &ns, &format!("r1-{tag}{seed}")).await;
+            eprintln!(
+                "{mode}, seed {seed}: {} groups bound in {:.2} s, {} split, pair apart: {}; {placed:?}",
+                o.groups,
+                o.took.as_secs_f64(),
+                o.split,
+                o.pairs_apart
+            );
+            if _ext.is_some() {
+                assert_eq!(o.split, 0, "seed {seed}: a group was split: {placed:?}");
+                assert_eq!(
+                    o.pairs_apart, 0,
+                    "seed {seed}: two scalable units have room for both groups, yet prefill \
+                     and decode were placed apart: {placed:?}"
+                );
+            }
+            rows.push((mode, seed, o));
+            // Deletion: the LeaderWorkerSets go, the garbage collector removes their
+            // StatefulSets and pods, and the other jobs free their nodes for the next seed.
+            delete_workloads(&cp, &client, &ns).await;
+            harness::delete_pods(&client, "other-jobs").await;
+        }
+        drop(sched);
+    }
+    let summary: Vec<String> = rows
+        .iter()
+        .map(|(m, s, o)| {
+            format!(
+                "{m} seed {s}: {:.2} s, {} of {} groups split, pair apart {}",
+                o.took.as_secs_f64(),
+                o.split,
+                o.groups,
+                o.pairs_apart
+            )
+        })
+        .collect();
+    eprintln!("WIDE-EP SUMMARY\n{}", summary.join("\n"));
+    let _ = NODETOPO;
+}
