@@ -487,7 +487,9 @@ fn arb_fleet() -> impl Strategy<Value = Fleet> {
 /// in the pod watch) before the first is scheduled, as kube-scheduler would: each pod's
 /// candidates are the free nodes, filter then prioritize, random tie-breaks. Returns the
 /// `(block, su)` of each decode and each prefill pod.
-fn place_pair(f: &Fleet) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+type Spots = Vec<(usize, usize)>;
+
+fn place_pair(f: &Fleet) -> (Spots, Spots) {
     let (ext, placements) = extender();
     let mut rng = StdRng::seed_from_u64(f.seed);
     let mut where_: BTreeMap<String, (usize, usize)> = BTreeMap::new();

@@ -24,7 +24,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::harness::{self, ControlPlane, NODETOPO, ROOT};
+use crate::harness::{self, ControlPlane, ROOT};
 
 /// A process killed on drop.
 pub struct Proc(Child);
@@ -407,16 +407,7 @@ async fn wide_ep_round(
     model: &str,
 ) -> (BTreeMap<String, Vec<String>>, Outcome) {
     cp.kubectl(&["create", "namespace", ns]);
-    harness::eventually(
-        Duration::from_secs(30),
-        "the default ServiceAccount",
-        || {
-            let sa =
-                Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns);
-            async move { sa.get("default").await.ok() }
-        },
-    )
-    .await;
+    wait_default_sa(client, ns).await;
     let t0 = Instant::now();
     for role in ["decode", "prefill"] {
         apply(
@@ -460,18 +451,7 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
     let _kcm = start_controller_manager(&cp);
     let _lws = start_lws_manager(&cp);
     cp.kubectl(&["create", "namespace", "other-jobs"]);
-    harness::eventually(
-        Duration::from_secs(30),
-        "other-jobs' ServiceAccount",
-        || {
-            let sa = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
-                client.clone(),
-                "other-jobs",
-            );
-            async move { sa.get("default").await.ok() }
-        },
-    )
-    .await;
+    wait_default_sa(&client, "other-jobs").await;
     let mut nodes = Vec::new();
     for b in 0..2 {
         for s in 0..3 {
@@ -546,5 +526,147 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
         })
         .collect();
     eprintln!("WIDE-EP SUMMARY\n{}", summary.join("\n"));
-    let _ = NODETOPO;
+}
+
+/// The same deployment through one DisaggregatedSet (`prefill` and `decode` roles) on a free
+/// InfiniBand fleet, then its decode role scaled up; and a LeaderWorkerSet with
+/// `exclusive-topology` on the scalable-unit label, whose workers the manager creates only after
+/// their leader is bound and pins to its domain.
+#[tokio::test]
+async fn disaggregatedset_scale_up_and_exclusive_topology() {
+    let cp = ControlPlane::start(harness::Options::default());
+    let client = cp.admin().await;
+    cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
+    let _kcm = start_controller_manager(&cp);
+    let _lws = start_lws_manager(&cp);
+    for b in 0..2 {
+        for s in 0..3 {
+            for i in 0..4 {
+                create_hgx(&client, &format!("hgx-b{b}-su{s}-{i}"), b, s).await;
+            }
+        }
+    }
+    let (_ext, port) = crate::scheduler::start_extender(&cp);
+    let _sched = crate::scheduler::start_scheduler(&cp, port, "default-scheduler", true);
+    let sus = su_of(&client).await;
+    let su_set =
+        |nodes: &[String]| -> BTreeSet<String> { nodes.iter().map(|n| sus[n].clone()).collect() };
+
+    let ns = "ds";
+    cp.kubectl(&["create", "namespace", ns]);
+    wait_default_sa(&client, ns).await;
+    let role = |name: &str, replicas: u32| {
+        json!({"name": name, "spec": {"replicas": replicas, "leaderWorkerTemplate": {
+            "size": 2,
+            "leaderTemplate": vllm_template(name, "r1-ds"),
+            "workerTemplate": vllm_template(name, "r1-ds"),
+        }}})
+    };
+    let ds = |decode: u32| {
+        json!({
+            "apiVersion": "disaggregatedset.x-k8s.io/v1",
+            "kind": "DisaggregatedSet",
+            "metadata": {"name": "r1"},
+            "spec": {"roles": [role("prefill", 1), role("decode", decode)]},
+        })
+    };
+    apply(&cp, ns, &ds(1));
+    let (placed, took) = all_bound(&client, ns, 4, Duration::from_secs(120)).await;
+    eprintln!(
+        "DisaggregatedSet bound in {:.2} s: {placed:?}",
+        took.as_secs_f64()
+    );
+    for (g, nodes) in &placed {
+        assert_eq!(su_set(nodes).len(), 1, "group {g} split: {placed:?}");
+    }
+    let all: Vec<String> = placed.values().flatten().cloned().collect();
+    assert_eq!(
+        su_set(&all).len(),
+        1,
+        "prefill joins decode's scalable unit, which has room: {placed:?}"
+    );
+    // The pods carry what nodetopo pairs them by, set by the controllers themselves.
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    for p in &pods.items {
+        let l = p.metadata.labels.as_ref().unwrap();
+        assert_eq!(l["disaggregatedset.x-k8s.io/name"], "r1", "{l:?}");
+        assert!(
+            l.contains_key("leaderworkerset.sigs.k8s.io/group-key"),
+            "{l:?}"
+        );
+    }
+
+    // Scale decode up: the new group is kept in one scalable unit, the old ones stay put.
+    apply(&cp, ns, &ds(2));
+    let (scaled, _) = all_bound(&client, ns, 6, Duration::from_secs(120)).await;
+    for (g, nodes) in &scaled {
+        assert_eq!(
+            su_set(nodes).len(),
+            1,
+            "group {g} split after scale-up: {scaled:?}"
+        );
+        if let Some(before) = placed.get(g) {
+            let mut a = before.clone();
+            let mut b = nodes.clone();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "group {g} moved on scale-up");
+        }
+    }
+    delete_workloads(&cp, &client, ns).await;
+
+    // exclusive-topology: each group gets a scalable unit to itself.
+    let ns = "excl";
+    cp.kubectl(&["create", "namespace", ns]);
+    wait_default_sa(&client, ns).await;
+    apply(
+        &cp,
+        ns,
+        &lws(
+            "r1-decode",
+            2,
+            2,
+            &vllm_template("decode", "r1-excl"),
+            json!({"leaderworkerset.sigs.k8s.io/exclusive-topology": "nodetopo.io/ib.su"}),
+        ),
+    );
+    let (excl, took) = all_bound(&client, ns, 4, Duration::from_secs(120)).await;
+    eprintln!(
+        "exclusive-topology groups bound in {:.2} s: {excl:?}",
+        took.as_secs_f64()
+    );
+    let mut seen = BTreeSet::new();
+    for (g, nodes) in &excl {
+        let s = su_set(nodes);
+        assert_eq!(s.len(), 1, "group {g} split: {excl:?}");
+        assert!(
+            seen.insert(s.into_iter().next().unwrap()),
+            "two groups share a scalable unit: {excl:?}"
+        );
+    }
+    // The workers were pinned to their leader's domain by the manager.
+    let workers = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("leaderworkerset.sigs.k8s.io/worker-index=1"))
+        .await
+        .unwrap();
+    for w in workers.items {
+        let sel = w.spec.unwrap().node_selector.unwrap_or_default();
+        assert!(sel.contains_key("nodetopo.io/ib.su"), "{sel:?}");
+    }
+}
+
+async fn wait_default_sa(client: &Client, ns: &str) {
+    harness::eventually(
+        Duration::from_secs(30),
+        "the default ServiceAccount",
+        || {
+            let sa =
+                Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns);
+            async move { sa.get("default").await.ok() }
+        },
+    )
+    .await;
 }

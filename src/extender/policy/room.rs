@@ -213,11 +213,10 @@ fn pair_anchor(
             let (Some(own_key), Some(key)) = (&n.keys[own], &n.keys[level]) else {
                 continue;
             };
-            if holds_group.contains(key.as_str())
-                || !own_domains
-                    .get(own_key)
-                    .is_some_and(|a| a.slots >= u64::from(need.pods))
-            {
+            let holds = own_domains
+                .get(own_key)
+                .is_some_and(|a| a.slots >= u64::from(need.pods));
+            if !holds || holds_group.contains(key.as_str()) {
                 continue;
             }
             let pair_fits = match (counterpart.waiting, cp_own) {
