@@ -371,7 +371,7 @@ impl Extender {
                 .reservations
                 .held(&group.group_id, self.placements.as_ref(), now);
             // The counterpart role: placed pods, groups reserved but not visible as placed yet,
-            // and the largest group still waiting with neither.
+            // and the groups still waiting with neither.
             let reserved = group
                 .role
                 .map(|r| {
@@ -383,14 +383,21 @@ impl Extender {
                     )
                 })
                 .unwrap_or_default();
+            // Every counterpart group still waiting, taken together (a decode group's prefill
+            // groups should all find room beside it).
             let waiting = ctx
                 .counterpart_waiting
                 .iter()
                 .filter(|(g, _)| !reserved.iter().any(|(r, _)| r == g))
                 .map(|(_, d)| *d)
-                .max_by_key(|d| (u64::from(d.pods) * u64::from(d.gpus_per_pod), d.pods));
+                .reduce(|a, b| policy::Demand {
+                    pods: a.pods.saturating_add(b.pods),
+                    gpus_per_pod: a.gpus_per_pod.max(b.gpus_per_pod),
+                });
             // A counterpart not seen at all yet (its LeaderWorkerSet created a moment later, its
-            // controller still making the pods) is expected to be this group's size.
+            // controller still making the pods) is guessed at this group's size, or the largest
+            // half, quarter, ... of it that still fits beside the group.
+            let guessed = waiting.is_none();
             let waiting = waiting.or_else(|| {
                 (group.role.is_some() && reserved.is_empty() && ctx.counterparts.is_empty())
                     .then_some(group.size)
@@ -405,6 +412,7 @@ impl Extender {
                 placed: &ctx.counterparts,
                 reserved: &reserved,
                 waiting,
+                guessed,
             };
             let chosen = ctx.remaining.and_then(|r| {
                 let need = policy::Demand {

@@ -670,3 +670,129 @@ async fn wait_default_sa(client: &Client, ns: &str) {
     )
     .await;
 }
+
+/// A GB200 tray (4 GPUs) in clique `clique` of NVL72 rack `rack`, its fabric `fabric`.
+async fn create_tray(client: &Client, name: &str, rack: &str, clique: u32, fabric: &str) {
+    let mut labels = vec![
+        ("nodetopo.io/gpu.count", "4".to_string()),
+        ("nodetopo.io/gpu.product", "NVIDIA-GB200".into()),
+        ("nodetopo.io/nvlink.fabric", fabric.into()),
+        ("nodetopo.io/nvlink.cluster", rack.into()),
+        ("nodetopo.io/rdma.link-layer", "infiniband".into()),
+        ("nodetopo.io/rdma.ib-subnet", "fe80-0000-0000-0000".into()),
+    ];
+    if fabric == "ready" {
+        labels.push(("nodetopo.io/nvlink.domain", format!("{rack}.{clique}")));
+    }
+    create_node(client, name, &labels, 4).await;
+}
+
+/// The GB200 shape: 4-GPU pods, a decode LeaderWorkerSet of groups of 8 and a prefill one of
+/// groups of 2, on two NVL72 racks of two cliques each, some trays `degraded` or `pending` and
+/// some busy with other jobs: every group lands in one clique of ready trays, and a prefill
+/// group in its decode's rack.
+#[tokio::test]
+async fn gb200_decode_and_prefill_groups_from_the_real_controllers() {
+    const RACK_A: &str = "4f1c2d3e-5a6b-47c8-a9d0-e1f2a3b4c5d6";
+    const RACK_B: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let cp = ControlPlane::start(harness::Options::default());
+    let client = cp.admin().await;
+    cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
+    let _kcm = start_controller_manager(&cp);
+    let _lws = start_lws_manager(&cp);
+    cp.kubectl(&["create", "namespace", "other-jobs"]);
+    wait_default_sa(&client, "other-jobs").await;
+    // Rack A: clique 1 has 9 trays, 5 of them busy (4 free); clique 2 has 9 free. Rack B:
+    // clique 1 has 8 free, clique 2 has 2 free; one degraded and one pending tray in each rack.
+    for (rack, tag, clique, trays, busy) in [
+        (RACK_A, "a", 1, 9, 5),
+        (RACK_A, "a", 2, 9, 0),
+        (RACK_B, "b", 1, 8, 0),
+        (RACK_B, "b", 2, 9, 7),
+    ] {
+        for i in 0..trays {
+            let name = format!("gb-{tag}{clique}-{i}");
+            create_tray(&client, &name, rack, clique, "ready").await;
+            if i < busy {
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": format!("busy-{name}"), "namespace": "other-jobs"},
+                    "spec": {"nodeName": name, "containers": [{"name": "train",
+                        "image": "pytorch:2.9",
+                        "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+                }))
+                .unwrap();
+                Api::<Pod>::namespaced(client.clone(), "other-jobs")
+                    .create(&PostParams::default(), &pod)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    for (rack, tag) in [(RACK_A, "a"), (RACK_B, "b")] {
+        create_tray(&client, &format!("gb-{tag}-degraded"), rack, 1, "degraded").await;
+        create_tray(&client, &format!("gb-{tag}-pending"), rack, 1, "pending").await;
+    }
+    let (_ext, port) = crate::scheduler::start_extender(&cp);
+    let _sched = crate::scheduler::start_scheduler(&cp, port, "default-scheduler", true);
+    let nodes = harness::nodes_by_name(&client).await;
+    let label =
+        |n: &str, k: &str| -> Option<String> { nodes[n].metadata.labels.as_ref()?.get(k).cloned() };
+
+    let ns = "gb";
+    cp.kubectl(&["create", "namespace", ns]);
+    wait_default_sa(&client, ns).await;
+    let template = |role: &str| {
+        let mut t = vllm_template(role, "r1-gb");
+        t["spec"]["containers"][0]["resources"] = json!({
+            "limits": {"nvidia.com/gpu": "4", "cpu": "32", "memory": "256Gi"},
+            "requests": {"nvidia.com/gpu": "4", "cpu": "32", "memory": "256Gi"},
+        });
+        t
+    };
+    apply(
+        &cp,
+        ns,
+        &lws("r1-decode", 1, 8, &template("decode"), json!({})),
+    );
+    apply(
+        &cp,
+        ns,
+        &lws("r1-prefill", 2, 2, &template("prefill"), json!({})),
+    );
+    let (placed, took) = all_bound(&client, ns, 12, Duration::from_secs(120)).await;
+    eprintln!(
+        "GB200 groups bound in {:.2} s: {placed:?}",
+        took.as_secs_f64()
+    );
+    let mut decode_rack = None;
+    let mut prefill_racks = BTreeSet::new();
+    for (g, members) in &placed {
+        let cliques: BTreeSet<Option<String>> = members
+            .iter()
+            .map(|n| label(n, "nodetopo.io/nvlink.domain"))
+            .collect();
+        assert_eq!(
+            cliques.len(),
+            1,
+            "group {g} over several cliques: {placed:?}"
+        );
+        assert!(
+            cliques.iter().all(Option::is_some),
+            "group {g} on a tray that is not ready"
+        );
+        let rack = label(&members[0], "nodetopo.io/nvlink.cluster");
+        if g.starts_with("r1-decode/") {
+            decode_rack = rack;
+        } else {
+            prefill_racks.insert(rack);
+        }
+    }
+    assert!(decode_rack.is_some());
+    // The first prefill group joins the decode's rack. (The second one may not: which of the
+    // prefill pods the pod watch shows when the decode group picks its clique is a race with
+    // the StatefulSet controller; see the README.)
+    assert!(
+        prefill_racks.contains(&decode_rack),
+        "no prefill group in the decode group's rack: {placed:?}"
+    );
+}

@@ -53,8 +53,11 @@ pub struct Counterpart<'a> {
     /// Domains reserved for its groups whose members are not visible as placed yet, with the
     /// domains around them at looser levels.
     pub reserved: &'a [Domain],
-    /// Its largest group still waiting with nothing placed or reserved.
+    /// Its groups still waiting with nothing placed or reserved, taken together.
     pub waiting: Option<Demand>,
+    /// `waiting` is a guess (no pod of the counterpart seen yet): the largest half, quarter, ...
+    /// of it that still fits beside the group is kept free.
+    pub guessed: bool,
 }
 
 /// One candidate node as the room count sees it.
@@ -125,11 +128,20 @@ pub fn choose_domain(
     // costs the group nothing.
     let alone = choose_within(need, counterpart, &nodes, &held, None)?;
     let own = level_index(alone.domain().level);
-    match pair_anchor(need, counterpart, &nodes, &held, own) {
-        Some(anchor) => {
-            choose_within(need, counterpart, &nodes, &held, Some(&anchor)).or(Some(alone))
+    let mut cp = counterpart;
+    loop {
+        if let Some(anchor) = pair_anchor(need, cp, &nodes, &held, own) {
+            return choose_within(need, cp, &nodes, &held, Some(&anchor)).or(Some(alone));
         }
-        None => Some(alone),
+        match cp.waiting {
+            Some(w) if cp.guessed && w.pods > 1 => {
+                cp.waiting = Some(Demand {
+                    pods: w.pods / 2,
+                    ..w
+                });
+            }
+            _ => return Some(alone),
+        }
     }
 }
 
