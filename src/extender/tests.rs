@@ -233,6 +233,29 @@ fn arb_cluster() -> impl Strategy<Value = Cluster> {
         })
 }
 
+/// One scheduling cycle as kube-scheduler runs it: the free nodes as candidates, filter, then
+/// prioritize, the best score wins with a random tie-break; the node chosen is taken from
+/// `free`. `None` when no node is left.
+fn schedule(
+    ext: &Extender,
+    pod: &Pod,
+    free: &mut BTreeSet<String>,
+    rng: &mut StdRng,
+) -> Option<String> {
+    let cands: Vec<String> = free.iter().cloned().collect();
+    let keep = kept(ext, &names_args(pod, &cands));
+    let (scores, _) = ext.prioritize(&names_args(pod, &keep));
+    let best = scores.iter().map(|h| h.score).max()?;
+    let top: Vec<&String> = scores
+        .iter()
+        .filter(|h| h.score == best)
+        .map(|h| &h.host)
+        .collect();
+    let node = top[rng.random_range(0..top.len())].clone();
+    free.remove(&node);
+    Some(node)
+}
+
 /// Places a group of `c.size` pods as kube-scheduler would: each pod's candidates are the free
 /// nodes, filter then prioritize, the best score wins with a random tie-break. A decode group
 /// already runs in the first domain, so that counterpart closeness pulls the new group there.
@@ -270,21 +293,9 @@ fn place_group(c: &Cluster) -> (Vec<usize>, BTreeMap<String, usize>) {
     let gpus = if c.nvlink { 4 } else { 8 };
     for i in 0..c.size {
         let pod = lws_pod_gpus("m-prefill", 0, i, c.size, gpus);
-        let cands: Vec<String> = free.iter().cloned().collect();
-        let args = names_args(&pod, &cands);
-        let keep = kept(&ext, &args);
-        let args = names_args(&pod, &keep);
-        let (scores, _) = ext.prioritize(&args);
-        let Some(best) = scores.iter().map(|h| h.score).max() else {
+        let Some(node) = schedule(&ext, &pod, &mut free, &mut rng) else {
             break;
         };
-        let top: Vec<&String> = scores
-            .iter()
-            .filter(|h| h.score == best)
-            .map(|h| &h.host)
-            .collect();
-        let node = top[rng.random_range(0..top.len())].clone();
-        free.remove(&node);
         chosen.push(domain_of[&node]);
         pending.push((pod, node));
         // The watch delivers some bindings before the next pod, some later.
@@ -519,19 +530,9 @@ fn place_pair(f: &Fleet) -> (Spots, Spots) {
     let mut out = (Vec::new(), Vec::new());
     for (role, group) in [(0, &decode), (1, &prefill)] {
         for pod in group {
-            let cands: Vec<String> = free.iter().cloned().collect();
-            let keep = kept(&ext, &names_args(pod, &cands));
-            let (scores, _) = ext.prioritize(&names_args(pod, &keep));
-            let Some(best) = scores.iter().map(|h| h.score).max() else {
+            let Some(node) = schedule(&ext, pod, &mut free, &mut rng) else {
                 break;
             };
-            let top: Vec<&String> = scores
-                .iter()
-                .filter(|h| h.score == best)
-                .map(|h| &h.host)
-                .collect();
-            let node = top[rng.random_range(0..top.len())].clone();
-            free.remove(&node);
             if rng.random_bool(f.visible) {
                 place(&placements, pod, &node);
             }

@@ -158,6 +158,17 @@ pub fn start_lws_manager(cp: &ControlPlane) -> Proc {
     proc
 }
 
+/// A control plane with nodetopo's objects, kube-controller-manager's workload controllers and
+/// the LeaderWorkerSet manager (stopped when the returned processes are dropped).
+async fn with_workload_controllers() -> (ControlPlane, Client, [Proc; 2]) {
+    let cp = ControlPlane::start(harness::Options::default());
+    let client = cp.admin().await;
+    cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
+    let kcm = start_controller_manager(&cp);
+    let lws = start_lws_manager(&cp);
+    (cp, client, [kcm, lws])
+}
+
 /// An 8-GPU HGX H100 node on InfiniBand, in scalable unit `su` of spine block `block`, with the
 /// labels nodetopo's agent publishes there and a real node's allocatable resources.
 pub async fn create_hgx(client: &Client, name: &str, block: usize, su: usize) {
@@ -204,12 +215,12 @@ pub async fn create_node(client: &Client, name: &str, labels: &[(&str, String)],
     .unwrap();
 }
 
-/// A pod that occupies a whole node (another team's job), bound directly.
-async fn occupy(client: &Client, ns: &str, node: &str) {
+/// A pod that occupies the `gpus` GPUs of a node (another team's job), bound directly.
+async fn occupy(client: &Client, ns: &str, node: &str, gpus: u32) {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": format!("busy-{node}"), "namespace": ns},
         "spec": {"nodeName": node, "containers": [{"name": "train", "image": "pytorch:2.9",
-            "resources": {"limits": {"nvidia.com/gpu": "8"}}}]},
+            "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
     }))
     .unwrap();
     Api::<Pod>::namespaced(client.clone(), ns)
@@ -445,11 +456,7 @@ async fn wide_ep_round(
 /// unit wherever one has room for both; deletion frees the room.
 #[tokio::test]
 async fn wide_ep_leaderworkersets_placed_through_the_extender() {
-    let cp = ControlPlane::start(harness::Options::default());
-    let client = cp.admin().await;
-    cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
-    let _kcm = start_controller_manager(&cp);
-    let _lws = start_lws_manager(&cp);
+    let (cp, client, _controllers) = with_workload_controllers().await;
     cp.kubectl(&["create", "namespace", "other-jobs"]);
     wait_default_sa(&client, "other-jobs").await;
     let mut nodes = Vec::new();
@@ -484,7 +491,7 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
             for (b, s, i, name) in &nodes {
                 let f = free.iter().find(|x| x.0 == *b && x.1 == *s).unwrap().2;
                 if *i >= f {
-                    occupy(&client, "other-jobs", name).await;
+                    occupy(&client, "other-jobs", name, 8).await;
                 }
             }
             let tag = if _ext.is_some() { "x" } else { "k" };
@@ -534,11 +541,7 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
 /// their leader is bound and pins to its domain.
 #[tokio::test]
 async fn disaggregatedset_scale_up_and_exclusive_topology() {
-    let cp = ControlPlane::start(harness::Options::default());
-    let client = cp.admin().await;
-    cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
-    let _kcm = start_controller_manager(&cp);
-    let _lws = start_lws_manager(&cp);
+    let (cp, client, _controllers) = with_workload_controllers().await;
     for b in 0..2 {
         for s in 0..3 {
             for i in 0..4 {
@@ -695,11 +698,7 @@ async fn create_tray(client: &Client, name: &str, rack: &str, clique: u32, fabri
 async fn gb200_decode_and_prefill_groups_from_the_real_controllers() {
     const RACK_A: &str = "4f1c2d3e-5a6b-47c8-a9d0-e1f2a3b4c5d6";
     const RACK_B: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
-    let cp = ControlPlane::start(harness::Options::default());
-    let client = cp.admin().await;
-    cp.kubectl(&["apply", "--server-side", "-k", &format!("{ROOT}/daemonset")]);
-    let _kcm = start_controller_manager(&cp);
-    let _lws = start_lws_manager(&cp);
+    let (cp, client, _controllers) = with_workload_controllers().await;
     cp.kubectl(&["create", "namespace", "other-jobs"]);
     wait_default_sa(&client, "other-jobs").await;
     // Rack A: clique 1 has 9 trays, 5 of them busy (4 free); clique 2 has 9 free. Rack B:
@@ -714,17 +713,7 @@ async fn gb200_decode_and_prefill_groups_from_the_real_controllers() {
             let name = format!("gb-{tag}{clique}-{i}");
             create_tray(&client, &name, rack, clique, "ready").await;
             if i < busy {
-                let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": format!("busy-{name}"), "namespace": "other-jobs"},
-                    "spec": {"nodeName": name, "containers": [{"name": "train",
-                        "image": "pytorch:2.9",
-                        "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
-                }))
-                .unwrap();
-                Api::<Pod>::namespaced(client.clone(), "other-jobs")
-                    .create(&PostParams::default(), &pod)
-                    .await
-                    .unwrap();
+                occupy(&client, "other-jobs", &name, 4).await;
             }
         }
     }

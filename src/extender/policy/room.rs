@@ -320,6 +320,15 @@ fn choose_within(
     None
 }
 
+/// The room `need` takes, in pods of `w`'s size.
+fn taken_by(need: Demand, w: Demand) -> u64 {
+    if w.gpus_per_pod == 0 {
+        u64::from(need.pods)
+    } else {
+        need.gpus().div_ceil(u64::from(w.gpus_per_pod))
+    }
+}
+
 /// Whether the waiting counterpart `w` still fits in one domain at level `cp` (among the nodes
 /// `keep` admits) once the group took `need` in domain `key` at level `level`.
 #[allow(clippy::too_many_arguments)]
@@ -333,11 +342,7 @@ fn leaves_room(
     held: &BTreeMap<(usize, String), (u64, u64)>,
     keep: &impl Fn(&Node<'_>) -> bool,
 ) -> bool {
-    let taken = if w.gpus_per_pod == 0 {
-        u64::from(need.pods)
-    } else {
-        need.gpus().div_ceil(u64::from(w.gpus_per_pod))
-    };
+    let taken = taken_by(need, w);
     let mut shares: BTreeSet<&str> = BTreeSet::new();
     for n in nodes.iter().filter(|n| keep(n)) {
         if n.keys[level].as_deref() == Some(key)
@@ -373,11 +378,7 @@ fn counterpart_fit(
 ) -> usize {
     let inside = |n: &Node<'_>| n.keys[level].as_deref() == Some(key);
     // The group's GPUs, in pods of the counterpart's size.
-    let taken = if w.gpus_per_pod == 0 {
-        u64::from(need.pods)
-    } else {
-        need.gpus().div_ceil(u64::from(w.gpus_per_pod))
-    };
+    let taken = taken_by(need, w);
     for other in 0..DOMAIN_LEVELS.len() {
         let domains = aggregate(other, w, Counterpart::default(), nodes, held, keep);
         let fits = domains.iter().any(|(k, a)| {
