@@ -419,7 +419,24 @@ impl Extender {
                     pods: r,
                     gpus_per_pod: ctx.gpus,
                 };
-                policy::choose_domain(need, counterpart, passed, &held)
+                let fresh = policy::choose_domain(need, counterpart, passed, &held)?;
+                // A group replaced as a whole (a rolling update) goes back to where it ran,
+                // when that domain, at the level of the fresh choice, still holds it.
+                let back = ctx.previous.as_ref().and_then(|prev| {
+                    let level = fresh.domain().level;
+                    let home = policy::Domain {
+                        level,
+                        key: policy::domain_key(&prev.facts, level)?,
+                    };
+                    let inside: Vec<Candidate<'_>> = passed
+                        .iter()
+                        .filter(|c| c.facts.is_some_and(|f| home.contains(f)))
+                        .cloned()
+                        .collect();
+                    policy::choose_domain(need, counterpart, &inside, &held)
+                        .filter(|d| d.domain() == &home)
+                });
+                Some(back.unwrap_or(fresh))
             });
             if reserve && let Some(c) = &chosen {
                 let dom = c.domain();

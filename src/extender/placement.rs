@@ -147,6 +147,11 @@ pub trait PlacementIndex: Send + Sync {
     fn gpus_on(&self, _node: &str) -> u32 {
         0
     }
+    /// The node where the last member of `group_id` ran before the group was left without
+    /// placed members (a rolling replacement, a restart), within [`LAST_NODE_TTL`].
+    fn last_node(&self, _group_id: &str) -> Option<String> {
+        None
+    }
     /// Every placed pod, sorted by pod key (for the debug page; empty where not kept).
     fn all(&self) -> Vec<PlacedPod> {
         Vec::new()
@@ -158,7 +163,12 @@ pub trait PlacementIndex: Send + Sync {
 pub struct MemoryPlacementIndex {
     pods: RwLock<BTreeMap<String, PlacedPod>>,
     waiting: RwLock<BTreeMap<String, WaitingPod>>,
+    /// group id -> the node its last removed member ran on, and when.
+    last: RwLock<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a group's last node is remembered once its members are gone.
+pub const LAST_NODE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl MemoryPlacementIndex {
     /// An empty index.
@@ -231,8 +241,13 @@ impl PlacementIndex for MemoryPlacementIndex {
                 waiting.insert(w.pod.clone(), w);
             }
             PodEvent::Removed { pod } => {
-                pods.remove(&pod);
                 waiting.remove(&pod);
+                if let Some(p) = pods.remove(&pod) {
+                    let now = std::time::Instant::now();
+                    let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
+                    last.retain(|_, (_, at)| now.duration_since(*at) < LAST_NODE_TTL);
+                    last.insert(p.group.group_id, (p.node, now));
+                }
             }
         }
     }
@@ -255,6 +270,15 @@ impl PlacementIndex for MemoryPlacementIndex {
             .filter(|p| p.group.deployment == deployment && p.group.role == Some(role))
             .cloned()
             .collect()
+    }
+
+    fn last_node(&self, group_id: &str) -> Option<String> {
+        self.last
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group_id)
+            .filter(|(_, at)| at.elapsed() < LAST_NODE_TTL)
+            .map(|(node, _)| node.clone())
     }
 
     fn gpus_on(&self, node: &str) -> u32 {
@@ -304,6 +328,8 @@ mod tests {
         idx.apply(PodEvent::from_pod(&pod("c", Some("n3"), "decode")).unwrap());
         assert!(idx.waiting_with_role("ns/lws:m", Role::Decode).is_empty());
         idx.apply(PodEvent::Removed { pod: "ns/c".into() });
+        // The group remembers where its last member ran.
+        assert_eq!(idx.last_node("ns/lws:m/0").as_deref(), Some("n3"));
         let m = idx.members("ns/lws:m/0");
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].group.kind, GroupKind::Lws);

@@ -224,6 +224,10 @@ pub struct PodContext {
     pub remaining: Option<u32>,
     /// GPUs the pod requests.
     pub gpus: u32,
+    /// Where the group ran before it was left without placed members (a rolling replacement),
+    /// when that node is still known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PeerFacts>,
     /// Groups of the counterpart role with pods waiting to be bound and none placed, by group
     /// id: the room to leave near this group.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -315,6 +319,17 @@ pub fn pod_context(
         counterparts,
         remaining,
         gpus: super::placement::gpu_request(pod),
+        previous: group
+            .as_ref()
+            .filter(|_| placed == 0)
+            .and_then(|g| placements.last_node(&g.group_id))
+            .and_then(|node| {
+                facts_of(&node).map(|facts| PeerFacts {
+                    pod: String::new(),
+                    node,
+                    facts,
+                })
+            }),
         counterpart_waiting,
         group,
     }

@@ -607,3 +607,25 @@ proptest! {
         }
     }
 }
+
+/// A group replaced as a whole (a LeaderWorkerSet rolling update deletes a group's pods and
+/// makes them again under the same group key) goes back to the domain it ran in, although
+/// another one fits more tightly.
+#[test]
+fn a_replaced_group_returns_to_its_domain() {
+    let (ext, placements) = extender();
+    let mut names = trays(&ext, "a", 1, 2);
+    names.extend(trays(&ext, "b", 2, 3));
+    let g = |i| lws_pod("decode", 0, i, 2);
+    place(&placements, &g(0), "b1");
+    place(&placements, &g(1), "b2");
+    for i in 0..2 {
+        placements.apply(PodEvent::Removed {
+            pod: group::pod_key(&g(i)).unwrap(),
+        });
+    }
+    assert_eq!(kept(&ext, &names_args(&g(0), &names)), ["b1", "b2", "b3"]);
+    // A new group of the same size takes the tighter clique.
+    let other = lws_pod("other", 0, 0, 2);
+    assert_eq!(kept(&ext, &names_args(&other, &names)), ["a1", "a2"]);
+}

@@ -372,6 +372,74 @@ async fn delete_workloads(cp: &ControlPlane, client: &Client, ns: &str) {
     .await;
 }
 
+/// What a kubelet does for the pods bound to its node, for the tests that need it until a real
+/// kubelet runs in this suite: it reports each bound pod Running and Ready, and confirms the
+/// end of a pod being deleted (without it a deleted pod stays Terminating for ever, and a
+/// scale-down or rolling update never finishes). Stopped on drop.
+struct KubeletStandIn(tokio::task::JoinHandle<()>);
+
+impl KubeletStandIn {
+    fn start(client: &Client) -> Self {
+        let pods: Api<Pod> = Api::all(client.clone());
+        Self(tokio::spawn(async move {
+            let gone = kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            };
+            let conditions: Vec<Value> =
+                ["Initialized", "Ready", "ContainersReady", "PodScheduled"]
+                    .iter()
+                    .map(|t| {
+                        json!({"type": t, "status": "True",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"})
+                    })
+                    .collect();
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    for p in list.items {
+                        let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name)
+                        else {
+                            continue;
+                        };
+                        let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+                        let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), ns);
+                        if p.metadata.deletion_timestamp.is_some() {
+                            let _ = api.delete(name, &gone).await;
+                        } else if bound && !running(&p) {
+                            let _ = api
+                                .patch_status(
+                                    name,
+                                    &PatchParams::default(),
+                                    &Patch::Merge(&json!({"status": {"phase": "Running",
+                                        "startTime": "2026-01-01T00:00:00Z",
+                                        "conditions": conditions}})),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+fn running(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Running")
+            && s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+impl Drop for KubeletStandIn {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// kube-scheduler without the extender: the reference.
 fn start_plain_scheduler(cp: &ControlPlane) -> Proc {
     let cfg = json!({
@@ -536,7 +604,8 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
 }
 
 /// The same deployment through one DisaggregatedSet (`prefill` and `decode` roles) on a free
-/// InfiniBand fleet, then its decode role scaled up; and a LeaderWorkerSet with
+/// InfiniBand fleet, then its decode role scaled up and down again; a LeaderWorkerSet pair
+/// whose decode template changes (a rolling replacement); and a LeaderWorkerSet with
 /// `exclusive-topology` on the scalable-unit label, whose workers the manager creates only after
 /// their leader is bound and pins to its domain.
 #[tokio::test]
@@ -619,7 +688,104 @@ async fn disaggregatedset_scale_up_and_exclusive_topology() {
             assert_eq!(a, b, "group {g} moved on scale-up");
         }
     }
+    // Scale decode back down: the newest group goes, the rest stay put. (A scale-down ends
+    // only once the pods' kubelet confirms their end: the stand-in does that from here on, and
+    // reports the pods Running and Ready, which the rolling update below waits for.)
+    let _kubelet = KubeletStandIn::start(&client);
+    apply(&cp, ns, &ds(1));
+    let (down, _) = all_bound(&client, ns, 4, Duration::from_secs(120)).await;
+    for (g, nodes) in &down {
+        let mut a = scaled[g].clone();
+        let mut b = nodes.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "group {g} moved on scale-down");
+    }
     delete_workloads(&cp, &client, ns).await;
+
+    // A template change of a LeaderWorkerSet pair: the manager replaces the decode groups one
+    // at a time (each new group once the previous one is Ready); every replacement is kept in
+    // one scalable unit, its group's, beside its prefill group.
+    let ns = "roll";
+    cp.kubectl(&["create", "namespace", ns]);
+    wait_default_sa(&client, ns).await;
+    let decode = |v: &str| {
+        let mut t = vllm_template("decode", "r1-roll");
+        t["spec"]["containers"][0]["env"] = json!([{"name": "VLLM_REVISION", "value": v}]);
+        lws("r1-decode", 2, 2, &t, json!({}))
+    };
+    apply(&cp, ns, &decode("1"));
+    apply(
+        &cp,
+        ns,
+        &lws(
+            "r1-prefill",
+            1,
+            2,
+            &vllm_template("prefill", "r1-roll"),
+            json!({}),
+        ),
+    );
+    let (before, _) = all_bound(&client, ns, 6, Duration::from_secs(120)).await;
+    apply(&cp, ns, &decode("2"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    harness::eventually(
+        Duration::from_secs(180),
+        "the decode groups replaced",
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels("llm-d.ai/role=decode"))
+                    .await
+                    .ok()?;
+                let new = list
+                    .items
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| {
+                        p.spec.as_ref().is_some_and(|s| {
+                            s.node_name.is_some()
+                                && s.containers[0].env.iter().flatten().any(|e| {
+                                    e.name == "VLLM_REVISION" && e.value.as_deref() == Some("2")
+                                })
+                        })
+                    })
+                    .count();
+                (new == 4 && list.items.len() == 4).then_some(())
+            }
+        },
+    )
+    .await;
+    let (rolled, _) = all_bound(&client, ns, 6, Duration::from_secs(60)).await;
+    eprintln!("after the rolling update: {rolled:?}");
+    for (g, nodes) in &rolled {
+        assert_eq!(
+            su_set(nodes).len(),
+            1,
+            "group {g} split after the update: {rolled:?}"
+        );
+        // The replaced group is back in its scalable unit (the group key stays).
+        assert_eq!(
+            before.get(g).map(|n| su_set(n)),
+            Some(su_set(nodes)),
+            "group {g} left its scalable unit: {before:?} -> {rolled:?}"
+        );
+    }
+    let prefill_su: Vec<_> = rolled
+        .iter()
+        .filter(|(g, _)| g.starts_with("r1-prefill/"))
+        .flat_map(|(_, n)| su_set(n))
+        .collect();
+    assert!(
+        rolled
+            .iter()
+            .filter(|(g, _)| g.starts_with("r1-decode/"))
+            .any(|(_, n)| su_set(n).iter().all(|s| prefill_su.contains(s))),
+        "no replaced decode group beside its prefill group: {rolled:?}"
+    );
+    delete_workloads(&cp, &client, ns).await;
+    drop(_kubelet);
 
     // exclusive-topology: each group gets a scalable unit to itself.
     let ns = "excl";

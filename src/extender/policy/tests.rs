@@ -57,6 +57,7 @@ fn ctx(members: Vec<PeerFacts>) -> PodContext {
         counterparts: Vec::new(),
         remaining: Some(2),
         gpus: 4,
+        previous: None,
         counterpart_waiting: Vec::new(),
     }
 }
@@ -401,6 +402,7 @@ proptest! {
             counterparts: counterparts.into_iter().flatten().enumerate().map(|(i, f)| peer(&format!("c{i}"), f)).collect(),
             remaining,
             gpus: 4,
+            previous: None,
             counterpart_waiting: Vec::new(),
         };
         let names: Vec<String> = (0..nodes.len()).map(|i| format!("n{i}")).collect();
