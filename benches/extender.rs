@@ -151,6 +151,65 @@ fn setup() -> (Extender, ExtenderRequest) {
     (ext, args)
 }
 
+/// Pod `name` of LWS `lws` (size 8, 4 GPUs), with `role` when given, unbound.
+fn gpu_pod(name: &str, lws: &str, role: Option<&str>) -> Pod {
+    let mut labels = serde_json::json!({
+        "leaderworkerset.sigs.k8s.io/name": lws,
+        "leaderworkerset.sigs.k8s.io/group-index": "0",
+        "llm-d.ai/model": "w",
+    });
+    if let Some(r) = role {
+        labels["llm-d.ai/role"] = r.into();
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "bench", "labels": labels,
+            "annotations": {"leaderworkerset.sigs.k8s.io/size": "8"}},
+        "spec": {"containers": [{"name": "vllm",
+            "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+    }))
+    .unwrap_or_default()
+}
+
+/// The first member of a group, where the domain is chosen: with its counterpart's 8 pods
+/// waiting in the pod watch (the deployment placed as a whole), and, as the reference in the
+/// same run, a group with no role (the group alone).
+fn first_member(c: &mut Criterion) {
+    let (ext, _) = setup();
+    for i in 0..8 {
+        if let Some(ev) =
+            PodEvent::from_pod(&gpu_pod(&format!("wp-{i}"), "w-prefill", Some("prefill")))
+        {
+            ext.placements.apply(ev);
+        }
+    }
+    let names: Vec<String> = (0..NODES).map(|i| format!("node-{i:05}")).collect();
+    for (label, pod) in [
+        (
+            "first member, counterpart waiting (5000 nodes)",
+            gpu_pod("wd-0", "w-decode", Some("decode")),
+        ),
+        (
+            "first member, no counterpart (5000 nodes)",
+            gpu_pod("solo-0", "solo", None),
+        ),
+    ] {
+        let args = ExtenderRequest {
+            pod: Some(pod),
+            nodes: None,
+            node_names: Some(names.clone()),
+        };
+        // prioritize reserves nothing, so every iteration chooses anew.
+        let (_, ex) = ext.prioritize(&args);
+        eprintln!(
+            "{label}: domain {:?}",
+            ex.domain.as_ref().map(|d| d.domain().to_string())
+        );
+        c.bench_function(label, |b| {
+            b.iter(|| black_box(ext.prioritize(black_box(&args))))
+        });
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let (ext, args) = setup();
     let (f, _) = ext.filter(&args);
@@ -292,5 +351,5 @@ fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     Ok(out)
 }
 
-criterion_group!(benches, bench, agent_latency);
+criterion_group!(benches, bench, first_member, agent_latency);
 criterion_main!(benches);

@@ -220,6 +220,10 @@ fn pair_anchor(
         let domains = aggregate(level, need, Counterpart::default(), nodes, held, |_| true);
         // Keys at this level that contain a domain at the group's own level which holds it
         // and, beside it, one at the waiting counterpart's own level which holds that.
+        let room_beside = match (counterpart.waiting, cp_own) {
+            (Some(w), Some(cp)) => Some(RoomBeside::new(need, w, level, own, cp, nodes, held)),
+            _ => None,
+        };
         let mut holds_group: BTreeSet<&str> = BTreeSet::new();
         for n in nodes {
             let (Some(own_key), Some(key)) = (&n.keys[own], &n.keys[level]) else {
@@ -231,14 +235,7 @@ fn pair_anchor(
             if !holds || holds_group.contains(key.as_str()) {
                 continue;
             }
-            let pair_fits = match (counterpart.waiting, cp_own) {
-                (Some(w), Some(cp)) => {
-                    let within = |m: &Node<'_>| m.keys[level].as_deref() == Some(key.as_str());
-                    leaves_room(need, w, own, own_key, cp, nodes, held, &within)
-                }
-                _ => true,
-            };
-            if pair_fits {
+            if room_beside.as_ref().is_none_or(|r| r.fits(own_key, key)) {
                 holds_group.insert(key.as_str());
             }
         }
@@ -294,11 +291,11 @@ fn choose_within(
             continue;
         }
         // How tightly the waiting counterpart still fits beside each choice (tighter first).
-        let leaves = |key: &str| -> usize {
-            counterpart.waiting.map_or(0, |w| {
-                counterpart_fit(need, w, level, key, nodes, held, &keep)
-            })
-        };
+        let leaves = counterpart.waiting.map(|w| {
+            let keys: Vec<&str> = fitting.iter().map(|(k, _)| k.as_str()).collect();
+            counterpart_fits(need, w, level, &keys, nodes, held, &keep)
+        });
+        let leaves = |key: &str| leaves.as_ref().map_or(0, |m| m[key]);
         let best = fitting
             .into_iter()
             .map(|(k, a)| (k, a, leaves(k)))
@@ -329,73 +326,117 @@ fn taken_by(need: Demand, w: Demand) -> u64 {
     }
 }
 
-/// Whether the waiting counterpart `w` still fits in one domain at level `cp` (among the nodes
-/// `keep` admits) once the group took `need` in domain `key` at level `level`.
-#[allow(clippy::too_many_arguments)]
-fn leaves_room(
-    need: Demand,
+/// Whether the waiting counterpart `w` still fits in one domain at level `cp` inside a domain
+/// at `level`, once the group took its room in a domain at level `own` there: the counterpart's
+/// room per domain at `level`, and the `cp` domains each `own` domain shares nodes with, counted
+/// once.
+struct RoomBeside<'n> {
     w: Demand,
-    level: usize,
-    key: &str,
-    cp: usize,
-    nodes: &[Node<'_>],
-    held: &BTreeMap<(usize, String), (u64, u64)>,
-    keep: &impl Fn(&Node<'_>) -> bool,
-) -> bool {
-    let taken = taken_by(need, w);
-    let mut shares: BTreeSet<&str> = BTreeSet::new();
-    for n in nodes.iter().filter(|n| keep(n)) {
-        if n.keys[level].as_deref() == Some(key)
-            && let Some(k) = n.keys[cp].as_deref()
-        {
-            shares.insert(k);
-        }
-    }
-    aggregate(cp, w, Counterpart::default(), nodes, held, keep)
-        .iter()
-        .any(|(k, a)| {
-            let left = if shares.contains(k.as_str()) {
-                a.slots.saturating_sub(taken)
-            } else {
-                a.slots
-            };
-            left >= u64::from(w.pods)
-        })
+    taken: u64,
+    /// key at `level` -> key at `cp` -> pods of `w` its nodes there take.
+    room: std::collections::HashMap<&'n str, BTreeMap<&'n str, u64>>,
+    /// key at `own` -> the keys at `cp` its nodes have.
+    shares: std::collections::HashMap<&'n str, BTreeSet<&'n str>>,
 }
 
-/// The index of the tightest level at which the waiting counterpart `w` still fits in one
-/// domain once the group took `need` in domain `key` at `level`
+impl<'n> RoomBeside<'n> {
+    fn new(
+        need: Demand,
+        w: Demand,
+        level: usize,
+        own: usize,
+        cp: usize,
+        nodes: &'n [Node<'_>],
+        held: &BTreeMap<(usize, String), (u64, u64)>,
+    ) -> Self {
+        let mut room: std::collections::HashMap<&str, BTreeMap<&str, u64>> = Default::default();
+        for n in nodes {
+            if let (Some(k), Some(e)) = (n.keys[level].as_deref(), n.keys[cp].as_deref()) {
+                *room.entry(k).or_default().entry(e).or_default() +=
+                    w.pods_in(u64::from(n.free_gpus)).max(1);
+            }
+        }
+        for domains in room.values_mut() {
+            for (e, slots) in domains.iter_mut() {
+                if let Some((_, pods)) = held.get(&(cp, (*e).to_string())) {
+                    *slots = slots.saturating_sub(*pods);
+                }
+            }
+        }
+        Self {
+            w,
+            taken: taken_by(need, w),
+            room,
+            shares: overlaps(nodes, &|_: &Node<'_>| true, own, cp),
+        }
+    }
+
+    /// Whether the counterpart still fits inside `key` once the group took `own_key`.
+    fn fits(&self, own_key: &str, key: &str) -> bool {
+        let shared = self.shares.get(own_key);
+        self.room.get(key).is_some_and(|domains| {
+            domains.iter().any(|(e, slots)| {
+                let left = if shared.is_some_and(|s| s.contains(e)) {
+                    slots.saturating_sub(self.taken)
+                } else {
+                    *slots
+                };
+                left >= u64::from(self.w.pods)
+            })
+        })
+    }
+}
+
+/// For each domain `keys` at `level`: the index of the tightest level at which the waiting
+/// counterpart `w` still fits in one domain once the group took `need` there
 /// (`DOMAIN_LEVELS.len()` when it fits nowhere). Every domain that shares nodes with the chosen
 /// one loses the group's GPUs there (at worst, for domains inside it).
-fn counterpart_fit(
+fn counterpart_fits<'k>(
     need: Demand,
     w: Demand,
     level: usize,
-    key: &str,
+    keys: &[&'k str],
     nodes: &[Node<'_>],
     held: &BTreeMap<(usize, String), (u64, u64)>,
     keep: &impl Fn(&Node<'_>) -> bool,
-) -> usize {
-    let inside = |n: &Node<'_>| n.keys[level].as_deref() == Some(key);
-    // The group's GPUs, in pods of the counterpart's size.
+) -> std::collections::HashMap<&'k str, usize> {
     let taken = taken_by(need, w);
+    let mut out: std::collections::HashMap<&'k str, usize> =
+        keys.iter().map(|k| (*k, DOMAIN_LEVELS.len())).collect();
     for other in 0..DOMAIN_LEVELS.len() {
         let domains = aggregate(other, w, Counterpart::default(), nodes, held, keep);
-        let fits = domains.iter().any(|(k, a)| {
-            let overlaps = nodes
-                .iter()
-                .filter(|n| keep(n) && n.keys[other].as_deref() == Some(k.as_str()))
-                .any(inside);
-            let left = if overlaps {
-                a.slots.saturating_sub(taken)
-            } else {
-                a.slots
-            };
-            left >= u64::from(w.pods)
-        });
-        if fits {
-            return other;
+        let shares = overlaps(nodes, keep, level, other);
+        for (key, best) in out.iter_mut().filter(|(_, b)| **b == DOMAIN_LEVELS.len()) {
+            let shared = shares.get(*key);
+            let fits = domains.iter().any(|(k, a)| {
+                let left = if shared.is_some_and(|s| s.contains(k.as_str())) {
+                    a.slots.saturating_sub(taken)
+                } else {
+                    a.slots
+                };
+                left >= u64::from(w.pods)
+            });
+            if fits {
+                *best = other;
+            }
         }
     }
-    DOMAIN_LEVELS.len()
+    out
+}
+
+/// For each key at level `a` (among the nodes `keep` admits): the keys at level `b` that its
+/// nodes have too.
+fn overlaps<'n>(
+    nodes: &'n [Node<'_>],
+    keep: &impl Fn(&Node<'_>) -> bool,
+    a: usize,
+    b: usize,
+) -> std::collections::HashMap<&'n str, BTreeSet<&'n str>> {
+    let mut out: std::collections::HashMap<&str, BTreeSet<&str>> = Default::default();
+    for n in nodes.iter().filter(|n| keep(n)) {
+        if let (Some(ka), Some(kb)) = (n.keys[a].as_deref(), n.keys[b].as_deref()) {
+            out.entry(ka).or_default().insert(kb);
+        }
+    }
+    out
 }
