@@ -52,6 +52,10 @@ def literal(template, key, after=None, templated_ok=False):
                     break
                 body.append(nxt)
             text = "\n".join(body)
+            # A part rendered only off the defaults (the probes' host, set only when
+            # agent.listenAddress is not a wildcard address) is not in daemonset/.
+            text = re.sub(r"^\s*\{\{- if not \$wildcard \}\}\n.*?^\s*\{\{- end \}\}\n?", "",
+                          text + "\n", flags=re.S | re.M)
             if templated_ok:
                 text = re.sub(r"\{\{[^}]*\}\}", "TEMPLATED", text.replace('"{{ include "nodetopo.compatKeys" . }}"', "TEMPLATED"))
             if "{{" in text:

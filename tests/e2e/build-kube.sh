@@ -4,7 +4,9 @@
 # the tests), kube-scheduler and kubectl (tests/e2e/kube), helm (tests/e2e/helm), etcd from the
 # etcd-bin-vendored-linux-amd64 crate, and the released CRDs of the topology-aware schedulers
 # whose Go modules the proxy serves (Kueue), and the LeaderWorkerSet manager (tests/e2e/lws) with
-# its CRDs and webhook manifests.
+# its CRDs and webhook manifests; for the node tests, kubelet (tests/e2e/kube), containerd and its
+# runc shim (module proxy), and the node tests' pause image binary and GPU device plugin
+# (tests/e2e/kube/nodetest). runc itself is Debian's package.
 #
 # Binaries go to a cache outside the repository, keyed by a hash of the wrapper modules' go.mod
 # and go.sum files and the versions below, so a second run builds nothing. Prints the binary folder
@@ -21,7 +23,8 @@ ETCD_CRATE_VERSION=3.7.2
 KUEUE_VERSION=v0.17.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 LWS_VERSION=v0.9.0
-KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl"
+CONTAINERD_VERSION=v2.4.2
+KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet"
 
 key=$( { cat "$here/kube/go.mod" "$here/kube/go.sum" "$here/helm/go.mod" "$here/helm/go.sum"
   echo "$KUBE_VERSION $HELM_VERSION $ETCD_CRATE_VERSION $KUBE_CMDS"; } | sha256sum | cut -c1-16)
@@ -76,9 +79,54 @@ lws() { # lws BIN-DIR
   ln -sfn "$lws_bin" "$1/lws"
 }
 
+# containerd, its runc shim and ctr, built without cgo and without the snapshotters that need
+# it; cached by version.
+containerd() { # containerd BIN-DIR
+  local c_key c_bin t0
+  c_key=$(echo "$CONTAINERD_VERSION no_btrfs no_devmapper no_zfs no_aufs" | sha256sum | cut -c1-16)
+  c_bin="$root/containerd-$c_key"
+  if [ ! -f "$c_bin/.complete" ]; then
+    rm -rf "$c_bin.tmp"
+    mkdir -p "$c_bin.tmp"
+    log "building containerd $CONTAINERD_VERSION (about a minute)"
+    t0=$(date +%s)
+    local pkg=github.com/containerd/containerd/v2/cmd
+    (cd "$c_bin.tmp" && CGO_ENABLED=0 GOFLAGS= GOBIN="$c_bin.tmp" go install -trimpath \
+      -tags "no_btrfs no_devmapper no_zfs no_aufs" \
+      "$pkg/containerd@$CONTAINERD_VERSION" "$pkg/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+      "$pkg/ctr@$CONTAINERD_VERSION")
+    log "containerd built in $(( $(date +%s) - t0 )) s"
+    touch "$c_bin.tmp/.complete"
+    rm -rf "$c_bin"
+    mv "$c_bin.tmp" "$c_bin"
+  fi
+  ln -sfn "$c_bin" "$1/containerd"
+}
+
+# The node tests' own programs (tests/e2e/kube/nodetest): the pause binary of the sandbox image
+# and the GPU device plugin, cached by their sources and the wrapper module's go.sum.
+nodetest() { # nodetest BIN-DIR
+  local n_key n_bin
+  n_key=$( { cat "$here/kube/go.sum"; find "$here/kube/nodetest" -type f -name '*.go' | LC_ALL=C sort \
+    | xargs cat; } | sha256sum | cut -c1-16)
+  n_bin="$root/nodetest-$n_key"
+  if [ ! -f "$n_bin/.complete" ]; then
+    rm -rf "$n_bin.tmp"
+    mkdir -p "$n_bin.tmp"
+    (cd "$here/kube" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" \
+      -o "$n_bin.tmp/" ./nodetest/pause ./nodetest/gpu-device-plugin)
+    touch "$n_bin.tmp/.complete"
+    rm -rf "$n_bin"
+    mv "$n_bin.tmp" "$n_bin"
+  fi
+  ln -sfn "$n_bin" "$1/nodetest"
+}
+
 if [ -f "$bin/.complete" ]; then
   crds "$bin"
   lws "$bin"
+  containerd "$bin"
+  nodetest "$bin"
   log "cached: $bin"
   echo "$bin"
   exit 0
@@ -131,7 +179,7 @@ fi
 
 crds "$bin.tmp"
 
-for b in kube-apiserver kube-controller-manager kube-scheduler; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
   "$bin.tmp/$b" --version >&2
 done
 "$bin.tmp/kubectl" version --client >&2
@@ -142,5 +190,7 @@ touch "$bin.tmp/.complete"
 rm -rf "$bin"
 mv "$bin.tmp" "$bin"
 lws "$bin"
+containerd "$bin"
+nodetest "$bin"
 log "control plane ready in $(( $(date +%s) - started )) s: $bin"
 echo "$bin"

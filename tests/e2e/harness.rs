@@ -143,6 +143,9 @@ pub struct Options {
     pub policy_status_controller: bool,
     /// Extra kube-apiserver flags (feature gates, runtime config).
     pub apiserver_args: &'static [&'static str],
+    /// Nodes whose kubelet will run: each gets a static token of `system:node:<name>` in the
+    /// `system:nodes` group (the Node authorizer's identity), see [`ControlPlane::node_token`].
+    pub kubelet_nodes: &'static [&'static str],
 }
 
 /// A running etcd + kube-apiserver; everything is stopped and removed on drop.
@@ -163,6 +166,8 @@ pub struct ControlPlane {
     pub audit_log: PathBuf,
     /// Time from the first process start to `/readyz`.
     pub started_in: Duration,
+    /// Static tokens of [`Options::kubelet_nodes`], by node name.
+    node_tokens: Vec<(&'static str, String)>,
 }
 
 impl ControlPlane {
@@ -177,11 +182,18 @@ impl ControlPlane {
         let ca = d.join("ca.crt");
         make_pki(&d);
         let admin_token = format!("admin-{:016x}", rand_u64());
-        fs::write(
-            d.join("tokens.csv"),
-            format!("{admin_token},e2e-admin,e2e-admin-uid,\"system:masters\"\n"),
-        )
-        .unwrap();
+        let mut tokens = format!("{admin_token},e2e-admin,e2e-admin-uid,\"system:masters\"\n");
+        let node_tokens: Vec<(&'static str, String)> = opts
+            .kubelet_nodes
+            .iter()
+            .map(|n| (*n, format!("kubelet-{:016x}", rand_u64())))
+            .collect();
+        for (node, token) in &node_tokens {
+            tokens.push_str(&format!(
+                "{token},system:node:{node},kubelet-{node},\"system:nodes\"\n"
+            ));
+        }
+        fs::write(d.join("tokens.csv"), tokens).unwrap();
         fs::write(d.join("audit-policy.yaml"), AUDIT_POLICY).unwrap();
 
         let mut cp = ControlPlane {
@@ -195,6 +207,7 @@ impl ControlPlane {
             admin_kubeconfig: d.join("admin.kubeconfig"),
             audit_log: d.join("audit.log"),
             started_in: Duration::ZERO,
+            node_tokens,
         };
 
         let (client_port, peer_port) = (free_port(), free_port());
@@ -441,6 +454,15 @@ impl ControlPlane {
         Self::client_from(&self.admin_kubeconfig).await
     }
 
+    /// The kubelet's static token for `node` (one of [`Options::kubelet_nodes`]).
+    pub fn node_token(&self, node: &str) -> &str {
+        self.node_tokens
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, t)| t.as_str())
+            .unwrap_or_else(|| panic!("{node} is not in Options::kubelet_nodes"))
+    }
+
     /// Writes a kubeconfig for `token` and returns its path.
     pub fn kubeconfig_for(&self, name: &str, token: &str) -> PathBuf {
         let p = self.dir.path().join(format!("{name}.kubeconfig"));
@@ -454,6 +476,25 @@ impl ControlPlane {
         let d = self.dir.path();
         sign_serving_cert(d, name, name, "IP:127.0.0.1");
         (d.join(format!("{name}.crt")), d.join(format!("{name}.key")))
+    }
+
+    /// A client certificate for `cn` in `system:masters`, signed by [`Self::ca`] (which the
+    /// API server and a kubelet of the tests trust): the certificate and key paths.
+    pub fn client_cert(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let (crt, key) = (
+            d.join(format!("{cn}.client.crt")),
+            d.join(format!("{cn}.client.key")),
+        );
+        if !crt.exists() {
+            sign_cert(
+                d,
+                &format!("{cn}.client"),
+                &format!("/O=system:masters/CN={cn}"),
+                None,
+            );
+        }
+        (crt, key)
     }
 
     /// Requests written to the audit log by `user`, as (verb, resource, name, response code).
@@ -558,6 +599,12 @@ fn make_pki(d: &Path) {
 /// `<name>.key` and `<name>.crt` in `d`: an ECDSA serving certificate for `san`, signed by the
 /// CA there (`ca.crt`, `ca.key`).
 fn sign_serving_cert(d: &Path, name: &str, cn: &str, san: &str) {
+    sign_cert(d, name, &format!("/CN={cn}"), Some(san));
+}
+
+/// `<name>.key` and `<name>.crt` in `d`, signed by the CA there, for `subject`: a serving
+/// certificate for `san`, or a client certificate without one.
+fn sign_cert(d: &Path, name: &str, subject: &str, san: Option<&str>) {
     let ossl = |args: &[&str]| {
         run_ok(Command::new("openssl").current_dir(d).args(args));
     };
@@ -576,22 +623,18 @@ fn sign_serving_cert(d: &Path, name: &str, cn: &str, san: &str) {
         "-out",
         &key,
     ]);
-    ossl(&[
-        "req",
-        "-new",
-        "-key",
-        &key,
-        "-subj",
-        &format!("/CN={cn}"),
-        "-out",
-        &csr,
-    ]);
+    ossl(&["req", "-new", "-key", &key, "-subj", subject, "-out", &csr]);
     fs::write(
         d.join(&ext),
-        format!(
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName={san}\n"
-        ),
+        match san {
+            Some(san) => format!(
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\nsubjectAltName={san}\n"
+            ),
+            None => "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                     extendedKeyUsage=clientAuth\n"
+                .to_string(),
+        },
     )
     .unwrap();
     ossl(&[

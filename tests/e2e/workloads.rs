@@ -54,19 +54,26 @@ fn lws_dir() -> PathBuf {
 /// kube-controller-manager with what pods of a workload controller need: StatefulSets, the
 /// garbage collector (deletion), namespaces' default ServiceAccounts and root CA.
 pub fn start_controller_manager(cp: &ControlPlane) -> Proc {
+    start_controller_manager_with(
+        cp,
+        "statefulset-controller,garbage-collector-controller,serviceaccount-controller,\
+         root-ca-certificate-publisher-controller,namespace-controller",
+        "kcm-workloads.log",
+    )
+}
+
+/// kube-controller-manager running `controllers` (its `--controllers` list), logging to `log` in
+/// the control plane's folder.
+pub fn start_controller_manager_with(cp: &ControlPlane, controllers: &str, log: &str) -> Proc {
     spawn_logged(
         Command::new(harness::bin("kube-controller-manager"))
             .arg(format!("--kubeconfig={}", cp.admin_kubeconfig.display()))
-            .arg(
-                "--controllers=statefulset-controller,garbage-collector-controller,\
-                 serviceaccount-controller,root-ca-certificate-publisher-controller,\
-                 namespace-controller",
-            )
+            .arg(format!("--controllers={controllers}"))
             .arg(format!("--root-ca-file={}", cp.ca.display()))
             .arg("--leader-elect=false")
             .arg("--secure-port=0")
             .arg("--use-service-account-credentials=false"),
-        &cp.admin_kubeconfig.with_file_name("kcm-workloads.log"),
+        &cp.admin_kubeconfig.with_file_name(log),
     )
 }
 
@@ -441,7 +448,7 @@ impl Drop for KubeletStandIn {
 }
 
 /// kube-scheduler without the extender: the reference.
-fn start_plain_scheduler(cp: &ControlPlane) -> Proc {
+pub fn start_plain_scheduler(cp: &ControlPlane) -> Proc {
     let cfg = json!({
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",

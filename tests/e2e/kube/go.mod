@@ -1,4 +1,4 @@
-// Wrapper module: builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl v1.37.2 from the Go module proxy.
+// Wrapper module: builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet v1.37.2 from the Go module proxy, and the node tests' programs in nodetest/
 module nodetopo.e2e/kube
 
 go 1.26.0
