@@ -32,7 +32,7 @@ node_pids() {
     state=$(awk '/^State:/ {print $2}' "$p/status" 2>/dev/null)
     [ "$state" = Z ] && continue
     case "$cmd" in
-      *nodetopo-node-*|*nodetopo-e2e/bin-*/kubelet*|*nodetopo-e2e/containerd-*) echo "${p#/proc/}" ;;
+      *nodetopo-node-*|*nodetopo-e2e/bin-*/kubelet*|*nodetopo-e2e/containerd-*|*nodetopo-e2e/nodetest-*) echo "${p#/proc/}" ;;
     esac
   done
   find /sys/fs/cgroup -path '*/kubepods*' -name cgroup.procs 2>/dev/null | while read -r f; do

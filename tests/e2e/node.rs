@@ -58,6 +58,18 @@ const SYSCTLS: [&str; 3] = [
 
 static ONE_NODE: Mutex<()> = Mutex::new(());
 
+/// The right to run this machine's one kubelet, held by a [`RealNode`].
+pub struct NodeLock {
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// Waits until no other test of this process runs a node.
+pub fn lock() -> NodeLock {
+    NodeLock {
+        _guard: ONE_NODE.lock().unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
 /// Why this machine cannot run a node, if it cannot.
 fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -205,15 +217,14 @@ pub struct RealNode {
     pub started_in: Duration,
     t0: Instant,
     stopped: bool,
-    _lock: MutexGuard<'static, ()>,
+    _lock: NodeLock,
 }
 
 impl RealNode {
     /// Starts containerd, loads the docker-archives `images` (and the pause image), and starts
     /// the kubelet against `cp`, which must list [`NODE`] in `kubelet_nodes`. Waiting for the
     /// Node to be Ready is [`RealNode::wait_ready`].
-    pub fn start(cp: &ControlPlane, images: &[PathBuf]) -> Self {
-        let lock = ONE_NODE.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn start(cp: &ControlPlane, images: &[PathBuf], lock: NodeLock) -> Self {
         let stale = leftovers(false);
         assert!(
             stale.is_empty(),
@@ -505,13 +516,29 @@ state = "{d}/containerd/state"
     /// Stops the kubelet and containerd, removes everything they left, restores the sysctls,
     /// and reports what a check then still finds.
     pub fn stop(mut self) -> Teardown {
-        self.teardown()
+        self.teardown(libc::SIGTERM)
     }
 
-    fn teardown(&mut self) -> Teardown {
+    /// [`RealNode::stop`] after a crash: the kubelet and containerd SIGKILLed at once, their
+    /// shims and containers left running for the clean-up to find.
+    pub fn kill(mut self) -> Teardown {
+        self.teardown(libc::SIGKILL)
+    }
+
+    /// Lines of the kubelet's log at warning or error level that contain `needle`.
+    pub fn kubelet_complaints(&self, needle: &str) -> Vec<String> {
+        fs::read_to_string(self.dir().join("kubelet.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| (l.starts_with('W') || l.starts_with('E')) && l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn teardown(&mut self, signal: libc::c_int) -> Teardown {
         self.stopped = true;
         let t0 = Instant::now();
-        // SIGTERM both at once, SIGKILL after 5 s.
+        // Both at once; SIGKILL after 5 s.
         let mut children: Vec<Child> = [self.kubelet.take(), self.containerd.take()]
             .into_iter()
             .flatten()
@@ -519,7 +546,7 @@ state = "{d}/containerd/state"
         for c in &children {
             // SAFETY: kill(2) on our own unreaped child.
             unsafe {
-                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+                libc::kill(c.id() as libc::pid_t, signal);
             }
         }
         for c in &mut children {
@@ -548,7 +575,7 @@ impl Drop for RealNode {
             }
         }
         if !self.stopped {
-            let t = self.teardown();
+            let t = self.teardown(libc::SIGTERM);
             if !t.leftovers.is_empty() {
                 eprintln!("node teardown left:\n{}", t.leftovers.join("\n"));
             }
@@ -580,6 +607,8 @@ pub struct NodeCluster {
 impl NodeCluster {
     /// Starts everything, with `images` loaded into the node.
     pub async fn start(images: &[PathBuf]) -> Self {
+        // Before the control plane: a test waiting for the node starts nothing yet.
+        let lock = lock();
         let cp = ControlPlane::start(harness::Options {
             kubelet_nodes: &[NODE],
             ..harness::Options::default()
@@ -593,7 +622,7 @@ impl NodeCluster {
             "kcm-node.log",
         );
         let scheduler = workloads::start_plain_scheduler(&cp);
-        let mut node = RealNode::start(&cp, images);
+        let mut node = RealNode::start(&cp, images, lock);
         let node_ready_in = node.wait_ready(&client).await;
         eprintln!(
             "node {NODE} Ready in {:.1} s (containerd and kubelet started in {:.1} s; {})",
@@ -615,5 +644,11 @@ impl NodeCluster {
     pub fn stop(self) -> Teardown {
         let Self { node, .. } = self;
         node.stop()
+    }
+
+    /// [`NodeCluster::stop`] with the node's processes SIGKILLed ([`RealNode::kill`]).
+    pub fn kill(self) -> Teardown {
+        let Self { node, .. } = self;
+        node.kill()
     }
 }

@@ -450,8 +450,10 @@ async fn chart_agent_on_a_real_kubelet() {
     )
     .await;
     eprintln!(
-        "agent container working set (kubelet /metrics/resource): {:.1} MiB; probes {probes:?}",
-        memory / 1048576.0
+        "agent container working set (kubelet /metrics/resource): {:.1} MiB; the process's \
+         VmRSS (kernel): {}; probes {probes:?}",
+        memory / 1048576.0,
+        proc_status(pid, "VmRSS")
     );
 
     // A changed pod template: the DaemonSet replaces the pod; the labels stay throughout.
@@ -520,8 +522,10 @@ async fn chart_agent_on_a_real_kubelet() {
         gone_in.as_secs_f64(),
         labels.len()
     );
+    // Exit status 0 is the agent's own exit on SIGTERM (a SIGKILL at the end of the grace
+    // period would be 137), and the pod is gone before that period ends.
     assert!(
-        gone_in < Duration::from_secs(15),
+        gone_in < Duration::from_secs(30),
         "the agent took {gone_in:?} to stop"
     );
     assert_eq!(exit, Some(0), "the agent's exit status on SIGTERM");
@@ -547,6 +551,9 @@ async fn chart_agent_on_a_real_kubelet() {
     );
     assert!(warnings.is_empty(), "warning events: {warnings:#?}");
 
+    for line in c.node.kubelet_complaints("pod=\"nodetopo/") {
+        eprintln!("kubelet: {line}");
+    }
     let teardown = c.stop();
     eprintln!("node teardown in {:.1} s", teardown.took.as_secs_f64());
     assert!(teardown.leftovers.is_empty(), "{:#?}", teardown.leftovers);
@@ -797,7 +804,9 @@ async fn readme_query_env_pod_on_a_real_kubelet() {
         exports.len()
     );
 
+    // A crash: the kubelet and containerd SIGKILLed, the agent's containers and their shims
+    // left running; the clean-up still leaves nothing.
     drop(plugin);
-    let teardown = c.stop();
+    let teardown = c.kill();
     assert!(teardown.leftovers.is_empty(), "{:#?}", teardown.leftovers);
 }
