@@ -3,8 +3,10 @@
 # kube-apiserver, kube-controller-manager (only its admission-policy status controller runs in
 # the tests), kube-scheduler and kubectl (tests/e2e/kube), helm (tests/e2e/helm), etcd from the
 # etcd-bin-vendored-linux-amd64 crate, and the released CRDs of the topology-aware schedulers
-# whose Go modules the proxy serves (Kueue), and the LeaderWorkerSet manager (tests/e2e/lws) with
-# its CRDs and webhook manifests; for the node tests, kubelet (tests/e2e/kube), containerd and its
+# whose Go modules the proxy serves (Kueue), the LeaderWorkerSet manager (tests/e2e/lws) with
+# its CRDs and webhook manifests, the Kueue manager (tests/e2e/kueue) with its CRDs, their
+# conversion-webhook patches and its webhook manifests (the scheduling benchmark's Kueue setup);
+# for the node tests, kubelet (tests/e2e/kube), containerd and its
 # runc shim (module proxy), and the node tests' pause image binary and GPU device plugin
 # (tests/e2e/kube/nodetest). runc itself is Debian's package.
 #
@@ -79,6 +81,37 @@ lws() { # lws BIN-DIR
   ln -sfn "$lws_bin" "$1/lws"
 }
 
+# The Kueue manager (queueing, admission, topology-aware scheduling and the plain-pod
+# integration) from tests/e2e/kueue, with the CRDs, the CRDs' conversion-webhook patches and the
+# webhook manifests of the same module version, cached by its own key; linked as $bin/kueue.
+kueue() { # kueue BIN-DIR
+  local k_key k_bin dir t0
+  k_key=$( { cat "$here/kueue/go.mod" "$here/kueue/go.sum"; echo "$KUEUE_VERSION"; } | sha256sum | cut -c1-16)
+  k_bin="$root/kueue-$k_key"
+  if [ ! -f "$k_bin/.complete" ]; then
+    rm -rf "$k_bin.tmp"
+    mkdir -p "$k_bin.tmp"
+    log "building the Kueue manager $KUEUE_VERSION (a cold build takes several minutes on 2 cores)"
+    t0=$(date +%s)
+    (cd "$here/kueue" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+      -o "$k_bin.tmp/kueue-manager" sigs.k8s.io/kueue/cmd/kueue)
+    log "kueue-manager built in $(( $(date +%s) - t0 )) s"
+    dir=$(cd "$here/kueue" && GOFLAGS= go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+    mkdir -p "$k_bin.tmp/crds" "$k_bin.tmp/crd-patches" "$k_bin.tmp/webhook"
+    cp "$dir"/config/components/crd/bases/*.yaml "$k_bin.tmp/crds/"
+    cp "$dir"/config/components/crd/kustomization.yaml "$dir"/config/components/crd/patches/*.yaml \
+      "$k_bin.tmp/crd-patches/"
+    cp "$dir"/config/components/webhook/manifests.yaml "$dir"/config/components/webhook/kustomization.yaml \
+      "$k_bin.tmp/webhook/"
+    chmod -R u+w "$k_bin.tmp"
+    touch "$k_bin.tmp/.complete"
+    rm -rf "$k_bin"
+    mv "$k_bin.tmp" "$k_bin"
+  fi
+  ln -sfn "$k_bin" "$1/kueue"
+}
+
 # containerd, its runc shim and ctr, built without cgo and without the snapshotters that need
 # it; cached by version.
 containerd() { # containerd BIN-DIR
@@ -125,6 +158,7 @@ nodetest() { # nodetest BIN-DIR
 if [ -f "$bin/.complete" ]; then
   crds "$bin"
   lws "$bin"
+  kueue "$bin"
   containerd "$bin"
   nodetest "$bin"
   log "cached: $bin"
@@ -190,6 +224,7 @@ touch "$bin.tmp/.complete"
 rm -rf "$bin"
 mv "$bin.tmp" "$bin"
 lws "$bin"
+kueue "$bin"
 containerd "$bin"
 nodetest "$bin"
 log "control plane ready in $(( $(date +%s) - started )) s: $bin"
