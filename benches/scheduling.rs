@@ -2,25 +2,37 @@
 //!
 //! One control plane (etcd and kube-apiserver on 127.0.0.1, from tests/e2e/build-kube.sh),
 //! 5,000 GB200-tray Nodes (4 GPUs, NVL72 racks of 18 trays in two cliques of 9, nodetopo
-//! labels), and 1,000 GPU pods in 125 LeaderWorkerSet groups of 8. Each run creates the pods,
-//! then starts a kube-scheduler and times from its start until every pod is bound, read from the
-//! API server. Runs alternate between kube-scheduler alone (the reference) and kube-scheduler
-//! calling `nodetopo extender` (release build, names-only mode, Node and Pod watches), so both
-//! see the same machine state. Then the extender's filter and prioritize are timed over HTTP as
-//! kube-scheduler calls them, at 5,000 nodes, and the extender's resident memory is read.
+//! labels), and two workloads per run: 1,000 GPU pods in 125 LeaderWorkerSet groups of 8, then
+//! 1,000 plain CPU pods (100m, no group). Each phase creates its pods, then starts a
+//! kube-scheduler and times from its start until every pod is bound (seen by a watch on the
+//! API server). Runs alternate between the setups, so all see the same machine state:
+//! kube-scheduler alone (defaults, the reference; and scoring every node), kube-scheduler
+//! calling `nodetopo extender` (release build, names-only mode, Node and Pod watches), its own
+//! topology-aware PodGroups (alpha), and Kueue v0.17.0's topology-aware scheduling over
+//! nodetopo's labels (`kueue` module). Then the extender's filter and prioritize are timed over
+//! HTTP as kube-scheduler calls them, at 5,000 nodes.
+//!
+//! Per group, "placed" is the time from the phase's start to the group's last member bound;
+//! "schedulable to bound" starts instead at the moment its first member could be scheduled by
+//! kube-scheduler (the phase's start, or for Kueue the removal of its last scheduling gate).
+//! Resident memory of each process is read at the end of each run.
 //!
 //! Run: `cargo bench --locked --features e2e --bench scheduling` (NODETOPO_KUBE_BIN as for the
-//! end-to-end suite; RUNS=N pairs, default 2).
+//! end-to-end suite; RUNS=N rounds, default 2; SETUPS=0,4 picks setups by index).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "scheduling/kueue.rs"]
+mod kueue;
 
 use std::{
+    collections::{BTreeMap, HashMap},
     io::{Read, Write},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -29,17 +41,38 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
 
 const NODES: usize = 5_000;
 const GROUPS: usize = 125;
 const GROUP_SIZE: usize = 8;
-const NS: &str = "bench";
+/// Plain CPU pods per run (100m each, no group, no queue).
+const CPU_PODS: usize = 1_000;
+/// Longest a phase may take before the run is recorded as failed.
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
+/// The node label of the NVLink clique, the level every group must stay within.
+const CLIQUE_LABEL: &str = "nodetopo.io/nvlink.domain";
+pub const NS: &str = "bench";
 /// The alpha and beta gates of kube-scheduler's own topology-aware workload scheduling.
 const NATIVE_GATES: &str = "GenericWorkload=true,TopologyAwareWorkloadScheduling=true";
 
-struct Proc(Child);
+pub struct Proc(Child);
+
+/// Makes the child die with the benchmark, even on SIGKILL.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -57,8 +90,11 @@ async fn create_nodes(client: &Client) {
             let api = api.clone();
             async move {
                 let name = node_name(i);
+                // The kubelet's hostname label too: Kueue's lowest topology level.
+                let mut labels = node_labels(i);
+                labels["kubernetes.io/hostname"] = json!(name);
                 let node: Node = serde_json::from_value(json!({
-                    "metadata": {"name": name, "labels": node_labels(i)},
+                    "metadata": {"name": name, "labels": labels},
                     "spec": {},
                 }))
                 .unwrap();
@@ -85,9 +121,9 @@ async fn create_nodes(client: &Client) {
         .await;
 }
 
-fn pod(run: usize, group: usize, index: usize, _native: bool) -> Pod {
+fn pod(run: usize, group: usize, index: usize, setup: Setup, clique_level: &str) -> Pod {
     let lws = format!("r{run}-m{group}-decode");
-    serde_json::from_value(json!({
+    let mut v = json!({
         "metadata": {"name": format!("{lws}-0-{index}"), "namespace": NS,
             "labels": {
                 "leaderworkerset.sigs.k8s.io/name": lws,
@@ -97,6 +133,25 @@ fn pod(run: usize, group: usize, index: usize, _native: bool) -> Pod {
             "annotations": {"leaderworkerset.sigs.k8s.io/size": GROUP_SIZE.to_string()}},
         "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0",
             "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+    });
+    if setup == Setup::Kueue {
+        // A plain pod group: one Workload of 8 pods, all in one NVLink clique.
+        let m = &mut v["metadata"];
+        m["labels"][kueue::QUEUE_LABEL] = json!(kueue::LOCAL_QUEUE);
+        m["labels"][kueue::POD_GROUP_NAME_LABEL] = json!(lws);
+        m["annotations"][kueue::POD_GROUP_TOTAL_COUNT] = json!(GROUP_SIZE.to_string());
+        m["annotations"][kueue::REQUIRED_TOPOLOGY] = json!(clique_level);
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+/// A plain CPU pod: 100m, no GPU, no group labels, no queue.
+fn cpu_pod(run: usize, index: usize) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("r{run}-cpu-{index}"), "namespace": NS,
+            "labels": {"app": "cpu-bench"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+            "resources": {"requests": {"cpu": "100m"}}}]},
     }))
     .unwrap()
 }
@@ -126,21 +181,23 @@ fn create_pod_groups(cp: &ControlPlane, run: usize) {
 
 /// The pods of every group as JSON (k8s-openapi's `Pod` predates `spec.schedulingGroup`, so the
 /// native setup's pods are sent as they are written here).
-fn pod_json(run: usize, group: usize, index: usize, native: bool) -> serde_json::Value {
-    let mut v = serde_json::to_value(pod(run, group, index, false)).unwrap();
-    if native {
-        v["spec"]["schedulingGroup"] = json!({"podGroupName": format!("r{run}-m{group}-decode")});
-    }
+fn pod_json(run: usize, group: usize, index: usize) -> serde_json::Value {
+    let mut v = serde_json::to_value(pod(run, group, index, Setup::Native, "")).unwrap();
+    v["spec"]["schedulingGroup"] = json!({"podGroupName": format!("r{run}-m{group}-decode")});
     v
 }
 
-async fn create_pods(cp: &ControlPlane, client: &Client, run: usize, native: bool) {
+async fn create_pods(
+    cp: &ControlPlane,
+    client: &Client,
+    run: usize,
+    setup: Setup,
+    clique_level: &str,
+) {
     use futures::StreamExt;
-    if native {
+    if setup == Setup::Native {
         let docs: String = (0..GROUPS)
-            .flat_map(|g| {
-                (0..GROUP_SIZE).map(move |i| format!("---\n{}\n", pod_json(run, g, i, true)))
-            })
+            .flat_map(|g| (0..GROUP_SIZE).map(move |i| format!("---\n{}\n", pod_json(run, g, i))))
             .collect();
         let out = cp.kubectl_input(&["create", "-f", "-"], &docs);
         assert!(
@@ -156,7 +213,22 @@ async fn create_pods(cp: &ControlPlane, client: &Client, run: usize, native: boo
         .for_each_concurrent(16, |(g, i)| {
             let api = api.clone();
             async move {
-                api.create(&PostParams::default(), &pod(run, g, i, native))
+                api.create(&PostParams::default(), &pod(run, g, i, setup, clique_level))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+}
+
+async fn create_cpu_pods(client: &Client, run: usize) {
+    use futures::StreamExt;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    futures::stream::iter(0..CPU_PODS)
+        .for_each_concurrent(16, |i| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &cpu_pod(run, i))
                     .await
                     .unwrap();
             }
@@ -175,18 +247,139 @@ async fn bound_count(client: &Client) -> (usize, usize) {
     (bound, list.items.len())
 }
 
-/// Pods whose group sits in more than one clique.
+/// Groups whose pods sit in more than one clique (unbound pods are not counted).
 async fn split_groups(client: &Client) -> usize {
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let mut by_group: std::collections::BTreeMap<String, std::collections::BTreeSet<usize>> =
-        Default::default();
+    let mut by_group: BTreeMap<String, std::collections::BTreeSet<usize>> = Default::default();
     for p in api.list(&ListParams::default()).await.unwrap().items {
         let g = p.metadata.labels.unwrap()["leaderworkerset.sigs.k8s.io/name"].clone();
-        let node = p.spec.unwrap().node_name.unwrap();
+        let Some(node) = p.spec.unwrap().node_name else {
+            continue;
+        };
         let i: usize = node[3..].parse().unwrap();
         by_group.entry(g).or_default().insert(i / 9);
     }
     by_group.values().filter(|c| c.len() > 1).count()
+}
+
+/// When the pod watch first saw each pod of the current phase schedulable (no scheduling
+/// gates) and bound.
+#[derive(Default)]
+struct Seen {
+    /// Only pods whose names start with this are recorded.
+    prefix: String,
+    pods: HashMap<String, PodTimes>,
+}
+
+/// (first seen schedulable, first seen bound).
+type PodTimes = (Option<Instant>, Option<Instant>);
+
+type Watched = Arc<Mutex<Seen>>;
+
+/// Watches the namespace's pods for the whole benchmark.
+fn watch_pods(client: &Client) -> Watched {
+    use futures::StreamExt;
+    let seen: Watched = Default::default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let out = seen.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+        );
+        while let Some(ev) = events.next().await {
+            let Ok(p) = ev else { continue };
+            let now = Instant::now();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let spec = p.spec.as_ref();
+            let gated = spec
+                .and_then(|s| s.scheduling_gates.as_ref())
+                .is_some_and(|g| !g.is_empty());
+            let bound = spec.and_then(|s| s.node_name.as_ref()).is_some();
+            let mut s = out.lock().unwrap();
+            if s.prefix.is_empty() || !name.starts_with(&s.prefix) {
+                continue;
+            }
+            let e = s.pods.entry(name).or_default();
+            if !gated && e.0.is_none() {
+                e.0 = Some(now);
+            }
+            if bound && e.1.is_none() {
+                e.1 = Some(now);
+            }
+        }
+    });
+    seen
+}
+
+/// One phase's outcome.
+struct Phase {
+    /// Seconds from the phase's start until every pod was bound; None if not within the limit.
+    took: Option<f64>,
+    bound: usize,
+    /// Per group: (start to last member bound, first member schedulable to last member bound).
+    groups: Vec<(Duration, Duration)>,
+    /// kube-scheduler's resident memory when the phase ended.
+    scheduler_rss: f64,
+    /// When the last pod became schedulable (for Kueue: its last gate removed), from the start.
+    last_schedulable: Duration,
+}
+
+/// Starts `sched` (already spawned at `start`), waits until the watch has seen `n` pods of the
+/// phase bound or the limit passes, and reads the per-pod times.
+async fn wait_bound(seen: &Watched, n: usize, start: Instant, sched: &Proc) -> Phase {
+    let took = loop {
+        let bound = seen
+            .lock()
+            .unwrap()
+            .pods
+            .values()
+            .filter(|t| t.1.is_some())
+            .count();
+        if bound == n {
+            break Some(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > PHASE_LIMIT {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let scheduler_rss = rss_mib(sched.0.id());
+    let s = seen.lock().unwrap();
+    let mut by_group: BTreeMap<&str, Vec<PodTimes>> = BTreeMap::new();
+    for (name, t) in &s.pods {
+        // r{run}-m{group}-decode-0-{index}: the group is the name up to the last two dashes.
+        let group = name.rsplitn(3, '-').nth(2).unwrap_or(name);
+        by_group.entry(group).or_default().push(*t);
+    }
+    let groups = by_group
+        .values()
+        .filter(|m| m.len() == GROUP_SIZE && m.iter().all(|t| t.1.is_some()))
+        .map(|m| {
+            let last = m.iter().filter_map(|t| t.1).max().unwrap();
+            let first = m
+                .iter()
+                .filter_map(|t| t.0)
+                .min()
+                .map_or(start, |f| f.max(start));
+            (last - start, last.saturating_duration_since(first))
+        })
+        .collect();
+    let bound = s.pods.values().filter(|t| t.1.is_some()).count();
+    let last_schedulable = s
+        .pods
+        .values()
+        .filter_map(|t| t.0)
+        .max()
+        .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
+    Phase {
+        took,
+        bound,
+        groups,
+        scheduler_rss,
+        last_schedulable,
+    }
 }
 
 /// What kube-scheduler runs with.
@@ -202,6 +395,11 @@ enum Setup {
     /// feature gates GenericWorkload and TopologyAwareWorkloadScheduling), one PodGroup per
     /// group with the gang policy and the topology key `nodetopo.io/nvlink.domain`.
     Native,
+    /// Kueue v0.17.0 topology-aware scheduling over nodetopo's labels (`kueue` module): Kueue
+    /// admits each group as a plain pod group requiring one NVLink clique, assigns its nodes
+    /// and ungates it; kube-scheduler with its defaults binds. CPU pods carry no queue label
+    /// and are not queued.
+    Kueue,
 }
 
 impl Setup {
@@ -211,13 +409,14 @@ impl Setup {
             Setup::AloneAllNodes => "kube-scheduler alone, percentageOfNodesToScore 100",
             Setup::Extender => "kube-scheduler + nodetopo extender (shipped configuration)",
             Setup::Native => "kube-scheduler, native topology-aware PodGroups (alpha gates)",
+            Setup::Kueue => "Kueue v0.17.0 topology-aware scheduling + kube-scheduler (defaults)",
         }
     }
 }
 
 fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc {
     let mut cfg = match setup {
-        Setup::Alone | Setup::Native => json!({
+        Setup::Alone | Setup::Native | Setup::Kueue => json!({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
         }),
@@ -253,30 +452,28 @@ fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc 
             .with_file_name(format!("sched-{tag}.log")),
     )
     .unwrap();
-    Proc(
-        Command::new(harness::bin("kube-scheduler"))
-            .arg(format!("--config={}", path.display()))
-            .arg("--secure-port=0")
-            .args((setup == Setup::Native).then_some(format!("--feature-gates={NATIVE_GATES}")))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    let mut cmd = Command::new(harness::bin("kube-scheduler"));
+    cmd.arg(format!("--config={}", path.display()))
+        .arg("--secure-port=0")
+        .args((setup == Setup::Native).then_some(format!("--feature-gates={NATIVE_GATES}")))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    Proc(cmd.spawn().unwrap())
 }
 
 fn extender(cp: &ControlPlane) -> (Proc, u16) {
     let port = harness::free_port();
-    let child = Command::new(NODETOPO)
-        .args(["extender", "--listen", &format!("127.0.0.1:{port}")])
+    let mut cmd = Command::new(NODETOPO);
+    cmd.args(["extender", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--block-label", "network.example.com/leaf"])
         .args(["--agent-port", &harness::free_port().to_string()])
         .env("KUBECONFIG", &cp.admin_kubeconfig)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    die_with_parent(&mut cmd);
+    let child = cmd.spawn().unwrap();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -321,6 +518,17 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// One run of one setup.
+struct Run {
+    setup: Setup,
+    gpu: Phase,
+    split: usize,
+    cpu: Phase,
+    /// Resident memory (MiB) at the end of the run: kube-scheduler (the larger of its two
+    /// phases), the extender, the Kueue manager.
+    rss: Vec<(&'static str, f64)>,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -330,6 +538,22 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    let all = [
+        Setup::Alone,
+        Setup::AloneAllNodes,
+        Setup::Extender,
+        Setup::Native,
+        Setup::Kueue,
+    ];
+    // SETUPS=0,4 picks some (indices into the list above).
+    let setups: Vec<Setup> = match std::env::var("SETUPS") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|i| all.get(i.trim().parse::<usize>().ok()?).copied())
+            .collect(),
+        Err(_) => all.to_vec(),
+    };
+    assert!(!setups.is_empty(), "SETUPS names no setup");
     let cp = ControlPlane::start(harness::Options {
         apiserver_args: &[
             "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true",
@@ -348,93 +572,132 @@ async fn main() {
     );
 
     let (ext, port) = extender(&cp);
+    let mut kueue = setups.contains(&Setup::Kueue).then(|| {
+        let out = Command::new(NODETOPO)
+            .args(["manifests", "topology", "--for", "kueue", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let topology: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        kueue::Kueue::install(&cp, topology, CLIQUE_LABEL)
+    });
+    let clique_level = kueue
+        .as_ref()
+        .map(|k| k.clique_level.clone())
+        .unwrap_or_default();
+    let seen = watch_pods(&client);
     // Let the Node watch fill the view.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let all = [
-        Setup::Alone,
-        Setup::AloneAllNodes,
-        Setup::Extender,
-        Setup::Native,
-    ];
-    // SETUPS=0,3 picks some (indices into the list above).
-    let setups: Vec<Setup> = match std::env::var("SETUPS") {
-        Ok(v) => v
-            .split(',')
-            .filter_map(|i| all.get(i.parse::<usize>().ok()?).copied())
-            .collect(),
-        Err(_) => all.to_vec(),
-    };
-    let mut results: Vec<(Setup, f64, usize)> = Vec::new();
+    let mut results: Vec<Run> = Vec::new();
     for run in 0..runs * setups.len() {
         let setup = setups[run % setups.len()];
-        let native = setup == Setup::Native;
-        if native {
+        let kueue_run = match (&mut kueue, setup) {
+            (Some(k), Setup::Kueue) => Some(k.start(&cp)),
+            _ => None,
+        };
+
+        // GPU groups.
+        {
+            let mut s = seen.lock().unwrap();
+            s.prefix = format!("r{run}-m");
+            s.pods.clear();
+        }
+        if setup == Setup::Native {
             create_pod_groups(&cp, run);
         }
-        create_pods(&cp, &client, run, native).await;
-        let start = Instant::now();
-        let sched = scheduler(&cp, setup, port, &format!("{run}"));
-        loop {
-            let (b, n) = bound_count(&client).await;
-            if b == n {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "run {run}: {b}/{n} bound"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        create_pods(&cp, &client, run, setup, &clique_level).await;
+        if let Some(k) = kueue_run.as_ref().and(kueue.as_ref()) {
+            k.wait_workloads(&client, GROUPS).await;
         }
-        let took = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let sched = scheduler(&cp, setup, port, &format!("{run}-gpu"));
+        if let Some(k) = kueue_run.as_ref().and(kueue.as_ref()) {
+            k.stop_policy(&client, "None").await;
+        }
+        let gpu = wait_bound(&seen, GROUPS * GROUP_SIZE, start, &sched).await;
         drop(sched);
         let split = split_groups(&client).await;
-        let rate = (GROUPS * GROUP_SIZE) as f64 / took;
-        eprintln!(
-            "run {run}: {}: {took:.1} s, {rate:.0} pods/s, {split} of {GROUPS} groups split over cliques",
-            setup.name()
-        );
-        results.push((setup, rate, split));
+        let (bound, total) = bound_count(&client).await;
+        match gpu.took {
+            Some(took) => eprintln!(
+                "run {run}: {}: GPU groups: {took:.1} s, {:.0} pods/s, {split} of {GROUPS} groups split over cliques",
+                setup.name(),
+                (GROUPS * GROUP_SIZE) as f64 / took
+            ),
+            None => eprintln!(
+                "run {run}: {}: GPU groups: FAILED, {bound} of {total} pods bound after {} s",
+                setup.name(),
+                PHASE_LIMIT.as_secs()
+            ),
+        }
+        if let Some(k) = kueue_run.as_ref().and(kueue.as_ref()) {
+            let (admitted, pending, reasons) = k.workload_states(&client).await;
+            eprintln!(
+                "  Kueue: {admitted} Workloads admitted, {pending} pending {reasons:?}; last pod ungated {:.1} s after the start",
+                gpu.last_schedulable.as_secs_f64()
+            );
+            k.stop_policy(&client, "Hold").await;
+            k.delete_groups(&cp, &client).await;
+        }
         harness::delete_pods(&client, NS).await;
+
+        // Plain CPU pods.
+        {
+            let mut s = seen.lock().unwrap();
+            s.prefix = format!("r{run}-cpu-");
+            s.pods.clear();
+        }
+        create_cpu_pods(&client, run).await;
+        let start = Instant::now();
+        let sched = scheduler(&cp, setup, port, &format!("{run}-cpu"));
+        let cpu = wait_bound(&seen, CPU_PODS, start, &sched).await;
+        drop(sched);
+        match cpu.took {
+            Some(took) => eprintln!(
+                "run {run}: {}: CPU pods: {took:.1} s, {:.0} pods/s",
+                setup.name(),
+                CPU_PODS as f64 / took
+            ),
+            None => eprintln!(
+                "run {run}: {}: CPU pods: FAILED, {} of {CPU_PODS} bound after {} s",
+                setup.name(),
+                cpu.bound,
+                PHASE_LIMIT.as_secs()
+            ),
+        }
+        let mut rss = vec![("kube-scheduler", gpu.scheduler_rss.max(cpu.scheduler_rss))];
+        if setup == Setup::Extender {
+            rss.push(("extender", rss_mib(ext.0.id())));
+        }
+        if let Some(r) = &kueue_run {
+            rss.push(("Kueue manager", rss_mib(r.pid())));
+        }
+        harness::delete_pods(&client, NS).await;
+        if let Some(r) = kueue_run {
+            r.stop(&cp);
+        }
+        results.push(Run {
+            setup,
+            gpu,
+            split,
+            cpu,
+            rss,
+        });
     }
 
     // Extender calls over HTTP at 5,000 nodes, as kube-scheduler sends them (names only), for
     // the first member of a new group (domain choice over every node).
     let names: Vec<String> = (0..NODES).map(node_name).collect();
     let body =
-        serde_json::to_vec(&json!({"Pod": pod(99, 0, 0, false), "NodeNames": names})).unwrap();
+        serde_json::to_vec(&json!({"Pod": pod(99, 0, 0, Setup::Extender, ""), "NodeNames": names}))
+            .unwrap();
     let mut filter = Vec::new();
     let mut prioritize = Vec::new();
     for _ in 0..200 {
         filter.push(post(port, "/filter", &body));
         prioritize.push(post(port, "/prioritize", &body));
     }
-    let rss = rss_mib(ext.0.id());
-    println!("| setup | pods/s, each run | mean pods/s | groups split over cliques, each run |");
-    println!("|---|---|---:|---|");
-    let mean = |n: Setup| {
-        let v: Vec<f64> = results.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
-    for &setup in &setups {
-        let of = || results.iter().filter(move |r| r.0 == setup);
-        let rates: Vec<String> = of().map(|r| format!("{:.0}", r.1)).collect();
-        let split: Vec<String> = of().map(|r| format!("{}/{GROUPS}", r.2)).collect();
-        println!(
-            "| {} | {} | {:.0} | {} |",
-            setup.name(),
-            rates.join(", "),
-            mean(setup),
-            split.join(", ")
-        );
-    }
-    for reference in [Setup::Alone, Setup::AloneAllNodes] {
-        let ratio = mean(Setup::Extender) / mean(reference);
-        println!(
-            "\nwith the extender / {}: {ratio:.2} ({:.0} % cost)",
-            reference.name(),
-            (1.0 - ratio) * 100.0
-        );
-    }
+    print_report(&setups, &results);
     println!(
         "filter over HTTP, {NODES} nodes: p50 {:.2} ms, p99 {:.2} ms",
         pct(&mut filter, 0.5).as_secs_f64() * 1e3,
@@ -445,5 +708,106 @@ async fn main() {
         pct(&mut prioritize, 0.5).as_secs_f64() * 1e3,
         pct(&mut prioritize, 0.99).as_secs_f64() * 1e3
     );
-    println!("extender resident memory with {NODES} nodes in the view: {rss:.1} MiB");
+    println!(
+        "extender resident memory with {NODES} nodes in the view: {:.1} MiB",
+        rss_mib(ext.0.id())
+    );
+}
+
+fn print_report(setups: &[Setup], results: &[Run]) {
+    let rate = |p: &Phase, n: usize| p.took.map(|t| n as f64 / t);
+    let each = |v: Vec<Option<f64>>| -> String {
+        v.iter()
+            .map(|r| r.map_or("failed".to_string(), |r| format!("{r:.0}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mean = |v: &[Option<f64>]| -> Option<f64> {
+        let ok: Vec<f64> = v.iter().flatten().copied().collect();
+        (ok.len() == v.len() && !ok.is_empty()).then(|| ok.iter().sum::<f64>() / ok.len() as f64)
+    };
+    let ms = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!(
+        "| setup | GPU group pods/s, each run (mean) | CPU pods/s, each run (mean) | group placed from the start, p50 / max | first member schedulable to last bound, p50 / max | groups split over cliques | resident memory at the end of a run, MiB (largest of the runs) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut means = Vec::new();
+    for &setup in setups {
+        let of: Vec<&Run> = results.iter().filter(|r| r.setup == setup).collect();
+        let gpu: Vec<Option<f64>> = of
+            .iter()
+            .map(|r| rate(&r.gpu, GROUPS * GROUP_SIZE))
+            .collect();
+        let cpu: Vec<Option<f64>> = of.iter().map(|r| rate(&r.cpu, CPU_PODS)).collect();
+        let mut placed: Vec<Duration> = of
+            .iter()
+            .flat_map(|r| r.gpu.groups.iter().map(|g| g.0))
+            .collect();
+        let mut span: Vec<Duration> = of
+            .iter()
+            .flat_map(|r| r.gpu.groups.iter().map(|g| g.1))
+            .collect();
+        let whole = |v: &mut Vec<Duration>| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                let max = *v.iter().max().unwrap();
+                format!("{} / {}", ms(pct(v, 0.5)), ms(max))
+            }
+        };
+        let split: Vec<String> = of
+            .iter()
+            .map(|r| {
+                if r.gpu.took.is_some() {
+                    format!("{}/{GROUPS}", r.split)
+                } else {
+                    format!(
+                        "{}/{GROUPS} ({} of {} pods bound)",
+                        r.split,
+                        r.gpu.bound,
+                        GROUPS * GROUP_SIZE
+                    )
+                }
+            })
+            .collect();
+        let mut rss: Vec<(&str, f64)> = Vec::new();
+        for r in &of {
+            for &(p, m) in &r.rss {
+                match rss.iter_mut().find(|e| e.0 == p) {
+                    Some(e) => e.1 = e.1.max(m),
+                    None => rss.push((p, m)),
+                }
+            }
+        }
+        let rss: Vec<String> = rss.iter().map(|(p, m)| format!("{p} {m:.0}")).collect();
+        let (gm, cm) = (mean(&gpu), mean(&cpu));
+        means.push((setup, gm, cm));
+        let m = |v: Option<f64>| v.map_or(String::new(), |v| format!(" ({v:.0})"));
+        println!(
+            "| {} | {}{} | {}{} | {} | {} | {} | {} |",
+            setup.name(),
+            each(gpu),
+            m(gm),
+            each(cpu),
+            m(cm),
+            whole(&mut placed),
+            whole(&mut span),
+            split.join(", "),
+            rss.join(", ")
+        );
+    }
+    let reference = means.iter().find(|m| m.0 == Setup::Alone).copied();
+    if let Some((_, Some(rg), Some(rc))) = reference {
+        println!();
+        for (setup, g, c) in &means {
+            let f =
+                |v: &Option<f64>, r: f64| v.map_or("-".to_string(), |v| format!("{:.2}", v / r));
+            println!(
+                "{} / kube-scheduler alone with defaults: GPU groups {}, CPU pods {}",
+                setup.name(),
+                f(g, rg),
+                f(c, rc)
+            );
+        }
+    }
 }

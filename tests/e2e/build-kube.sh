@@ -4,10 +4,10 @@
 # the tests), kube-scheduler and kubectl (tests/e2e/kube), helm (tests/e2e/helm), etcd from the
 # etcd-bin-vendored-linux-amd64 crate, and the released CRDs of the topology-aware schedulers
 # whose Go modules the proxy serves (Kueue), the LeaderWorkerSet manager (tests/e2e/lws) with
-# its CRDs and webhook manifests, the Kueue manager (tests/e2e/kueue) with its CRDs, their
-# conversion-webhook patches and its webhook manifests (the scheduling benchmark's Kueue setup);
-# for the node tests, kubelet (tests/e2e/kube), containerd and its
-# runc shim (module proxy), and the node tests' pause image binary and GPU device plugin
+# its CRDs and webhook manifests, and the Kueue manager (tests/e2e/kueue, for the scheduling
+# benchmark) with its CRDs, their conversion-webhook patches, its webhook manifests and its
+# manager configuration; for the node tests, kubelet (tests/e2e/kube), containerd and its runc
+# shim (module proxy), and the node tests' pause image binary and GPU device plugin
 # (tests/e2e/kube/nodetest). runc itself is Debian's package.
 #
 # Binaries go to a cache outside the repository, keyed by a hash of the wrapper modules' go.mod
@@ -82,8 +82,9 @@ lws() { # lws BIN-DIR
 }
 
 # The Kueue manager (queueing, admission, topology-aware scheduling and the plain-pod
-# integration) from tests/e2e/kueue, with the CRDs, the CRDs' conversion-webhook patches and the
-# webhook manifests of the same module version, cached by its own key; linked as $bin/kueue.
+# integration) from tests/e2e/kueue, with the CRDs, the CRDs' conversion-webhook patches, the
+# webhook manifests and the manager configuration of the same module version, cached by its own
+# key; linked as $bin/kueue.
 kueue() { # kueue BIN-DIR
   local k_key k_bin dir t0
   k_key=$( { cat "$here/kueue/go.mod" "$here/kueue/go.sum"; echo "$KUEUE_VERSION"; } | sha256sum | cut -c1-16)
@@ -98,12 +99,13 @@ kueue() { # kueue BIN-DIR
       -o "$k_bin.tmp/kueue-manager" sigs.k8s.io/kueue/cmd/kueue)
     log "kueue-manager built in $(( $(date +%s) - t0 )) s"
     dir=$(cd "$here/kueue" && GOFLAGS= go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
-    mkdir -p "$k_bin.tmp/crds" "$k_bin.tmp/crd-patches" "$k_bin.tmp/webhook"
+    mkdir -p "$k_bin.tmp/crds" "$k_bin.tmp/crd-patches" "$k_bin.tmp/webhook" "$k_bin.tmp/manager"
     cp "$dir"/config/components/crd/bases/*.yaml "$k_bin.tmp/crds/"
     cp "$dir"/config/components/crd/kustomization.yaml "$dir"/config/components/crd/patches/*.yaml \
       "$k_bin.tmp/crd-patches/"
     cp "$dir"/config/components/webhook/manifests.yaml "$dir"/config/components/webhook/kustomization.yaml \
       "$k_bin.tmp/webhook/"
+    cp "$dir"/config/components/manager/controller_manager_config.yaml "$k_bin.tmp/manager/"
     chmod -R u+w "$k_bin.tmp"
     touch "$k_bin.tmp/.complete"
     rm -rf "$k_bin"
