@@ -727,7 +727,7 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
             let ns = format!("ep-{tag}{seed}");
             if routed.is_some() {
                 // The API server loads a new webhook configuration asynchronously.
-                wait_for_routing(&cp, &client).await;
+                wait_for_routing(&cp).await;
             }
             let (placed, o) = wide_ep_round(&cp, &client, &ns, &format!("r1-{tag}{seed}")).await;
             if let Some(profile) = &routed {
@@ -777,13 +777,17 @@ const ROUTED: &str = "nodetopo extender, two profiles, webhook routing";
 /// Waits until a probe pod of an llm-d group asking for a GPU is routed on creation (dry run:
 /// nothing is stored), i.e. the API server calls the routing webhook. (A LeaderWorkerSet pod
 /// written by hand would be refused by the manager's own webhook.)
-async fn wait_for_routing(cp: &ControlPlane, client: &Client) {
+pub async fn wait_for_routing(cp: &ControlPlane) {
+    // A pod needs its ServiceAccount, which no controller may have made here.
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "default"}});
+    let out = cp.kubectl_input(&["apply", "-f", "-"], &sa.to_string());
+    assert!(out.status.success(), "{out:?}");
     let probe = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"generateName": "route-probe-", "namespace": "default",
             "labels": {"llm-d.ai/role": "decode", "llm-d.ai/model": "probe"}},
         "spec": {"containers": [{"name": "c", "image": "vllm",
             "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}});
-    let _ = client;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = cp.kubectl_input(
@@ -867,8 +871,9 @@ async fn disaggregatedset_scale_up_and_exclusive_topology() {
             }
         }
     }
-    let (_ext, port) = crate::scheduler::start_extender(&cp);
-    let _sched = crate::scheduler::start_scheduler(&cp, port, "default-scheduler", true);
+    // The chart's design with its webhook: the DisaggregatedSet's pods get the group profile.
+    let routed = start_routed_scheduling(&cp);
+    wait_for_routing(&cp).await;
     let sus = su_of(&client).await;
     let su_set =
         |nodes: &[String]| -> BTreeSet<String> { nodes.iter().map(|n| sus[n].clone()).collect() };
@@ -897,6 +902,18 @@ async fn disaggregatedset_scale_up_and_exclusive_topology() {
         "DisaggregatedSet bound in {:.2} s: {placed:?}",
         took.as_secs_f64()
     );
+    for p in Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        assert_eq!(
+            p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()),
+            Some(routed.group_profile.as_str()),
+            "{} was not routed",
+            p.metadata.name.unwrap_or_default()
+        );
+    }
     for (g, nodes) in &placed {
         assert_eq!(su_set(nodes).len(), 1, "group {g} split: {placed:?}");
     }
