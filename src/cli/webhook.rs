@@ -1,5 +1,6 @@
 //! `nodetopo webhook`: the mutating admission webhook that copies topology labels from a Pod's
-//! Node onto the Pod at binding time. Flags become a [`WebhookConfig`], then the servers run
+//! Node onto the Pod at binding time (`POST /mutate`) and sends the pod groups the extender
+//! places to their own scheduler profile at creation (`POST /route`). Flags become a [`WebhookConfig`], then the servers run
 //! until SIGTERM or Ctrl-C.
 
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -12,6 +13,7 @@ use nodetopo::{
         metrics::WebhookMetrics,
         mutate::{DEFAULT_KEYS, MutationConfig},
         nodes::reflect_nodes,
+        route::{DEFAULT_GROUP_PROFILE, DEFAULT_RESOURCE, DEFAULT_SCHEDULER, RouteConfig},
         server::{self, WebhookState},
         tls::{self, ReloadingCert},
     },
@@ -49,6 +51,17 @@ pub struct WebhookArgs {
     /// `<pod prefix>/NAME`, NAME defaulting to the key's name part); repeatable.
     #[arg(long, value_delimiter = ',')]
     block_label: Vec<String>,
+    /// `POST /route`: the kube-scheduler profile that pod-group members asking for a managed
+    /// resource get (the profile that scores every node and calls the extender).
+    #[arg(long, default_value = DEFAULT_GROUP_PROFILE)]
+    group_profile: String,
+    /// `POST /route`: only pods on this profile are moved (the one pods get that name none).
+    #[arg(long, default_value = DEFAULT_SCHEDULER)]
+    route_from: String,
+    /// `POST /route`: the extender's managed resources (the scheduler configuration's
+    /// `managedResources`), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_RESOURCE)]
+    group_resources: Vec<String>,
 }
 
 fn parse_key(s: &str) -> Result<Key, String> {
@@ -65,6 +78,7 @@ struct WebhookConfig {
     cert: Arc<ReloadingCert>,
     tls_reload: Duration,
     mutation: MutationConfig,
+    route: RouteConfig,
 }
 
 fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
@@ -83,6 +97,23 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
         !mutation.rules().is_empty(),
         "--keys and --block-label name no label to copy"
     );
+    let resources: Vec<String> = args
+        .group_resources
+        .into_iter()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
+    anyhow::ensure!(!resources.is_empty(), "--group-resources names no resource");
+    anyhow::ensure!(
+        !args.group_profile.is_empty() && args.group_profile != args.route_from,
+        "--group-profile must name a profile other than --route-from ({})",
+        args.route_from
+    );
+    let route = RouteConfig {
+        profile: args.group_profile,
+        from: args.route_from,
+        resources,
+    };
     let cert = ReloadingCert::new(&args.tls_cert, &args.tls_key).context("--tls-cert/--tls-key")?;
     Ok(WebhookConfig {
         listen: args.listen,
@@ -90,6 +121,7 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
         cert: Arc::new(cert),
         tls_reload: args.tls_reload,
         mutation,
+        route,
     })
 }
 
@@ -114,6 +146,7 @@ async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {
     let (ready_nodes, counted) = (nodes.clone(), nodes.clone());
     let state = WebhookState {
         config: Arc::new(cfg.mutation),
+        route: Arc::new(cfg.route),
         nodes: Arc::new(nodes),
         metrics: metrics.clone(),
         ready: Arc::new(move || ready_nodes.is_ready()),

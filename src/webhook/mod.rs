@@ -5,6 +5,8 @@
 //! - [`mutate`]: the pure decision (Node labels and configuration → JSON patch) and the
 //!   `AdmissionReview` answer;
 //! - [`nodes`]: Node labels from a kube-runtime reflector, trimmed to the copied keys;
+//! - [`route`]: the scheduler profile of a Pod being created: group pods that the extender
+//!   places go to the profile that scores every node (`POST /route`);
 //! - [`tls`]: the serving certificate, read from PEM files and reloaded when they change;
 //! - [`server`]: the HTTPS admission endpoint and the plain HTTP health and metrics endpoints.
 //!
@@ -16,6 +18,7 @@
 pub mod metrics;
 pub mod mutate;
 pub mod nodes;
+pub mod route;
 pub mod server;
 pub mod tls;
 

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{
     metrics::WebhookMetrics,
     mutate::{MutationConfig, NodeLabels, ObjectKind, review},
+    route::{RouteConfig, review_route},
 };
 
 /// Largest accepted review body (a Pod with a large spec fits well within it).
@@ -34,6 +35,8 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct WebhookState {
     /// Which labels are copied.
     pub config: Arc<MutationConfig>,
+    /// Which pods `POST /route` sends to which scheduler profile.
+    pub route: Arc<RouteConfig>,
     /// Node labels by name.
     pub nodes: Arc<dyn NodeLabels + Send + Sync>,
     /// Metrics.
@@ -44,10 +47,11 @@ pub struct WebhookState {
     pub node_count: Arc<dyn Fn() -> usize + Send + Sync>,
 }
 
-/// `POST /mutate` and `GET /healthz`: the router served over TLS.
+/// `POST /mutate`, `POST /route` and `GET /healthz`: the router served over TLS.
 pub fn admission_router(state: WebhookState) -> Router {
     Router::new()
         .route("/mutate", post(mutate_handler))
+        .route("/route", post(route_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -73,13 +77,34 @@ async fn mutate_handler(State(s): State<WebhookState>, body: Bytes) -> axum::res
         Err(e) => {
             s.metrics.observe(ObjectKind::Other, None, t0.elapsed());
             tracing::warn!(error = &e as &dyn std::error::Error, "bad admission review");
-            let msg = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(": ");
-            (StatusCode::BAD_REQUEST, msg).into_response()
+            (StatusCode::BAD_REQUEST, error_chain(&e)).into_response()
         }
     }
+}
+
+/// `POST /route`: the scheduler profile of a Pod being created ([`super::route`]).
+async fn route_handler(State(s): State<WebhookState>, body: Bytes) -> axum::response::Response {
+    let t0 = Instant::now();
+    match review_route(&body, &s.route) {
+        Ok((decision, response)) => {
+            s.metrics.observe_route(Some(&decision), t0.elapsed());
+            tracing::debug!(decision = decision.as_str(), "route review answered");
+            Json(response).into_response()
+        }
+        Err(e) => {
+            s.metrics.observe_route(None, t0.elapsed());
+            tracing::warn!(error = &e as &dyn std::error::Error, "bad route review");
+            (StatusCode::BAD_REQUEST, error_chain(&e)).into_response()
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 async fn metrics_handler(State(s): State<WebhookState>) -> impl IntoResponse {

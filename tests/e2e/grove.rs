@@ -27,11 +27,25 @@ use serde_json::{Value, json};
 
 use crate::{
     harness::{self, ControlPlane, ROOT},
-    scheduler::{bound, direct_nodes, start_extender, start_scheduler},
+    scheduler::{bound, direct_nodes},
 };
 
 const NS: &str = "infer";
 const ROUNDS: usize = 2;
+
+/// Every Grove pod in [`NS`] was moved to the group profile by the webhook at creation.
+async fn assert_routed(client: &kube::Client, profile: &str) {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), NS);
+    for p in pods.list(&Default::default()).await.expect("pods") {
+        assert_eq!(
+            p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()),
+            Some(profile),
+            "{} keeps the scheduler Grove gave it",
+            p.metadata.name.unwrap_or_default()
+        );
+    }
+}
 const CLIQUE: &str = "nodetopo.io/nvlink.domain";
 const CLUSTER: &str = "nodetopo.io/nvlink.cluster";
 const FABRIC: &str = "nodetopo.io/nvlink.fabric";
@@ -566,8 +580,10 @@ async fn grove_pods_placed_by_the_real_scheduler() {
     }
     let nodes = harness::nodes_by_name(&admin).await;
 
-    let (_extender, port) = start_extender(&cp);
-    let _scheduler = start_scheduler(&cp, port, operator::SCHEDULER, true);
+    // The chart's design with its webhook: Grove makes its pods with `default-scheduler`; the
+    // webhook gives them the group profile, which scores every node and calls the extender.
+    let routed = crate::workloads::start_routed_scheduling(&cp);
+    crate::workloads::wait_for_routing(&cp).await;
 
     for round in 0..ROUNDS {
         // 1. GB200 trays: the sample as it is (prefill: 2 replicas of 1 leader + 4 workers,
@@ -611,6 +627,7 @@ async fn grove_pods_placed_by_the_real_scheduler() {
             reps.len(),
             "one pod per tray: one clique each"
         );
+        assert_routed(&admin, &routed.group_profile).await;
         harness::delete_pods(&admin, NS).await;
 
         // 2. InfiniBand HGX nodes: the sample with 8 GPUs a pod, one worker per clique and one
@@ -641,6 +658,7 @@ async fn grove_pods_placed_by_the_real_scheduler() {
             leaves.windows(2).all(|w| w[0] == w[1]),
             "prefill lands in its decode's leaf: {leaves:?}"
         );
+        assert_routed(&admin, &routed.group_profile).await;
         harness::delete_pods(&admin, NS).await;
     }
 }

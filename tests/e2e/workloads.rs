@@ -466,6 +466,150 @@ pub fn start_plain_scheduler(cp: &ControlPlane) -> Proc {
     )
 }
 
+/// The chart with the extender and the webhook (`helm template`), as objects.
+fn chart_with_routing(cp: &ControlPlane) -> Vec<Value> {
+    let out = cp.helm(&[
+        "template",
+        "nodetopo",
+        &format!("{ROOT}/charts/nodetopo"),
+        "--namespace",
+        "nodetopo",
+        "--set",
+        "extender.enabled=true",
+        "--set",
+        "webhook.enabled=true",
+    ]);
+    serde_yaml_ng::Deserializer::from_str(&out)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &Value| v.is_object())
+        .collect()
+}
+
+/// The shipped scheduling with the webhook's routing, from the chart's own objects: `nodetopo
+/// webhook` with the chart's arguments (listeners and certificate moved to 127.0.0.1 and the
+/// test CA), the chart's MutatingWebhookConfiguration pointed at it, and kube-scheduler with the
+/// chart's two-profile configuration calling `nodetopo extender`.
+pub struct RoutedScheduling {
+    _scheduler: Proc,
+    _webhook: Proc,
+    _extender: crate::scheduler::Proc,
+    /// The profile the webhook gives group pods.
+    pub group_profile: String,
+}
+
+pub fn start_routed_scheduling(cp: &ControlPlane) -> RoutedScheduling {
+    let objs = chart_with_routing(cp);
+    let component =
+        |o: &Value, c: &str| o["metadata"]["labels"]["app.kubernetes.io/component"] == c;
+    let (extender, ext_port) = crate::scheduler::start_extender(cp);
+
+    let deploy = objs
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && component(o, "webhook"))
+        .expect("the webhook's Deployment");
+    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .filter(|a| {
+            ![
+                "--listen=",
+                "--metrics-listen=",
+                "--tls-cert=",
+                "--tls-key=",
+            ]
+            .iter()
+            .any(|f| a.starts_with(f))
+        })
+        .collect();
+    let (crt, key) = cp.serving_cert("route-webhook");
+    let port = harness::free_port();
+    let webhook = spawn_logged(
+        Command::new(harness::NODETOPO)
+            .args(&args)
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!(
+                "--metrics-listen=127.0.0.1:{}",
+                harness::free_port()
+            ))
+            .arg(format!("--tls-cert={}", crt.display()))
+            .arg(format!("--tls-key={}", key.display()))
+            .env("KUBECONFIG", &cp.admin_kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("RUST_LOG", "warn"),
+        &cp.admin_kubeconfig.with_file_name("route-webhook.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook did not listen in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut mwc = objs
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("the chart's MutatingWebhookConfiguration")
+        .clone();
+    let ca = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::fs::read(&cp.ca).unwrap(),
+    );
+    let mut routes = 0;
+    for w in mwc["webhooks"].as_array_mut().unwrap() {
+        let path = w["clientConfig"]["service"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        routes += usize::from(path == "/route");
+        w["clientConfig"] =
+            json!({"url": format!("https://127.0.0.1:{port}{path}"), "caBundle": ca});
+    }
+    assert_eq!(routes, 1, "the chart registers the routing webhook once");
+    let out = cp.kubectl_input(&["apply", "-f", "-"], &mwc.to_string());
+    assert!(out.status.success(), "{out:?}");
+
+    let cm = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && component(o, "extender")
+                && o["data"]["scheduler-config.yaml"].is_string()
+        })
+        .expect("the chart's scheduler configuration");
+    let mut cfg: Value =
+        serde_yaml_ng::from_str(cm["data"]["scheduler-config.yaml"].as_str().unwrap()).unwrap();
+    let group_profile = cfg["profiles"][1]["schedulerName"]
+        .as_str()
+        .expect("a second profile for the groups")
+        .to_string();
+    assert_eq!(cfg["profiles"][0]["schedulerName"], "default-scheduler");
+    assert!(
+        cfg["profiles"][0]["percentageOfNodesToScore"].is_null(),
+        "{cfg}"
+    );
+    assert!(cfg["percentageOfNodesToScore"].is_null(), "{cfg}");
+    cfg["extenders"][0]["urlPrefix"] = json!(format!("http://127.0.0.1:{ext_port}/"));
+    cfg["clientConnection"] = json!({"kubeconfig": cp.admin_kubeconfig.display().to_string()});
+    cfg["leaderElection"] = json!({"leaderElect": false});
+    let path = cp.admin_kubeconfig.with_file_name("routed-scheduler.yaml");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let scheduler = spawn_logged(
+        Command::new(harness::bin("kube-scheduler"))
+            .arg(format!("--config={}", path.display()))
+            .arg("--secure-port=0"),
+        &cp.admin_kubeconfig.with_file_name("routed-scheduler.log"),
+    );
+    RoutedScheduling {
+        _scheduler: scheduler,
+        _webhook: webhook,
+        _extender: extender,
+        group_profile,
+    }
+}
+
 /// One fragmented InfiniBand fleet: 2 spine blocks × 3 scalable units × 4 HGX nodes, some nodes
 /// busy with other jobs. Seeded: which scalable units are tight (exactly 2 free nodes: one group
 /// fits, not a pair) and which two have room for a decode and a prefill group (4 free).
@@ -549,11 +693,17 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
     for (mode, seeds) in [
         ("kube-scheduler alone", 0..3u64),
         ("nodetopo extender", 0..3u64),
+        (ROUTED, 3..5u64),
     ] {
+        let mut routed = None;
         let (sched, _ext) = if mode == "nodetopo extender" {
             let (ext, port) = crate::scheduler::start_extender(&cp);
             let s = crate::scheduler::start_scheduler(&cp, port, "default-scheduler", true);
             (Box::new(s) as Box<dyn std::any::Any>, Some(ext))
+        } else if mode == ROUTED {
+            let r = start_routed_scheduling(&cp);
+            routed = Some(r.group_profile.clone());
+            (Box::new(r) as Box<dyn std::any::Any>, None)
         } else {
             (
                 Box::new(start_plain_scheduler(&cp)) as Box<dyn std::any::Any>,
@@ -569,9 +719,20 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
                     occupy(&client, "other-jobs", name, 8).await;
                 }
             }
-            let tag = if _ext.is_some() { "x" } else { "k" };
+            let tag = match (&_ext, &routed) {
+                (Some(_), _) => "x",
+                (None, Some(_)) => "r",
+                (None, None) => "k",
+            };
             let ns = format!("ep-{tag}{seed}");
+            if routed.is_some() {
+                // The API server loads a new webhook configuration asynchronously.
+                wait_for_routing(&cp).await;
+            }
             let (placed, o) = wide_ep_round(&cp, &client, &ns, &format!("r1-{tag}{seed}")).await;
+            if let Some(profile) = &routed {
+                assert_scheduled_by(&client, &ns, profile, &cp).await;
+            }
             eprintln!(
                 "{mode}, seed {seed}: {} groups bound in {:.2} s, {} split, pair apart: {}; {placed:?}",
                 o.groups,
@@ -579,7 +740,7 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
                 o.split,
                 o.pairs_apart
             );
-            if _ext.is_some() {
+            if _ext.is_some() || routed.is_some() {
                 assert_eq!(o.split, 0, "seed {seed}: a group was split: {placed:?}");
                 assert_eq!(
                     o.pairs_apart, 0,
@@ -610,6 +771,91 @@ async fn wide_ep_leaderworkersets_placed_through_the_extender() {
     eprintln!("WIDE-EP SUMMARY\n{}", summary.join("\n"));
 }
 
+/// The wide-EP test's mode with the chart's two profiles and the webhook's routing.
+const ROUTED: &str = "nodetopo extender, two profiles, webhook routing";
+
+/// Waits until a probe pod of an llm-d group asking for a GPU is routed on creation (dry run:
+/// nothing is stored), i.e. the API server calls the routing webhook. (A LeaderWorkerSet pod
+/// written by hand would be refused by the manager's own webhook.)
+pub async fn wait_for_routing(cp: &ControlPlane) {
+    // A pod needs its ServiceAccount, which no controller may have made here.
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "default"}});
+    let out = cp.kubectl_input(&["apply", "-f", "-"], &sa.to_string());
+    assert!(out.status.success(), "{out:?}");
+    let probe = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "route-probe-", "namespace": "default",
+            "labels": {"llm-d.ai/role": "decode", "llm-d.ai/model": "probe"}},
+        "spec": {"containers": [{"name": "c", "image": "vllm",
+            "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cp.kubectl_input(
+            &[
+                "create",
+                "--dry-run=server",
+                "-o",
+                "jsonpath={.spec.schedulerName}",
+                "-f",
+                "-",
+            ],
+            &probe.to_string(),
+        );
+        let name = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && name != "default-scheduler" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the routing webhook did not answer in 30 s: {name} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(cp.admin_kubeconfig.with_file_name("route-webhook.log"))
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every group pod in `ns` was created with (and bound by) `profile`; a CPU pod and a GPU pod in
+/// no group, created in `ns` as well, keep `default-scheduler` and are bound by it.
+async fn assert_scheduled_by(client: &Client, ns: &str, profile: &str, _cp: &ControlPlane) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for p in pods.list(&ListParams::default()).await.unwrap() {
+        let name = p.spec.as_ref().and_then(|s| s.scheduler_name.clone());
+        assert_eq!(
+            name.as_deref(),
+            Some(profile),
+            "{} was not routed to the group profile",
+            p.metadata.name.unwrap_or_default()
+        );
+    }
+    for (name, limits) in [
+        ("plain-cpu", json!({"cpu": "1"})),
+        ("plain-gpu", json!({"nvidia.com/gpu": "1"})),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                "resources": {"limits": limits}}]},
+        }))
+        .unwrap();
+        let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+        assert_eq!(
+            created
+                .spec
+                .as_ref()
+                .and_then(|s| s.scheduler_name.as_deref()),
+            Some("default-scheduler"),
+            "{name} is not a group member: it keeps the default profile"
+        );
+        harness::eventually(Duration::from_secs(60), &format!("{name} bound"), || {
+            let pods = pods.clone();
+            async move { pods.get(name).await.ok()?.spec?.node_name.map(|_| ()) }
+        })
+        .await;
+    }
+}
+
 /// The same deployment through one DisaggregatedSet (`prefill` and `decode` roles) on a free
 /// InfiniBand fleet, then its decode role scaled up and down again; a LeaderWorkerSet pair
 /// whose decode template changes (a rolling replacement); and a LeaderWorkerSet with
@@ -625,8 +871,9 @@ async fn disaggregatedset_scale_up_and_exclusive_topology() {
             }
         }
     }
-    let (_ext, port) = crate::scheduler::start_extender(&cp);
-    let _sched = crate::scheduler::start_scheduler(&cp, port, "default-scheduler", true);
+    // The chart's design with its webhook: the DisaggregatedSet's pods get the group profile.
+    let routed = start_routed_scheduling(&cp);
+    wait_for_routing(&cp).await;
     let sus = su_of(&client).await;
     let su_set =
         |nodes: &[String]| -> BTreeSet<String> { nodes.iter().map(|n| sus[n].clone()).collect() };
@@ -655,6 +902,18 @@ async fn disaggregatedset_scale_up_and_exclusive_topology() {
         "DisaggregatedSet bound in {:.2} s: {placed:?}",
         took.as_secs_f64()
     );
+    for p in Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        assert_eq!(
+            p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()),
+            Some(routed.group_profile.as_str()),
+            "{} was not routed",
+            p.metadata.name.unwrap_or_default()
+        );
+    }
     for (g, nodes) in &placed {
         assert_eq!(su_set(nodes).len(), 1, "group {g} split: {placed:?}");
     }
