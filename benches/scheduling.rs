@@ -134,6 +134,11 @@ fn pod(run: usize, group: usize, index: usize, setup: Setup, clique_level: &str)
         "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0",
             "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
     });
+    if setup == Setup::Pinned {
+        // Every fourth clique of the fleet, a different one per group: each has 9 free trays.
+        let clique = common::fleet_node_labels(group * 4 * 9)[CLIQUE_LABEL].clone();
+        v["spec"]["nodeSelector"] = json!({CLIQUE_LABEL: clique});
+    }
     if setup == Setup::Kueue {
         // A plain pod group: one Workload of 8 pods, all in one NVLink clique.
         let m = &mut v["metadata"];
@@ -400,6 +405,15 @@ enum Setup {
     /// and ungates it; kube-scheduler with its defaults binds. CPU pods carry no queue label
     /// and are not queued.
     Kueue,
+    /// The chart with its webhook: two profiles (default-scheduler with the default sampling,
+    /// the group profile scoring every node), the extender, and the real `nodetopo webhook`
+    /// moving each group pod to the group profile at creation (`POST /route`).
+    Routed,
+    /// The pinning candidate, as its best case: each group's pods are created with a
+    /// `nodeSelector` on one NVLink clique, the one a pinning controller would have chosen
+    /// (here the bench chooses a free clique per group), and kube-scheduler keeps its defaults;
+    /// no extender. What it would cost to choose and write the pin is not in it.
+    Pinned,
 }
 
 impl Setup {
@@ -410,13 +424,17 @@ impl Setup {
             Setup::Extender => "kube-scheduler + nodetopo extender (shipped configuration)",
             Setup::Native => "kube-scheduler, native topology-aware PodGroups (alpha gates)",
             Setup::Kueue => "Kueue v0.17.0 topology-aware scheduling + kube-scheduler (defaults)",
+            Setup::Routed => {
+                "kube-scheduler + nodetopo extender, two profiles, webhook routing (the chart with webhook.enabled)"
+            }
+            Setup::Pinned => "kube-scheduler (defaults), pods pinned to a clique by nodeSelector",
         }
     }
 }
 
 fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc {
     let mut cfg = match setup {
-        Setup::Alone | Setup::Native | Setup::Kueue => json!({
+        Setup::Alone | Setup::Native | Setup::Kueue | Setup::Pinned => json!({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
         }),
@@ -425,6 +443,11 @@ fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc 
             "kind": "KubeSchedulerConfiguration",
             "percentageOfNodesToScore": 100,
         }),
+        Setup::Routed => {
+            let mut cfg = chart_routing(cp).0;
+            cfg["extenders"][0]["urlPrefix"] = json!(format!("http://127.0.0.1:{ext_port}/"));
+            cfg
+        }
         Setup::Extender => {
             let shipped = std::fs::read_to_string(format!(
                 "{}/daemonset/extender/scheduler-config.yaml",
@@ -478,6 +501,127 @@ fn extender(cp: &ControlPlane) -> (Proc, u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (Proc(child), port)
+}
+
+/// The chart rendered with the extender and the webhook: its two-profile scheduler
+/// configuration, its MutatingWebhookConfiguration with only the routing webhook, and the
+/// webhook Deployment's arguments.
+fn chart_routing(cp: &ControlPlane) -> (serde_json::Value, serde_json::Value, Vec<String>) {
+    let out = cp.helm(&[
+        "template",
+        "nodetopo",
+        &format!("{}/charts/nodetopo", harness::ROOT),
+        "--namespace",
+        "nodetopo",
+        "--set",
+        "extender.enabled=true",
+        "--set",
+        "webhook.enabled=true",
+    ]);
+    let objs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&out)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &serde_json::Value| v.is_object())
+        .collect();
+    let component =
+        |o: &serde_json::Value, c: &str| o["metadata"]["labels"]["app.kubernetes.io/component"] == c;
+    let cm = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["data"]["scheduler-config.yaml"].is_string())
+        .expect("the scheduler configuration");
+    let cfg = serde_yaml_ng::from_str(cm["data"]["scheduler-config.yaml"].as_str().unwrap())
+        .unwrap();
+    let mut mwc = objs
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("the webhook configuration")
+        .clone();
+    let hooks: Vec<serde_json::Value> = mwc["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["clientConfig"]["service"]["path"] == "/route")
+        .cloned()
+        .collect();
+    mwc["webhooks"] = json!(hooks);
+    let deploy = objs
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && component(o, "webhook"))
+        .expect("the webhook Deployment");
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .filter(|a| {
+            !["--listen=", "--metrics-listen=", "--tls-cert=", "--tls-key="]
+                .iter()
+                .any(|f| a.starts_with(f))
+        })
+        .collect();
+    (cfg, mwc, args)
+}
+
+/// `nodetopo webhook` with the chart's arguments on 127.0.0.1, and its routing webhook
+/// configuration (registered only while a routed run creates pods).
+struct RouteWebhook {
+    proc: Proc,
+    config: serde_json::Value,
+}
+
+impl RouteWebhook {
+    fn start(cp: &ControlPlane) -> Self {
+        let (_, mut config, args) = chart_routing(cp);
+        let (crt, key) = cp.serving_cert("bench-webhook");
+        let port = harness::free_port();
+        let mut cmd = Command::new(NODETOPO);
+        cmd.args(&args)
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--metrics-listen=127.0.0.1:{}", harness::free_port()))
+            .arg(format!("--tls-cert={}", crt.display()))
+            .arg(format!("--tls-key={}", key.display()))
+            .env("KUBECONFIG", &cp.admin_kubeconfig)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut cmd);
+        let proc = Proc(cmd.spawn().unwrap());
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cp.ca).unwrap());
+        for w in config["webhooks"].as_array_mut().unwrap() {
+            w["clientConfig"] =
+                json!({"url": format!("https://127.0.0.1:{port}/route"), "caBundle": ca});
+        }
+        Self { proc, config }
+    }
+
+    /// Registers (or removes) the routing webhook and waits until the API server applies it.
+    async fn set(&self, cp: &ControlPlane, on: bool) {
+        if on {
+            let out = cp.kubectl_input(&["apply", "-f", "-"], &self.config.to_string());
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            cp.kubectl(&[
+                "delete",
+                "mutatingwebhookconfiguration",
+                self.config["metadata"]["name"].as_str().unwrap(),
+            ]);
+        }
+        let probe = serde_json::to_string(&pod(98, 0, 0, Setup::Alone, "")).unwrap();
+        loop {
+            let out = cp.kubectl_input(
+                &["create", "--dry-run=server", "-o", "jsonpath={.spec.schedulerName}", "-f", "-"],
+                &probe,
+            );
+            let routed = String::from_utf8_lossy(&out.stdout) != "default-scheduler";
+            if out.status.success() && routed == on {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// Resident memory of a process, in MiB.
@@ -544,6 +688,8 @@ async fn main() {
         Setup::Extender,
         Setup::Native,
         Setup::Kueue,
+        Setup::Routed,
+        Setup::Pinned,
     ];
     // SETUPS=0,4 picks some (indices into the list above).
     let setups: Vec<Setup> = match std::env::var("SETUPS") {
@@ -585,6 +731,9 @@ async fn main() {
         .as_ref()
         .map(|k| k.clique_level.clone())
         .unwrap_or_default();
+    let route = setups
+        .contains(&Setup::Routed)
+        .then(|| RouteWebhook::start(&cp));
     let seen = watch_pods(&client);
     // Let the Node watch fill the view.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -604,6 +753,9 @@ async fn main() {
         }
         if setup == Setup::Native {
             create_pod_groups(&cp, run);
+        }
+        if let (Some(r), Setup::Routed) = (&route, setup) {
+            r.set(&cp, true).await;
         }
         create_pods(&cp, &client, run, setup, &clique_level).await;
         if let Some(k) = kueue_run.as_ref().and(kueue.as_ref()) {
@@ -666,8 +818,12 @@ async fn main() {
             ),
         }
         let mut rss = vec![("kube-scheduler", gpu.scheduler_rss.max(cpu.scheduler_rss))];
-        if setup == Setup::Extender {
+        if matches!(setup, Setup::Extender | Setup::Routed) {
             rss.push(("extender", rss_mib(ext.0.id())));
+        }
+        if let (Some(r), Setup::Routed) = (&route, setup) {
+            rss.push(("webhook", rss_mib(r.proc.0.id())));
+            r.set(&cp, false).await;
         }
         if let Some(r) = &kueue_run {
             rss.push(("Kueue manager", rss_mib(r.pid())));
