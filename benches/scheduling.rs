@@ -329,6 +329,8 @@ struct Phase {
     scheduler_rss: f64,
     /// When the last pod became schedulable (for Kueue: its last gate removed), from the start.
     last_schedulable: Duration,
+    /// When the first pod was bound, from the start (kube-scheduler's start-up in every setup).
+    first_bound: Duration,
 }
 
 /// Starts `sched` (already spawned at `start`), waits until the watch has seen `n` pods of the
@@ -378,12 +380,19 @@ async fn wait_bound(seen: &Watched, n: usize, start: Instant, sched: &Proc) -> P
         .filter_map(|t| t.0)
         .max()
         .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
+    let first_bound = s
+        .pods
+        .values()
+        .filter_map(|t| t.1)
+        .min()
+        .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
     Phase {
         took,
         bound,
         groups,
         scheduler_rss,
         last_schedulable,
+        first_bound,
     }
 }
 
@@ -772,8 +781,9 @@ async fn main() {
         let (bound, total) = bound_count(&client).await;
         match gpu.took {
             Some(took) => eprintln!(
-                "run {run}: {}: GPU groups: {took:.1} s, {:.0} pods/s, {split} of {GROUPS} groups split over cliques",
+                "run {run}: {}: GPU groups: {took:.1} s (first pod bound after {:.1} s), {:.0} pods/s, {split} of {GROUPS} groups split over cliques",
                 setup.name(),
+                gpu.first_bound.as_secs_f64(),
                 (GROUPS * GROUP_SIZE) as f64 / took
             ),
             None => eprintln!(
@@ -806,8 +816,9 @@ async fn main() {
         drop(sched);
         match cpu.took {
             Some(took) => eprintln!(
-                "run {run}: {}: CPU pods: {took:.1} s, {:.0} pods/s",
+                "run {run}: {}: CPU pods: {took:.1} s (first pod bound after {:.1} s), {:.0} pods/s",
                 setup.name(),
+                cpu.first_bound.as_secs_f64(),
                 CPU_PODS as f64 / took
             ),
             None => eprintln!(
@@ -884,9 +895,9 @@ fn print_report(setups: &[Setup], results: &[Run]) {
     };
     let ms = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     println!(
-        "| setup | GPU group pods/s, each run (mean) | CPU pods/s, each run (mean) | group placed from the start, p50 / max | first member schedulable to last bound, p50 / max | groups split over cliques | resident memory at the end of a run, MiB (largest of the runs) |"
+        "| setup | GPU group pods/s, each run (mean) | CPU pods/s, each run (mean) | first pod bound after, GPU / CPU phase (mean) | group placed from the start, p50 / max | first member schedulable to last bound, p50 / max | groups split over cliques | resident memory at the end of a run, MiB (largest of the runs) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut means = Vec::new();
     for &setup in setups {
         let of: Vec<&Run> = results.iter().filter(|r| r.setup == setup).collect();
@@ -936,11 +947,19 @@ fn print_report(setups: &[Setup], results: &[Run]) {
             }
         }
         let rss: Vec<String> = rss.iter().map(|(p, m)| format!("{p} {m:.0}")).collect();
+        let avg = |f: &dyn Fn(&Run) -> Duration| {
+            of.iter().map(|r| f(r).as_secs_f64()).sum::<f64>() / of.len().max(1) as f64
+        };
+        let first = format!(
+            "{:.1} s / {:.1} s",
+            avg(&|r| r.gpu.first_bound),
+            avg(&|r| r.cpu.first_bound)
+        );
         let (gm, cm) = (mean(&gpu), mean(&cpu));
         means.push((setup, gm, cm));
         let m = |v: Option<f64>| v.map_or(String::new(), |v| format!(" ({v:.0})"));
         println!(
-            "| {} | {}{} | {}{} | {} | {} | {} | {} |",
+            "| {} | {}{} | {}{} | {first} | {} | {} | {} | {} |",
             setup.name(),
             each(gpu),
             m(gm),
