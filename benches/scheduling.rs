@@ -36,7 +36,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use harness::{ControlPlane, NODETOPO};
+use harness::ControlPlane;
+
+/// The nodetopo binary: `NODETOPO_BIN`, or the one cargo built beside this bench.
+fn nodetopo() -> std::path::PathBuf {
+    std::env::var_os("NODETOPO_BIN").map_or_else(|| harness::NODETOPO.into(), Into::into)
+}
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
@@ -496,7 +501,7 @@ fn scheduler(cp: &ControlPlane, setup: Setup, ext_port: u16, tag: &str) -> Proc 
 
 fn extender(cp: &ControlPlane) -> (Proc, u16) {
     let port = harness::free_port();
-    let mut cmd = Command::new(NODETOPO);
+    let mut cmd = Command::new(nodetopo());
     cmd.args(["extender", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--block-label", "network.example.com/leaf"])
         .args(["--agent-port", &harness::free_port().to_string()])
@@ -582,7 +587,7 @@ impl RouteWebhook {
         let (_, mut config, args) = chart_routing(cp);
         let (crt, key) = cp.serving_cert("bench-webhook");
         let port = harness::free_port();
-        let mut cmd = Command::new(NODETOPO);
+        let mut cmd = Command::new(nodetopo());
         cmd.args(&args)
             .arg(format!("--listen=127.0.0.1:{port}"))
             .arg(format!("--metrics-listen=127.0.0.1:{}", harness::free_port()))
@@ -728,7 +733,7 @@ async fn main() {
 
     let (ext, port) = extender(&cp);
     let mut kueue = setups.contains(&Setup::Kueue).then(|| {
-        let out = Command::new(NODETOPO)
+        let out = Command::new(nodetopo())
             .args(["manifests", "topology", "--for", "kueue", "-o", "json"])
             .output()
             .unwrap();
