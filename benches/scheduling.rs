@@ -536,14 +536,15 @@ fn chart_routing(cp: &ControlPlane) -> (serde_json::Value, serde_json::Value, Ve
         .filter_map(|d| serde::Deserialize::deserialize(d).ok())
         .filter(|v: &serde_json::Value| v.is_object())
         .collect();
-    let component =
-        |o: &serde_json::Value, c: &str| o["metadata"]["labels"]["app.kubernetes.io/component"] == c;
+    let component = |o: &serde_json::Value, c: &str| {
+        o["metadata"]["labels"]["app.kubernetes.io/component"] == c
+    };
     let cm = objs
         .iter()
         .find(|o| o["kind"] == "ConfigMap" && o["data"]["scheduler-config.yaml"].is_string())
         .expect("the scheduler configuration");
-    let cfg = serde_yaml_ng::from_str(cm["data"]["scheduler-config.yaml"].as_str().unwrap())
-        .unwrap();
+    let cfg =
+        serde_yaml_ng::from_str(cm["data"]["scheduler-config.yaml"].as_str().unwrap()).unwrap();
     let mut mwc = objs
         .iter()
         .find(|o| o["kind"] == "MutatingWebhookConfiguration")
@@ -567,9 +568,14 @@ fn chart_routing(cp: &ControlPlane) -> (serde_json::Value, serde_json::Value, Ve
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .filter(|a| {
-            !["--listen=", "--metrics-listen=", "--tls-cert=", "--tls-key="]
-                .iter()
-                .any(|f| a.starts_with(f))
+            ![
+                "--listen=",
+                "--metrics-listen=",
+                "--tls-cert=",
+                "--tls-key=",
+            ]
+            .iter()
+            .any(|f| a.starts_with(f))
         })
         .collect();
     (cfg, mwc, args)
@@ -590,7 +596,10 @@ impl RouteWebhook {
         let mut cmd = Command::new(nodetopo());
         cmd.args(&args)
             .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg(format!("--metrics-listen=127.0.0.1:{}", harness::free_port()))
+            .arg(format!(
+                "--metrics-listen=127.0.0.1:{}",
+                harness::free_port()
+            ))
             .arg(format!("--tls-cert={}", crt.display()))
             .arg(format!("--tls-key={}", key.display()))
             .env("KUBECONFIG", &cp.admin_kubeconfig)
@@ -626,7 +635,14 @@ impl RouteWebhook {
         let probe = serde_json::to_string(&pod(98, 0, 0, Setup::Alone, "")).unwrap();
         loop {
             let out = cp.kubectl_input(
-                &["create", "--dry-run=server", "-o", "jsonpath={.spec.schedulerName}", "-f", "-"],
+                &[
+                    "create",
+                    "--dry-run=server",
+                    "-o",
+                    "jsonpath={.spec.schedulerName}",
+                    "-f",
+                    "-",
+                ],
                 &probe,
             );
             let routed = String::from_utf8_lossy(&out.stdout) != "default-scheduler";
