@@ -562,22 +562,7 @@ fn chart_routing(cp: &ControlPlane) -> (serde_json::Value, serde_json::Value, Ve
         .iter()
         .find(|o| o["kind"] == "Deployment" && component(o, "webhook"))
         .expect("the webhook Deployment");
-    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .filter(|a| {
-            ![
-                "--listen=",
-                "--metrics-listen=",
-                "--tls-cert=",
-                "--tls-key=",
-            ]
-            .iter()
-            .any(|f| a.starts_with(f))
-        })
-        .collect();
+    let args = harness::chart_args_for_loopback(deploy);
     (cfg, mwc, args)
 }
 

@@ -18,6 +18,7 @@
 pub mod metrics;
 pub mod mutate;
 pub mod nodes;
+mod review;
 pub mod route;
 pub mod server;
 pub mod tls;

@@ -9,11 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::WebhookError;
+use super::{WebhookError, review};
 use crate::labels::{Key, LabelKey};
 
 /// The agent's labels that are copied by default.
@@ -195,36 +194,6 @@ pub struct Reviewed {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review {
-    #[serde(default)]
-    api_version: Option<String>,
-    request: Option<Request>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
-    uid: String,
-    #[serde(default)]
-    resource: Resource,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    operation: String,
-    #[serde(default)]
-    object: Option<Object>,
-}
-
-#[derive(Deserialize, Default)]
-struct Resource {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    resource: String,
-}
-
-#[derive(Deserialize)]
 struct Object {
     #[serde(default)]
     metadata: Metadata,
@@ -263,14 +232,13 @@ pub fn review(
     nodes: &(impl NodeLabels + ?Sized),
     cfg: &MutationConfig,
 ) -> Result<Reviewed, WebhookError> {
-    let review: Review = serde_json::from_slice(body).map_err(WebhookError::BadReview)?;
-    let req = review.request.ok_or(WebhookError::NoRequest)?;
-    let core_pods = req.resource.group.is_empty() && req.resource.resource == "pods";
-    let create = req.operation == "CREATE";
-    let kind = match req.sub_resource.as_deref().unwrap_or("") {
-        "binding" if core_pods && create => ObjectKind::Binding,
-        "" if core_pods && create => ObjectKind::Pod,
-        _ => ObjectKind::Other,
+    let (api_version, req) = review::read::<Object>(body)?;
+    let kind = if req.is_pod_create("binding") {
+        ObjectKind::Binding
+    } else if req.is_pod_create("") {
+        ObjectKind::Pod
+    } else {
+        ObjectKind::Other
     };
     let node = req.object.as_ref().and_then(|o| match kind {
         ObjectKind::Binding => o
@@ -299,17 +267,7 @@ pub fn review(
             }
         },
     };
-    let mut response = json!({"uid": req.uid, "allowed": true});
-    if !patch.is_empty() {
-        let text = serde_json::to_vec(&patch).map_err(WebhookError::BadReview)?;
-        response["patchType"] = json!("JSONPatch");
-        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-    }
-    let response = json!({
-        "apiVersion": review.api_version.as_deref().unwrap_or("admission.k8s.io/v1"),
-        "kind": "AdmissionReview",
-        "response": response,
-    });
+    let response = review::answer(api_version.as_deref(), &req.uid, &patch)?;
     Ok(Reviewed {
         kind,
         outcome,

@@ -12,12 +12,11 @@
 //! them, and only for pods still on the default profile (a pod that names another scheduler,
 //! KAI's or Volcano's, is left alone). Pure: an `AdmissionReview` in, the answer out.
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use serde::Deserialize;
+
 use serde_json::{Value, json};
 
-use super::WebhookError;
+use super::{WebhookError, review};
 use crate::extender::group::group_of;
 
 /// The profile every pod gets that names none.
@@ -125,51 +124,15 @@ pub fn route(pod: &Pod, cfg: &RouteConfig) -> Route {
     Route::Routed
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review {
-    #[serde(default)]
-    api_version: Option<String>,
-    request: Option<Request>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
-    uid: String,
-    #[serde(default)]
-    resource: Resource,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    operation: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    object: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct Resource {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    resource: String,
-}
-
 /// Answers the `AdmissionReview` in `body` (a Pod CREATE): always allowed, with a JSON patch
 /// that sets `spec.schedulerName` to the group profile when [`route`] says so.
 pub fn review_route(body: &[u8], cfg: &RouteConfig) -> Result<(Route, Value), WebhookError> {
-    let review: Review = serde_json::from_slice(body).map_err(WebhookError::BadReview)?;
-    let req = review.request.ok_or(WebhookError::NoRequest)?;
-    let pod_create = req.resource.group.is_empty()
-        && req.resource.resource == "pods"
-        && req.sub_resource.as_deref().unwrap_or("").is_empty()
-        && req.operation == "CREATE";
-    let decision = match req.object.filter(|_| pod_create) {
+    let (api_version, req) = review::read::<Value>(body)?;
+    let decision = match req.object.as_ref().filter(|_| req.is_pod_create("")) {
         None => Route::Ignored,
         Some(object) => {
-            let mut pod: Pod = serde_json::from_value(object).map_err(WebhookError::BadReview)?;
+            let mut pod: Pod =
+                serde_json::from_value(object.clone()).map_err(WebhookError::BadReview)?;
             // A Pod's namespace is often only in the request (the object has none yet).
             if pod.metadata.namespace.is_none() {
                 pod.metadata.namespace = req.namespace.clone();
@@ -177,23 +140,20 @@ pub fn review_route(body: &[u8], cfg: &RouteConfig) -> Result<(Route, Value), We
             route(&pod, cfg)
         }
     };
-    let mut response = json!({"uid": req.uid, "allowed": true});
-    if decision == Route::Routed {
-        let patch = json!([{"op": "add", "path": "/spec/schedulerName", "value": cfg.profile}]);
-        let text = serde_json::to_vec(&patch).map_err(WebhookError::BadReview)?;
-        response["patchType"] = json!("JSONPatch");
-        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-    }
-    let response = json!({
-        "apiVersion": review.api_version.as_deref().unwrap_or("admission.k8s.io/v1"),
-        "kind": "AdmissionReview",
-        "response": response,
-    });
+    let patch = match decision {
+        Route::Routed => {
+            vec![json!({"op": "add", "path": "/spec/schedulerName", "value": cfg.profile})]
+        }
+        _ => Vec::new(),
+    };
+    let response = review::answer(api_version.as_deref(), &req.uid, &patch)?;
     Ok((decision, response))
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+
     use super::*;
 
     fn pod(labels: Value, scheduler: Option<&str>, gpus: Option<&str>) -> Pod {

@@ -85,7 +85,7 @@ pub use crate::common::free_port;
 
 /// A child process that dies with the test thread that started it, even on SIGKILL of the
 /// test binary.
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
+pub fn spawn(cmd: &mut Command, log: &Path) -> Child {
     let log = fs::File::create(log).expect("log file");
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file"))
@@ -101,6 +101,27 @@ fn spawn(cmd: &mut Command, log: &Path) -> Child {
     }
     cmd.spawn()
         .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
+}
+
+/// A chart Deployment's container arguments without the listen and TLS flags, which a test
+/// replaces with its own (127.0.0.1 and the test CA's certificate).
+pub fn chart_args_for_loopback(deployment: &serde_json::Value) -> Vec<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("container args")
+        .iter()
+        .map(|a| a.as_str().expect("a string argument").to_string())
+        .filter(|a| {
+            ![
+                "--listen=",
+                "--metrics-listen=",
+                "--tls-cert=",
+                "--tls-key=",
+            ]
+            .iter()
+            .any(|f| a.starts_with(f))
+        })
+        .collect()
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL. Returns the exit status.

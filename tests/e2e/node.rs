@@ -32,7 +32,7 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Output},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -42,7 +42,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::harness::{self, ControlPlane, ROOT};
+use crate::harness::{self, ControlPlane, ROOT, spawn};
 use crate::workloads::{self, Proc};
 
 /// The node's name.
@@ -170,26 +170,6 @@ fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// A process that dies with the test process (PR_SET_PDEATHSIG), logging to `log`.
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
-    use std::os::unix::process::CommandExt;
-    let f = fs::File::create(log).expect("log file");
-    cmd.stdin(Stdio::null())
-        .stdout(f.try_clone().expect("log file"))
-        .stderr(f);
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
 }
 
 /// What teardown found.

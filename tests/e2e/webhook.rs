@@ -365,22 +365,7 @@ async fn scheduled_pods_carry_their_nodes_topology_labels() {
         .iter()
         .find(|o| o["kind"] == "Deployment" && is_webhook(o))
         .expect("the webhook's Deployment");
-    let chart_args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .filter(|a| {
-            ![
-                "--listen=",
-                "--metrics-listen=",
-                "--tls-cert=",
-                "--tls-key=",
-            ]
-            .iter()
-            .any(|f| a.starts_with(f))
-        })
-        .collect();
+    let chart_args: Vec<String> = harness::chart_args_for_loopback(deploy);
     assert_eq!(chart_args[0], "webhook");
     assert!(
         chart_args.contains(&format!("--block-label={LEAF}")),

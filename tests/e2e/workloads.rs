@@ -507,22 +507,7 @@ pub fn start_routed_scheduling(cp: &ControlPlane) -> RoutedScheduling {
         .iter()
         .find(|o| o["kind"] == "Deployment" && component(o, "webhook"))
         .expect("the webhook's Deployment");
-    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .filter(|a| {
-            ![
-                "--listen=",
-                "--metrics-listen=",
-                "--tls-cert=",
-                "--tls-key=",
-            ]
-            .iter()
-            .any(|f| a.starts_with(f))
-        })
-        .collect();
+    let args: Vec<String> = harness::chart_args_for_loopback(deploy);
     let (crt, key) = cp.serving_cert("route-webhook");
     let port = harness::free_port();
     let webhook = spawn_logged(
