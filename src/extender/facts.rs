@@ -13,6 +13,21 @@ use crate::{
     model::{FabricState, LinkLayer, NodeTopology, PortState},
 };
 
+/// The agent's labels (under the label prefix) that [`NodeFacts::from_labels`] reads; the view
+/// keeps no other label of a node but the block label.
+pub const LABEL_KEYS: [Key; 10] = [
+    Key::GpuCount,
+    Key::NvlinkFabric,
+    Key::NvlinkCluster,
+    Key::NvlinkDomain,
+    Key::RdmaLinkLayer,
+    Key::RdmaIbSubnet,
+    Key::IbSu,
+    Key::IbLeaf,
+    Key::RoceLeaf,
+    Key::IbBlock,
+];
+
 /// The placement facts of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct NodeFacts {
@@ -219,6 +234,40 @@ pub fn block_from(labels: &BTreeMap<String, String>, block_label: Option<&str>) 
 mod tests {
     use super::*;
     use crate::model::{Fabric, Gpu, Nic, NicPort, RailPair};
+
+    /// Facts from every label the agent may write equal facts from [`LABEL_KEYS`] alone, so that
+    /// the view loses nothing by keeping only those.
+    #[test]
+    fn label_keys_are_every_label_facts_read() {
+        let value = |k: Key| match k {
+            Key::GpuCount => "4",
+            Key::NvlinkFabric => "ready",
+            Key::NvlinkCluster => "4F1C2D3E-5A6B-47C8-A9D0-E1F2A3B4C5D6",
+            Key::NvlinkDomain => "4f1c2d3e-5a6b-47c8-a9d0-e1f2a3b4c5d6.2",
+            Key::RdmaLinkLayer => "infiniband",
+            Key::RdmaIbSubnet => "fe80-0000-0000-0007",
+            Key::IbSu => "3f2a1b9c0d",
+            Key::IbLeaf => "0x0002c90300a1b2c3",
+            Key::RoceLeaf => "aa-bb-cc-dd-ee-01",
+            Key::IbBlock => "9179073e9a",
+            _ => "1",
+        };
+        let all: BTreeMap<String, String> = Key::all()
+            .map(|k| (k.under("nodetopo.io"), value(k).to_string()))
+            .collect();
+        let kept: BTreeMap<String, String> = LABEL_KEYS
+            .iter()
+            .map(|k| (k.under("nodetopo.io"), value(*k).to_string()))
+            .collect();
+        assert!(all.len() > kept.len());
+        let facts = NodeFacts::from_labels(&all, "nodetopo.io", None);
+        assert!(
+            facts
+                .as_ref()
+                .is_some_and(|f| f.leaf.is_some() && f.block.is_some())
+        );
+        assert_eq!(facts, NodeFacts::from_labels(&kept, "nodetopo.io", None));
+    }
 
     fn port(ll: LinkLayer, subnet: &str) -> NicPort {
         NicPort {

@@ -253,7 +253,9 @@ impl Extender {
                     None => true,
                     // Newer labels of a node known by its labels alone; an agent's topology
                     // and labels from the watch are not replaced by a request's.
-                    Some(e) => e.topology.is_none() && !l.is_empty() && e.labels != ***l,
+                    Some(e) => {
+                        e.topology.is_none() && !l.is_empty() && !v.same_labels(&e.labels, l)
+                    }
                 })
                 .map(|(n, _)| *n)
                 .collect()

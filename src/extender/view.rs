@@ -36,7 +36,8 @@ pub struct NodeEntry {
     pub facts: Option<NodeFacts>,
     /// True while the agent's stream is down.
     pub stale: bool,
-    /// Node labels known to the view (Node watch or agents file).
+    /// The node's labels that the view reads ([`LabelKeys::keeps`]), from the Node watch or the
+    /// agents file; the others are dropped on arrival.
     pub labels: BTreeMap<String, String>,
     /// Why the node is stale, when it is.
     pub stale_reason: String,
@@ -82,6 +83,20 @@ pub struct LabelKeys {
     pub block_label: Option<String>,
 }
 
+impl LabelKeys {
+    /// Whether the view keeps label `key`: one of the agent's labels that facts are read from
+    /// ([`super::facts::LABEL_KEYS`] under the prefix), or the block label. A Node carries
+    /// a hundred labels or more (the kubelet's, GPU and node feature discovery's); kept whole,
+    /// they were most of the view's memory.
+    pub fn keeps(&self, key: &str) -> bool {
+        self.block_label.as_deref() == Some(key)
+            || key
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|k| k.strip_prefix('/'))
+                .is_some_and(|name| super::facts::LABEL_KEYS.iter().any(|k| k.name() == name))
+    }
+}
+
 /// Resolved facts for one candidate node.
 #[derive(Debug, Clone)]
 pub struct Resolved<'a> {
@@ -120,6 +135,19 @@ impl ClusterView {
     /// True when no node is known.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+
+    /// True when `labels` (a Node's, whole) agree with `kept` (what the view keeps of a node's
+    /// labels) on every label the view reads.
+    pub fn same_labels(
+        &self,
+        kept: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        labels
+            .iter()
+            .filter(|(k, _)| self.labels.keeps(k))
+            .eq(kept.iter())
     }
 
     /// The entry of `node`.
@@ -174,8 +202,9 @@ impl ClusterView {
                 e.stale = true;
                 e.stale_reason = reason;
             }
-            ViewEvent::Labels { node, labels } => {
+            ViewEvent::Labels { node, mut labels } => {
                 let mut e = self.nodes.remove(&node).unwrap_or_default();
+                labels.retain(|k, _| self.labels.keeps(k));
                 e.labels = labels;
                 self.refresh_facts(&mut e);
                 self.nodes.insert(node, e);
@@ -221,7 +250,7 @@ impl ClusterView {
         // remembers its Nodes): their facts were derived when they were stored.
         if let (Some(l), Some(e)) = (request_labels, entry)
             && e.topology.is_none()
-            && e.labels == *l
+            && self.same_labels(&e.labels, l)
             && let Some(f) = &e.facts
         {
             return Some(Resolved {
@@ -339,6 +368,52 @@ mod tests {
         assert_eq!(r.facts.clique_id, Some(1));
         v.apply(ViewEvent::Removed { node: "n".into() });
         assert!(v.resolve("n", None).is_none());
+    }
+
+    #[test]
+    fn keeps_only_the_labels_it_reads() {
+        let mut v = ClusterView::new(cfg());
+        let mut labels: BTreeMap<String, String> = [
+            ("nodetopo.io/gpu.count", "4"),
+            ("nodetopo.io/gpu.product", "NVIDIA-GB200"),
+            ("nodetopo.io/nvlink.domain", "u.2"),
+            ("nodetopo.io/nvlink.fabric", "ready"),
+            ("nodetopo.io/ib.su", "3f2a1b9c0d"),
+            ("leaf", "a"),
+            ("kubernetes.io/hostname", "n"),
+            ("feature.node.kubernetes.io/cpu-cpuid.SVE2", "true"),
+            ("example.com/nodetopo.io/gpu.count", "8"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        v.apply(ViewEvent::Labels {
+            node: "n".into(),
+            labels: labels.clone(),
+        });
+        let e = v.entry("n").unwrap();
+        let kept: Vec<&str> = e.labels.keys().map(String::as_str).collect();
+        assert_eq!(
+            kept,
+            [
+                "leaf",
+                "nodetopo.io/gpu.count",
+                "nodetopo.io/ib.su",
+                "nodetopo.io/nvlink.domain",
+                "nodetopo.io/nvlink.fabric"
+            ]
+        );
+        let whole = NodeFacts::from_labels(&labels, "nodetopo.io", Some("leaf"));
+        assert_eq!(e.facts, whole);
+        // A request Node with the same labels reuses the stored facts; one whose labels differ
+        // only where the view does not read is the same node to it.
+        assert!(v.same_labels(&e.labels, &labels));
+        labels.insert("kubernetes.io/hostname".into(), "m".into());
+        assert!(v.same_labels(&e.labels, &labels));
+        labels.insert("nodetopo.io/nvlink.domain".into(), "u.1".into());
+        assert!(!v.same_labels(&e.labels, &labels));
+        let r = v.resolve("n", Some(&labels)).unwrap();
+        assert_eq!(r.facts.clique_id, Some(1));
     }
 
     #[test]
