@@ -2,25 +2,28 @@
 //!
 //! **Node steps.** One control plane (etcd and kube-apiserver on 127.0.0.1, from
 //! tests/e2e/build-kube.sh) is filled with Nodes in steps (`STEPS`, default
-//! 5000,10000,20000,50000). Each Node is a GB200 tray of an NVL72 rack (18 trays, two cliques of
-//! 9, one NVLink cluster per rack; 8 racks share an InfiniBand scalable unit, 4 units a spine
-//! block) carrying the labels the agent writes for such a tray (taken from `nodetopo probe -o
-//! labels` on the repository's GB200 fixture, with each node's cluster, clique, `ib.su` and
-//! `ib.block`), and what a kubelet, GPU feature discovery and node feature discovery leave on a
-//! real Node: about 100 labels, annotations, capacity and allocatable with `nvidia.com/gpu`,
-//! four conditions, addresses, node info, runtime handlers and the kubelet's 50-image list
-//! (about 17 KB of JSON a Node; managed fields are the API server's own). At each step:
+//! 5000,10000,20000,35000,45000,50000). Each Node is a GB200 tray of an NVL72 rack (18 trays, two
+//! cliques of 9, one NVLink cluster per rack; 8 racks share an InfiniBand scalable unit, 4 units
+//! a spine block) carrying the labels the agent writes for such a tray (taken from `nodetopo
+//! probe -o labels` on the repository's GB200 fixture, with each node's cluster, clique, `ib.su`
+//! and `ib.block`), and what a kubelet, GPU feature discovery and node feature discovery leave on
+//! a real Node: 121 labels, annotations, capacity and allocatable with `nvidia.com/gpu`, four
+//! conditions, addresses, node info, runtime handlers and the kubelet's 50-image list (19 KB of
+//! JSON a Node; managed fields are the API server's own). At each step:
 //! - the creates (concurrent, one POST a Node with its status) and their rate;
 //! - kube-apiserver and etcd resident memory;
 //! - a fresh `nodetopo extender` (release build, names-only mode, its Node and Pod watches as
 //!   shipped): time until its view holds every Node, its resident memory (and peak), CPU time;
+//!   the same for a reference extender binary (`NODETOPO_BIN_REF`), when given;
 //! - a fresh `nodetopo webhook` (its metadata-only Node reflector): time until it holds every
 //!   Node, its resident memory;
 //! - `filter` over HTTP with every node name for the first member of a new GPU group (a new
 //!   LeaderWorkerSet group of 8 pods × 4 GPUs each call, so each call chooses a domain over all
-//!   nodes), then `prioritize` as kube-scheduler sends it (the nodes that passed), and
-//!   `prioritize` with every node name (the worst case): p50/p99 over `CALLS` calls each (default
-//!   200), one new loopback connection per call.
+//!   nodes; a `-decode` group, whose prefill counterpart the extender keeps room for, then a
+//!   group without a role), with `prioritize` after each decode filter as kube-scheduler sends it
+//!   (the nodes that passed) and with every node name (the worst case): p50/p99 over `CALLS`
+//!   calls each (default 200), one new loopback connection per call, and the extender's CPU time
+//!   per call (its threads' scheduler time), which other load on the machine does not inflate.
 //!
 //! Every figure is fitted against the node count (least squares: a base plus a cost per node).
 //! If the control plane cannot hold a step within `MEM_BUDGET_GIB` (default 12: the sum of this
@@ -33,15 +36,16 @@
 //! Node, and nothing would answer for them here.
 //!
 //! **Agent fan-in.** Then, against the last step's Nodes, `AGENTS` (default
-//! 0,1000,5000,10000,20000) simulated agents, each the agent's own gRPC `TopologyService`
+//! 0,1000,5000,10000,19000) simulated agents, each the agent's own gRPC `TopologyService`
 //! (`nodetopo::api::TopologyApi`, health and reflection left out) on a port of its own on
-//! 127.0.0.1 (10000 and up), in this process, serving its node's topology (the GB200 fixture's
-//! probe output with the node's cluster, clique, scalable unit and block). The extender gets them
-//! through `--agents FILE` (node → `127.0.0.1:PORT`); in a cluster it finds the same endpoints
-//! through the Node watch, and runs the same connector and watch task per node. Measured: the time
-//! from the extender's start until every agent's Watch was answered and until the extender's view
-//! shows every agent's node live, and its resident memory, against the same extender without
-//! agents (`0`).
+//! 127.0.0.1 (10000 and up), 7,000 to a child process of this benchmark, serving its node's
+//! topology (the GB200 fixture's probe output with the node's cluster, clique, scalable unit and
+//! block). The extender gets them through `--agents FILE` (node → `127.0.0.1:PORT`); in a
+//! cluster it finds the same endpoints through the Node watch, and runs the same connector and
+//! watch task per node. It holds one connection per agent, so its open-file limit bounds the
+//! count (20,000 here, and not raisable). Measured: the time from the extender's start until
+//! every agent's Watch was answered and until the extender's view shows every agent's node live,
+//! and its resident memory, against the same extender without agents (`0`).
 //!
 //! Run: `cargo bench --locked --features e2e --bench scale` (NODETOPO_KUBE_BIN as for the
 //! end-to-end suite; `NODETOPO_BIN` names another nodetopo binary; `CALLS`, `MEM_BUDGET_GIB`,
@@ -549,6 +553,20 @@ fn cpu_s(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// CPU time of every thread of a process, ns (the scheduler's own count, not clock ticks).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            s.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// The pid of this process's child named `comm` (etcd, kube-apiserver).
 fn child_pid(comm: &str) -> u32 {
     let me = std::process::id().to_string();
@@ -669,6 +687,7 @@ fn start_extender(
     if let Some(a) = agents {
         cmd.arg("--agents").arg(a);
     }
+    die_with_parent(&mut cmd);
     let child = cmd.spawn().expect("start the extender");
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
@@ -719,8 +738,8 @@ struct Webhook {
 fn start_webhook(cp: &ControlPlane, cert: &(std::path::PathBuf, std::path::PathBuf)) -> Webhook {
     let (port, metrics) = (harness::free_port(), harness::free_port());
     let started = Instant::now();
-    let child = Command::new(nodetopo_bin())
-        .args(["webhook"])
+    let mut cmd = Command::new(nodetopo_bin());
+    cmd.args(["webhook"])
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--metrics-listen=127.0.0.1:{metrics}"))
         .arg(format!("--tls-cert={}", cert.0.display()))
@@ -728,9 +747,9 @@ fn start_webhook(cp: &ControlPlane, cert: &(std::path::PathBuf, std::path::PathB
         .env("KUBECONFIG", &cp.admin_kubeconfig)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the webhook");
+        .stderr(Stdio::inherit());
+    die_with_parent(&mut cmd);
+    let child = cmd.spawn().expect("start the webhook");
     Webhook {
         proc: Proc(child),
         metrics,
@@ -786,6 +805,8 @@ struct Step {
     create_s: f64,
     create_rate: f64,
     apiserver_mib: f64,
+    apiserver_after_mib: f64,
+    apiserver_peak_mib: f64,
     etcd_mib: f64,
     ext_sync_s: f64,
     ext_sync_cpu_s: f64,
@@ -802,6 +823,9 @@ struct Step {
     prio_passed: (f64, f64),
     prio_all: (f64, f64),
     passed: usize,
+    /// Mean CPU ms of the extender per call: filter (decode group), prioritize (passed),
+    /// prioritize (every name), filter (no role).
+    cpu_ms: [f64; 4],
     body_kib: f64,
     load: String,
 }
@@ -825,37 +849,60 @@ fn filter(port: u16, pod: &Value, names: &[String]) -> (Duration, Vec<u8>, Vec<S
 /// `prioritize` after each; then `calls` filter calls for new groups without a role.
 async fn time_calls(ext: &Ext, names: &[String], calls: usize, s: &mut Step) {
     let (mut f, mut pp, mut pa, mut alone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // CPU time the extender spent on each verb, in all.
+    let mut cpu = [0u64; 4];
+    let pid = ext.proc.pid();
+    let timed = |cpu: &mut u64, call: &mut dyn FnMut() -> Duration| {
+        let c0 = cpu_ns(pid);
+        let t = call();
+        *cpu += cpu_ns(pid) - c0;
+        t
+    };
     let warm = 3;
     for k in 0..calls + warm {
         let pod = group_pod(&format!("s{}-m{k}-decode", names.len()));
-        let (t, body, passed) = filter(ext.port, &pod, names);
+        let mut out = None;
+        let mut c = [0u64; 3];
+        let t = timed(&mut c[0], &mut || {
+            let (t, body, passed) = filter(ext.port, &pod, names);
+            out = Some((body, passed));
+            t
+        });
+        let (body, passed) = out.expect("a filter answer");
         s.body_kib = body.len() as f64 / 1024.0;
         s.passed = passed.len();
-        let (tp, _) = post(ext.port, "/prioritize", &names_body(&pod, &passed));
-        let (ta, _) = post(ext.port, "/prioritize", &body);
+        let tp = timed(&mut c[1], &mut || {
+            post(ext.port, "/prioritize", &names_body(&pod, &passed)).0
+        });
+        let ta = timed(&mut c[2], &mut || post(ext.port, "/prioritize", &body).0);
         if k >= warm {
             f.push(t);
             pp.push(tp);
             pa.push(ta);
+            cpu[0] += c[0];
+            cpu[1] += c[1];
+            cpu[2] += c[2];
         }
     }
     for k in 0..calls + warm {
         let pod = group_pod(&format!("s{}-g{k}", names.len()));
-        let (t, _, _) = filter(ext.port, &pod, names);
+        let mut c = 0;
+        let t = timed(&mut c, &mut || filter(ext.port, &pod, names).0);
         if k >= warm {
             alone.push(t);
+            cpu[3] += c;
         }
     }
     s.filter = (pct(&mut f, 0.5), pct(&mut f, 0.99));
     s.prio_passed = (pct(&mut pp, 0.5), pct(&mut pp, 0.99));
     s.prio_all = (pct(&mut pa, 0.5), pct(&mut pa, 0.99));
     s.filter_alone = (pct(&mut alone, 0.5), pct(&mut alone, 0.99));
+    s.cpu_ms = cpu.map(|c| c as f64 / 1e6 / calls as f64);
 }
 
-/// The agent's topology service, counting the watches it has answered.
+/// The agent's topology service; prints `answered` for each Watch it answers.
 struct CountedApi {
     inner: TopologyApi,
-    watches: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -875,7 +922,7 @@ impl TopologyService for CountedApi {
     ) -> Result<tonic::Response<Self::WatchNodeTopologyStream>, tonic::Status> {
         let out = self.inner.watch_node_topology(req).await;
         if out.is_ok() {
-            self.watches.fetch_add(1, Ordering::Relaxed);
+            println!("answered");
         }
         out
     }
@@ -888,46 +935,151 @@ impl TopologyService for CountedApi {
     }
 }
 
-/// `n` simulated agents on their own ports; their tasks, the node → endpoint file's text, and
-/// the count of answered watches.
-async fn start_agents(
-    fleet: &Fleet,
-    n: usize,
-) -> (Vec<tokio::task::JoinHandle<()>>, String, Arc<AtomicUsize>) {
-    let watches = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::with_capacity(n);
-    let mut file = String::new();
-    let mut port = 10_000u16;
-    for i in 0..n {
-        let listener = loop {
-            assert!(port < 32_768, "no free port below 32768 for agent {i}");
-            let p = port;
-            port += 1;
-            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", p)).await {
-                break l;
-            }
-        };
-        let addr = listener.local_addr().expect("an address");
-        file.push_str(&format!("{}: \"{addr}\"\n", node_name(i)));
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Published::new(fleet.topology(i))));
-        let api = CountedApi {
-            inner: TopologyApi::new(rx, 16, Arc::new(())),
-            watches: watches.clone(),
-        };
-        tasks.push(tokio::spawn(async move {
-            // The sender lives as long as the agent: a closed channel ends its watches.
-            let _tx = tx;
-            let _ = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(TopologyServiceServer::new(api))
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                )
-                .await;
-        }));
+/// Agents per simulating process: each holds a listener and a connection per agent, and a
+/// process may hold 20,000 files here.
+const AGENTS_PER_PROCESS: usize = 7_000;
+/// Each simulating process binds ports in its own range of this width, from 10000 up.
+const PORT_RANGE: u16 = 7_500;
+
+/// Serves agents `from..to` on ports from `ports` up, in this process (a child of the
+/// benchmark, started with `--serve-agents FROM TO PORTS TOPOLOGY_FILE`): prints `agent NODE
+/// ADDRESS` for each, then `ready`, then `answered` for each Watch answered, and runs until it is
+/// killed.
+fn serve_agents(args: &[String]) {
+    let num = |i: usize| -> usize { args[i].parse().expect("a number") };
+    let (from, to, ports) = (num(0), num(1), num(2));
+    let fleet = Fleet {
+        agent_labels: Vec::new(),
+        topology: std::fs::read_to_string(&args[3]).expect("the topology file"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async move {
+        let mut port = u16::try_from(ports).expect("a port");
+        let end = port.saturating_add(PORT_RANGE).min(32_768);
+        let mut out = String::new();
+        let mut servers = Vec::new();
+        for i in from..to {
+            let listener = loop {
+                assert!(port < end, "no free port in {ports}..{end} for agent {i}");
+                let p = port;
+                port += 1;
+                if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", p)).await {
+                    break l;
+                }
+            };
+            let addr = listener.local_addr().expect("an address");
+            out.push_str(&format!("agent {} {addr}\n", node_name(i)));
+            servers.push((listener, fleet.topology(i)));
+        }
+        out.push_str("ready\n");
+        std::io::stdout().write_all(out.as_bytes()).expect("stdout");
+        for (listener, topology) in servers {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(Published::new(topology)));
+            let api = CountedApi {
+                inner: TopologyApi::new(rx, 16, Arc::new(())),
+            };
+            tokio::spawn(async move {
+                // The sender lives as long as the agent: a closed channel ends its watches.
+                let _tx = tx;
+                let _ = tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                    .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                    .add_service(TopologyServiceServer::new(api))
+                    .serve_with_incoming(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                    )
+                    .await;
+            });
+        }
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Simulated agents in child processes.
+struct Agents {
+    procs: Vec<Proc>,
+    /// The `--agents` file's text: node → `127.0.0.1:PORT`.
+    file: String,
+    /// Watches answered so far.
+    watches: Arc<AtomicUsize>,
+}
+
+impl Agents {
+    fn rss_mib(&self) -> f64 {
+        self.procs.iter().map(|p| rss_mib(p.pid())).sum::<f64>() + 0.0
     }
-    (tasks, file, watches)
+}
+
+/// Starts `n` simulated agents (nodes `0..n`), [`AGENTS_PER_PROCESS`] to a process.
+fn start_agents(topology_file: &std::path::Path, n: usize) -> Agents {
+    let watches = Arc::new(AtomicUsize::new(0));
+    let mut procs = Vec::new();
+    let mut file = String::new();
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    for (k, from) in (0..n).step_by(AGENTS_PER_PROCESS).enumerate() {
+        let to = (from + AGENTS_PER_PROCESS).min(n);
+        let ports = 10_000 + usize::from(PORT_RANGE) * k;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--serve-agents")
+            .args([from, to, ports].map(|v| v.to_string()))
+            .arg(topology_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("start simulated agents");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let counter = watches.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut ready = Some(tx);
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line == "answered" {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                } else if line == "ready" {
+                    ready.take();
+                } else if let Some(tx) = &ready {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        for line in rx {
+            let mut w = line.split_whitespace().skip(1);
+            let (node, addr) = (w.next().expect("a node"), w.next().expect("an address"));
+            file.push_str(&format!("{node}: \"{addr}\"\n"));
+        }
+        assert_eq!(
+            file.lines().count(),
+            to,
+            "the simulated agents {from}..{to} did not start"
+        );
+        procs.push(Proc(child));
+    }
+    Agents {
+        procs,
+        file,
+        watches,
+    }
+}
+
+/// Kills the child with SIGKILL when this benchmark dies, however it dies.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 #[derive(Default)]
@@ -942,30 +1094,17 @@ struct AgentRow {
     sim_mib_delta: f64,
 }
 
-/// Raises this process's open-file limit (children inherit it): every simulated agent holds a
-/// listener and a connection, and the extender one connection per agent.
-fn raise_nofile() {
-    let want: libc::rlim_t = 262_144;
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < want {
-            let up = libc::rlimit {
-                rlim_cur: want,
-                rlim_max: want.max(r.rlim_max),
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) != 0 {
-                let soft = libc::rlimit {
-                    rlim_cur: r.rlim_max,
-                    rlim_max: r.rlim_max,
-                };
-                libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
-            }
-        }
+/// This process's open-file limit (the extender inherits it and holds one connection per agent).
+fn nofile_limit() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return usize::MAX;
     }
+    usize::try_from(r.rlim_cur).unwrap_or(usize::MAX)
 }
 
 fn print_fit(what: &str, unit_per: &str, scale: f64, points: &[(f64, f64)], at: f64) {
@@ -981,14 +1120,26 @@ fn print_fit(what: &str, unit_per: &str, scale: f64, points: &[(f64, f64)], at: 
     );
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` probes bench binaries; there is nothing to list.
     }
-    raise_nofile();
-    let steps = env_list("STEPS", &[5_000, 10_000, 20_000, 50_000]);
-    let agent_steps = env_list("AGENTS", &[0, 1_000, 5_000, 10_000, 20_000]);
+    if let Some(i) = args.iter().position(|a| a == "--serve-agents") {
+        serve_agents(&args[i + 1..]);
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
+    let steps = env_list("STEPS", &[5_000, 10_000, 20_000, 35_000, 45_000, 50_000]);
+    let agent_steps = env_list("AGENTS", &[0, 1_000, 5_000, 10_000, 19_000]);
     let calls: usize = env_num("CALLS", 200);
     let budget_mib: f64 = env_num("MEM_BUDGET_GIB", 12.0) * 1024.0;
     let concurrency: usize = env_num("CREATE_CONCURRENCY", 32);
@@ -1023,17 +1174,22 @@ async fn main() {
     let mut client = cp.admin().await;
     let mut cert = cp.serving_cert("webhook");
     let (mut api_pid, mut etcd_pid) = (child_pid("kube-apiserver"), child_pid("etcd"));
-    let mut base = rss_mib(api_pid) + rss_mib(etcd_pid);
     let mut lean = false;
     let mut created = 0usize;
     let mut rows: Vec<Step> = Vec::new();
-    // Control-plane MiB per node, from the last step (a guess before the first).
-    let mut per_node_mib = 0.1f64;
+    // Control-plane MiB per node (a guess before the first step).
+    let per_node_mib = 0.2f64;
     for &n in &steps {
-        // Will the control plane hold this step beside the extender and webhook?
+        // Will the control plane hold this step beside the extender and webhook? Its peak so
+        // far (the API server's grows when it serves the lists), scaled to this step.
         let cp_now = rss_mib(api_pid) + rss_mib(etcd_pid);
-        let projected = cp_now + per_node_mib * (n - created) as f64 * 1.25;
-        let others = 1.5 * 1024.0;
+        let cp_peak = hwm_mib(api_pid) + hwm_mib(etcd_pid);
+        let projected = if created == 0 {
+            cp_now + per_node_mib * n as f64
+        } else {
+            cp_peak * n as f64 / created as f64
+        };
+        let others = 1024.0;
         let avail = mem_available_mib() + cp_now;
         if !lean && (projected + others > budget_mib || projected + others + 1024.0 > avail) {
             eprintln!(
@@ -1049,7 +1205,6 @@ async fn main() {
             cert = cp.serving_cert("webhook");
             api_pid = child_pid("kube-apiserver");
             etcd_pid = child_pid("etcd");
-            base = rss_mib(api_pid) + rss_mib(etcd_pid);
         }
         let mut s = Step {
             nodes: n,
@@ -1064,7 +1219,6 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         s.apiserver_mib = rss_mib(api_pid);
         s.etcd_mib = rss_mib(etcd_pid);
-        per_node_mib = ((s.apiserver_mib + s.etcd_mib - base) / n as f64).max(0.01);
         eprintln!(
             "{n} nodes created in {:.1} s ({:.0}/s); kube-apiserver {:.0} MiB, etcd {:.0} MiB; \
              {:.0} MiB available; load {}",
@@ -1104,6 +1258,9 @@ async fn main() {
         s.hook_sync_s = webhook_synced(&hook, n).await.as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
         s.hook_rss_mib = rss_mib(hook.proc.pid());
+        // The control plane once it has served the lists.
+        s.apiserver_after_mib = rss_mib(api_pid);
+        s.apiserver_peak_mib = hwm_mib(api_pid);
         eprintln!(
             "  webhook: {n} nodes in {:.1} s, {:.1} MiB",
             s.hook_sync_s, s.hook_rss_mib
@@ -1115,13 +1272,18 @@ async fn main() {
         s.load = load_average();
         eprintln!(
             "  filter p50 {:.2} ms p99 {:.2} ms (no role: {:.2} / {:.2}); prioritize (passed) \
-             p99 {:.2} ms, (all) p99 {:.2} ms; extender {:.1} MiB after the calls; load {}",
+             p99 {:.2} ms, (all) p99 {:.2} ms; extender CPU ms a call {:.1} / {:.1} / {:.1} / {:.1}; \
+             extender {:.1} MiB after the calls; load {}",
             s.filter.0,
             s.filter.1,
             s.filter_alone.0,
             s.filter_alone.1,
             s.prio_passed.1,
             s.prio_all.1,
+            s.cpu_ms[0],
+            s.cpu_ms[3],
+            s.cpu_ms[1],
+            s.cpu_ms[2],
             s.ext_rss_after_mib,
             s.load
         );
@@ -1135,14 +1297,34 @@ async fn main() {
     let nodes_now = created;
     let last = (0..nodes_now).map(node_name).max().expect("nodes");
     let dir = tempfile::tempdir().expect("a temp dir");
+    let topology_file = dir.path().join("topology.json");
+    std::fs::write(&topology_file, &fleet.topology).expect("write the topology");
     let mut agent_rows: Vec<AgentRow> = Vec::new();
-    let me = std::process::id();
+    // The extender holds a connection per agent besides its own few files.
+    let most = nofile_limit().saturating_sub(500);
+    // The API server's peak: its heap grows again when the extender lists the Nodes.
+    let cp_mib = hwm_mib(child_pid("kube-apiserver")) + rss_mib(child_pid("etcd"));
     for &n in &agent_steps {
         let n = n.min(nodes_now);
-        let before = rss_mib(me);
-        let (tasks, file, watches) = start_agents(&fleet, n).await;
+        // The extender and the simulated agents take about 60 and 80 KiB an agent.
+        let projected = cp_mib + 512.0 + n as f64 * 140.0 / 1024.0;
+        if projected > budget_mib {
+            eprintln!(
+                "{n} agents: about {projected:.0} MiB with the control plane, over the budget; skipped"
+            );
+            continue;
+        }
+        if n > most {
+            eprintln!(
+                "{n} agents: more than the extender's open-file limit here allows ({}); skipped",
+                nofile_limit()
+            );
+            continue;
+        }
+        let agents = start_agents(&topology_file, n);
+        let (file, watches) = (&agents.file, &agents.watches);
         let path = dir.path().join(format!("agents-{n}.yaml"));
-        std::fs::write(&path, &file).expect("write the agents file");
+        std::fs::write(&path, file).expect("write the agents file");
         if env_num::<u64>("PAUSE_S", 0) > 0 {
             eprintln!(
                 "  agents file {}, kubeconfig {}",
@@ -1189,7 +1371,7 @@ async fn main() {
         r.rss_mib = rss_mib(ext.proc.pid());
         r.hwm_mib = hwm_mib(ext.proc.pid());
         r.cpu_s = cpu_s(ext.proc.pid());
-        r.sim_mib_delta = rss_mib(me) - before;
+        r.sim_mib_delta = agents.rss_mib();
         eprintln!(
             "{n} agents, {nodes_now} nodes: watches answered {:.1} s, all live {:.1} s, \
              node list {:.1} s after start; extender {:.1} MiB (peak {:.1}), {:.1} CPU s; \
@@ -1205,12 +1387,7 @@ async fn main() {
         );
         pause(&ext).await;
         drop(ext);
-        for t in &tasks {
-            t.abort();
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
+        drop(agents);
         agent_rows.push(r);
     }
     drop(cp);
@@ -1219,17 +1396,19 @@ async fn main() {
     let kind = |s: &Step| if s.lean { "lean" } else { "kubelet-sized" };
     println!("\n### Control plane\n");
     println!(
-        "| nodes | Nodes | created in s (Nodes/s) | kube-apiserver MiB | etcd MiB | load after the step |"
+        "| nodes | Nodes | created in s (Nodes/s) | kube-apiserver MiB after the creates / after the lists / peak | etcd MiB | load after the step |"
     );
     println!("|---:|---|---:|---:|---:|---|");
     for s in &rows {
         println!(
-            "| {} | {} | {:.1} ({:.0}) | {:.0} | {:.0} | {} |",
+            "| {} | {} | {:.1} ({:.0}) | {:.0} / {:.0} / {:.0} | {:.0} | {} |",
             s.nodes,
             kind(s),
             s.create_s,
             s.create_rate,
             s.apiserver_mib,
+            s.apiserver_after_mib,
+            s.apiserver_peak_mib,
             s.etcd_mib,
             s.load
         );
@@ -1257,22 +1436,26 @@ async fn main() {
     }
     println!("\n### Extender over HTTP ({calls} calls each, after 3 warm-up)\n");
     println!(
-        "| nodes | request KiB | filter, first member of a decode group p50 / p99 ms | filter, first member of a group without a role p50 / p99 ms | prioritize, the nodes that passed p50 / p99 ms | prioritize, every name p50 / p99 ms | nodes passed |"
+        "| nodes | request KiB | filter, first member of a decode group: p50 / p99 ms (extender CPU ms a call) | filter, first member of a group without a role | prioritize, the nodes that passed | prioritize, every name | nodes passed |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for s in &rows {
         println!(
-            "| {} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} |",
+            "| {} | {:.0} | {:.2} / {:.2} ({:.1}) | {:.2} / {:.2} ({:.1}) | {:.2} / {:.2} ({:.1}) | {:.2} / {:.2} ({:.1}) | {} |",
             s.nodes,
             s.body_kib,
             s.filter.0,
             s.filter.1,
+            s.cpu_ms[0],
             s.filter_alone.0,
             s.filter_alone.1,
+            s.cpu_ms[3],
             s.prio_passed.0,
             s.prio_passed.1,
+            s.cpu_ms[1],
             s.prio_all.0,
             s.prio_all.1,
+            s.cpu_ms[2],
             s.passed
         );
     }
@@ -1322,19 +1505,26 @@ async fn main() {
         at,
     );
     print_fit(
+        "kube-apiserver peak MiB (kubelet-sized Nodes) = MiB +",
+        "B/node",
+        per_node_bytes,
+        &pts(&|s| s.apiserver_peak_mib, true),
+        at,
+    );
+    print_fit(
         "etcd MiB (kubelet-sized Nodes) = MiB +",
         "B/node",
         per_node_bytes,
         &pts(&|s| s.etcd_mib, true),
         at,
     );
-    let cp_pts = pts(&|s| s.apiserver_mib + s.etcd_mib, true);
+    let cp_pts = pts(&|s| s.apiserver_peak_mib + s.etcd_mib, true);
     if cp_pts.len() >= 2 {
         let (a, b, _) = fit(&cp_pts);
         println!(
-            "- kube-apiserver + etcd within the budget ({:.1} GiB) less 1.5 GiB for the rest: about {:.0} kubelet-sized Nodes",
+            "- kube-apiserver (peak) + etcd within the budget ({:.1} GiB) less 1 GiB for the rest: about {:.0} kubelet-sized Nodes",
             budget_mib / 1024.0,
-            (budget_mib - 1536.0 - a) / b
+            (budget_mib - 1024.0 - a) / b
         );
     }
     if rows.iter().any(|s| s.ref_rss_mib > 0.0) {
@@ -1346,6 +1536,27 @@ async fn main() {
             at,
         );
     }
+    print_fit(
+        "extender CPU ms per filter call (decode group) = ms +",
+        "ms per 1,000 nodes",
+        1e3,
+        &pts(&|s| s.cpu_ms[0], false),
+        at,
+    );
+    print_fit(
+        "extender CPU ms per filter call (no role) = ms +",
+        "ms per 1,000 nodes",
+        1e3,
+        &pts(&|s| s.cpu_ms[3], false),
+        at,
+    );
+    print_fit(
+        "extender CPU ms per prioritize call (every name) = ms +",
+        "ms per 1,000 nodes",
+        1e3,
+        &pts(&|s| s.cpu_ms[2], false),
+        at,
+    );
     print_fit(
         "filter (group without a role) p99 ms = ms +",
         "ms per 1,000 nodes",
@@ -1398,7 +1609,7 @@ async fn main() {
 
     println!("\n### Agent fan-in ({nodes_now} Nodes in the API server)\n");
     println!(
-        "| agents | watches answered s | all agents live in the view s | node list read s | extender MiB (peak) | extender CPU s | simulated agents MiB |"
+        "| agents | watches answered s | all agents live in the view s | node list read s | extender MiB (peak) | extender CPU s | simulated agents' processes MiB |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in &agent_rows {
