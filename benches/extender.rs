@@ -351,5 +351,117 @@ fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     Ok(out)
 }
 
-criterion_group!(benches, bench, first_member, agent_latency);
+/// Node labels of GB200 tray `i` as the agent writes them: NVL72 racks of 18 trays (two cliques
+/// of 9), 8 racks to an InfiniBand scalable unit, 4 units to a spine block.
+fn gb200_labels(i: usize) -> std::collections::BTreeMap<String, String> {
+    let rack = i / 18;
+    let su = rack / 8;
+    let cluster = format!("4f1c2d3e-5a6b-47c8-a9d0-{rack:012x}");
+    [
+        ("gpu.count", "4".to_string()),
+        ("nvlink.fabric", "ready".to_string()),
+        ("nvlink.cluster", cluster.clone()),
+        ("nvlink.domain", format!("{cluster}.{}", (i % 18) / 9 + 1)),
+        ("rdma.link-layer", "infiniband".to_string()),
+        ("rdma.ib-subnet", "fe80-0000-0000-0000".to_string()),
+        ("ib.su", format!("{:010x}", 0x10_0000_0000_u64 + su as u64)),
+        (
+            "ib.block",
+            format!("{:010x}", 0x20_0000_0000_u64 + (su / 4) as u64),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("nodetopo.io/{k}"), v))
+    .collect()
+}
+
+/// The first member of a new group on every call, over `SCALE_NODES` (default 50,000) nodes
+/// known by their labels (names-only mode, as a cluster's extender sees kubelet Nodes): `filter`
+/// for a `-decode` group (room kept for its prefill counterpart, not seen yet) and for a group
+/// without a role, then `prioritize` with every name. Printed p50/p99 over `SCALE_CALLS`
+/// (default 30) calls each; reservations of earlier calls stay, as in the HTTP benchmark.
+fn first_member_at_scale(_c: &mut Criterion) {
+    use std::time::Instant;
+    let nodes: usize = std::env::var("SCALE_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let calls: usize = std::env::var("SCALE_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    if nodes == 0 {
+        return;
+    }
+    let view = SharedView::new(ClusterView::new(LabelKeys {
+        prefix: "nodetopo.io".into(),
+        block_label: None,
+    }));
+    for i in 0..nodes {
+        view.apply(ViewEvent::Labels {
+            node: format!("gb-{i:05}"),
+            labels: gb200_labels(i),
+        });
+    }
+    let ext = Extender::new(
+        view,
+        Arc::new(MemoryPlacementIndex::new()),
+        Weights::default(),
+    );
+    let names: Vec<String> = (0..nodes).map(|i| format!("gb-{i:05}")).collect();
+    let quantiles = |label: &str, mut ms: Vec<f64>| {
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "{label} ({nodes} nodes): p50 {:.2} ms, p99 {:.2} ms",
+            at(0.5),
+            at(0.99)
+        );
+    };
+    for (label, role) in [
+        ("filter, first member of a decode group", Some("decode")),
+        ("filter, first member of a group without a role", None),
+    ] {
+        let mut ms = Vec::with_capacity(calls);
+        let mut domain = None;
+        for c in 0..calls {
+            let lws = match role {
+                Some(_) => format!("g{c}-decode"),
+                None => format!("g{c}"),
+            };
+            let args = ExtenderRequest {
+                pod: Some(gpu_pod(&format!("{lws}-0"), &lws, role)),
+                nodes: None,
+                node_names: Some(names.clone()),
+            };
+            let t = Instant::now();
+            let (f, ex) = ext.filter(black_box(&args));
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            domain = ex.domain.map(|d| d.domain().to_string());
+            black_box(f);
+        }
+        eprintln!("{label}: last domain {domain:?}");
+        quantiles(label, ms);
+    }
+    let args = ExtenderRequest {
+        pod: Some(gpu_pod("solo-x", "solo-x", None)),
+        nodes: None,
+        node_names: Some(names.clone()),
+    };
+    let mut ms = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        black_box(ext.prioritize(black_box(&args)));
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    quantiles("prioritize, every name, new group", ms);
+}
+
+criterion_group!(
+    benches,
+    bench,
+    first_member,
+    first_member_at_scale,
+    agent_latency
+);
 criterion_main!(benches);

@@ -601,6 +601,7 @@ pub struct GpuFabricInfo {
     Copy,
     PartialEq,
     Eq,
+    Hash,
     Default,
     Serialize,
     Deserialize,

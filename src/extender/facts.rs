@@ -29,7 +29,7 @@ pub const LABEL_KEYS: [Key; 10] = [
 ];
 
 /// The placement facts of one node.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize)]
 pub struct NodeFacts {
     /// Number of GPUs.
     pub gpu_count: u32,

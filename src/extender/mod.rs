@@ -15,6 +15,7 @@ use std::{
 use serde::Serialize;
 
 pub mod cluster;
+pub mod domain;
 pub mod facts;
 pub mod group;
 pub mod grpc;
@@ -288,6 +289,8 @@ impl Extender {
             let mut rejected = Rejections::new(reasons);
             // A pod the extender does not place passes every node, known or not.
             let (scores, domain) = if ctx.managed() {
+                // GPUs that placed group pods take, per node: one pass over the placed pods.
+                let used = self.placements.gpus_by_node();
                 let mut passed = Vec::with_capacity(resolved.len());
                 for (name, r) in &resolved {
                     let facts = r.as_ref().map(|r| r.facts.as_ref());
@@ -296,7 +299,8 @@ impl Extender {
                             name,
                             facts: Some(f),
                             freshness: r.as_ref().map(|r| r.freshness),
-                            used_gpus: self.placements.gpus_on(name),
+                            used_gpus: used.get(*name).copied().unwrap_or(0),
+                            keys: r.as_ref().map(|r| r.keys).unwrap_or_default(),
                         }),
                         (None, _) if !labels.contains_key(name) => rejected.add(
                             name,
@@ -310,10 +314,14 @@ impl Extender {
                 let domain = self.group_domain(&ctx, &key, &passed, reserve, now);
                 if let Some(d) = &domain {
                     let dom = d.domain();
+                    let inside = dom.matcher();
                     passed.retain(|c| {
-                        let inside = c.facts.is_some_and(|f| dom.contains(f));
+                        let inside = inside(&c.keys);
                         if !inside {
-                            rejected.add(c.name, format!("outside {dom}, where the pod's group is kept"));
+                            rejected.add(
+                                c.name,
+                                format_args!("outside {dom}, where the pod's group is kept"),
+                            );
                         }
                         inside
                     });
@@ -327,6 +335,7 @@ impl Extender {
                         facts: r.as_ref().map(|r| r.facts.as_ref()),
                         freshness: r.as_ref().map(|r| r.freshness),
                         used_gpus: 0,
+                        keys: r.as_ref().map(|r| r.keys).unwrap_or_default(),
                     })
                     .collect();
                 (policy::score_nodes(&ctx, &all, &self.weights), None)
@@ -355,9 +364,8 @@ impl Extender {
     ) -> Option<GroupDomain> {
         let group = ctx.group.as_ref()?;
         let has_candidate = |d: &Domain| {
-            passed
-                .iter()
-                .any(|c| c.facts.is_some_and(|f| d.contains(f)))
+            let inside = d.matcher();
+            passed.iter().any(|c| inside(&c.keys))
         };
         let found = if !ctx.members.is_empty() {
             policy::members_domains(&ctx.members)
@@ -430,9 +438,10 @@ impl Extender {
                         level,
                         key: policy::domain_key(&prev.facts, level)?,
                     };
+                    let at_home = home.matcher();
                     let inside: Vec<Candidate<'_>> = passed
                         .iter()
-                        .filter(|c| c.facts.is_some_and(|f| home.contains(f)))
+                        .filter(|c| at_home(&c.keys))
                         .cloned()
                         .collect();
                     policy::choose_domain(need, counterpart, &inside, &held)
@@ -443,16 +452,16 @@ impl Extender {
             if reserve && let Some(c) = &chosen {
                 let dom = c.domain();
                 // The chosen domain, then the domains around it at looser levels.
+                let inside = dom.matcher();
                 let around = passed
                     .iter()
-                    .filter_map(|c| c.facts)
-                    .find(|f| dom.contains(f))
-                    .map(|f| {
+                    .find(|c| inside(&c.keys))
+                    .map(|c| {
                         policy::DOMAIN_LEVELS
                             .iter()
                             .filter(|l| **l < dom.level)
                             .filter_map(|&level| {
-                                policy::domain_key(f, level).map(|key| Domain { level, key })
+                                c.keys.get(level).map(|id| Domain::from_id(level, id))
                             })
                             .collect::<Vec<_>>()
                     })

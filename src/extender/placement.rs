@@ -144,8 +144,13 @@ pub trait PlacementIndex: Send + Sync {
         Vec::new()
     }
     /// GPUs requested by the group pods placed on `node` (0 where not kept).
-    fn gpus_on(&self, _node: &str) -> u32 {
-        0
+    fn gpus_on(&self, node: &str) -> u32 {
+        self.gpus_by_node().get(node).copied().unwrap_or(0)
+    }
+    /// GPUs requested by the group pods placed on each node that has any (empty where not
+    /// kept): one pass for a whole request's candidates.
+    fn gpus_by_node(&self) -> HashMap<String, u32> {
+        HashMap::new()
     }
     /// The node where the last member of `group_id` ran before the group was left without
     /// placed members (a rolling replacement, a restart), within [`LAST_NODE_TTL`].
@@ -281,12 +286,13 @@ impl PlacementIndex for MemoryPlacementIndex {
             .map(|(node, _)| node.clone())
     }
 
-    fn gpus_on(&self, node: &str) -> u32 {
-        self.read()
-            .values()
-            .filter(|p| p.node == node)
-            .map(|p| p.gpus)
-            .sum()
+    fn gpus_by_node(&self) -> HashMap<String, u32> {
+        let mut out: HashMap<String, u32> = HashMap::new();
+        for p in self.read().values().filter(|p| p.gpus > 0) {
+            let e = out.entry(p.node.clone()).or_default();
+            *e = e.saturating_add(p.gpus);
+        }
+        out
     }
 }
 

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
+pub use super::domain::{DOMAIN_LEVELS, Domain, DomainId, DomainKeys, Level, domain_key};
 use super::{
+    domain::link_layer_name,
     facts::NodeFacts,
     group::{GroupInfo, group_of},
     placement::PlacementIndex,
@@ -20,25 +22,6 @@ use super::{
     wire::MAX_EXTENDER_PRIORITY,
 };
 use crate::model::FabricState;
-
-/// How close two nodes are, best first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Level {
-    /// Nothing in common (or unknown).
-    None,
-    /// The same RDMA fabric (link layer and IB subnet).
-    Fabric,
-    /// The same leaf/block label value, or the same InfiniBand spine block.
-    Block,
-    /// The same leaf switch, or the same InfiniBand scalable unit (the same leaves on every
-    /// rail).
-    Leaf,
-    /// The same NVLink cluster (ClusterUUID).
-    Cluster,
-    /// The same NVLink clique.
-    Clique,
-}
 
 /// Weights of the score terms and the value of each proximity level. Only the ratios matter:
 /// the weighted sum is scaled to 0..=10.
@@ -417,15 +400,15 @@ impl std::fmt::Display for Reject<'_> {
             Reject::LinkLayer { have, member } => write!(
                 f,
                 "RDMA link layer {} differs from the group's {} (pod {} on {})",
-                ll(*have),
-                member.facts.link_layer.map_or("unknown", ll),
+                link_layer_name(*have),
+                member.facts.link_layer.map_or("unknown", link_layer_name),
                 member.pod,
                 member.node
             ),
             Reject::NoRdmaForGroup { member } => write!(
                 f,
                 "no active RDMA port; the group uses {} (pod {} on {})",
-                member.facts.link_layer.map_or("unknown", ll),
+                member.facts.link_layer.map_or("unknown", link_layer_name),
                 member.pod,
                 member.node
             ),
@@ -492,14 +475,6 @@ pub fn filter_node<'a>(ctx: &'a PodContext, node: Option<&'a NodeFacts>) -> Resu
     Ok(())
 }
 
-fn ll(l: crate::model::LinkLayer) -> &'static str {
-    match l {
-        crate::model::LinkLayer::Infiniband => "infiniband",
-        crate::model::LinkLayer::Ethernet => "ethernet",
-        crate::model::LinkLayer::Unknown => "unknown",
-    }
-}
-
 /// One candidate, as the policy sees it.
 #[derive(Debug, Clone)]
 pub struct Candidate<'a> {
@@ -511,6 +486,26 @@ pub struct Candidate<'a> {
     pub freshness: Option<Freshness>,
     /// GPUs the node already gives to placed group pods.
     pub used_gpus: u32,
+    /// Its domain keys ([`DomainKeys::of`] its facts; the view keeps them with the facts).
+    pub keys: DomainKeys,
+}
+
+impl<'a> Candidate<'a> {
+    /// A candidate whose domain keys are computed from `facts` now.
+    pub fn new(
+        name: &'a str,
+        facts: Option<&'a NodeFacts>,
+        freshness: Option<Freshness>,
+        used_gpus: u32,
+    ) -> Self {
+        Self {
+            name,
+            facts,
+            freshness,
+            used_gpus,
+            keys: facts.map(DomainKeys::of).unwrap_or_default(),
+        }
+    }
 }
 
 /// The score of one node and how it was made.
@@ -536,79 +531,6 @@ pub struct ScoreBreakdown {
     /// Why the node scored 0 without being scored, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-}
-
-/// Domain keys of a node, one per level (where the node has one).
-fn domain_keys(f: &NodeFacts) -> [(Level, Option<String>); 5] {
-    DOMAIN_LEVELS.map(|l| (l, domain_key(f, l)))
-}
-
-/// The levels a group can be kept in, tightest first.
-pub const DOMAIN_LEVELS: [Level; 5] = [
-    Level::Clique,
-    Level::Cluster,
-    Level::Leaf,
-    Level::Block,
-    Level::Fabric,
-];
-
-/// The key of `f`'s domain at `level`: nodes with equal keys are in one domain.
-pub fn domain_key(f: &NodeFacts, level: Level) -> Option<String> {
-    let fabric = || {
-        f.link_layer.map(|l| {
-            let subnet = f.ib_subnets.first().map(String::as_str).unwrap_or("");
-            format!("{}/{subnet}", ll(l))
-        })
-    };
-    match level {
-        Level::Clique => f.clique_key().map(|(u, c)| format!("{u}.{c}")),
-        // A node whose fabric is not ready is in no NVLink cluster domain: the cluster's
-        // multi-node NVLink does not reach it.
-        Level::Cluster => f
-            .cluster_uuid
-            .clone()
-            .filter(|_| f.fabric_state == FabricState::Ready),
-        Level::Leaf => f
-            .leaf
-            .as_ref()
-            .map(|b| format!("{}|{b}", fabric().as_deref().unwrap_or(""))),
-        Level::Block => f
-            .block
-            .as_ref()
-            .map(|b| format!("{}|{b}", fabric().as_deref().unwrap_or(""))),
-        Level::Fabric => fabric(),
-        Level::None => None,
-    }
-}
-
-/// One domain: a level and the key its nodes share there.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Domain {
-    /// The level.
-    pub level: Level,
-    /// The nodes' key at that level.
-    pub key: String,
-}
-
-impl Domain {
-    /// True when `f` is in this domain.
-    pub fn contains(&self, f: &NodeFacts) -> bool {
-        domain_key(f, self.level).as_deref() == Some(self.key.as_str())
-    }
-}
-
-impl std::fmt::Display for Domain {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let level = match self.level {
-            Level::Clique => "clique",
-            Level::Cluster => "NVLink cluster",
-            Level::Leaf => "leaf",
-            Level::Block => "block",
-            Level::Fabric => "fabric",
-            Level::None => "none",
-        };
-        write!(f, "{level} {}", self.key)
-    }
 }
 
 /// Where a group's next member must go, and why.
@@ -716,29 +638,29 @@ pub fn score_nodes(
 
 /// Capacity: per domain at each level, the pods of `gpus` GPUs its candidates can still take
 /// (each candidate at least one: kube-scheduler passed it).
-fn domain_counts(candidates: &[Candidate<'_>], gpus: u32) -> HashMap<(Level, String), u32> {
-    let mut counts: HashMap<(Level, String), u32> = HashMap::new();
+fn domain_counts(candidates: &[Candidate<'_>], gpus: u32) -> HashMap<DomainId, u32> {
+    let mut counts: HashMap<DomainId, u32> = HashMap::new();
     for c in candidates {
         let Some(f) = c.facts else { continue };
         let free = f.gpu_count.saturating_sub(c.used_gpus);
         let slots = free.checked_div(gpus).unwrap_or(1).max(1);
-        for (lvl, key) in domain_keys(f) {
-            if let Some(k) = key {
-                let e = counts.entry((lvl, k)).or_default();
-                *e = e.saturating_add(slots);
-            }
+        for id in c.keys.slots().into_iter().flatten() {
+            let e = counts.entry(id).or_default();
+            *e = e.saturating_add(slots);
         }
     }
     counts
 }
 
-/// The tightest level at which `f`'s domain still has room for the group's remaining pods.
-fn capacity_level(f: &NodeFacts, remaining: u32, counts: &HashMap<(Level, String), u32>) -> Level {
-    domain_keys(f)
-        .into_iter()
-        .find_map(|(lvl, key)| {
-            let n = counts.get(&(lvl, key?)).copied().unwrap_or(0);
-            (n >= remaining).then_some(lvl)
+/// The tightest level at which a node's domain (`keys`) still has room for the group's
+/// remaining pods.
+fn capacity_level(keys: &DomainKeys, remaining: u32, counts: &HashMap<DomainId, u32>) -> Level {
+    DOMAIN_LEVELS
+        .iter()
+        .enumerate()
+        .find_map(|(slot, lvl)| {
+            let n = counts.get(&keys.at(slot)?).copied().unwrap_or(0);
+            (n >= remaining).then_some(*lvl)
         })
         .unwrap_or(Level::None)
 }
@@ -748,7 +670,7 @@ fn score_node(
     ctx: &PodContext,
     c: &Candidate<'_>,
     f: &NodeFacts,
-    counts: &HashMap<(Level, String), u32>,
+    counts: &HashMap<DomainId, u32>,
     w: &Weights,
     total: f64,
 ) -> ScoreBreakdown {
@@ -766,7 +688,7 @@ fn score_node(
         .fold(0.0, f64::max);
     let capacity_level = ctx
         .remaining
-        .map_or(Level::None, |rem| capacity_level(f, rem, counts));
+        .map_or(Level::None, |rem| capacity_level(&c.keys, rem, counts));
     let capacity = w.level_value(capacity_level);
     let raw = if total > 0.0 {
         (w.within_group * within + w.counterpart * counterpart + w.capacity * capacity) / total

@@ -12,7 +12,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::facts::{NodeFacts, block_from};
+use super::{
+    domain::DomainKeys,
+    facts::{NodeFacts, block_from},
+};
 use crate::model::NodeTopology;
 
 /// How current a node's facts are.
@@ -34,6 +37,8 @@ pub struct NodeEntry {
     pub topology: Option<Arc<NodeTopology>>,
     /// Facts from `topology` (or from `labels` when there is no topology).
     pub facts: Option<NodeFacts>,
+    /// The domain keys of `facts`, interned when they were stored.
+    pub keys: DomainKeys,
     /// True while the agent's stream is down.
     pub stale: bool,
     /// The node's labels that the view reads ([`LabelKeys::keeps`]), from the Node watch or the
@@ -102,6 +107,8 @@ impl LabelKeys {
 pub struct Resolved<'a> {
     /// The facts.
     pub facts: Cow<'a, NodeFacts>,
+    /// Their domain keys.
+    pub keys: DomainKeys,
     /// Their freshness.
     pub freshness: Freshness,
 }
@@ -184,6 +191,7 @@ impl ClusterView {
             }
             None => from_labels,
         };
+        e.keys = e.facts.as_ref().map(DomainKeys::of).unwrap_or_default();
     }
 
     /// Applies one event.
@@ -237,12 +245,14 @@ impl ClusterView {
                 let mut f = f.clone();
                 f.block = Some(b);
                 return Some(Resolved {
+                    keys: DomainKeys::of(&f),
                     facts: Cow::Owned(f),
                     freshness: Freshness::Live,
                 });
             }
             return Some(Resolved {
                 facts: Cow::Borrowed(f),
+                keys: e.keys,
                 freshness: Freshness::Live,
             });
         }
@@ -255,6 +265,7 @@ impl ClusterView {
         {
             return Some(Resolved {
                 facts: Cow::Borrowed(f),
+                keys: e.keys,
                 freshness: Freshness::LabelsOnly,
             });
         }
@@ -262,6 +273,7 @@ impl ClusterView {
             request_labels.and_then(|l| NodeFacts::from_labels(l, &self.labels.prefix, block_label))
         {
             return Some(Resolved {
+                keys: DomainKeys::of(&f),
                 facts: Cow::Owned(f),
                 freshness: Freshness::LabelsOnly,
             });
@@ -270,6 +282,7 @@ impl ClusterView {
         // The stale topology (more complete than partial labels), else the view's labels.
         e.facts.as_ref().map(|f| Resolved {
             facts: Cow::Borrowed(f),
+            keys: e.keys,
             freshness: if e.topology.is_some() {
                 Freshness::Stale
             } else {

@@ -14,14 +14,21 @@
 //! domains are candidates. Among the domains that hold the group there, the one that leaves the
 //! waiting counterpart the tightest fit wins, then the one nearest to the placed counterpart,
 //! then the tightest fit, then the smallest key.
+//!
+//! Every count runs over classes of alike candidates (the same domain keys, free GPUs and
+//! closeness to the placed counterpart), with their number, rather than over each node: a
+//! fleet of NVL72 racks has one class per clique, a ninth of its nodes, and the domain keys are
+//! interned ids ([`super::DomainKeys`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::{
-    Candidate, DOMAIN_LEVELS, Domain, GroupDomain, Held, Level, PeerFacts, domain_key, proximity,
+    Candidate, DOMAIN_LEVELS, Domain, DomainId, DomainKeys, GroupDomain, Held, Level, PeerFacts,
+    proximity,
 };
+use crate::extender::facts::NodeFacts;
 
 /// What a group still has to place: pods, and the GPUs each of them asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,11 +67,14 @@ pub struct Counterpart<'a> {
     pub guessed: bool,
 }
 
-/// One candidate node as the room count sees it.
-struct Node<'a> {
-    keys: [Option<String>; 5],
-    facts: &'a crate::extender::facts::NodeFacts,
+/// A class of alike candidate nodes, as the room count sees them.
+struct Node {
+    keys: [Option<DomainId>; 5],
     free_gpus: u32,
+    /// Closeness to the placed counterpart.
+    near: Option<Level>,
+    /// Candidates in the class.
+    count: u64,
 }
 
 /// Per-domain sums.
@@ -78,30 +88,57 @@ struct Agg {
     near: Option<Level>,
 }
 
-fn level_index(l: Level) -> usize {
-    DOMAIN_LEVELS
-        .iter()
-        .position(|x| *x == l)
-        .unwrap_or(DOMAIN_LEVELS.len() - 1)
-}
+/// Room that held domains take: (level slot, domain) -> (GPUs, pods of the group's size).
+type HeldRoom = HashMap<(usize, DomainId), (u64, u64)>;
 
 /// Room that `held` takes in each domain, in GPUs and in pods of `need`'s size.
-fn held_in(held: &[Held], need: Demand) -> BTreeMap<(usize, String), (u64, u64)> {
-    let mut out: BTreeMap<(usize, String), (u64, u64)> = BTreeMap::new();
+fn held_in(held: &[Held], need: Demand) -> HeldRoom {
+    let mut out = HeldRoom::new();
     for h in held {
+        // A domain no node was ever in holds no candidate.
+        let (Some(slot), Some(id)) = (h.domain.level.slot(), h.domain.id()) else {
+            continue;
+        };
         let gpus = u64::from(h.remaining) * u64::from(h.gpus_per_pod);
         let pods = if need.gpus_per_pod == 0 || h.gpus_per_pod == 0 {
             u64::from(h.remaining)
         } else {
             gpus.div_ceil(u64::from(need.gpus_per_pod))
         };
-        let e = out
-            .entry((level_index(h.domain.level), h.domain.key.clone()))
-            .or_default();
+        let e = out.entry((slot, id)).or_default();
         e.0 += gpus;
         e.1 += pods;
     }
     out
+}
+
+/// The candidates with facts, in classes of alike nodes.
+fn classes(candidates: &[Candidate<'_>], placed: &[PeerFacts]) -> Vec<Node> {
+    // Closeness to the placed counterpart, once per distinct facts (nodes of one clique share
+    // theirs).
+    let mut near_of: HashMap<&NodeFacts, Option<Level>> = HashMap::new();
+    let mut by_class: HashMap<([Option<DomainId>; 5], u32, Option<Level>), u64> = HashMap::new();
+    for c in candidates {
+        let Some(f) = c.facts else { continue };
+        let near = if placed.is_empty() {
+            None
+        } else {
+            *near_of
+                .entry(f)
+                .or_insert_with(|| placed.iter().map(|p| proximity(f, &p.facts)).max())
+        };
+        let free = f.gpu_count.saturating_sub(c.used_gpus);
+        *by_class.entry((c.keys.slots(), free, near)).or_default() += 1;
+    }
+    by_class
+        .into_iter()
+        .map(|((keys, free_gpus, near), count)| Node {
+            keys,
+            free_gpus,
+            near,
+            count,
+        })
+        .collect()
 }
 
 /// The domain for the first member of a group that still needs `need`: see the module
@@ -112,22 +149,12 @@ pub fn choose_domain(
     candidates: &[Candidate<'_>],
     held: &[Held],
 ) -> Option<GroupDomain> {
-    let nodes: Vec<Node<'_>> = candidates
-        .iter()
-        .filter_map(|c| {
-            let f = c.facts?;
-            Some(Node {
-                keys: DOMAIN_LEVELS.map(|l| domain_key(f, l)),
-                facts: f,
-                free_gpus: f.gpu_count.saturating_sub(c.used_gpus),
-            })
-        })
-        .collect();
+    let nodes = classes(candidates, counterpart.placed);
     let held = held_in(held, need);
     // The group's own tightest level comes first: the pair is kept together only where that
     // costs the group nothing.
     let alone = choose_within(need, counterpart, &nodes, &held, None)?;
-    let own = level_index(alone.domain().level);
+    let own = alone.domain().level.slot()?;
     let mut cp = counterpart;
     loop {
         if let Some(anchor) = pair_anchor(need, cp, &nodes, &held, own) {
@@ -148,41 +175,37 @@ pub fn choose_domain(
 /// Domains at one level that the group must stay inside.
 struct Anchor {
     level: usize,
-    keys: BTreeSet<String>,
+    keys: HashSet<DomainId>,
 }
 
 impl Anchor {
-    fn admits(&self, n: &Node<'_>) -> bool {
-        n.keys[self.level]
-            .as_ref()
-            .is_some_and(|k| self.keys.contains(k))
+    fn admits(&self, n: &Node) -> bool {
+        n.keys[self.level].is_some_and(|k| self.keys.contains(&k))
     }
 }
 
-/// Per-domain sums at `level` over the nodes `keep` admits, less what `held` takes there.
+/// Per-domain sums at `level` over the nodes `keep` admits, less what `held` takes there;
+/// `near` only when `with_near`.
 fn aggregate(
     level: usize,
     need: Demand,
-    counterpart: Counterpart<'_>,
-    nodes: &[Node<'_>],
-    held: &BTreeMap<(usize, String), (u64, u64)>,
-    keep: impl Fn(&Node<'_>) -> bool,
-) -> BTreeMap<String, Agg> {
-    let mut out: BTreeMap<String, Agg> = BTreeMap::new();
+    with_near: bool,
+    nodes: &[Node],
+    held: &HeldRoom,
+    keep: impl Fn(&Node) -> bool,
+) -> HashMap<DomainId, Agg> {
+    let mut out: HashMap<DomainId, Agg> = HashMap::new();
     for n in nodes.iter().filter(|n| keep(n)) {
-        let Some(key) = &n.keys[level] else { continue };
-        let e = out.entry(key.clone()).or_default();
-        e.slots += need.pods_in(u64::from(n.free_gpus)).max(1);
-        e.free += u64::from(n.free_gpus);
-        let near = counterpart
-            .placed
-            .iter()
-            .map(|p| proximity(n.facts, &p.facts))
-            .max();
-        e.near = e.near.max(near);
+        let Some(key) = n.keys[level] else { continue };
+        let e = out.entry(key).or_default();
+        e.slots += n.count * need.pods_in(u64::from(n.free_gpus)).max(1);
+        e.free += n.count * u64::from(n.free_gpus);
+        if with_near {
+            e.near = e.near.max(n.near);
+        }
     }
     for (key, agg) in &mut out {
-        if let Some((gpus, pods)) = held.get(&(level, key.clone())) {
+        if let Some((gpus, pods)) = held.get(&(level, *key)) {
             agg.slots = agg.slots.saturating_sub(*pods);
             agg.free = agg.free.saturating_sub(*gpus);
         }
@@ -198,8 +221,8 @@ fn aggregate(
 fn pair_anchor(
     need: Demand,
     counterpart: Counterpart<'_>,
-    nodes: &[Node<'_>],
-    held: &BTreeMap<(usize, String), (u64, u64)>,
+    nodes: &[Node],
+    held: &HeldRoom,
     own: usize,
 ) -> Option<Anchor> {
     let placed = !counterpart.placed.is_empty() || !counterpart.reserved.is_empty();
@@ -207,59 +230,62 @@ fn pair_anchor(
         return None;
     }
     let extra = counterpart.waiting.map_or(0, Demand::gpus);
-    let own_domains = aggregate(own, need, Counterpart::default(), nodes, held, |_| true);
+    let own_domains = aggregate(own, need, false, nodes, held, |_| true);
     // A waiting counterpart keeps its own tightest level too.
     let cp_own = counterpart.waiting.and_then(|w| {
         (0..DOMAIN_LEVELS.len()).find(|&lv| {
-            aggregate(lv, w, Counterpart::default(), nodes, held, |_| true)
+            aggregate(lv, w, false, nodes, held, |_| true)
                 .values()
                 .any(|a| a.slots >= u64::from(w.pods))
         })
     });
+    let placed_keys: Vec<DomainKeys> = counterpart
+        .placed
+        .iter()
+        .map(|p| DomainKeys::of(&p.facts))
+        .collect();
     for (level, l) in DOMAIN_LEVELS.iter().enumerate().skip(own) {
-        let domains = aggregate(level, need, Counterpart::default(), nodes, held, |_| true);
+        let domains = aggregate(level, need, false, nodes, held, |_| true);
         // Keys at this level that contain a domain at the group's own level which holds it
         // and, beside it, one at the waiting counterpart's own level which holds that.
         let room_beside = match (counterpart.waiting, cp_own) {
             (Some(w), Some(cp)) => Some(RoomBeside::new(need, w, level, own, cp, nodes, held)),
             _ => None,
         };
-        let mut holds_group: BTreeSet<&str> = BTreeSet::new();
+        let mut holds_group: HashSet<DomainId> = HashSet::new();
         for n in nodes {
-            let (Some(own_key), Some(key)) = (&n.keys[own], &n.keys[level]) else {
+            let (Some(own_key), Some(key)) = (n.keys[own], n.keys[level]) else {
                 continue;
             };
             let holds = own_domains
-                .get(own_key)
+                .get(&own_key)
                 .is_some_and(|a| a.slots >= u64::from(need.pods));
-            if !holds || holds_group.contains(key.as_str()) {
+            if !holds || holds_group.contains(&key) {
                 continue;
             }
             if room_beside.as_ref().is_none_or(|r| r.fits(own_key, key)) {
-                holds_group.insert(key.as_str());
+                holds_group.insert(key);
             }
         }
-        let home: BTreeSet<String> = if placed {
-            let mut keys: BTreeSet<String> = counterpart
-                .placed
+        let home: HashSet<DomainId> = if placed {
+            placed_keys
                 .iter()
-                .filter_map(|p| domain_key(&p.facts, *l))
-                .collect();
-            keys.extend(
-                counterpart
-                    .reserved
-                    .iter()
-                    .filter(|d| d.level == *l)
-                    .map(|d| d.key.clone()),
-            );
-            keys
+                .filter_map(|k| k.at(level))
+                .chain(
+                    counterpart
+                        .reserved
+                        .iter()
+                        .filter(|d| d.level == *l)
+                        .filter_map(Domain::id),
+                )
+                .collect()
         } else {
-            domains.keys().cloned().collect()
+            domains.keys().copied().collect()
         };
-        let keys: BTreeSet<String> = home
+        let keys: HashSet<DomainId> = home
             .into_iter()
             .filter(|k| {
-                holds_group.contains(k.as_str())
+                holds_group.contains(k)
                     && domains.get(k).is_some_and(|a| {
                         a.slots >= u64::from(need.pods) && a.free >= need.gpus() + extra
                     })
@@ -276,26 +302,27 @@ fn pair_anchor(
 fn choose_within(
     need: Demand,
     counterpart: Counterpart<'_>,
-    nodes: &[Node<'_>],
-    held: &BTreeMap<(usize, String), (u64, u64)>,
+    nodes: &[Node],
+    held: &HeldRoom,
     anchor: Option<&Anchor>,
 ) -> Option<GroupDomain> {
-    let keep = |n: &Node<'_>| anchor.is_none_or(|a| a.admits(n));
+    let keep = |n: &Node| anchor.is_none_or(|a| a.admits(n));
     for (level, l) in DOMAIN_LEVELS.iter().enumerate() {
-        let domains = aggregate(level, need, counterpart, nodes, held, keep);
-        let fitting: Vec<(&String, &Agg)> = domains
+        let domains = aggregate(level, need, true, nodes, held, keep);
+        let fitting: Vec<(DomainId, &Agg)> = domains
             .iter()
             .filter(|(_, a)| a.slots >= u64::from(need.pods))
+            .map(|(k, a)| (*k, a))
             .collect();
         if fitting.is_empty() {
             continue;
         }
         // How tightly the waiting counterpart still fits beside each choice (tighter first).
         let leaves = counterpart.waiting.map(|w| {
-            let keys: Vec<&str> = fitting.iter().map(|(k, _)| k.as_str()).collect();
+            let keys: Vec<DomainId> = fitting.iter().map(|(k, _)| *k).collect();
             counterpart_fits(need, w, level, &keys, nodes, held, &keep)
         });
-        let leaves = |key: &str| leaves.as_ref().map_or(0, |m| m[key]);
+        let leaves = |key: DomainId| leaves.as_ref().map_or(0, |m| m[&key]);
         let best = fitting
             .into_iter()
             .map(|(k, a)| (k, a, leaves(k)))
@@ -303,13 +330,10 @@ fn choose_within(
                 a.2.cmp(&b.2)
                     .then(b.1.near.cmp(&a.1.near))
                     .then(a.1.slots.cmp(&b.1.slots))
-                    .then(a.0.cmp(b.0))
+                    .then_with(|| a.0.key().cmp(&b.0.key()))
             })?;
         return Some(GroupDomain::Chosen {
-            domain: Domain {
-                level: *l,
-                key: best.0.clone(),
-            },
+            domain: Domain::from_id(*l, best.0),
             room: u32::try_from(best.1.slots).unwrap_or(u32::MAX),
             counterpart: best.1.near.unwrap_or(Level::None),
         });
@@ -330,60 +354,81 @@ fn taken_by(need: Demand, w: Demand) -> u64 {
 /// at `level`, once the group took its room in a domain at level `own` there: the counterpart's
 /// room per domain at `level`, and the `cp` domains each `own` domain shares nodes with, counted
 /// once.
-struct RoomBeside<'n> {
+struct RoomBeside {
     w: Demand,
     taken: u64,
     /// key at `level` -> key at `cp` -> pods of `w` its nodes there take.
-    room: std::collections::HashMap<&'n str, BTreeMap<&'n str, u64>>,
+    room: HashMap<DomainId, HashMap<DomainId, u64>>,
+    /// key at `level` -> how many of its `cp` domains hold `w` untouched.
+    holding: HashMap<DomainId, usize>,
     /// key at `own` -> the keys at `cp` its nodes have.
-    shares: std::collections::HashMap<&'n str, BTreeSet<&'n str>>,
+    shares: HashMap<DomainId, HashSet<DomainId>>,
 }
 
-impl<'n> RoomBeside<'n> {
+impl RoomBeside {
     fn new(
         need: Demand,
         w: Demand,
         level: usize,
         own: usize,
         cp: usize,
-        nodes: &'n [Node<'_>],
-        held: &BTreeMap<(usize, String), (u64, u64)>,
+        nodes: &[Node],
+        held: &HeldRoom,
     ) -> Self {
-        let mut room: std::collections::HashMap<&str, BTreeMap<&str, u64>> = Default::default();
+        let mut room: HashMap<DomainId, HashMap<DomainId, u64>> = HashMap::new();
         for n in nodes {
-            if let (Some(k), Some(e)) = (n.keys[level].as_deref(), n.keys[cp].as_deref()) {
+            if let (Some(k), Some(e)) = (n.keys[level], n.keys[cp]) {
                 *room.entry(k).or_default().entry(e).or_default() +=
-                    w.pods_in(u64::from(n.free_gpus)).max(1);
+                    n.count * w.pods_in(u64::from(n.free_gpus)).max(1);
             }
         }
         for domains in room.values_mut() {
             for (e, slots) in domains.iter_mut() {
-                if let Some((_, pods)) = held.get(&(cp, (*e).to_string())) {
+                if let Some((_, pods)) = held.get(&(cp, *e)) {
                     *slots = slots.saturating_sub(*pods);
                 }
             }
         }
+        let holding = room
+            .iter()
+            .map(|(k, domains)| {
+                let n = domains
+                    .values()
+                    .filter(|s| **s >= u64::from(w.pods))
+                    .count();
+                (*k, n)
+            })
+            .collect();
         Self {
             w,
             taken: taken_by(need, w),
             room,
-            shares: overlaps(nodes, &|_: &Node<'_>| true, own, cp),
+            holding,
+            shares: overlaps(nodes, &|_: &Node| true, own, cp),
         }
     }
 
-    /// Whether the counterpart still fits inside `key` once the group took `own_key`.
-    fn fits(&self, own_key: &str, key: &str) -> bool {
-        let shared = self.shares.get(own_key);
-        self.room.get(key).is_some_and(|domains| {
-            domains.iter().any(|(e, slots)| {
-                let left = if shared.is_some_and(|s| s.contains(e)) {
-                    slots.saturating_sub(self.taken)
-                } else {
-                    *slots
-                };
-                left >= u64::from(self.w.pods)
-            })
-        })
+    /// Whether the counterpart still fits inside `key` once the group took `own_key`: a `cp`
+    /// domain the group's domain does not touch that holds it, or one it touches that holds it
+    /// with the group's room taken.
+    fn fits(&self, own_key: DomainId, key: DomainId) -> bool {
+        let Some(domains) = self.room.get(&key) else {
+            return false;
+        };
+        let pods = u64::from(self.w.pods);
+        let mut touched_holding = 0;
+        for e in self.shares.get(&own_key).into_iter().flatten() {
+            let Some(slots) = domains.get(e) else {
+                continue;
+            };
+            if slots.saturating_sub(self.taken) >= pods {
+                return true;
+            }
+            if *slots >= pods {
+                touched_holding += 1;
+            }
+        }
+        self.holding.get(&key).copied().unwrap_or(0) > touched_holding
     }
 }
 
@@ -391,32 +436,39 @@ impl<'n> RoomBeside<'n> {
 /// counterpart `w` still fits in one domain once the group took `need` there
 /// (`DOMAIN_LEVELS.len()` when it fits nowhere). Every domain that shares nodes with the chosen
 /// one loses the group's GPUs there (at worst, for domains inside it).
-fn counterpart_fits<'k>(
+fn counterpart_fits(
     need: Demand,
     w: Demand,
     level: usize,
-    keys: &[&'k str],
-    nodes: &[Node<'_>],
-    held: &BTreeMap<(usize, String), (u64, u64)>,
-    keep: &impl Fn(&Node<'_>) -> bool,
-) -> std::collections::HashMap<&'k str, usize> {
+    keys: &[DomainId],
+    nodes: &[Node],
+    held: &HeldRoom,
+    keep: &impl Fn(&Node) -> bool,
+) -> HashMap<DomainId, usize> {
     let taken = taken_by(need, w);
-    let mut out: std::collections::HashMap<&'k str, usize> =
+    let pods = u64::from(w.pods);
+    let mut out: HashMap<DomainId, usize> =
         keys.iter().map(|k| (*k, DOMAIN_LEVELS.len())).collect();
     for other in 0..DOMAIN_LEVELS.len() {
-        let domains = aggregate(other, w, Counterpart::default(), nodes, held, keep);
+        let domains = aggregate(other, w, false, nodes, held, keep);
+        let holding = domains.values().filter(|a| a.slots >= pods).count();
         let shares = overlaps(nodes, keep, level, other);
         for (key, best) in out.iter_mut().filter(|(_, b)| **b == DOMAIN_LEVELS.len()) {
-            let shared = shares.get(*key);
-            let fits = domains.iter().any(|(k, a)| {
-                let left = if shared.is_some_and(|s| s.contains(k.as_str())) {
-                    a.slots.saturating_sub(taken)
-                } else {
-                    a.slots
-                };
-                left >= u64::from(w.pods)
-            });
-            if fits {
+            // A domain the group's does not touch that holds the counterpart, or one it
+            // touches that holds it with the group's room taken.
+            let mut touched_holding = 0;
+            let mut fits = false;
+            for k in shares.get(key).into_iter().flatten() {
+                let Some(a) = domains.get(k) else { continue };
+                if a.slots.saturating_sub(taken) >= pods {
+                    fits = true;
+                    break;
+                }
+                if a.slots >= pods {
+                    touched_holding += 1;
+                }
+            }
+            if fits || holding > touched_holding {
                 *best = other;
             }
         }
@@ -426,15 +478,15 @@ fn counterpart_fits<'k>(
 
 /// For each key at level `a` (among the nodes `keep` admits): the keys at level `b` that its
 /// nodes have too.
-fn overlaps<'n>(
-    nodes: &'n [Node<'_>],
-    keep: &impl Fn(&Node<'_>) -> bool,
+fn overlaps(
+    nodes: &[Node],
+    keep: &impl Fn(&Node) -> bool,
     a: usize,
     b: usize,
-) -> std::collections::HashMap<&'n str, BTreeSet<&'n str>> {
-    let mut out: std::collections::HashMap<&str, BTreeSet<&str>> = Default::default();
+) -> HashMap<DomainId, HashSet<DomainId>> {
+    let mut out: HashMap<DomainId, HashSet<DomainId>> = HashMap::new();
     for n in nodes.iter().filter(|n| keep(n)) {
-        if let (Some(ka), Some(kb)) = (n.keys[a].as_deref(), n.keys[b].as_deref()) {
+        if let (Some(ka), Some(kb)) = (n.keys[a], n.keys[b]) {
             out.entry(ka).or_default().insert(kb);
         }
     }

@@ -191,12 +191,7 @@ fn scores_prefer_clique_then_cluster_and_counterpart_is_smaller() {
     let cands: Vec<Candidate<'_>> = ["same-clique", "same-cluster", "fabric"]
         .iter()
         .zip(facts.iter())
-        .map(|(n, f)| Candidate {
-            name: n,
-            facts: Some(f),
-            freshness: None,
-            used_gpus: 0,
-        })
+        .map(|(n, f)| Candidate::new(n, Some(f), None, 0))
         .collect();
     let mut c = ctx(vec![peer("m", nvl("u", 0, FabricState::Ready))]);
     c.remaining = None;
@@ -218,30 +213,10 @@ fn capacity_prefers_a_clique_with_room() {
     let f0 = nvl("u", 0, FabricState::Ready);
     let f1 = nvl("u", 1, FabricState::Ready);
     let cands = vec![
-        Candidate {
-            name: "a",
-            facts: Some(&f0),
-            freshness: None,
-            used_gpus: 0,
-        },
-        Candidate {
-            name: "b",
-            facts: Some(&f1),
-            freshness: None,
-            used_gpus: 0,
-        },
-        Candidate {
-            name: "c",
-            facts: Some(&f1),
-            freshness: None,
-            used_gpus: 0,
-        },
-        Candidate {
-            name: "d",
-            facts: Some(&f1),
-            freshness: None,
-            used_gpus: 0,
-        },
+        Candidate::new("a", Some(&f0), None, 0),
+        Candidate::new("b", Some(&f1), None, 0),
+        Candidate::new("c", Some(&f1), None, 0),
+        Candidate::new("d", Some(&f1), None, 0),
     ];
     let mut c = ctx(Vec::new());
     c.remaining = Some(3);
@@ -408,7 +383,7 @@ proptest! {
         let names: Vec<String> = (0..nodes.len()).map(|i| format!("n{i}")).collect();
         let passed: Vec<Candidate<'_>> = names.iter().zip(nodes.iter())
             .filter(|(_, f)| filter_node(&c, f.as_ref()).is_ok())
-            .map(|(n, f)| Candidate { name: n, facts: f.as_ref(), freshness: None, used_gpus: 0 })
+            .map(|(n, f)| Candidate::new(n, f.as_ref(), None, 0))
             .collect();
         prop_assert!(passed.len() <= nodes.len());
         for p in &passed {
