@@ -101,6 +101,12 @@ impl DomainId {
         Arc::clone(&t.names[self.index()])
     }
 
+    /// Runs `f` with a reader of key texts: one lock for many lookups.
+    pub fn with_keys<R>(f: impl for<'t> FnOnce(&dyn Fn(DomainId) -> &'t str) -> R) -> R {
+        let t = TABLE.read().unwrap_or_else(|e| e.into_inner());
+        f(&|id: DomainId| &t.names[id.index()])
+    }
+
     fn index(self) -> usize {
         self.0.get() as usize - 1
     }

@@ -482,21 +482,16 @@ impl Extender {
     /// the scores.
     pub fn filter(&self, args: &ExtenderRequest) -> (ExtenderFilterResult, Explanation) {
         let mut ex = self.evaluate_with(args, FILTER_REASONS, true);
-        let keep: std::collections::BTreeSet<String> =
-            ex.scores.iter().map(|s| s.node.clone()).collect();
         let mut out = ExtenderFilterResult {
             failed_and_unresolvable_nodes: std::mem::take(&mut ex.rejected),
             ..Default::default()
         };
-        if let Some(names) = &args.node_names {
-            out.node_names = Some(
-                names
-                    .iter()
-                    .filter(|n| keep.contains(*n))
-                    .cloned()
-                    .collect(),
-            );
+        if args.node_names.is_some() {
+            // The nodes that passed, in the request's order.
+            out.node_names = Some(ex.scores.iter().map(|s| s.node.clone()).collect());
         } else if let Some(list) = &args.nodes {
+            let keep: std::collections::BTreeSet<String> =
+                ex.scores.iter().map(|s| s.node.clone()).collect();
             out.nodes = Some(wire::retain_nodes(list, &keep));
         } else {
             out.node_names = Some(Vec::new());
@@ -507,17 +502,15 @@ impl Extender {
     /// The `prioritize` verb: every candidate gets a score; rejected ones get 0.
     pub fn prioritize(&self, args: &ExtenderRequest) -> (HostPriorityList, Explanation) {
         let ex = self.evaluate_with(args, 0, false);
-        let by_node: BTreeMap<&str, i64> = ex
-            .scores
-            .iter()
-            .map(|s| (s.node.as_str(), s.score))
-            .collect();
+        // The scores follow the candidates' order (those that passed, for a pod the extender
+        // places): one walk pairs them.
+        let mut scores = ex.scores.iter().peekable();
         let list = args
             .candidate_names()
             .iter()
             .map(|n| HostPriority {
                 host: n.clone(),
-                score: by_node.get(n.as_str()).copied().unwrap_or(0),
+                score: scores.next_if(|s| s.node == *n).map_or(0, |s| s.score),
             })
             .collect();
         (list, ex)

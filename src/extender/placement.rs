@@ -149,8 +149,8 @@ pub trait PlacementIndex: Send + Sync {
     }
     /// GPUs requested by the group pods placed on each node that has any (empty where not
     /// kept): one pass for a whole request's candidates.
-    fn gpus_by_node(&self) -> HashMap<String, u32> {
-        HashMap::new()
+    fn gpus_by_node(&self) -> foldhash::HashMap<String, u32> {
+        foldhash::HashMap::default()
     }
     /// The node where the last member of `group_id` ran before the group was left without
     /// placed members (a rolling replacement, a restart), within [`LAST_NODE_TTL`].
@@ -286,8 +286,8 @@ impl PlacementIndex for MemoryPlacementIndex {
             .map(|(node, _)| node.clone())
     }
 
-    fn gpus_by_node(&self) -> HashMap<String, u32> {
-        let mut out: HashMap<String, u32> = HashMap::new();
+    fn gpus_by_node(&self) -> foldhash::HashMap<String, u32> {
+        let mut out = foldhash::HashMap::<String, u32>::default();
         for p in self.read().values().filter(|p| p.gpus > 0) {
             let e = out.entry(p.node.clone()).or_default();
             *e = e.saturating_add(p.gpus);

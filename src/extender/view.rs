@@ -6,10 +6,11 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 
+use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 
 use super::{

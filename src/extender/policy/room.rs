@@ -20,7 +20,9 @@
 //! fleet of NVL72 racks has one class per clique, a ninth of its nodes, and the domain keys are
 //! interned ids ([`super::DomainKeys`]).
 
-use std::collections::{HashMap, HashSet};
+use std::{cell::RefCell, rc::Rc};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use serde::Serialize;
 
@@ -91,6 +93,94 @@ struct Agg {
 /// Room that held domains take: (level slot, domain) -> (GPUs, pods of the group's size).
 type HeldRoom = HashMap<(usize, DomainId), (u64, u64)>;
 
+/// The candidates' classes and the held room, with the sums that several passes of one
+/// choice share (over every class, by level and GPUs per pod).
+struct Counts {
+    nodes: Vec<Node>,
+    held: HeldRoom,
+    sums: RefCell<HashMap<(usize, u32), Rc<HashMap<DomainId, Agg>>>>,
+    overlaps: RefCell<HashMap<(usize, usize), Rc<Overlaps>>>,
+    beside: RefCell<HashMap<(usize, usize, u32), Rc<Beside>>>,
+}
+
+/// Pairs (key at one level, key at another level) that some node has, sorted: the keys at the
+/// second level that a first-level domain's nodes have are one run.
+struct Overlaps(Vec<(DomainId, DomainId)>);
+
+impl Overlaps {
+    /// The keys at the second level that `a`'s nodes have.
+    fn get(&self, a: &DomainId) -> impl Iterator<Item = DomainId> + '_ {
+        let a = *a;
+        let start = self.0.partition_point(|(x, _)| *x < a);
+        self.0[start..]
+            .iter()
+            .take_while(move |(x, _)| *x == a)
+            .map(|(_, b)| *b)
+    }
+}
+
+/// Key at one level -> key at another level -> pods its nodes there take.
+type Beside = HashMap<DomainId, HashMap<DomainId, u64>>;
+
+impl Counts {
+    fn new(nodes: Vec<Node>, held: HeldRoom) -> Self {
+        Self {
+            nodes,
+            held,
+            sums: RefCell::default(),
+            overlaps: RefCell::default(),
+            beside: RefCell::default(),
+        }
+    }
+
+    /// [`aggregate`] over every class without `near`, computed once per level and pod size.
+    fn all(&self, level: usize, need: Demand) -> Rc<HashMap<DomainId, Agg>> {
+        let key = (level, need.gpus_per_pod);
+        if let Some(a) = self.sums.borrow().get(&key) {
+            return Rc::clone(a);
+        }
+        let a = Rc::new(aggregate(level, need, false, self, None));
+        self.sums.borrow_mut().insert(key, Rc::clone(&a));
+        a
+    }
+
+    /// [`overlaps`] over every class, computed once per pair of levels.
+    fn overlaps_all(&self, a: usize, b: usize) -> Rc<Overlaps> {
+        if let Some(o) = self.overlaps.borrow().get(&(a, b)) {
+            return Rc::clone(o);
+        }
+        let o = Rc::new(overlaps(&self.nodes, None, a, b));
+        self.overlaps.borrow_mut().insert((a, b), Rc::clone(&o));
+        o
+    }
+
+    /// Per domain at `level`, per domain at `cp` inside it: the pods of `w`'s size its nodes
+    /// take, less the held room; computed once per pair of levels and pod size.
+    fn beside(&self, level: usize, cp: usize, w: Demand) -> Rc<Beside> {
+        let key = (level, cp, w.gpus_per_pod);
+        if let Some(b) = self.beside.borrow().get(&key) {
+            return Rc::clone(b);
+        }
+        let mut room = Beside::new();
+        for n in &self.nodes {
+            if let (Some(k), Some(e)) = (n.keys[level], n.keys[cp]) {
+                *room.entry(k).or_default().entry(e).or_default() +=
+                    n.count * w.pods_in(u64::from(n.free_gpus)).max(1);
+            }
+        }
+        for domains in room.values_mut() {
+            for (e, slots) in domains.iter_mut() {
+                if let Some((_, pods)) = self.held.get(&(cp, *e)) {
+                    *slots = slots.saturating_sub(*pods);
+                }
+            }
+        }
+        let room = Rc::new(room);
+        self.beside.borrow_mut().insert(key, Rc::clone(&room));
+        room
+    }
+}
+
 /// Room that `held` takes in each domain, in GPUs and in pods of `need`'s size.
 fn held_in(held: &[Held], need: Demand) -> HeldRoom {
     let mut out = HeldRoom::new();
@@ -149,16 +239,15 @@ pub fn choose_domain(
     candidates: &[Candidate<'_>],
     held: &[Held],
 ) -> Option<GroupDomain> {
-    let nodes = classes(candidates, counterpart.placed);
-    let held = held_in(held, need);
+    let counts = Counts::new(classes(candidates, counterpart.placed), held_in(held, need));
     // The group's own tightest level comes first: the pair is kept together only where that
     // costs the group nothing.
-    let alone = choose_within(need, counterpart, &nodes, &held, None)?;
+    let alone = choose_within(need, counterpart, &counts, None)?;
     let own = alone.domain().level.slot()?;
     let mut cp = counterpart;
     loop {
-        if let Some(anchor) = pair_anchor(need, cp, &nodes, &held, own) {
-            return choose_within(need, cp, &nodes, &held, Some(&anchor)).or(Some(alone));
+        if let Some(anchor) = pair_anchor(need, cp, &counts, own) {
+            return choose_within(need, cp, &counts, Some(&anchor)).or(Some(alone));
         }
         match cp.waiting {
             Some(w) if cp.guessed && w.pods > 1 => {
@@ -184,18 +273,22 @@ impl Anchor {
     }
 }
 
-/// Per-domain sums at `level` over the nodes `keep` admits, less what `held` takes there;
+/// Whether `anchor` (none: every class) admits `n`.
+fn admitted(anchor: Option<&Anchor>, n: &Node) -> bool {
+    anchor.is_none_or(|a| a.admits(n))
+}
+
+/// Per-domain sums at `level` over the classes `anchor` admits, less the held room there;
 /// `near` only when `with_near`.
 fn aggregate(
     level: usize,
     need: Demand,
     with_near: bool,
-    nodes: &[Node],
-    held: &HeldRoom,
-    keep: impl Fn(&Node) -> bool,
+    counts: &Counts,
+    anchor: Option<&Anchor>,
 ) -> HashMap<DomainId, Agg> {
     let mut out: HashMap<DomainId, Agg> = HashMap::new();
-    for n in nodes.iter().filter(|n| keep(n)) {
+    for n in counts.nodes.iter().filter(|n| admitted(anchor, n)) {
         let Some(key) = n.keys[level] else { continue };
         let e = out.entry(key).or_default();
         e.slots += n.count * need.pods_in(u64::from(n.free_gpus)).max(1);
@@ -205,7 +298,7 @@ fn aggregate(
         }
     }
     for (key, agg) in &mut out {
-        if let Some((gpus, pods)) = held.get(&(level, *key)) {
+        if let Some((gpus, pods)) = counts.held.get(&(level, *key)) {
             agg.slots = agg.slots.saturating_sub(*pods);
             agg.free = agg.free.saturating_sub(*gpus);
         }
@@ -221,8 +314,7 @@ fn aggregate(
 fn pair_anchor(
     need: Demand,
     counterpart: Counterpart<'_>,
-    nodes: &[Node],
-    held: &HeldRoom,
+    counts: &Counts,
     own: usize,
 ) -> Option<Anchor> {
     let placed = !counterpart.placed.is_empty() || !counterpart.reserved.is_empty();
@@ -230,11 +322,12 @@ fn pair_anchor(
         return None;
     }
     let extra = counterpart.waiting.map_or(0, Demand::gpus);
-    let own_domains = aggregate(own, need, false, nodes, held, |_| true);
+    let own_domains = counts.all(own, need);
     // A waiting counterpart keeps its own tightest level too.
     let cp_own = counterpart.waiting.and_then(|w| {
         (0..DOMAIN_LEVELS.len()).find(|&lv| {
-            aggregate(lv, w, false, nodes, held, |_| true)
+            counts
+                .all(lv, w)
                 .values()
                 .any(|a| a.slots >= u64::from(w.pods))
         })
@@ -245,15 +338,15 @@ fn pair_anchor(
         .map(|p| DomainKeys::of(&p.facts))
         .collect();
     for (level, l) in DOMAIN_LEVELS.iter().enumerate().skip(own) {
-        let domains = aggregate(level, need, false, nodes, held, |_| true);
+        let domains = counts.all(level, need);
         // Keys at this level that contain a domain at the group's own level which holds it
         // and, beside it, one at the waiting counterpart's own level which holds that.
         let room_beside = match (counterpart.waiting, cp_own) {
-            (Some(w), Some(cp)) => Some(RoomBeside::new(need, w, level, own, cp, nodes, held)),
+            (Some(w), Some(cp)) => Some(RoomBeside::new(need, w, level, own, cp, counts)),
             _ => None,
         };
         let mut holds_group: HashSet<DomainId> = HashSet::new();
-        for n in nodes {
+        for n in &counts.nodes {
             let (Some(own_key), Some(key)) = (n.keys[own], n.keys[level]) else {
                 continue;
             };
@@ -302,13 +395,11 @@ fn pair_anchor(
 fn choose_within(
     need: Demand,
     counterpart: Counterpart<'_>,
-    nodes: &[Node],
-    held: &HeldRoom,
+    counts: &Counts,
     anchor: Option<&Anchor>,
 ) -> Option<GroupDomain> {
-    let keep = |n: &Node| anchor.is_none_or(|a| a.admits(n));
     for (level, l) in DOMAIN_LEVELS.iter().enumerate() {
-        let domains = aggregate(level, need, true, nodes, held, keep);
+        let domains = aggregate(level, need, true, counts, anchor);
         let fitting: Vec<(DomainId, &Agg)> = domains
             .iter()
             .filter(|(_, a)| a.slots >= u64::from(need.pods))
@@ -320,18 +411,20 @@ fn choose_within(
         // How tightly the waiting counterpart still fits beside each choice (tighter first).
         let leaves = counterpart.waiting.map(|w| {
             let keys: Vec<DomainId> = fitting.iter().map(|(k, _)| *k).collect();
-            counterpart_fits(need, w, level, &keys, nodes, held, &keep)
+            counterpart_fits(need, w, level, &keys, counts, anchor)
         });
         let leaves = |key: DomainId| leaves.as_ref().map_or(0, |m| m[&key]);
-        let best = fitting
-            .into_iter()
-            .map(|(k, a)| (k, a, leaves(k)))
-            .min_by(|a, b| {
-                a.2.cmp(&b.2)
-                    .then(b.1.near.cmp(&a.1.near))
-                    .then(a.1.slots.cmp(&b.1.slots))
-                    .then_with(|| a.0.key().cmp(&b.0.key()))
-            })?;
+        let best = DomainId::with_keys(|key| {
+            fitting
+                .into_iter()
+                .map(|(k, a)| (k, a, leaves(k)))
+                .min_by(|a, b| {
+                    a.2.cmp(&b.2)
+                        .then(b.1.near.cmp(&a.1.near))
+                        .then(a.1.slots.cmp(&b.1.slots))
+                        .then_with(|| key(a.0).cmp(key(b.0)))
+                })
+        })?;
         return Some(GroupDomain::Chosen {
             domain: Domain::from_id(*l, best.0),
             room: u32::try_from(best.1.slots).unwrap_or(u32::MAX),
@@ -358,37 +451,16 @@ struct RoomBeside {
     w: Demand,
     taken: u64,
     /// key at `level` -> key at `cp` -> pods of `w` its nodes there take.
-    room: HashMap<DomainId, HashMap<DomainId, u64>>,
+    room: Rc<Beside>,
     /// key at `level` -> how many of its `cp` domains hold `w` untouched.
     holding: HashMap<DomainId, usize>,
     /// key at `own` -> the keys at `cp` its nodes have.
-    shares: HashMap<DomainId, HashSet<DomainId>>,
+    shares: Rc<Overlaps>,
 }
 
 impl RoomBeside {
-    fn new(
-        need: Demand,
-        w: Demand,
-        level: usize,
-        own: usize,
-        cp: usize,
-        nodes: &[Node],
-        held: &HeldRoom,
-    ) -> Self {
-        let mut room: HashMap<DomainId, HashMap<DomainId, u64>> = HashMap::new();
-        for n in nodes {
-            if let (Some(k), Some(e)) = (n.keys[level], n.keys[cp]) {
-                *room.entry(k).or_default().entry(e).or_default() +=
-                    n.count * w.pods_in(u64::from(n.free_gpus)).max(1);
-            }
-        }
-        for domains in room.values_mut() {
-            for (e, slots) in domains.iter_mut() {
-                if let Some((_, pods)) = held.get(&(cp, *e)) {
-                    *slots = slots.saturating_sub(*pods);
-                }
-            }
-        }
+    fn new(need: Demand, w: Demand, level: usize, own: usize, cp: usize, counts: &Counts) -> Self {
+        let room = counts.beside(level, cp, w);
         let holding = room
             .iter()
             .map(|(k, domains)| {
@@ -404,7 +476,7 @@ impl RoomBeside {
             taken: taken_by(need, w),
             room,
             holding,
-            shares: overlaps(nodes, &|_: &Node| true, own, cp),
+            shares: counts.overlaps_all(own, cp),
         }
     }
 
@@ -417,8 +489,8 @@ impl RoomBeside {
         };
         let pods = u64::from(self.w.pods);
         let mut touched_holding = 0;
-        for e in self.shares.get(&own_key).into_iter().flatten() {
-            let Some(slots) = domains.get(e) else {
+        for e in self.shares.get(&own_key) {
+            let Some(slots) = domains.get(&e) else {
                 continue;
             };
             if slots.saturating_sub(self.taken) >= pods {
@@ -441,25 +513,29 @@ fn counterpart_fits(
     w: Demand,
     level: usize,
     keys: &[DomainId],
-    nodes: &[Node],
-    held: &HeldRoom,
-    keep: &impl Fn(&Node) -> bool,
+    counts: &Counts,
+    anchor: Option<&Anchor>,
 ) -> HashMap<DomainId, usize> {
     let taken = taken_by(need, w);
     let pods = u64::from(w.pods);
     let mut out: HashMap<DomainId, usize> =
         keys.iter().map(|k| (*k, DOMAIN_LEVELS.len())).collect();
     for other in 0..DOMAIN_LEVELS.len() {
-        let domains = aggregate(other, w, false, nodes, held, keep);
+        let (domains, shares) = match anchor {
+            None => (counts.all(other, w), counts.overlaps_all(level, other)),
+            Some(_) => (
+                Rc::new(aggregate(other, w, false, counts, anchor)),
+                Rc::new(overlaps(&counts.nodes, anchor, level, other)),
+            ),
+        };
         let holding = domains.values().filter(|a| a.slots >= pods).count();
-        let shares = overlaps(nodes, keep, level, other);
         for (key, best) in out.iter_mut().filter(|(_, b)| **b == DOMAIN_LEVELS.len()) {
             // A domain the group's does not touch that holds the counterpart, or one it
             // touches that holds it with the group's room taken.
             let mut touched_holding = 0;
             let mut fits = false;
-            for k in shares.get(key).into_iter().flatten() {
-                let Some(a) = domains.get(k) else { continue };
+            for k in shares.get(key) {
+                let Some(a) = domains.get(&k) else { continue };
                 if a.slots.saturating_sub(taken) >= pods {
                     fits = true;
                     break;
@@ -476,19 +552,15 @@ fn counterpart_fits(
     out
 }
 
-/// For each key at level `a` (among the nodes `keep` admits): the keys at level `b` that its
-/// nodes have too.
-fn overlaps(
-    nodes: &[Node],
-    keep: &impl Fn(&Node) -> bool,
-    a: usize,
-    b: usize,
-) -> HashMap<DomainId, HashSet<DomainId>> {
-    let mut out: HashMap<DomainId, HashSet<DomainId>> = HashMap::new();
-    for n in nodes.iter().filter(|n| keep(n)) {
-        if let (Some(ka), Some(kb)) = (n.keys[a], n.keys[b]) {
-            out.entry(ka).or_default().insert(kb);
-        }
-    }
-    out
+/// For each key at level `a` (among the classes `anchor` admits): the keys at level `b` that
+/// its nodes have too.
+fn overlaps(nodes: &[Node], anchor: Option<&Anchor>, a: usize, b: usize) -> Overlaps {
+    let mut pairs: Vec<(DomainId, DomainId)> = nodes
+        .iter()
+        .filter(|n| admitted(anchor, n))
+        .filter_map(|n| Some((n.keys[a]?, n.keys[b]?)))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    Overlaps(pairs)
 }
