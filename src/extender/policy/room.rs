@@ -98,7 +98,7 @@ type HeldRoom = HashMap<(usize, DomainId), (u64, u64)>;
 struct Counts {
     nodes: Vec<Node>,
     held: HeldRoom,
-    sums: RefCell<HashMap<(usize, u32), Rc<HashMap<DomainId, Agg>>>>,
+    sums: RefCell<HashMap<(usize, u32), Rc<Sums>>>,
     overlaps: RefCell<HashMap<(usize, usize), Rc<Overlaps>>>,
     beside: RefCell<HashMap<(usize, usize, u32), Rc<Beside>>>,
 }
@@ -119,6 +119,12 @@ impl Overlaps {
     }
 }
 
+/// Per-domain sums at one level.
+type Sums = HashMap<DomainId, Agg>;
+
+/// What makes candidates alike for the count: domain keys, free GPUs, closeness.
+type Class = ([Option<DomainId>; 5], u32, Option<Level>);
+
 /// Key at one level -> key at another level -> pods its nodes there take.
 type Beside = HashMap<DomainId, HashMap<DomainId, u64>>;
 
@@ -134,7 +140,7 @@ impl Counts {
     }
 
     /// [`aggregate`] over every class without `near`, computed once per level and pod size.
-    fn all(&self, level: usize, need: Demand) -> Rc<HashMap<DomainId, Agg>> {
+    fn all(&self, level: usize, need: Demand) -> Rc<Sums> {
         let key = (level, need.gpus_per_pod);
         if let Some(a) = self.sums.borrow().get(&key) {
             return Rc::clone(a);
@@ -207,7 +213,7 @@ fn classes(candidates: &[Candidate<'_>], placed: &[PeerFacts]) -> Vec<Node> {
     // Closeness to the placed counterpart, once per distinct facts (nodes of one clique share
     // theirs).
     let mut near_of: HashMap<&NodeFacts, Option<Level>> = HashMap::new();
-    let mut by_class: HashMap<([Option<DomainId>; 5], u32, Option<Level>), u64> = HashMap::new();
+    let mut by_class: HashMap<Class, u64> = HashMap::new();
     for c in candidates {
         let Some(f) = c.facts else { continue };
         let near = if placed.is_empty() {
