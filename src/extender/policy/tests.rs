@@ -398,3 +398,42 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The domain chosen for a group does not depend on the candidates' order (the room count
+    /// runs over hashed classes of alike nodes; ties go to the smallest key), and holds the
+    /// group: its candidates take every remaining pod.
+    #[test]
+    fn chosen_domain_ignores_candidate_order_and_holds_the_group(
+        nodes in proptest::collection::vec(arb_facts(), 1..40),
+        pods in 1u32..6,
+        gpus in 0u32..5,
+        waiting in proptest::option::of(1u32..6),
+        guessed in any::<bool>(),
+    ) {
+        let names: Vec<String> = (0..nodes.len()).map(|i| format!("n{i}")).collect();
+        let cands: Vec<Candidate<'_>> = names.iter().zip(nodes.iter())
+            .map(|(n, f)| Candidate::new(n, f.as_ref(), None, 0))
+            .collect();
+        let mut reversed = cands.clone();
+        reversed.reverse();
+        let need = Demand { pods, gpus_per_pod: gpus };
+        let cp = Counterpart {
+            waiting: waiting.map(|p| Demand { pods: p, gpus_per_pod: gpus }),
+            guessed,
+            ..Counterpart::default()
+        };
+        let a = choose_domain(need, cp, &cands, &[]);
+        let b = choose_domain(need, cp, &reversed, &[]);
+        prop_assert_eq!(&a, &b);
+        if let Some(GroupDomain::Chosen { domain, room, .. }) = &a {
+            let inside: u32 = cands
+                .iter()
+                .filter_map(|c| c.facts)
+                .filter(|f| domain.contains(f))
+                .map(|f| if gpus == 0 { 1 } else { (f.gpu_count / gpus).max(1) })
+                .sum();
+            prop_assert!(*room >= pods && inside == *room, "{domain}: room {room}, inside {inside}");
+        }
+    }
+}
