@@ -15,8 +15,9 @@
 //! - a fresh `nodetopo extender` (release build, names-only mode, its Node and Pod watches as
 //!   shipped): time until its view holds every Node, its resident memory (and peak), CPU time;
 //!   the same for a reference extender binary (`NODETOPO_BIN_REF`), when given;
-//! - a fresh `nodetopo webhook` (its metadata-only Node reflector): time until it holds every
-//!   Node, its resident memory;
+//! - a fresh `nodetopo webhook` (its metadata-only Node watch and store): time until it holds
+//!   every Node, its resident memory (and peak); the same for the webhook of the reference binary
+//!   (`NODETOPO_BIN_REF`), when given, started and measured just before it;
 //! - `filter` over HTTP with every node name for the first member of a new GPU group (a new
 //!   LeaderWorkerSet group of 8 pods × 4 GPUs each call, so each call chooses a domain over all
 //!   nodes; a `-decode` group, whose prefill counterpart the extender keeps room for, then a
@@ -49,8 +50,8 @@
 //!
 //! Run: `cargo bench --locked --features e2e --bench scale` (NODETOPO_KUBE_BIN as for the
 //! end-to-end suite; `NODETOPO_BIN` names another nodetopo binary; `CALLS`, `MEM_BUDGET_GIB`,
-//! `CREATE_CONCURRENCY` as above; `NODETOPO_BIN_REF`, a second extender binary measured beside
-//! the first at each step for sync and memory; `PAUSE_S`, seconds to keep each extender running
+//! `CREATE_CONCURRENCY` as above; `NODETOPO_BIN_REF`, a second nodetopo binary whose extender
+//! and webhook are measured beside the first's at each step for sync and memory; `PAUSE_S`, seconds to keep each extender running
 //! after its figures, to look into it).
 
 #[path = "../tests/common/mod.rs"]
@@ -735,10 +736,14 @@ struct Webhook {
     started: Instant,
 }
 
-fn start_webhook(cp: &ControlPlane, cert: &(std::path::PathBuf, std::path::PathBuf)) -> Webhook {
+fn start_webhook(
+    cp: &ControlPlane,
+    bin: &std::path::Path,
+    cert: &(std::path::PathBuf, std::path::PathBuf),
+) -> Webhook {
     let (port, metrics) = (harness::free_port(), harness::free_port());
     let started = Instant::now();
-    let mut cmd = Command::new(nodetopo_bin());
+    let mut cmd = Command::new(bin);
     cmd.args(["webhook"])
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--metrics-listen=127.0.0.1:{metrics}"))
@@ -818,6 +823,10 @@ struct Step {
     ref_hwm_mib: f64,
     hook_sync_s: f64,
     hook_rss_mib: f64,
+    hook_hwm_mib: f64,
+    ref_hook_sync_s: f64,
+    ref_hook_rss_mib: f64,
+    ref_hook_hwm_mib: f64,
     filter: (f64, f64),
     filter_alone: (f64, f64),
     prio_passed: (f64, f64),
@@ -1144,7 +1153,8 @@ async fn bench() {
     let budget_mib: f64 = env_num("MEM_BUDGET_GIB", 12.0) * 1024.0;
     let concurrency: usize = env_num("CREATE_CONCURRENCY", 32);
     let bin = nodetopo_bin();
-    // The extender to compare with, measured beside it at each step (sync and memory).
+    // The binary to compare with: its extender and webhook are measured beside this one's at
+    // each step (sync and memory).
     let reference = std::env::var_os("NODETOPO_BIN_REF").map(std::path::PathBuf::from);
     let fleet = Fleet::probe();
     let sample = serde_json::to_vec(&fleet.node(0, false)).expect("encode");
@@ -1254,16 +1264,28 @@ async fn bench() {
             s.ext_sync_s, s.ext_sync_cpu_s, s.ext_rss_mib, s.ext_hwm_mib
         );
 
-        let hook = start_webhook(&cp, &cert);
+        if let Some(bin) = &reference {
+            let hook = start_webhook(&cp, bin, &cert);
+            s.ref_hook_sync_s = webhook_synced(&hook, n).await.as_secs_f64();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            s.ref_hook_rss_mib = rss_mib(hook.proc.pid());
+            s.ref_hook_hwm_mib = hwm_mib(hook.proc.pid());
+            eprintln!(
+                "  reference webhook: {n} nodes in {:.1} s, {:.1} MiB (peak {:.1})",
+                s.ref_hook_sync_s, s.ref_hook_rss_mib, s.ref_hook_hwm_mib
+            );
+        }
+        let hook = start_webhook(&cp, &bin, &cert);
         s.hook_sync_s = webhook_synced(&hook, n).await.as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
         s.hook_rss_mib = rss_mib(hook.proc.pid());
+        s.hook_hwm_mib = hwm_mib(hook.proc.pid());
         // The control plane once it has served the lists.
         s.apiserver_after_mib = rss_mib(api_pid);
         s.apiserver_peak_mib = hwm_mib(api_pid);
         eprintln!(
-            "  webhook: {n} nodes in {:.1} s, {:.1} MiB",
-            s.hook_sync_s, s.hook_rss_mib
+            "  webhook: {n} nodes in {:.1} s, {:.1} MiB (peak {:.1})",
+            s.hook_sync_s, s.hook_rss_mib, s.hook_hwm_mib
         );
 
         time_calls(&ext, &names, calls, &mut s).await;
@@ -1415,12 +1437,12 @@ async fn bench() {
     }
     println!("\n### Extender and webhook: sync and memory\n");
     println!(
-        "| nodes | extender: view full s (CPU s) | extender MiB (peak) | extender MiB after the calls | reference extender: view full s | reference MiB (peak) | webhook: reflector full s | webhook MiB |"
+        "| nodes | extender: view full s (CPU s) | extender MiB (peak) | extender MiB after the calls | reference extender: view full s | reference MiB (peak) | webhook: every Node held s | webhook MiB (peak) | reference webhook: every Node held s | reference webhook MiB (peak) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in &rows {
         println!(
-            "| {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} ({:.1}) | {:.1} | {:.1} |",
+            "| {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} ({:.1}) | {:.1} | {:.1} ({:.1}) | {:.1} | {:.1} ({:.1}) |",
             s.nodes,
             s.ext_sync_s,
             s.ext_sync_cpu_s,
@@ -1431,7 +1453,11 @@ async fn bench() {
             s.ref_rss_mib,
             s.ref_hwm_mib,
             s.hook_sync_s,
-            s.hook_rss_mib
+            s.hook_rss_mib,
+            s.hook_hwm_mib,
+            s.ref_hook_sync_s,
+            s.ref_hook_rss_mib,
+            s.ref_hook_hwm_mib
         );
     }
     println!("\n### Extender over HTTP ({calls} calls each, after 3 warm-up)\n");
@@ -1535,6 +1561,13 @@ async fn bench() {
             &pts(&|s| s.ref_rss_mib, true),
             at,
         );
+        print_fit(
+            "reference webhook MiB (kubelet-sized Nodes) = MiB +",
+            "B/node",
+            per_node_bytes,
+            &pts(&|s| s.ref_hook_rss_mib, true),
+            at,
+        );
     }
     print_fit(
         "extender CPU ms per filter call (decode group) = ms +",
@@ -1606,6 +1639,15 @@ async fn bench() {
         &pts(&|s| s.hook_sync_s, true),
         at,
     );
+    if rows.iter().any(|s| s.ref_hook_sync_s > 0.0) {
+        print_fit(
+            "reference webhook sync s (kubelet-sized Nodes) = s +",
+            "s per 1,000 nodes",
+            1e3,
+            &pts(&|s| s.ref_hook_sync_s, true),
+            at,
+        );
+    }
 
     println!("\n### Agent fan-in ({nodes_now} Nodes in the API server)\n");
     println!(

@@ -11,11 +11,12 @@
 //! - the [`agent`] keeps it current and publishes it over gRPC ([`api`], wire types in
 //!   [`proto`]), as node labels ([`node_labels`], retried by [`backoff`]) and as [`metrics`];
 //! - the [`extender`] places pod groups from the agents' topologies or their labels, the
-//!   [`webhook`] copies the labels onto bound Pods, and [`pod_env`] finds a pod's own GPUs.
+//!   [`webhook`] copies the labels onto bound Pods, and [`pod_env`] finds a pod's own GPUs;
+//! - [`memory`] hands the heap memory freed after reading a large Node list back to the OS.
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml::live`, ibverbs in
 // `probe::rdma::verbs`, libibumad in `probe::ib::umad`, the AF_PACKET socket in
-// `probe::lldp::socket`); each opts in.
+// `probe::lldp::socket`, glibc's `malloc_trim` in `memory`); each opts in.
 #![deny(unsafe_code)]
 
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod deploy;
 pub mod extender;
 pub mod hints;
 pub mod labels;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod node_labels;

@@ -4,7 +4,8 @@
 //!
 //! - [`mutate`]: the pure decision (Node labels and configuration → JSON patch) and the
 //!   `AdmissionReview` answer;
-//! - [`nodes`]: Node labels from a kube-runtime reflector, trimmed to the copied keys;
+//! - [`nodes`]: Node labels from a metadata-only Node watch, in a compact store that keeps only
+//!   the copied keys;
 //! - [`route`]: the scheduler profile of a Pod being created: group pods that the extender
 //!   places go to the profile that scores every node (`POST /route`);
 //! - [`tls`]: the serving certificate, read from PEM files and reloaded when they change;
