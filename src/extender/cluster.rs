@@ -128,6 +128,9 @@ impl<'a> NodeState<'a> {
                         self.remove(&name).await;
                     }
                 }
+                // Decoding the whole list left freed memory behind, most of it in pages that
+                // the allocator keeps; hand it back.
+                crate::memory::release_freed_memory();
             }
             Event::Apply(node) => {
                 self.apply(&node).await;
