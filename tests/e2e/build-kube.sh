@@ -24,6 +24,7 @@ HELM_VERSION=v3.22.0
 ETCD_CRATE_VERSION=3.7.2
 KUEUE_VERSION=v0.17.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+CERT_MANAGER_VERSION=v1.21.2
 LWS_VERSION=v0.9.0
 CONTAINERD_VERSION=v2.4.2
 KUBE_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet"
@@ -51,6 +52,10 @@ crds() {
     config/components/crd/bases/kueue.x-k8s.io_topologies.yaml
   crd "$1" prometheus-podmonitors github.com/prometheus-operator/prometheus-operator \
     "$PROMETHEUS_OPERATOR_VERSION" example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml
+  crd "$1" cert-manager-certificates github.com/cert-manager/cert-manager \
+    "$CERT_MANAGER_VERSION" deploy/crds/cert-manager.io_certificates.yaml
+  crd "$1" cert-manager-issuers github.com/cert-manager/cert-manager \
+    "$CERT_MANAGER_VERSION" deploy/crds/cert-manager.io_issuers.yaml
 }
 
 # The LeaderWorkerSet manager (LeaderWorkerSet and DisaggregatedSet controllers and webhooks)

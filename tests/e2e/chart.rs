@@ -408,6 +408,68 @@ async fn chart_renders_installs_and_matches_daemonset() {
             "{k}: daemonset/extender/ differs from the chart with the extender on"
         );
     }
+    // daemonset/extender-routed/ (the two-profile design, its certificate from cert-manager)
+    // against the chart with the extender and webhook on in cert-manager mode, with
+    // cert-manager's own CRDs in the API server.
+    for name in ["cert-manager-certificates", "cert-manager-issuers"] {
+        let crd = harness::crd(name);
+        cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+    }
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/certificates.cert-manager.io",
+        "crd/issuers.cert-manager.io",
+    ]);
+    let routed_values = [
+        "extender.enabled=true",
+        "webhook.enabled=true",
+        "webhook.tls.mode=certManager",
+    ];
+    let chart_routed = dry_run(
+        &cp,
+        &["-f", "-"],
+        Some(&to_yaml(&template(&cp, &routed_values))),
+    );
+    let plain_routed = dry_run(
+        &cp,
+        &["-k", &format!("{ROOT}/daemonset/extender-routed")],
+        None,
+    );
+    let want: Vec<&str> = [
+        "Certificate/",
+        "Issuer/",
+        "MutatingWebhookConfiguration/",
+        "Deployment/nodetopo-webhook",
+        "Deployment/nodetopo-extender",
+    ]
+    .to_vec();
+    for w in want {
+        assert!(
+            plain_routed.keys().any(|k| k.starts_with(w)),
+            "daemonset/extender-routed/ lacks {w}: {:?}",
+            plain_routed.keys().collect::<Vec<_>>()
+        );
+    }
+    for (k, v) in &plain_routed {
+        let c = chart_routed
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} of daemonset/extender-routed/ is not in the chart"));
+        assert_eq!(
+            v, c,
+            "{k}: daemonset/extender-routed/ differs from the chart with the extender and the \
+             webhook on (cert-manager mode)"
+        );
+    }
+    let config =
+        &plain_routed["ConfigMap/nodetopo-scheduler-config"]["data"]["scheduler-config.yaml"];
+    assert!(
+        config
+            .as_str()
+            .is_some_and(|c| c.contains("schedulerName: nodetopo-groups")),
+        "the routed configuration has the group profile: {config}"
+    );
 
     // helm install (no --wait: no kubelet runs) with every optional part whose CRD is here.
     let podmonitor_crd = harness::crd("prometheus-podmonitors");
