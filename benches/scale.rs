@@ -14,7 +14,7 @@
 //! - kube-apiserver and etcd resident memory;
 //! - a fresh `nodetopo extender` (release build, names-only mode, its Node and Pod watches as
 //!   shipped): time until its view holds every Node, its resident memory (and peak), CPU time;
-//!   the same for a reference extender binary (`NODETOPO_BIN_REF`), when given;
+//!   the same for a reference extender binary (`NODETOPO_BIN_REF`), when given, and its calls;
 //! - a fresh `nodetopo webhook` (its metadata-only Node watch and store): time until it holds
 //!   every Node, its resident memory (and peak); the same for the webhook of the reference binary
 //!   (`NODETOPO_BIN_REF`), when given, started and measured just before it;
@@ -51,8 +51,9 @@
 //! Run: `cargo bench --locked --features e2e --bench scale` (NODETOPO_KUBE_BIN as for the
 //! end-to-end suite; `NODETOPO_BIN` names another nodetopo binary; `CALLS`, `MEM_BUDGET_GIB`,
 //! `CREATE_CONCURRENCY` as above; `NODETOPO_BIN_REF`, a second nodetopo binary whose extender
-//! and webhook are measured beside the first's at each step for sync and memory; `PAUSE_S`, seconds to keep each extender running
-//! after its figures, to look into it).
+//! and webhook are measured beside the first's at each step for sync and memory, and its
+//! extender over HTTP with `REF_CALLS` calls each (default 30; 0 leaves them out); `PAUSE_S`,
+//! seconds to keep each extender running after its figures, to look into it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -835,6 +836,8 @@ struct Step {
     /// Mean CPU ms of the extender per call: filter (decode group), prioritize (passed),
     /// prioritize (every name), filter (no role).
     cpu_ms: [f64; 4],
+    /// The same four for the reference binary (`REF_CALLS` calls each), when it is given.
+    ref_calls: Option<Box<Step>>,
     body_kib: f64,
     load: String,
 }
@@ -1150,6 +1153,8 @@ async fn bench() {
     let steps = env_list("STEPS", &[5_000, 10_000, 20_000, 35_000, 45_000, 50_000]);
     let agent_steps = env_list("AGENTS", &[0, 1_000, 5_000, 10_000, 19_000]);
     let calls: usize = env_num("CALLS", 200);
+    // Calls to the reference extender at each step (0: sync and memory only).
+    let ref_calls: usize = env_num("REF_CALLS", 30);
     let budget_mib: f64 = env_num("MEM_BUDGET_GIB", 12.0) * 1024.0;
     let concurrency: usize = env_num("CREATE_CONCURRENCY", 32);
     let bin = nodetopo_bin();
@@ -1252,6 +1257,24 @@ async fn bench() {
                 "  reference extender: view full in {:.1} s, {:.1} MiB (peak {:.1})",
                 s.ref_sync_s, s.ref_rss_mib, s.ref_hwm_mib
             );
+            if ref_calls > 0 {
+                let mut r = Step::default();
+                time_calls(&ext, &names, ref_calls, &mut r).await;
+                eprintln!(
+                    "  reference filter p50 {:.2} ms p99 {:.2} ms (no role: {:.2} / {:.2}); \
+                     prioritize (all) p99 {:.2} ms; CPU ms a call {:.1} / {:.1} / {:.1} / {:.1}",
+                    r.filter.0,
+                    r.filter.1,
+                    r.filter_alone.0,
+                    r.filter_alone.1,
+                    r.prio_all.1,
+                    r.cpu_ms[0],
+                    r.cpu_ms[3],
+                    r.cpu_ms[1],
+                    r.cpu_ms[2]
+                );
+                s.ref_calls = Some(Box::new(r));
+            }
         }
         let ext = start_extender(&cp, &bin, None);
         s.ext_sync_s = extender_synced(&ext, &last).await.as_secs_f64();
@@ -1484,6 +1507,35 @@ async fn bench() {
             s.cpu_ms[2],
             s.passed
         );
+    }
+    if rows.iter().any(|s| s.ref_calls.is_some()) {
+        println!(
+            "\nThe reference extender (`NODETOPO_BIN_REF`, {ref_calls} calls each, same steps):\n"
+        );
+        println!(
+            "| nodes | filter, first member of a decode group: p50 / p99 ms (extender CPU ms a call) | filter, first member of a group without a role | prioritize, the nodes that passed | prioritize, every name |"
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        for (n, r) in rows
+            .iter()
+            .filter_map(|s| s.ref_calls.as_ref().map(|r| (s.nodes, r)))
+        {
+            println!(
+                "| {n} | {:.2} / {:.2} ({:.1}) | {:.2} / {:.2} ({:.1}) | {:.2} / {:.2} ({:.1}) | {:.2} / {:.2} ({:.1}) |",
+                r.filter.0,
+                r.filter.1,
+                r.cpu_ms[0],
+                r.filter_alone.0,
+                r.filter_alone.1,
+                r.cpu_ms[3],
+                r.prio_passed.0,
+                r.prio_passed.1,
+                r.cpu_ms[1],
+                r.prio_all.0,
+                r.prio_all.1,
+                r.cpu_ms[2]
+            );
+        }
     }
     let pts = |f: &dyn Fn(&Step) -> f64, only_full: bool| -> Vec<(f64, f64)> {
         rows.iter()
