@@ -431,7 +431,7 @@ proptest! {
                 .iter()
                 .filter_map(|c| c.facts)
                 .filter(|f| domain.contains(f))
-                .map(|f| if gpus == 0 { 1 } else { (f.gpu_count / gpus).max(1) })
+                .map(|f| f.gpu_count.checked_div(gpus).unwrap_or(1).max(1))
                 .sum();
             prop_assert!(*room >= pods && inside == *room, "{domain}: room {room}, inside {inside}");
         }
