@@ -402,7 +402,8 @@ proptest! {
 proptest! {
     /// The domain chosen for a group does not depend on the candidates' order (the room count
     /// runs over hashed classes of alike nodes; ties go to the smallest key), and holds the
-    /// group: its candidates take every remaining pod.
+    /// group: its room (counted over the candidates inside the pair's anchor, when there is
+    /// one) takes every remaining pod and is no more than its candidates take.
     #[test]
     fn chosen_domain_ignores_candidate_order_and_holds_the_group(
         nodes in proptest::collection::vec(arb_facts(), 1..40),
@@ -433,7 +434,7 @@ proptest! {
                 .filter(|f| domain.contains(f))
                 .map(|f| f.gpu_count.checked_div(gpus).unwrap_or(1).max(1))
                 .sum();
-            prop_assert!(*room >= pods && inside == *room, "{domain}: room {room}, inside {inside}");
+            prop_assert!(*room >= pods && *room <= inside, "{domain}: room {room}, inside {inside}");
         }
     }
 }
