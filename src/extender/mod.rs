@@ -311,7 +311,7 @@ impl Extender {
                     }
                 }
                 let key = group::pod_key(&pod).unwrap_or_default();
-                let domain = self.group_domain(&ctx, &key, &passed, reserve, now);
+                let domain = self.group_domain(view, &ctx, &key, &passed, reserve, now);
                 if let Some(d) = &domain {
                     let dom = d.domain();
                     let inside = dom.matcher();
@@ -356,6 +356,7 @@ impl Extender {
     /// chosen now (and reserved when `reserve`). `None` leaves the candidates as they are.
     fn group_domain(
         &self,
+        view: &view::ClusterView,
         ctx: &PodContext,
         pod: &str,
         passed: &[Candidate<'_>],
@@ -367,11 +368,42 @@ impl Extender {
             let inside = d.matcher();
             passed.iter().any(|c| inside(&c.keys))
         };
+        // Nodes this group's pods left a moment ago that are not candidates: kube-scheduler
+        // still counts the leaving pods there, and their room comes back to the group soon.
+        let left = self.placements.recently_left(&group.group_id);
+        let left: Vec<(policy::DomainKeys, u32)> = if left.is_empty() {
+            Vec::new()
+        } else {
+            let candidates: std::collections::HashSet<&str> =
+                passed.iter().map(|c| c.name).collect();
+            left.into_iter()
+                .filter(|(node, _)| !candidates.contains(node.as_str()))
+                .filter_map(|(node, gpus)| view.resolve(&node, None).map(|r| (r.keys, gpus)))
+                .collect()
+        };
+        // Pods of this group's size that the leaving pods' room in `d` will take.
+        let leaving_room = |d: &Domain| -> u32 {
+            let inside = d.matcher();
+            let (pods, gpus) = left
+                .iter()
+                .filter(|(k, _)| inside(k))
+                .fold((0u32, 0u32), |(p, g), (_, gpus)| {
+                    (p + 1, g.saturating_add(*gpus))
+                });
+            gpus.checked_div(ctx.gpus).unwrap_or(pods)
+        };
         let found = if !ctx.members.is_empty() {
             policy::members_domains(&ctx.members)
                 .into_iter()
-                .find(|d| has_candidate(d))
-                .map(|domain| GroupDomain::Members { domain })
+                .find_map(|domain| {
+                    if has_candidate(&domain) {
+                        Some(GroupDomain::Members { domain })
+                    } else if leaving_room(&domain) > 0 {
+                        Some(GroupDomain::Returning { domain })
+                    } else {
+                        None
+                    }
+                })
         } else if let Some(domain) = self.reservations.get(&group.group_id, now)
             && has_candidate(&domain)
         {
@@ -446,6 +478,22 @@ impl Extender {
                         .collect();
                     policy::choose_domain(need, counterpart, &inside, &held)
                         .filter(|d| d.domain() == &home)
+                        .or_else(|| {
+                            // Not yet: the pods it replaced there still hold part of it.
+                            let soon = leaving_room(&home);
+                            let now: u32 = inside
+                                .iter()
+                                .filter_map(|c| {
+                                    let free = c.facts?.gpu_count.saturating_sub(c.used_gpus);
+                                    Some(free.checked_div(ctx.gpus).unwrap_or(1).max(1))
+                                })
+                                .sum();
+                            (soon > 0 && now.saturating_add(soon) >= r).then(|| {
+                                GroupDomain::Returning {
+                                    domain: home.clone(),
+                                }
+                            })
+                        })
                 });
                 Some(back.unwrap_or(fresh))
             });

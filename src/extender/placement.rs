@@ -157,6 +157,13 @@ pub trait PlacementIndex: Send + Sync {
     fn last_node(&self, _group_id: &str) -> Option<String> {
         None
     }
+    /// The nodes that `group_id`'s pods left within [`LEAVING_WINDOW`] (deleted or finished),
+    /// with the GPUs each pod took there: kube-scheduler still counts a pod's resources until
+    /// the pod object is gone, so right after a replacement its group's old nodes are not
+    /// candidates yet.
+    fn recently_left(&self, _group_id: &str) -> Vec<(String, u32)> {
+        Vec::new()
+    }
     /// Every placed pod, sorted by pod key (for the debug page; empty where not kept).
     fn all(&self) -> Vec<PlacedPod> {
         Vec::new()
@@ -170,10 +177,17 @@ pub struct MemoryPlacementIndex {
     waiting: RwLock<BTreeMap<String, WaitingPod>>,
     /// group id -> the node its last removed member ran on, and when.
     last: RwLock<HashMap<String, (String, std::time::Instant)>>,
+    /// group id -> the nodes its removed members ran on, their GPUs, and when.
+    left: RwLock<HashMap<String, Vec<(String, u32, std::time::Instant)>>>,
 }
 
 /// How long a group's last node is remembered once its members are gone.
 pub const LAST_NODE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long the nodes a group's pods left count as soon free for that group: a pod being
+/// deleted keeps its resources in kube-scheduler's view until its kubelet confirms its end
+/// (the default grace period is 30 s).
+pub const LEAVING_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl MemoryPlacementIndex {
     /// An empty index.
@@ -251,6 +265,16 @@ impl PlacementIndex for MemoryPlacementIndex {
                     let now = std::time::Instant::now();
                     let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
                     last.retain(|_, (_, at)| now.duration_since(*at) < LAST_NODE_TTL);
+                    let mut left = self.left.write().unwrap_or_else(|e| e.into_inner());
+                    left.retain(|_, l| {
+                        l.retain(|(_, _, at)| now.duration_since(*at) < LEAVING_WINDOW);
+                        !l.is_empty()
+                    });
+                    left.entry(p.group.group_id.clone()).or_default().push((
+                        p.node.clone(),
+                        p.gpus,
+                        now,
+                    ));
                     last.insert(p.group.group_id, (p.node, now));
                 }
             }
@@ -284,6 +308,18 @@ impl PlacementIndex for MemoryPlacementIndex {
             .get(group_id)
             .filter(|(_, at)| at.elapsed() < LAST_NODE_TTL)
             .map(|(node, _)| node.clone())
+    }
+
+    fn recently_left(&self, group_id: &str) -> Vec<(String, u32)> {
+        self.left
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group_id)
+            .into_iter()
+            .flatten()
+            .filter(|(_, _, at)| at.elapsed() < LEAVING_WINDOW)
+            .map(|(node, gpus, _)| (node.clone(), *gpus))
+            .collect()
     }
 
     fn gpus_by_node(&self) -> foldhash::HashMap<String, u32> {

@@ -548,6 +548,13 @@ pub enum GroupDomain {
         /// The domain.
         domain: Domain,
     },
+    /// Where the group ran before it was replaced as a whole (a rolling update), or the
+    /// domain of its placed members, while pods it replaced there still hold part of it in
+    /// kube-scheduler's view: the pod waits for them to leave rather than moving the group.
+    Returning {
+        /// The domain.
+        domain: Domain,
+    },
     /// Chosen now, for the group's first member ([`choose_domain`]): inside the tightest
     /// domain that holds the group with its counterpart role, the tightest domain that holds
     /// the group, leaving the counterpart its tightest fit.
@@ -565,9 +572,10 @@ impl GroupDomain {
     /// The domain.
     pub fn domain(&self) -> &Domain {
         match self {
-            Self::Members { domain } | Self::Reserved { domain } | Self::Chosen { domain, .. } => {
-                domain
-            }
+            Self::Members { domain }
+            | Self::Reserved { domain }
+            | Self::Returning { domain }
+            | Self::Chosen { domain, .. } => domain,
         }
     }
 }

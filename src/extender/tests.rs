@@ -629,3 +629,53 @@ fn a_replaced_group_returns_to_its_domain() {
     let other = lws_pod("other", 0, 0, 2);
     assert_eq!(kept(&ext, &names_args(&other, &names)), ["a1", "a2"]);
 }
+
+/// A group replaced as a whole while its old pods are still leaving: kube-scheduler still counts
+/// them, so their nodes are not candidates yet. The new group waits for its own domain instead
+/// of moving to another one with room now (the rolling-update race of the end-to-end test),
+/// and its second member waits beside the first rather than splitting.
+#[test]
+fn a_replaced_group_waits_for_its_leaving_pods() {
+    let (ext, placements) = extender();
+    let su0: Vec<String> = (0..4).map(|i| format!("su0-{i}")).collect();
+    let su1: Vec<String> = (0..4).map(|i| format!("su1-{i}")).collect();
+    for n in &su0 {
+        ext.view.apply(ViewEvent::Labels {
+            node: n.clone(),
+            labels: hgx("leaf-0"),
+        });
+    }
+    for n in &su1 {
+        ext.view.apply(ViewEvent::Labels {
+            node: n.clone(),
+            labels: hgx("leaf-1"),
+        });
+    }
+    let g = |i| lws_pod_gpus("decode", 0, i, 2, 8);
+    place(&placements, &g(0), "su0-1");
+    place(&placements, &g(1), "su0-3");
+    for i in 0..2 {
+        placements.apply(PodEvent::Removed {
+            pod: group::pod_key(&g(i)).unwrap(),
+        });
+    }
+    // su0-0 and su0-2 are taken by other pods, su0-3 still holds the leaving worker: su0 has
+    // one candidate now, su1 has four.
+    let candidates: Vec<String> = ["su0-1", "su1-0", "su1-1", "su1-2", "su1-3"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(kept(&ext, &names_args(&g(0), &candidates)), ["su0-1"]);
+    // The leader is placed there; the worker waits for su0-3 rather than leaving the leaf.
+    place(&placements, &g(0), "su0-1");
+    let worker: Vec<String> = ["su1-0", "su1-1"].iter().map(ToString::to_string).collect();
+    assert!(kept(&ext, &names_args(&g(1), &worker)).is_empty());
+    let freed: Vec<String> = ["su0-3", "su1-0"].iter().map(ToString::to_string).collect();
+    assert_eq!(kept(&ext, &names_args(&g(1), &freed)), ["su0-3"]);
+    // A group that never ran there is not held back.
+    let other = lws_pod_gpus("other", 0, 0, 2, 8);
+    assert_eq!(
+        kept(&ext, &names_args(&other, &candidates)),
+        ["su1-0", "su1-1", "su1-2", "su1-3"]
+    );
+}
