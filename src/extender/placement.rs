@@ -170,6 +170,9 @@ pub trait PlacementIndex: Send + Sync {
     }
 }
 
+/// A node one of a group's pods left: the node, the pod's GPUs, and when.
+type Left = (String, u32, std::time::Instant);
+
 /// The in-memory index.
 #[derive(Debug, Default)]
 pub struct MemoryPlacementIndex {
@@ -178,7 +181,7 @@ pub struct MemoryPlacementIndex {
     /// group id -> the node its last removed member ran on, and when.
     last: RwLock<HashMap<String, (String, std::time::Instant)>>,
     /// group id -> the nodes its removed members ran on, their GPUs, and when.
-    left: RwLock<HashMap<String, Vec<(String, u32, std::time::Instant)>>>,
+    left: RwLock<HashMap<String, Vec<Left>>>,
 }
 
 /// How long a group's last node is remembered once its members are gone.
