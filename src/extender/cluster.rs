@@ -128,9 +128,8 @@ impl<'a> NodeState<'a> {
                         self.remove(&name).await;
                     }
                 }
-                // The entries stored during the list lie between the decoded objects: copy
-                // them together, then hand the memory the decoding freed back.
-                self.view.compact();
+                // Decoding the whole list left freed memory behind, most of it in pages that
+                // the allocator keeps; hand it back.
                 crate::memory::release_freed_memory();
             }
             Event::Apply(node) => {

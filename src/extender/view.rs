@@ -195,25 +195,6 @@ impl ClusterView {
         e.keys = e.facts.as_ref().map(DomainKeys::of).unwrap_or_default();
     }
 
-    /// Copies every entry (name, facts, kept labels) into fresh allocations made one after
-    /// another, in name order. Entries stored while a large Node list was decoded lie spread
-    /// over the heap between the objects the decoder freed; a request reads the entry of every
-    /// candidate, in about name order, and each read of a spread entry misses the cache (at
-    /// 50,000 nodes most of a `filter` call). Call it after a full list.
-    pub fn compact(&mut self) {
-        let mut old = std::mem::take(&mut self.nodes);
-        let mut names: Vec<String> = old.keys().cloned().collect();
-        names.sort_unstable();
-        let mut nodes = HashMap::with_capacity(old.len());
-        for name in names {
-            if let Some(e) = old.remove(&name) {
-                nodes.insert(name.as_str().to_owned(), e.clone());
-            }
-        }
-        drop(old);
-        self.nodes = nodes;
-    }
-
     /// Applies one event.
     pub fn apply(&mut self, ev: ViewEvent) {
         match ev {
@@ -318,11 +299,6 @@ impl ClusterView {
 pub struct SharedView(Arc<RwLock<ClusterView>>);
 
 impl SharedView {
-    /// [`ClusterView::compact`] under the write lock.
-    pub fn compact(&self) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).compact();
-    }
-
     /// Wraps a view.
     pub fn new(view: ClusterView) -> Self {
         Self(Arc::new(RwLock::new(view)))
@@ -343,40 +319,6 @@ impl SharedView {
 mod tests {
     use super::*;
     use crate::model::{Fabric, FabricState, Gpu};
-
-    #[test]
-    fn compacting_keeps_every_entry() {
-        let mut v = ClusterView::new(cfg());
-        for (i, clique) in [(0, 1), (1, 2), (2, 1)] {
-            v.apply(ViewEvent::Topology {
-                node: format!("n{i}"),
-                topology: topo(clique),
-            });
-        }
-        v.apply(ViewEvent::Disconnected {
-            node: "n1".into(),
-            reason: "gone".into(),
-        });
-        let before: Vec<_> = ["n0", "n1", "n2", "x"]
-            .iter()
-            .map(|n| {
-                v.resolve(n, None)
-                    .map(|r| (r.facts.into_owned(), r.keys, r.freshness))
-            })
-            .collect();
-        v.compact();
-        let after: Vec<_> = ["n0", "n1", "n2", "x"]
-            .iter()
-            .map(|n| {
-                v.resolve(n, None)
-                    .map(|r| (r.facts.into_owned(), r.keys, r.freshness))
-            })
-            .collect();
-        assert_eq!(v.len(), 3);
-        assert_eq!(before, after);
-        assert!(after[1].as_ref().is_some_and(|a| a.2 == Freshness::Stale));
-        assert_eq!(v.entry("n1").map(|e| e.stale_reason.as_str()), Some("gone"));
-    }
 
     fn topo(clique: u32) -> Arc<NodeTopology> {
         Arc::new(NodeTopology {
