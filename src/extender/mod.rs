@@ -481,14 +481,14 @@ impl Extender {
                         .or_else(|| {
                             // Not yet: the pods it replaced there still hold part of it.
                             let soon = leaving_room(&home);
-                            let now: u32 = inside
+                            let room_now: u32 = inside
                                 .iter()
                                 .filter_map(|c| {
                                     let free = c.facts?.gpu_count.saturating_sub(c.used_gpus);
                                     Some(free.checked_div(ctx.gpus).unwrap_or(1).max(1))
                                 })
                                 .sum();
-                            (soon > 0 && now.saturating_add(soon) >= r).then(|| {
+                            (soon > 0 && room_now.saturating_add(soon) >= r).then(|| {
                                 GroupDomain::Returning {
                                     domain: home.clone(),
                                 }

@@ -143,10 +143,6 @@ pub trait PlacementIndex: Send + Sync {
     fn waiting_with_role(&self, _deployment: &str, _role: Role) -> Vec<WaitingPod> {
         Vec::new()
     }
-    /// GPUs requested by the group pods placed on `node` (0 where not kept).
-    fn gpus_on(&self, node: &str) -> u32 {
-        self.gpus_by_node().get(node).copied().unwrap_or(0)
-    }
     /// GPUs requested by the group pods placed on each node that has any (empty where not
     /// kept): one pass for a whole request's candidates.
     fn gpus_by_node(&self) -> foldhash::HashMap<String, u32> {
