@@ -280,6 +280,20 @@ pub fn node_writes(cp: &ControlPlane, name: &str) -> usize {
         .count()
 }
 
+/// Writes to Node `name` since `before`, once the audit log shows at least one. A write is
+/// visible to readers before kube-apiserver appends its `ResponseComplete` audit line, so a
+/// count taken the moment the labels converge can miss it; this waits up to 10 s for it.
+pub async fn node_writes_since(cp: &ControlPlane, name: &str, before: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = node_writes(cp, name).saturating_sub(before);
+        if n > 0 || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every request by the agents on Node `name`, from the audit log.
 fn node_requests(cp: &ControlPlane, name: &str) -> usize {
     cp.audited(AGENT_USER)

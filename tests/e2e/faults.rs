@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    agents::{self, Agent, MACHINES, converge, fixture, node_writes, probe_labels},
+    agents::{
+        self, Agent, MACHINES, converge, fixture, node_writes, node_writes_since, probe_labels,
+    },
     harness::{self, ControlPlane, ROOT},
 };
 
@@ -106,7 +108,7 @@ async fn agent_rides_out_api_server_and_etcd_restarts() {
     let want_after_outage = want(&agent);
     converge(&admin, m.node, &want_after_outage, Duration::from_secs(90)).await;
     let recovered_in = up.elapsed();
-    let outage_writes = node_writes(&cp, m.node) - writes_before;
+    let outage_writes = node_writes_since(&cp, m.node, writes_before).await;
     eprintln!(
         "kube-apiserver outage {:?}: labels converged {:.1} s after the restart with {} write(s); \
          {} failed write attempt(s) counted by the agent",
@@ -129,7 +131,7 @@ async fn agent_rides_out_api_server_and_etcd_restarts() {
     cp.start_process_again("etcd");
     let up = Instant::now();
     converge(&admin, m.node, &want(&agent), Duration::from_secs(90)).await;
-    let etcd_writes = node_writes(&cp, m.node) - writes_before;
+    let etcd_writes = node_writes_since(&cp, m.node, writes_before).await;
     eprintln!(
         "etcd restart: labels converged {:.1} s after etcd was back with {} write(s)",
         up.elapsed().as_secs_f64(),
@@ -226,7 +228,7 @@ async fn agent_honours_429_409_and_hangs_then_survives_sigterm_mid_write() {
         .map(|w| (w[1].at - w[0].at).as_secs_f64())
         .collect();
     let errors = metric(&agent, "nodetopo_label_write_errors_total").await - errors_before;
-    let writes = node_writes(&cp, m.node) - writes_before;
+    let writes = node_writes_since(&cp, m.node, writes_before).await;
     eprintln!(
         "fault proxy: attempts {:?} spaced {gaps:.2?} s; converged {:.1} s after the change; \
          {errors} failed writes (agent metric), {writes} write(s) reaching the server",
