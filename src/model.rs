@@ -1077,7 +1077,8 @@ pub struct SourceStatus {
     /// What went wrong.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
-    /// Data is the last good data from an earlier probe.
+    /// Some or all of its data is the last good data from an earlier probe (what it could not
+    /// read this time).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
     /// How long this source's own probing took in the pass that produced this status (not
