@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod deploy;
 pub mod extender;
 pub mod hints;
+pub mod kube_client;
 pub mod labels;
 pub mod memory;
 pub mod metrics;

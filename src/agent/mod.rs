@@ -298,10 +298,9 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
 /// every attempt shows in `nodetopo_label_write_errors_total` and a throttled node sends one
 /// request per retry, not a burst inside each.
 async fn kube_client() -> Result<(kube::Client, RetryAfterHint), AgentError> {
-    let mut config = kube::Config::infer()
+    let config = crate::kube_client::inferred_config()
         .await
-        .map_err(|e| AgentError::KubeConfig(kube::Error::InferConfig(e)))?;
-    config.default_retry = false;
+        .map_err(AgentError::KubeConfig)?;
     let hint = RetryAfterHint::default();
     let client = kube::client::ClientBuilder::try_from(config)
         .map_err(AgentError::KubeConfig)?

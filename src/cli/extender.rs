@@ -175,7 +175,7 @@ async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {
     }
     let placements: Arc<dyn PlacementIndex> = Arc::new(MemoryPlacementIndex::new());
     if !cfg.no_kube {
-        let client = kube::Client::try_default()
+        let client = nodetopo::kube_client::client()
             .await
             .context("connecting to the Kubernetes API (use --no-kube outside a cluster)")?;
         let src = ClusterSource {

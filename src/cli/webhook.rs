@@ -132,7 +132,7 @@ pub fn run(args: WebhookArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
+    let client = nodetopo::kube_client::client()
         .await
         .context("connecting to the Kubernetes API")?;
     let keep: BTreeSet<String> = cfg
