@@ -460,14 +460,69 @@ fn vllm_vars(topo: &NodeTopology, gpus: &[u32], rails: &[(String, u32)], hints: 
             .join(","),
     ));
     hints.notes.push(format!(
-        "vLLM workers: keep VLLM_*, leave out {} (vLLM sets them per worker, in front of any \
-         value already set)",
+        "{VLLM_GENERIC_NOTE}, leave out {} (vLLM sets them per worker, in front of any value \
+         already set; or use --for vllm)",
         VLLM_SELECTED.join(", ")
     ));
 }
 
 /// The variables vLLM is asked to set per worker.
 const VLLM_SELECTED: [&str; 3] = ["UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "NCCL_IB_HCA"];
+
+/// Who reads the environment (`--for`, `GetPlacementHintsRequest.consumer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::Display, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
+#[non_exhaustive]
+pub enum Consumer {
+    /// Any launcher (NCCL, NVSHMEM, UCX, DeepEP): every variable, and a note for vLLM workers.
+    #[default]
+    Generic,
+    /// A vLLM worker. vLLM puts each worker's own NIC in front of `UCX_NET_DEVICES`,
+    /// `NVSHMEM_HCA_LIST` and `NCCL_IB_HCA` when `VLLM_NIC_SELECTION_VARS` names them; a
+    /// node-wide value already there would follow it and widen the worker's list to every rail.
+    /// So those three are left out whenever the vLLM variables are given; without them (a rail
+    /// with no PCI address, rails on different ports) vLLM touches nothing and they stay.
+    Vllm,
+}
+
+impl EnvHints {
+    /// These hints as `consumer` should get them. The same hints again for [`Consumer::Generic`];
+    /// applying it twice changes nothing more.
+    pub fn for_consumer(mut self, consumer: Consumer) -> Self {
+        match consumer {
+            Consumer::Generic => self,
+            Consumer::Vllm => {
+                if self.get("VLLM_NIC_SELECTION_VARS").is_none() {
+                    if !self.notes.iter().any(|n| n.starts_with(VLLM_KEPT)) {
+                        self.notes.push(format!(
+                            "{VLLM_KEPT}: no VLLM_NIC_SELECTION_VARS (see above), so vLLM leaves \
+                             them as they are"
+                        ));
+                    }
+                    return self;
+                }
+                self.vars
+                    .retain(|(k, _)| !VLLM_SELECTED.contains(&k.as_str()));
+                self.notes.retain(|n| !n.starts_with(VLLM_GENERIC_NOTE));
+                if !self.notes.iter().any(|n| n.starts_with(VLLM_LEFT_OUT)) {
+                    self.notes.push(format!(
+                        "{VLLM_LEFT_OUT}: {} (vLLM sets each worker's own, from \
+                         VLLM_GPU_NIC_PCIE_MAPPING)",
+                        VLLM_SELECTED.join(", ")
+                    ));
+                }
+                self
+            }
+        }
+    }
+}
+
+/// The start of the note [`vllm_vars`] writes for every consumer.
+const VLLM_GENERIC_NOTE: &str = "vLLM workers: keep VLLM_*";
+/// The start of the note for vLLM when the node-wide lists are left out.
+const VLLM_LEFT_OUT: &str = "for vLLM, left out";
+/// The start of the note for vLLM when the node-wide lists stay.
+const VLLM_KEPT: &str = "for vLLM, node-wide rail lists kept";
 
 #[cfg(test)]
 mod tests {
@@ -778,5 +833,53 @@ mod tests {
         let mut t = with_addresses(topo(LinkLayer::Infiniband));
         t.rail_pairing = RailPairing::default();
         assert!(env_hints(&t, None).unwrap().vars.is_empty());
+    }
+
+    #[test]
+    fn for_vllm_leaves_out_what_vllm_sets_per_worker() {
+        let t = with_addresses(topo(LinkLayer::Infiniband));
+        let generic = env_hints(&t, Some(&sel(&["1", "0"]))).unwrap();
+        assert_eq!(generic.clone().for_consumer(Consumer::Generic), generic);
+        for name in VLLM_SELECTED {
+            assert!(generic.get(name).is_some(), "{name} for any launcher");
+        }
+        let v = generic.clone().for_consumer(Consumer::Vllm);
+        for name in VLLM_SELECTED {
+            assert_eq!(v.get(name), None, "{name} would be widened by vLLM");
+        }
+        // Everything else stays, in the same order.
+        let kept: Vec<_> = generic
+            .vars
+            .iter()
+            .filter(|(k, _)| !VLLM_SELECTED.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(v.vars, kept);
+        assert!(v.get("VLLM_GPU_NIC_PCIE_MAPPING").is_some());
+        assert!(v.get("DEEP_EP_DEVICE_TO_HCA_MAPPING").is_some());
+        assert!(v.notes.iter().any(|n| n.starts_with(VLLM_LEFT_OUT)));
+        assert!(!v.notes.iter().any(|n| n.starts_with(VLLM_GENERIC_NOTE)));
+        // Idempotent: a client may filter what an agent already filtered.
+        assert_eq!(v.clone().for_consumer(Consumer::Vllm), v);
+    }
+
+    #[test]
+    fn for_vllm_without_its_variables_keeps_the_node_wide_lists() {
+        // No PCI addresses: no VLLM_NIC_SELECTION_VARS, so vLLM does not touch the lists.
+        let t = topo(LinkLayer::Infiniband);
+        let generic = env_hints(&t, None).unwrap();
+        let v = generic.clone().for_consumer(Consumer::Vllm);
+        assert_eq!(v.vars, generic.vars);
+        assert!(v.get("UCX_NET_DEVICES").is_some());
+        assert!(v.notes.iter().any(|n| n.starts_with(VLLM_KEPT)), "{v:?}");
+        assert_eq!(v.clone().for_consumer(Consumer::Vllm), v);
+    }
+
+    #[test]
+    fn consumer_names() {
+        assert_eq!("vllm".parse::<Consumer>(), Ok(Consumer::Vllm));
+        assert_eq!("generic".parse::<Consumer>(), Ok(Consumer::Generic));
+        assert!("sglang".parse::<Consumer>().is_err());
+        assert_eq!(Consumer::Vllm.to_string(), "vllm");
     }
 }

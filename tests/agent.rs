@@ -298,6 +298,7 @@ async fn get_health_reflection_metrics_and_hints() {
     let err = c
         .get_placement_hints(pb::GetPlacementHintsRequest {
             gpus: vec!["0".into(), "17".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -307,6 +308,7 @@ async fn get_health_reflection_metrics_and_hints() {
     let err = c
         .get_placement_hints(pb::GetPlacementHintsRequest {
             gpus: vec!["2".into(), t.gpus[2].uuid.clone()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -319,6 +321,7 @@ async fn get_health_reflection_metrics_and_hints() {
     let ok = c
         .get_placement_hints(pb::GetPlacementHintsRequest {
             gpus: vec![t.gpus[2].uuid.clone(), "1".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

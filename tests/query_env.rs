@@ -14,8 +14,10 @@ use nodetopo::model::NodeTopology;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodetopo");
 /// The variables `probe -o env` can set; the sourced file's values of these are compared.
-const VARS: [&str; 7] = [
+const VARS: [&str; 9] = [
     "DEEP_EP_DEVICE_TO_HCA_MAPPING",
+    "VLLM_GPU_NIC_PCIE_MAPPING",
+    "VLLM_NIC_SELECTION_VARS",
     "UCX_NET_DEVICES",
     "NCCL_IB_HCA",
     "NVSHMEM_HCA_LIST",
@@ -117,8 +119,13 @@ fn sourced(file: &Path) -> BTreeMap<String, String> {
 
 /// What `probe -o env --gpus LIST` sets, sourced the same way.
 fn probe_env(gpus: &str, dir: &Path) -> BTreeMap<String, String> {
+    probe_env_for(gpus, "generic", dir)
+}
+
+/// What `probe -o env --gpus LIST --for CONSUMER` sets.
+fn probe_env_for(gpus: &str, consumer: &str, dir: &Path) -> BTreeMap<String, String> {
     let out = Command::new(BIN)
-        .args(["probe", "-o", "env", "--gpus", gpus])
+        .args(["probe", "-o", "env", "--gpus", gpus, "--for", consumer])
         .args(replay_args())
         .output()
         .unwrap();
@@ -127,7 +134,7 @@ fn probe_env(gpus: &str, dir: &Path) -> BTreeMap<String, String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let f = dir.join(format!("probe-{gpus}.env"));
+    let f = dir.join(format!("probe-{gpus}-{consumer}.env"));
     std::fs::write(&f, &out.stdout).unwrap();
     sourced(&f)
 }
@@ -209,6 +216,43 @@ fn env_file_matches_probe_for_each_selection_and_order() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(sourced(&file), probe_env("6,1", dir.path()));
+
+    // --for vllm: the vLLM variables, and none of the lists vLLM sets per worker (it would put
+    // the worker's NIC in front of them and keep every other rail). The agent filters; probe
+    // --for vllm gives the same.
+    let file = dir.path().join("env-vllm");
+    let out = query_env(
+        agent.port,
+        &file,
+        &[("NVIDIA_VISIBLE_DEVICES", "all")],
+        &["--timeout", "20s", "--gpus", "6,1", "--for", "vllm"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vllm = sourced(&file);
+    let generic = probe_env("6,1", dir.path());
+    for name in ["UCX_NET_DEVICES", "NCCL_IB_HCA", "NVSHMEM_HCA_LIST"] {
+        assert!(generic.contains_key(name), "{name} for any launcher");
+        assert!(!vllm.contains_key(name), "{name} for vLLM: {vllm:?}");
+    }
+    assert_eq!(
+        vllm.get("VLLM_GPU_NIC_PCIE_MAPPING"),
+        generic.get("VLLM_GPU_NIC_PCIE_MAPPING")
+    );
+    assert!(
+        vllm["VLLM_NIC_SELECTION_VARS"].contains("NCCL_IB_HCA:1"),
+        "{vllm:?}"
+    );
+    assert_eq!(
+        vllm["DEEP_EP_DEVICE_TO_HCA_MAPPING"],
+        generic["DEEP_EP_DEVICE_TO_HCA_MAPPING"]
+    );
+    assert_eq!(vllm, probe_env_for("6,1", "vllm", dir.path()));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("# for vLLM, left out"), "{text}");
 
     // A GPU the node does not have is an error, and no file is written.
     let file = dir.path().join("env-unknown");

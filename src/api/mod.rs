@@ -202,14 +202,25 @@ impl TopologyService for TopologyApi {
         req: Request<pb::GetPlacementHintsRequest>,
     ) -> Result<Response<pb::GetPlacementHintsResponse>, Status> {
         let cur = self.state.borrow().clone();
+        let req = req.into_inner();
+        let consumer = match pb::Consumer::try_from(req.consumer) {
+            Ok(pb::Consumer::Unspecified) => hints::Consumer::Generic,
+            Ok(pb::Consumer::Vllm) => hints::Consumer::Vllm,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown consumer {}",
+                    req.consumer
+                )));
+            }
+        };
         let selection = req
-            .into_inner()
             .gpus
             .iter()
             .map(|s| GpuSelector::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .and_then(|sel| hints::placement_hints(&cur.topo, &sel));
-        let h = selection.map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut h = selection.map_err(|e| Status::invalid_argument(e.to_string()))?;
+        h.env = h.env.for_consumer(consumer);
         Ok(Response::new(pb::GetPlacementHintsResponse {
             revision: cur.topo.revision,
             env: h

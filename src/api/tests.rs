@@ -136,6 +136,7 @@ async fn hints_unknown_gpu_is_invalid_argument() {
     let err = api
         .get_placement_hints(Request::new(pb::GetPlacementHintsRequest {
             gpus: vec!["GPU-nope".into()],
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -144,11 +145,22 @@ async fn hints_unknown_gpu_is_invalid_argument() {
     let ok = api
         .get_placement_hints(Request::new(pb::GetPlacementHintsRequest {
             gpus: vec!["0".into()],
+            ..Default::default()
         }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ok.revision, 1);
+    // A consumer this agent does not know (a newer client) is refused, not served as another.
+    let err = api
+        .get_placement_hints(Request::new(pb::GetPlacementHintsRequest {
+            gpus: vec!["0".into()],
+            consumer: 7,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("consumer 7"), "{}", err.message());
 }
 
 #[test]

@@ -39,6 +39,11 @@ pub struct ProbeArgs {
     /// With `-o env`: only these GPUs (NVML indices or UUIDs, comma-separated), in this order.
     #[arg(long, value_name = "LIST")]
     gpus: Option<String>,
+    /// With `-o env`: who reads the environment. `vllm` leaves out what a vLLM worker sets for
+    /// itself (UCX_NET_DEVICES, NVSHMEM_HCA_LIST, NCCL_IB_HCA) whenever the vLLM variables are
+    /// given.
+    #[arg(long = "for", value_name = "CONSUMER", default_value = "generic")]
+    consumer: nodetopo::hints::Consumer,
     /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
     #[arg(long)]
     query_all_p2p: bool,
@@ -74,6 +79,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         );
     let selection = match &args.gpus {
         Some(_) if args.output != Format::Env => bail!("--gpus needs -o env"),
+        _ if args.output != Format::Env && args.consumer != nodetopo::hints::Consumer::Generic => {
+            bail!("--for needs -o env")
+        }
         Some(list) => Some(GpuSelector::parse_list(list).context("--gpus")?),
         None => None,
     };
@@ -129,7 +137,11 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     let text = match (&selection, args.output) {
-        (Some(sel), Format::Env) => env_hints(&topo, Some(sel)).context("--gpus")?.to_shell(),
+        (sel, Format::Env) => match env_hints(&topo, sel.as_deref()) {
+            Ok(h) => h.for_consumer(args.consumer).to_shell(),
+            Err(e) if sel.is_some() => return Err(anyhow::Error::from(e).context("--gpus")),
+            Err(e) => format!("# no hints: {e}\n"),
+        },
         (_, Format::Labels) => render::labels(&topo, &label_config),
         (_, f) => render::render(&topo, f),
     };

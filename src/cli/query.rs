@@ -42,6 +42,9 @@ enum What {
     Hints {
         /// GPU indices or UUIDs; none means every GPU.
         gpus: Vec<String>,
+        /// Who reads the environment (`generic` or `vllm`, as in `query env --for`).
+        #[arg(long = "for", value_name = "CONSUMER", default_value = "generic")]
+        consumer: nodetopo::hints::Consumer,
     },
     /// Write the placement hints of this pod's own GPUs to an env file (an init container).
     Env(super::query_env::EnvArgs),
@@ -81,9 +84,12 @@ async fn query(args: QueryArgs, tls: Option<api::tls::ClientTls>) -> anyhow::Res
             }
             Ok(())
         }
-        What::Hints { gpus } => {
+        What::Hints { gpus, consumer } => {
             let r = client
-                .get_placement_hints(pb::GetPlacementHintsRequest { gpus })
+                .get_placement_hints(pb::GetPlacementHintsRequest {
+                    gpus,
+                    consumer: super::query_env::proto_consumer(consumer).into(),
+                })
                 .await?
                 .into_inner();
             let mut out = std::io::stdout().lock();

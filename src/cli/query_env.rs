@@ -34,6 +34,10 @@ pub struct EnvArgs {
     /// CUDA_VISIBLE_DEVICES.
     #[arg(long, value_delimiter = ',')]
     gpus: Vec<String>,
+    /// Who reads the file: `vllm` leaves out what a vLLM worker sets for itself
+    /// (UCX_NET_DEVICES, NVSHMEM_HCA_LIST, NCCL_IB_HCA) whenever the vLLM variables are given.
+    #[arg(long = "for", value_name = "CONSUMER", default_value = "generic")]
+    consumer: nodetopo::hints::Consumer,
     /// When the agent cannot be reached, write a file without hints and exit 0.
     #[arg(long)]
     optional: bool,
@@ -127,6 +131,7 @@ async fn make(
     };
     let request = pb::GetPlacementHintsRequest {
         gpus: selection.iter().map(u32::to_string).collect(),
+        consumer: proto_consumer(args.consumer).into(),
     };
     let r = match client.get_placement_hints(request).await {
         Ok(r) => r.into_inner(),
@@ -162,6 +167,8 @@ async fn make(
             .context("placement hints")
             .map_err(Failure::Other)?
     };
+    // An agent that predates `consumer` answers for any launcher: the same filter here.
+    let hints = hints.for_consumer(args.consumer);
     let gpus: Vec<String> = selection.iter().map(u32::to_string).collect();
     Ok(format!(
         "# nodetopo query env: node GPUs {} are CUDA devices 0-{} (agent {endpoint}, revision {})\n{}",
@@ -223,5 +230,13 @@ pub fn run(endpoint: &str, tls: Option<api::tls::ClientTls>, args: EnvArgs) -> a
             "the nodetopo agent at {endpoint} is unreachable (--optional writes a file without hints instead)"
         ))),
         Err(Failure::Other(e)) => Err(e),
+    }
+}
+
+/// The proto's name for `c`.
+pub(super) fn proto_consumer(c: nodetopo::hints::Consumer) -> pb::Consumer {
+    match c {
+        nodetopo::hints::Consumer::Vllm => pb::Consumer::Vllm,
+        _ => pb::Consumer::Unspecified,
     }
 }
