@@ -551,3 +551,35 @@ fn lldp_on_a_recorded_node_without_its_netdevs() {
     assert!(on.network.roce.leaf.is_none());
     assert!(!on.network.roce.reason.is_empty());
 }
+
+/// A flag given twice takes the last value (the chart's arguments, then `extraArgs`): the
+/// agent and the probe start instead of refusing the repeat.
+#[test]
+fn a_flag_given_twice_takes_the_last_value() {
+    let sysfs = fixtures().join("h100x8-roce/sysfs/sys");
+    let lldp_probed = |modes: &[&str]| {
+        let mut args = vec!["probe", "-o", "json", "--lldp-wait", "100ms"];
+        args.extend(modes.iter().map(|m| m.to_owned()));
+        args.extend(["--sysfs-root", sysfs.to_str().unwrap()]);
+        let t: NodeTopology = serde_json::from_str(&stdout(&nodetopo(&args))).unwrap();
+        t.sources
+            .iter()
+            .any(|s| s.source == nodetopo::model::Source::Lldp)
+    };
+    assert!(!lldp_probed(&["--lldp=on", "--lldp=off"]));
+    assert!(lldp_probed(&["--lldp=off", "--lldp=on"]));
+    let agent = nodetopo(&[
+        "agent",
+        "--no-kube",
+        "--oneshot",
+        "--lldp=on",
+        "--lldp=off",
+        "--sysfs-root",
+        sysfs.to_str().unwrap(),
+    ]);
+    assert!(
+        agent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&agent.stderr)
+    );
+}

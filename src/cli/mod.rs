@@ -145,7 +145,9 @@ pub enum LogFormat {
 
 /// Discovers this node's GPU, NVLink, multi-node NVLink and RDMA topology.
 #[derive(Debug, Parser)]
-#[command(name = "nodetopo", version, about)]
+// A single-valued flag given twice takes the last value, as kube components do: the chart's
+// arguments come first and `extraArgs` after them, so an operator can override any flag.
+#[command(name = "nodetopo", version, about, args_override_self = true)]
 pub struct Cli {
     /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
