@@ -8,7 +8,6 @@
 //! degraded fabric); the rest are snapshot files generated here.
 
 mod common;
-use common::free_port;
 
 use std::{
     collections::BTreeMap,
@@ -106,12 +105,24 @@ struct Cluster {
     sysfs: PathBuf,
 }
 
-fn spawn_agent(node: &str, fixture: &str, sysfs: &Path, dir: &Path, grpc: &str) -> Proc {
+/// Starts an agent replaying `fixture` for `node`, its gRPC server on `grpc` or, with `None`,
+/// on a port the kernel picks, which the agent's own "agent listening" log line names. A port
+/// picked here and bound later by the agent could be taken meanwhile, by another test's agent
+/// among others, and the extender would then read that agent as this node's. Returns the agent
+/// and its gRPC address.
+fn spawn_agent(
+    node: &str,
+    fixture: &str,
+    sysfs: &Path,
+    dir: &Path,
+    grpc: Option<&str>,
+) -> (Proc, String) {
     let snap = dir.join(format!("{node}.nvml.json"));
     std::fs::copy(Path::new(GB200).join(fixture), &snap).unwrap();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args([
+            "--log-format",
+            "json",
             "agent",
             "--no-kube",
             "--interval",
@@ -123,12 +134,33 @@ fn spawn_agent(node: &str, fixture: &str, sysfs: &Path, dir: &Path, grpc: &str) 
         .arg(&snap)
         .arg("--sysfs-root")
         .arg(sysfs)
-        .args(["--grpc-listen", grpc, "--metrics-listen", &metrics])
+        .args(["--grpc-listen", grpc.unwrap_or("127.0.0.1:0")])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "nodetopo=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn an agent");
-    Proc(child)
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the log to its end, so that the agent never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "agent listening" {
+                let addr = v["fields"]["grpc"].as_str().unwrap_or_default();
+                let addr = addr.trim_start_matches("Some(").trim_end_matches(')');
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let proc_ = Proc(child);
+    let addr = rx
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("{node}'s agent never said where it listens: {e}"));
+    (proc_, addr)
 }
 
 /// Real agents for these rack-A trays: (node, fixture).
@@ -177,8 +209,7 @@ fn build_cluster() -> Cluster {
                 },
             );
             if let Some((_, fixture)) = real {
-                let grpc = format!("127.0.0.1:{}", free_port());
-                let p = spawn_agent(&node, fixture, &sysfs, dir.path(), &grpc);
+                let (p, grpc) = spawn_agent(&node, fixture, &sysfs, dir.path(), None);
                 agents_yaml.insert(
                     node.clone(),
                     json!({"endpoint": grpc, "labels": ib_labels(leaf)}),
@@ -492,7 +523,13 @@ fn places_decode_then_prefill_by_topology_and_falls_back_to_labels() {
     assert_eq!(f["Nodes"]["items"][0]["metadata"]["name"], "gb-a-09", "{f}");
 
     // The agent comes back on the same port: the node is live again.
-    let p = spawn_agent("gb-a-09", "tray-b1.json", &c.sysfs, c.dir.path(), &grpc);
+    let (p, grpc) = spawn_agent(
+        "gb-a-09",
+        "tray-b1.json",
+        &c.sysfs,
+        c.dir.path(),
+        Some(&grpc),
+    );
     c.agents.insert("gb-a-09".into(), (p, grpc));
     wait_until("gb-a-09 live again", || {
         view(&addr)["gb-a-09"]["freshness"] == "live"

@@ -102,6 +102,15 @@ pub async fn watch_agent(
                     _ = stop.changed() => return,
                 };
                 match item {
+                    // An endpoint that answers for another node (an address reused after a
+                    // node was replaced, a wrong agents file, a port another agent took) must
+                    // not lend that node's facts to this one.
+                    Some(Ok(t)) if !t.node_name.is_empty() && t.node_name != node => {
+                        break format!(
+                            "{endpoint} answers for node {:?}, not {node:?}",
+                            t.node_name
+                        );
+                    }
                     Some(Ok(t)) => {
                         backoff.reset();
                         revision = t.revision;

@@ -131,6 +131,62 @@ async fn watcher_marks_stale_and_recovers() {
         .unwrap();
 }
 
+/// An endpoint that answers for another node is not this node's agent: its topology is not
+/// taken, and the node is marked with the reason until its own agent answers.
+#[tokio::test(start_paused = true)]
+async fn an_agent_of_another_node_is_not_taken_for_this_one() {
+    let view = SharedView::new(ClusterView::new(LabelKeys {
+        prefix: "nodetopo.io".into(),
+        block_label: None,
+    }));
+    let mut other = topo(7);
+    other.node_name = "m".into();
+    // Connect 1: another node's agent; connect 2: refused; connect 3: this node's own.
+    let conn = Arc::new(Scripted {
+        plans: Mutex::new(vec![Some(vec![other]), None, Some(vec![topo(8)])]),
+        connects: Mutex::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(watch_agent(
+        "n".into(),
+        "agent:1".into(),
+        conn.clone(),
+        view.clone(),
+        Backoff::new(Duration::from_millis(20), Duration::from_millis(40)),
+        stop_rx,
+    ));
+    let mut reasons = Vec::new();
+    for _ in 0..400 {
+        let (reason, taken) = view.read(|v| {
+            let e = v.entry("n");
+            (
+                e.map(|e| e.stale_reason.clone()).unwrap_or_default(),
+                e.and_then(|e| e.topology.as_ref().map(|t| t.node_name.clone())),
+            )
+        });
+        assert_ne!(taken.as_deref(), Some("m"), "another node's facts taken");
+        if taken.as_deref() == Some("n") {
+            break;
+        }
+        if !reason.is_empty() && !reasons.contains(&reason) {
+            reasons.push(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("answers for node \"m\", not \"n\"")),
+        "{reasons:?}"
+    );
+    wait_for(&view, Freshness::Stale, Some(8)).await;
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("watcher stops")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn file_connector_streams_changes_and_fails_when_gone() {
     let dir = tempfile::tempdir().unwrap();
