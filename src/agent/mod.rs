@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod merge;
+pub mod pacing;
 
 use std::{
     net::SocketAddr,
@@ -541,6 +542,7 @@ async fn probe_loop(
     let mut fabric_hold =
         labels::hysteresis::FabricHysteresis::new(cfg.labels.prefix(), FABRIC_CONFIRMATIONS);
     let mut first = true;
+    let mut lldp_pacer = pacing::LldpPacer::new(LLDP_SETTLE, cfg.interval);
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -550,9 +552,18 @@ async fn probe_loop(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         if lldp_moved {
-            tracing::debug!("an LLDP answer changed; probing again");
+            let was_backing_off = lldp_pacer.backing_off();
+            let wait = lldp_pacer.wait(tokio::time::Instant::now().into_std());
+            if lldp_pacer.backing_off() && !was_backing_off {
+                tracing::warn!(
+                    ?wait,
+                    "LLDP answers keep changing; probing for them less often, at most once per \
+                     interval"
+                );
+            }
+            tracing::debug!(?wait, "an LLDP answer changed; probing again");
             tokio::select! {
-                _ = tokio::time::sleep(LLDP_SETTLE) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             ticker.reset();
