@@ -1072,8 +1072,9 @@ async fn live_nvml_missing_then_init_failing_then_back_without_restart() {
 }
 
 /// A GPU lost mid-run: the replayed snapshot changes to one where every query of GPU 2 answers
-/// `GPU is lost`. The agent keeps running, the nvml source says what failed, the other GPUs stay
-/// as they were, and a snapshot with the GPU back brings all four back without a restart.
+/// `GPU is lost`. The agent keeps running, the nvml source says what failed (and that GPU 2 is its
+/// last good entry), the other GPUs stay as they were, and a snapshot with the GPU back brings
+/// all four back fresh without a restart.
 #[tokio::test]
 async fn gpu_lost_mid_run_is_reported_and_the_others_kept() {
     let agent = Agent::start(&[]);
@@ -1101,19 +1102,20 @@ async fn gpu_lost_mid_run_is_reported_and_the_others_kept() {
     let t = get_until(&mut c, "the lost GPU reported", |t| !nvml_status(t).ok).await;
     let nvml = nvml_status(&t).clone();
     assert!(nvml.error.contains("lost"), "{}", nvml.error);
-    // A partial failure is taken as probed (src/agent/merge.rs): the lost GPU is no longer
-    // served, the other three are, unchanged.
+    // What a partial failure left out keeps its last good entry (src/agent/merge.rs): the lost
+    // GPU is still served as it was last seen, the source says it failed and that part of its
+    // data is the last good one; the other three are fresh.
     let uuids = |t: &pb::NodeTopology| t.gpus.iter().map(|g| g.uuid.clone()).collect::<Vec<_>>();
-    let mut others = uuids(&good);
-    others.remove(2);
-    assert_eq!(uuids(&t), others, "the other GPUs are kept");
+    assert_eq!(uuids(&t), uuids(&good), "every GPU is kept, the lost one too");
+    assert_eq!(t.gpus[2], good.gpus[2], "the lost GPU's last good entry");
+    assert!(nvml.stale, "{nvml:?}");
     let (code, m1) = agent.http_get("/metrics").await;
     assert_eq!(code, 200);
     let e1 = sample(&m1, "nodetopo_probe_errors_total{source=\"nvml\"}").unwrap();
     assert!(e1 > e0, "counted: {e0} -> {e1}");
     assert_eq!(agent.http_get("/healthz").await.0, 200);
     eprintln!(
-        "GPU lost: nvml source {nvml:?}; {} GPUs served",
+        "GPU lost: nvml source {nvml:?}; {} GPUs served (one from the last good probe)",
         t.gpus.len()
     );
 

@@ -613,6 +613,12 @@ async fn probe_loop(
             *cur = published;
             changed
         });
+        if changed {
+            // A probe that changed the topology (the first above all: NVML's start, the sysfs
+            // walk) frees most of what it allocated on the blocking thread, in that thread's
+            // own arena, where it would otherwise stay resident.
+            crate::memory::release_freed_memory();
+        }
         if first {
             first = false;
             health
