@@ -308,14 +308,21 @@ impl Sim {
         }
     }
 
-    fn start_sm(&mut self, t: &Tools, host: &str) {
+    /// opensm as `host`, with the subnet prefix `prefix` (`0x` and 16 hex digits) when given,
+    /// else its default.
+    fn start_sm(&mut self, t: &Tools, host: &str, prefix: Option<&str>) {
         let d = self.dir.path();
         let out = std::fs::File::create(d.join("opensm.out")).unwrap();
+        let mut sm = self.cmd(&t.opensm, host);
+        if let Some(prefix) = prefix {
+            let conf = d.join("opensm.conf");
+            std::fs::write(&conf, format!("subnet_prefix {prefix}\n")).unwrap();
+            sm.arg("-F").arg(conf);
+        }
         self.opensm = Some(
             // `-s 0`: one sweep, no periodic ones, so that ibsim's log counts only the
             // probes' SMPs once the fabric is up.
-            self.cmd(&t.opensm, host)
-                .args(["-s", "0"])
+            sm.args(["-s", "0"])
                 .arg("-f")
                 .arg(d.join("opensm.log"))
                 .env("OSM_TMP_DIR", d)
@@ -487,6 +494,12 @@ fn port_rails(t: &Value) -> BTreeMap<u8, String> {
 /// names that leaf `rail-k` in a `--fabric-names` file's `rails:` and checks that every host's
 /// port k is then on `rail-k`, across scalable units, with the leaf label left to `names:`.
 fn named_rails(sim: &Sim, net: &Net) {
+    if net
+        .hosts()
+        .any(|(h, _)| net.expect(h).rail_optimised != Some(true))
+    {
+        return;
+    }
     let mut rail_of_leaf: BTreeMap<&str, BTreeSet<u8>> = BTreeMap::new();
     for (_, h) in net.hosts() {
         for (&p, (leaf, _)) in &h.links {
@@ -557,8 +570,9 @@ fn ibnetdiscover_links(text: &str) -> BTreeMap<(String, u8), (String, String)> {
     out
 }
 
-/// The whole check of one topology file, with the label lists of `lists` (host, list name).
-fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
+/// The whole check of one topology file, with the label lists of `lists` (host, list name),
+/// under a subnet manager with the subnet prefix `prefix` (else opensm's default).
+fn check(file: &str, sm_host: &str, prefix: Option<&str>, lists: &[(&str, &str)]) {
     let Some(t) = tools() else { return };
     let net = Net::parse(&std::fs::read_to_string(fixture(file)).unwrap());
     let mut sim = Sim::start(&t, file, &net);
@@ -578,7 +592,7 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
         p.topo
     );
 
-    sim.start_sm(&t, sm_host);
+    sim.start_sm(&t, sm_host, prefix);
     sim.wait_active(sm_host, net.nodes[sm_host].links.len());
     for (host, node) in net.hosts() {
         sim.wait_active(host, node.links.len());
@@ -681,8 +695,18 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
             ),
             "{host}: {labels}"
         );
-        // The default subnet prefix (opensm's) names no subnet: no label.
-        assert!(!labels.contains("rdma.ib-subnet"), "{host}: {labels}");
+        // A configured subnet prefix is the label; the default (opensm's) names no subnet: none.
+        let subnet = prefix.map(|p| {
+            let hex = p.trim_start_matches("0x");
+            format!(
+                "{}-{}-{}-{}",
+                &hex[..4],
+                &hex[4..8],
+                &hex[8..12],
+                &hex[12..]
+            )
+        });
+        assert!(has(Key::RdmaIbSubnet, &subnet), "{host}: {labels}");
         if let Some((_, list)) = lists.iter().find(|(h, _)| h == host) {
             common::label_list_contract(
                 list,
@@ -727,6 +751,7 @@ fn fat_tree() {
     check(
         "fat-tree.net",
         "Hca8",
+        None,
         &[
             ("Hca1", "ibsim-fat-tree-hca1"),
             ("Hca5", "ibsim-fat-tree-hca5"),
@@ -736,12 +761,18 @@ fn fat_tree() {
 
 #[test]
 fn rail_optimised() {
-    check("rail-optimised.net", "Hca8", &[]);
+    // A subnet manager with a prefix of its own: the one fabric here whose rdma.ib-subnet is set.
+    check(
+        "rail-optimised.net",
+        "Hca8",
+        Some("0xfe80000000000007"),
+        &[("Hca1", "ibsim-rail-optimised-hca1")],
+    );
 }
 
 #[test]
 fn broken() {
-    check("broken.net", "Hca4", &[("Hca2", "ibsim-broken-hca2")]);
+    check("broken.net", "Hca4", None, &[("Hca2", "ibsim-broken-hca2")]);
 }
 
 #[test]
