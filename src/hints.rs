@@ -14,6 +14,10 @@
 //!   with an IPv4-mapped address, when every rail port uses the same one;
 //! - `VLLM_GPU_NIC_PCIE_MAPPING` and `VLLM_NIC_SELECTION_VARS`, which vLLM reads to give each
 //!   worker its own rail (see [`vllm_vars`]).
+//! - `NODETOPO_RAILS`: the rails (leaf switches, or their names from the mapping file) that the
+//!   selected GPUs' NIC ports reach, sorted and distinct, when every one is known (see
+//!   [`rail_ids`]); a launcher or router compares two pods' values to pair prefill and decode
+//!   on the same rails.
 
 use std::fmt::Write;
 
@@ -392,8 +396,41 @@ fn env_for(topo: &NodeTopology, gpus: &[u32]) -> EnvHints {
     }
     push_gid_index(&gid_indices, &mut hints);
     vllm_vars(topo, gpus, &rails, &mut hints);
+    rail_ids(topo, &rails, &mut hints);
     hints
 }
+
+/// `NODETOPO_RAILS`: the rail of each NIC port in `rails` ([`crate::model::PortRail`], from the
+/// leaf it reaches), sorted and distinct, only when every port's rail is known: a partial list
+/// would tell a router that two pods share no rail when they may. Nothing, and no note, when no
+/// rail is known at all (no SMP or LLDP source).
+fn rail_ids(topo: &NodeTopology, rails: &[(String, u32)], hints: &mut EnvHints) {
+    let known: Vec<Option<&str>> = rails
+        .iter()
+        .map(|(nic, port)| topo.network.rail(nic, *port))
+        .collect();
+    if known.iter().all(Option::is_none) {
+        return;
+    }
+    let Some(mut ids) = known.into_iter().collect::<Option<Vec<&str>>>() else {
+        let unknown: Vec<String> = rails
+            .iter()
+            .filter(|(nic, port)| topo.network.rail(nic, *port).is_none())
+            .map(|(nic, port)| format!("{nic}:{port}"))
+            .collect();
+        hints.notes.push(format!(
+            "the rail of {} is unknown: no NODETOPO_RAILS",
+            unknown.join(",")
+        ));
+        return;
+    };
+    ids.sort_unstable();
+    ids.dedup();
+    hints.vars.push((RAILS_VAR.into(), ids.join(",")));
+}
+
+/// The variable that names the selected GPUs' rails.
+pub const RAILS_VAR: &str = "NODETOPO_RAILS";
 
 /// The variables vLLM's per-worker NIC selection reads, in vLLM's format (its reader is
 /// `vllm/v1/executor/vllm_net_devices.py` in vllm-project/vllm, added by vllm-project/vllm#42083):
@@ -609,6 +646,45 @@ mod tests {
             "{:?}",
             h.notes
         );
+    }
+
+    #[test]
+    fn rails_of_the_selected_gpus() {
+        use crate::model::{FabricPlacement, PortRail};
+        let mut t = topo(LinkLayer::Infiniband);
+        // GPU 0 uses mlx5_2, GPU 1 mlx5_1, GPU 2 mlx5_0.
+        let rail = |nic: &str, rail: &str| PortRail {
+            nic: nic.into(),
+            port: 1,
+            rail: rail.into(),
+        };
+        t.network.infiniband = FabricPlacement {
+            rails: vec![
+                rail("mlx5_0", "rail-0"),
+                rail("mlx5_1", "rail-1"),
+                rail("mlx5_2", "rail-2"),
+            ],
+            rail_optimised: Some(true),
+            ..FabricPlacement::default()
+        };
+        let sel = |s: &str| GpuSelector::parse_list(s).unwrap();
+        let h = env_hints(&t, Some(&sel("1,0"))).unwrap();
+        assert_eq!(h.get(RAILS_VAR), Some("rail-1,rail-2"));
+        let h = env_hints(&t, None).unwrap();
+        assert_eq!(h.get(RAILS_VAR), Some("rail-0,rail-1,rail-2"));
+        // A rail that is not known: no list, and a note says whose.
+        t.network.infiniband.rails.remove(0);
+        let h = env_hints(&t, Some(&sel("2,1"))).unwrap();
+        assert_eq!(h.get(RAILS_VAR), None);
+        assert!(
+            h.notes.iter().any(|n| n.contains("mlx5_0:1")),
+            "{:?}",
+            h.notes
+        );
+        // Without any rail known, neither the variable nor a note.
+        let h = env_hints(&topo(LinkLayer::Infiniband), None).unwrap();
+        assert_eq!(h.get(RAILS_VAR), None);
+        assert!(!h.notes.iter().any(|n| n.contains(RAILS_VAR)));
     }
 
     #[test]

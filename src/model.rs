@@ -821,6 +821,26 @@ pub struct NicPort {
     pub neighbor: Option<PortNeighbor>,
 }
 
+impl NicPort {
+    /// The InfiniBand subnet this port is on, when its prefix names one: set and not the
+    /// default [`is_default_subnet_prefix`], which most fabrics keep and which therefore tells
+    /// fabrics apart no more than an empty one does.
+    pub fn ib_subnet(&self) -> Option<&str> {
+        let p = self.subnet_prefix.trim();
+        (!p.is_empty() && !is_default_subnet_prefix(p)).then_some(p)
+    }
+}
+
+/// True when `prefix` is InfiniBand's default subnet prefix `fe80:0000:0000:0000` (the
+/// link-local prefix, which a subnet manager keeps unless it is configured with another), as
+/// sysfs writes it, in label spelling (`fe80-0000-0000-0000`) or abbreviated (`fe80::`).
+pub fn is_default_subnet_prefix(prefix: &str) -> bool {
+    let text = prefix.trim().replace('-', ":");
+    text.parse::<std::net::Ipv6Addr>()
+        .or_else(|_| format!("{text}::").parse::<std::net::Ipv6Addr>())
+        .is_ok_and(|a| a.segments()[..4] == [0xfe80, 0, 0, 0])
+}
+
 text_enum! {
     /// The outcome of looking for one port's switch.
     NeighborStatus {
@@ -913,6 +933,14 @@ pub struct FabricPlacement {
     /// Why a value is missing, in words.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The rail of every compute port of this fabric whose leaf is known, by NIC and port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rails: Vec<PortRail>,
+    /// True when every compute port of this fabric reaches a different leaf (each NIC, or
+    /// port, is a rail of its own), false when two reach the same leaf; `None` when fewer than
+    /// two ports are placed or a port's leaf is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rail_optimised: Option<bool>,
 }
 
 impl FabricPlacement {
@@ -920,6 +948,29 @@ impl FabricPlacement {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The rail of `nic`'s port `port`, when known.
+    pub fn rail(&self, nic: &str, port: u32) -> Option<&str> {
+        self.rails
+            .iter()
+            .find(|r| r.nic == nic && r.port == port)
+            .map(|r| r.rail.as_str())
+    }
+}
+
+/// One compute port's rail: the leaf switch (or plane) it reaches. On a rail-optimised fabric
+/// port k of every node of a scalable unit reaches the same leaf, so equal rails are one hop
+/// apart and unequal rails are not.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortRail {
+    /// NIC name.
+    pub nic: String,
+    /// Port number.
+    pub port: u32,
+    /// The rail: the leaf's name in the mapping file (`rails:`, else `names:`), else the
+    /// leaf's ID in label spelling. Always a label value.
+    pub rail: String,
 }
 
 /// Where the node's compute rails plug into the fabrics.
@@ -932,6 +983,15 @@ pub struct NetworkPlacement {
     /// RoCE (LLDP).
     #[serde(skip_serializing_if = "FabricPlacement::is_empty")]
     pub roce: FabricPlacement,
+}
+
+impl NetworkPlacement {
+    /// The rail of `nic`'s port `port` in either fabric, when known.
+    pub fn rail(&self, nic: &str, port: u32) -> Option<&str> {
+        self.infiniband
+            .rail(nic, port)
+            .or_else(|| self.roce.rail(nic, port))
+    }
 }
 
 /// A GID entry.
@@ -1291,6 +1351,38 @@ mod tests {
         );
         let back: NodeTopology = serde_json::from_str(&s).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn only_a_set_non_default_prefix_names_a_subnet() {
+        for d in [
+            "fe80:0000:0000:0000",
+            "FE80:0000:0000:0000",
+            "fe80-0000-0000-0000",
+            "fe80::",
+            " fe80:0:0:0 ",
+        ] {
+            assert!(is_default_subnet_prefix(d), "{d}");
+        }
+        for other in [
+            "fe80:0000:0000:0007",
+            "fec0:0000:0000:0000",
+            "fe80-0000-0000-0001",
+            "",
+            "x",
+        ] {
+            assert!(!is_default_subnet_prefix(other), "{other}");
+        }
+        let port = |prefix: &str| NicPort {
+            subnet_prefix: prefix.into(),
+            ..NicPort::default()
+        };
+        assert_eq!(port("fe80:0000:0000:0000").ib_subnet(), None);
+        assert_eq!(port("").ib_subnet(), None);
+        assert_eq!(
+            port("fe80:0000:0000:0007").ib_subnet(),
+            Some("fe80:0000:0000:0007")
+        );
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   is absent, but nodes with the same set are one hop apart on every rail.
 //! - **block**: a short hash of the sorted, distinct set of the leaves' uplinks (the spines).
 //!
+//! - **rails**: each compute port's leaf is its rail ([`crate::model::PortRail`]), named by the
+//!   mapping file's `rails:` (which may give the leaves of several scalable units, or of one
+//!   plane, one rail name), else its `names:`, else the leaf ID's label spelling. The fabric is
+//!   **rail-optimised** for this node when every placed compute port reaches a different leaf.
+//!
 //! A port whose rail is down (`not-active`, `no-sm`) is left out: the node is placed by the
 //! rails that work. A port whose search failed otherwise (`timeout`, `no-access`, `no-switch`,
 //! `error`) makes the placement unknown: a partial set would give a wrong `su`.
@@ -24,7 +29,10 @@ use serde::Deserialize;
 
 use crate::{
     labels::LabelValue,
-    model::{FabricPlacement, LinkLayer, NeighborStatus, NetworkPlacement, Nic, NicPort, NicRole},
+    model::{
+        FabricPlacement, LinkLayer, NeighborStatus, NetworkPlacement, Nic, NicPort, NicRole,
+        PortRail,
+    },
 };
 
 /// Hex digits of a short hash (40 bits: collisions are negligible for the few thousand leaf
@@ -36,6 +44,8 @@ const HASH_HEX: usize = 10;
 pub struct FabricNames {
     /// Lowercase ID (a GUID, a chassis ID, an `su` or `block` hash) to name.
     names: BTreeMap<String, String>,
+    /// Lowercase leaf ID to the name of its rail (or plane).
+    rails: BTreeMap<String, String>,
 }
 
 /// The mapping file's shape.
@@ -44,6 +54,8 @@ pub struct FabricNames {
 struct NamesFile {
     #[serde(default)]
     names: BTreeMap<String, String>,
+    #[serde(default)]
+    rails: BTreeMap<String, String>,
 }
 
 /// Why a mapping file was refused.
@@ -85,26 +97,23 @@ impl FabricNames {
     ///   "0x0002c90300a1b2c3": rack-12   # a leaf's node GUID
     ///   "aa:bb:cc:dd:ee:01": rack-13    # a RoCE leaf's chassis ID
     ///   "3f2a1b9c0d": su-1              # an su or block hash
+    /// rails:                            # optional: a leaf's rail (or plane)
+    ///   "0x0002c90300a1b2c3": rail-0
+    ///   "0x0002c90300d4e5f6": rail-0    # rail 0 of another scalable unit
     /// ```
     pub fn parse(text: &str) -> Result<Self, NamesError> {
         let file: NamesFile = if text.trim().is_empty() {
             NamesFile {
                 names: BTreeMap::new(),
+                rails: BTreeMap::new(),
             }
         } else {
             serde_yaml_ng::from_str(text).map_err(NamesError::Parse)?
         };
-        let mut names = BTreeMap::new();
-        for (id, name) in file.names {
-            if name.is_empty() || LabelValue::new(&name).is_err() {
-                return Err(NamesError::BadName { id, name });
-            }
-            let key = id.trim().to_ascii_lowercase();
-            if names.insert(key.clone(), name).is_some() {
-                return Err(NamesError::Duplicate(id));
-            }
-        }
-        Ok(Self { names })
+        Ok(Self {
+            names: checked(file.names)?,
+            rails: checked(file.rails)?,
+        })
     }
 
     /// Reads and parses a mapping file.
@@ -116,23 +125,25 @@ impl FabricNames {
         Self::parse(&text)
     }
 
-    /// How many IDs are named.
+    /// How many IDs are named (under `names:` and `rails:`).
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.names.len() + self.rails.len()
     }
 
     /// True when no ID is named.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names.is_empty() && self.rails.is_empty()
     }
 
     /// The name of `id` (matched without regard to case, as read or in its label spelling).
     pub fn name(&self, id: &str) -> Option<&str> {
-        let lower = id.trim().to_ascii_lowercase();
-        self.names
-            .get(&lower)
-            .or_else(|| self.names.get(&id_label_value(id).to_ascii_lowercase()))
-            .map(String::as_str)
+        lookup(&self.names, id)
+    }
+
+    /// The rail of a port that reaches the leaf `leaf_id`: its name under `rails:`, else under
+    /// `names:`, else the ID's label spelling.
+    pub fn rail(&self, leaf_id: &str) -> String {
+        lookup(&self.rails, leaf_id).map_or_else(|| self.display(leaf_id), str::to_string)
     }
 
     /// The name of `id`, or its label spelling.
@@ -141,6 +152,29 @@ impl FabricNames {
             .map(str::to_string)
             .unwrap_or_else(|| id_label_value(id))
     }
+}
+
+/// The names of one section of the file, keyed by lowercase ID; every name a label value.
+fn checked(section: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, NamesError> {
+    let mut out = BTreeMap::new();
+    for (id, name) in section {
+        if name.is_empty() || LabelValue::new(&name).is_err() {
+            return Err(NamesError::BadName { id, name });
+        }
+        let key = id.trim().to_ascii_lowercase();
+        if out.insert(key, name).is_some() {
+            return Err(NamesError::Duplicate(id));
+        }
+    }
+    Ok(out)
+}
+
+/// `id`'s entry in `map` (matched without regard to case, as read or in its label spelling).
+fn lookup<'a>(map: &'a BTreeMap<String, String>, id: &str) -> Option<&'a str> {
+    let lower = id.trim().to_ascii_lowercase();
+    map.get(&lower)
+        .or_else(|| map.get(&id_label_value(id).to_ascii_lowercase()))
+        .map(String::as_str)
 }
 
 /// A switch ID as a label value. A GUID (`0x0002c90300a1b2c3`) is one already. Any other
@@ -205,6 +239,7 @@ pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) ->
     let mut leaves: Vec<&str> = Vec::new();
     let mut uplinks: Vec<&str> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
+    let mut rails: Vec<PortRail> = Vec::new();
     let mut down = 0usize;
     for (nic, port) in &ports {
         let Some(nb) = port.neighbor.as_ref() else {
@@ -215,6 +250,11 @@ pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) ->
             NeighborStatus::Ok | NeighborStatus::Expired if !nb.leaf_id.is_empty() => {
                 leaves.push(nb.leaf_id.as_str());
                 uplinks.extend(nb.uplink_ids.iter().map(String::as_str));
+                rails.push(PortRail {
+                    nic: nic.name.clone(),
+                    port: port.port,
+                    rail: names.rail(&nb.leaf_id),
+                });
             }
             NeighborStatus::NotActive | NeighborStatus::NoSm => down += 1,
             ref s => failed.push(format!(
@@ -229,9 +269,12 @@ pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) ->
             )),
         }
     }
+    rails.sort_by(|a, b| (&a.nic, a.port).cmp(&(&b.nic, b.port)));
     if !failed.is_empty() {
+        // Each found port's rail is still its own fact; the node-level values are unknown.
         return FabricPlacement {
             reason: format!("no leaf found for {}", failed.join(", ")),
+            rails,
             ..FabricPlacement::default()
         };
     }
@@ -251,6 +294,7 @@ pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) ->
         let h = short_hash(uplinks.iter().copied());
         names.name(&h).map_or(h, str::to_string)
     });
+    let rail_optimised = (leaves.len() >= 2).then_some(distinct.len() == leaves.len());
     let mut reason = Vec::new();
     if leaf.is_none() {
         reason.push(format!(
@@ -266,6 +310,8 @@ pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) ->
         su,
         block,
         reason: reason.join("; "),
+        rails,
+        rail_optimised,
     }
 }
 
@@ -355,6 +401,124 @@ mod tests {
         assert_eq!(pa.su, pb.su);
         assert_eq!(pa.block, pb.block);
         assert_ne!(pa.su, Some(short_hash([L1])));
+    }
+
+    fn rails_of(p: &FabricPlacement) -> Vec<(&str, u32, &str)> {
+        p.rails
+            .iter()
+            .map(|r| (r.nic.as_str(), r.port, r.rail.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn each_port_is_on_the_rail_of_its_leaf() {
+        // Two NICs, each on a leaf of its own: rail-optimised.
+        let nics = vec![
+            nic(
+                "mlx5_1",
+                NicRole::Compute,
+                vec![port(1, LinkLayer::Infiniband, found(L2, "1", &[S1]))],
+            ),
+            nic(
+                "mlx5_0",
+                NicRole::Compute,
+                vec![port(1, LinkLayer::Infiniband, found(L1, "1", &[S1]))],
+            ),
+        ];
+        let p = place(&nics, &FabricNames::default()).infiniband;
+        assert_eq!(rails_of(&p), vec![("mlx5_0", 1, L1), ("mlx5_1", 1, L2)]);
+        assert_eq!(p.rail_optimised, Some(true));
+        assert_eq!(p.rail("mlx5_1", 1), Some(L2));
+        assert_eq!(p.rail("mlx5_1", 2), None);
+        // A third port on the first leaf: two ports share a rail, not rail-optimised.
+        let mut shared = nics.clone();
+        shared.push(nic(
+            "mlx5_2",
+            NicRole::Compute,
+            vec![port(1, LinkLayer::Infiniband, found(L1, "2", &[S1]))],
+        ));
+        let p = place(&shared, &FabricNames::default()).infiniband;
+        assert_eq!(p.rail_optimised, Some(false));
+        assert_eq!(p.rail("mlx5_2", 1), Some(L1));
+        // One port: nothing to tell.
+        let p = place(&nics[..1], &FabricNames::default()).infiniband;
+        assert_eq!(p.rail_optimised, None);
+        assert_eq!(rails_of(&p), vec![("mlx5_1", 1, L2)]);
+    }
+
+    #[test]
+    fn found_ports_keep_their_rail_when_another_port_fails() {
+        let nics = vec![nic(
+            "mlx5_0",
+            NicRole::Compute,
+            vec![
+                port(1, LinkLayer::Infiniband, found(L1, "1", &[S1])),
+                port(
+                    2,
+                    LinkLayer::Infiniband,
+                    Some(PortNeighbor::failed(NeighborStatus::Timeout, "x")),
+                ),
+                port(
+                    3,
+                    LinkLayer::Infiniband,
+                    Some(PortNeighbor::failed(NeighborStatus::NotActive, "down")),
+                ),
+            ],
+        )];
+        let p = place(&nics, &FabricNames::default()).infiniband;
+        assert!(p.su.is_none());
+        assert_eq!(p.rail_optimised, None);
+        assert_eq!(rails_of(&p), vec![("mlx5_0", 1, L1)]);
+    }
+
+    #[test]
+    fn rails_are_named_by_rails_then_names_then_the_id() {
+        let ib = |leaf: &str| {
+            vec![
+                nic(
+                    "mlx5_0",
+                    NicRole::Compute,
+                    vec![port(1, LinkLayer::Infiniband, found(leaf, "1", &[S1]))],
+                ),
+                nic(
+                    "mlx5_1",
+                    NicRole::Compute,
+                    vec![port(1, LinkLayer::Infiniband, found(L2, "1", &[S1]))],
+                ),
+            ]
+        };
+        const L3: &str = "0x0000000000200003";
+        // Rail 0 is L1 in one scalable unit and L3 in another; L2 only has a leaf name.
+        let names = FabricNames::parse(&format!(
+            "names:\n  \"{L1}\": leaf-1\n  \"{L2}\": leaf-2\nrails:\n  \"{L1}\": rail-0\n  \"{}\": rail-0\n",
+            L3.to_uppercase().replace("0X", "0x")
+        ))
+        .unwrap();
+        assert_eq!(names.len(), 4);
+        let a = place(&ib(L1), &names).infiniband;
+        let b = place(&ib(L3), &names).infiniband;
+        assert_eq!(
+            rails_of(&a),
+            vec![("mlx5_0", 1, "rail-0"), ("mlx5_1", 1, "leaf-2")]
+        );
+        assert_eq!(rails_of(&a), rails_of(&b));
+        assert_ne!(a.su, b.su, "other leaves, another unit");
+        // A RoCE chassis ID without a name is its label spelling.
+        let roce = vec![nic(
+            "mlx5_0",
+            NicRole::Compute,
+            vec![port(
+                1,
+                LinkLayer::Ethernet,
+                found("AA:BB:CC:DD:EE:01", "Ethernet1", &[]),
+            )],
+        )];
+        let p = place(&roce, &names);
+        assert_eq!(p.rail("mlx5_0", 1), Some("AA-BB-CC-DD-EE-01"));
+        assert!(matches!(
+            FabricNames::parse("rails:\n  x: \"rail 0\"\n"),
+            Err(NamesError::BadName { .. })
+        ));
     }
 
     #[test]

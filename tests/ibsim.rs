@@ -4,7 +4,9 @@
 //! (under `libumad2sim.so`) brings the ports to ACTIVE, and the real `nodetopo probe -o json
 //! --ib-smp only` runs as every simulated host (`SIM_HOST`). Each host's leaf, su and block are
 //! checked against what the file says (parsed here), and every port's leaf and leaf port
-//! against `ibnetdiscover` run under the simulator on the same fabric. The SMPs each side sent
+//! against `ibnetdiscover` run under the simulator on the same fabric. So is each port's rail
+//! (the leaf it is cabled to) and whether the host is rail-optimised (every port on a leaf of its
+//! own), also with the rails named by a `--fabric-names` file. The SMPs each side sent
 //! are counted from ibsim's own log, and the times measured, for BENCHMARKS.md.
 //!
 //! Needs Debian's `ibsim-utils`, `libumad2sim0`, `infiniband-diags` and `opensm`; without them
@@ -176,6 +178,7 @@ impl Net {
                 leaf: None,
                 su: None,
                 block: None,
+                rail_optimised: None,
                 ports,
                 timeouts,
                 num_ports: h.ports,
@@ -183,6 +186,7 @@ impl Net {
         }
         Expected {
             timeouts,
+            rail_optimised: (ports.len() >= 2).then_some(leaves.len() == ports.len()),
             leaf: (leaves.len() == 1).then(|| leaves.iter().next().unwrap().clone()),
             su: (!leaves.is_empty()).then(|| short_hash(leaves.iter().map(String::as_str))),
             block: (!uplinks.is_empty()).then(|| short_hash(uplinks.iter().map(String::as_str))),
@@ -197,6 +201,8 @@ struct Expected {
     leaf: Option<String>,
     su: Option<String>,
     block: Option<String>,
+    /// Every cabled port on a leaf of its own; unknown with fewer than two, or a timeout.
+    rail_optimised: Option<bool>,
     ports: BTreeMap<u8, (String, String)>,
     /// Ports whose queries the fabric drops.
     timeouts: BTreeSet<u8>,
@@ -302,14 +308,21 @@ impl Sim {
         }
     }
 
-    fn start_sm(&mut self, t: &Tools, host: &str) {
+    /// opensm as `host`, with the subnet prefix `prefix` (`0x` and 16 hex digits) when given,
+    /// else its default.
+    fn start_sm(&mut self, t: &Tools, host: &str, prefix: Option<&str>) {
         let d = self.dir.path();
         let out = std::fs::File::create(d.join("opensm.out")).unwrap();
+        let mut sm = self.cmd(&t.opensm, host);
+        if let Some(prefix) = prefix {
+            let conf = d.join("opensm.conf");
+            std::fs::write(&conf, format!("subnet_prefix {prefix}\n")).unwrap();
+            sm.arg("-F").arg(conf);
+        }
         self.opensm = Some(
             // `-s 0`: one sweep, no periodic ones, so that ibsim's log counts only the
             // probes' SMPs once the fabric is up.
-            self.cmd(&t.opensm, host)
-                .args(["-s", "0"])
+            sm.args(["-s", "0"])
                 .arg("-f")
                 .arg(d.join("opensm.log"))
                 .env("OSM_TMP_DIR", d)
@@ -457,6 +470,67 @@ fn ports(t: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Each port's rail from `network.infiniband.rails`, by port number (every host here has one
+/// adapter).
+fn port_rails(t: &Value) -> BTreeMap<u8, String> {
+    let rails = t["network"]["infiniband"]["rails"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: BTreeSet<&str> = rails.iter().filter_map(|r| r["nic"].as_str()).collect();
+    assert!(names.len() <= 1, "one adapter per host: {t}");
+    rails
+        .iter()
+        .map(|r| {
+            (
+                u8::try_from(r["port"].as_u64().unwrap()).unwrap(),
+                r["rail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Where every host port cabled to a leaf has the same port number k (a rail-optimised file),
+/// names that leaf `rail-k` in a `--fabric-names` file's `rails:` and checks that every host's
+/// port k is then on `rail-k`, across scalable units, with the leaf label left to `names:`.
+fn named_rails(sim: &Sim, net: &Net) {
+    if net
+        .hosts()
+        .any(|(h, _)| net.expect(h).rail_optimised != Some(true))
+    {
+        return;
+    }
+    let mut rail_of_leaf: BTreeMap<&str, BTreeSet<u8>> = BTreeMap::new();
+    for (_, h) in net.hosts() {
+        for (&p, (leaf, _)) in &h.links {
+            rail_of_leaf.entry(leaf.as_str()).or_default().insert(p);
+        }
+    }
+    if rail_of_leaf.values().any(|ports| ports.len() != 1) {
+        return;
+    }
+    let mut names = String::from("rails:\n");
+    for (leaf, ports) in &rail_of_leaf {
+        let k = ports.iter().next().unwrap();
+        names.push_str(&format!("  \"{}\": rail-{k}\n", net.guid(leaf)));
+    }
+    let file = sim.dir.path().join("names.yaml");
+    std::fs::write(&file, &names).unwrap();
+    for (host, h) in net.hosts() {
+        let mut c = sim.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
+        c.args(["probe", "-o", "json", "--ib-smp", "only", "--fabric-names"])
+            .arg(&file)
+            .arg("--sysfs-root")
+            .arg(sim.dir.path().join("no-sysfs"));
+        let (out, err, _) = sim.run(c);
+        let t: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+        let want: BTreeMap<u8, String> =
+            h.links.keys().map(|k| (*k, format!("rail-{k}"))).collect();
+        assert_eq!(port_rails(&t), want, "{host} named rails ({names}): {t}");
+        assert_eq!(t["network"]["infiniband"]["rail_optimised"], true, "{host}");
+    }
+}
+
 fn opt(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string)
 }
@@ -496,8 +570,9 @@ fn ibnetdiscover_links(text: &str) -> BTreeMap<(String, u8), (String, String)> {
     out
 }
 
-/// The whole check of one topology file, with the label lists of `lists` (host, list name).
-fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
+/// The whole check of one topology file, with the label lists of `lists` (host, list name),
+/// under a subnet manager with the subnet prefix `prefix` (else opensm's default).
+fn check(file: &str, sm_host: &str, prefix: Option<&str>, lists: &[(&str, &str)]) {
     let Some(t) = tools() else { return };
     let net = Net::parse(&std::fs::read_to_string(fixture(file)).unwrap());
     let mut sim = Sim::start(&t, file, &net);
@@ -517,7 +592,7 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
         p.topo
     );
 
-    sim.start_sm(&t, sm_host);
+    sim.start_sm(&t, sm_host, prefix);
     sim.wait_active(sm_host, net.nodes[sm_host].links.len());
     for (host, node) in net.hosts() {
         sim.wait_active(host, node.links.len());
@@ -548,6 +623,22 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
         assert_eq!(opt(&ib["leaf"]), want.leaf, "{host} leaf: {}", p.topo);
         assert_eq!(opt(&ib["su"]), want.su, "{host} su: {}", p.topo);
         assert_eq!(opt(&ib["block"]), want.block, "{host} block: {}", p.topo);
+        assert_eq!(
+            ib["rail_optimised"].as_bool(),
+            want.rail_optimised,
+            "{host} rail-optimised: {}",
+            p.topo
+        );
+        // Each port's rail is the leaf the file cables it to; a port that timed out or is not
+        // cabled has none.
+        let rails = port_rails(&p.topo);
+        let want_rails: BTreeMap<u8, String> = want
+            .ports
+            .iter()
+            .filter(|(n, _)| !want.timeouts.contains(n))
+            .map(|(n, (leaf, _))| (*n, leaf.clone()))
+            .collect();
+        assert_eq!(rails, want_rails, "{host} rails: {}", p.topo);
         let ps = ports(&p.topo);
         assert_eq!(ps.len(), usize::from(want.num_ports), "{host}: {}", p.topo);
         for port in &ps {
@@ -597,6 +688,25 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
         assert!(has(Key::IbLeaf, &want.leaf), "{host}: {labels}");
         assert!(has(Key::IbSu, &want.su), "{host}: {labels}");
         assert!(has(Key::IbBlock, &want.block), "{host}: {labels}");
+        assert!(
+            has(
+                Key::IbRailOptimised,
+                &want.rail_optimised.map(|b| b.to_string())
+            ),
+            "{host}: {labels}"
+        );
+        // A configured subnet prefix is the label; the default (opensm's) names no subnet: none.
+        let subnet = prefix.map(|p| {
+            let hex = p.trim_start_matches("0x");
+            format!(
+                "{}-{}-{}-{}",
+                &hex[..4],
+                &hex[4..8],
+                &hex[8..12],
+                &hex[12..]
+            )
+        });
+        assert!(has(Key::RdmaIbSubnet, &subnet), "{host}: {labels}");
         if let Some((_, list)) = lists.iter().find(|(h, _)| h == host) {
             common::label_list_contract(
                 list,
@@ -624,6 +734,7 @@ fn check(file: &str, sm_host: &str, lists: &[(&str, &str)]) {
         disc_wall.as_millis(),
     );
     eprint!("{report}");
+    named_rails(&sim, &net);
     if let Some(path) = std::env::var_os("NODETOPO_IBSIM_REPORT") {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -640,6 +751,7 @@ fn fat_tree() {
     check(
         "fat-tree.net",
         "Hca8",
+        None,
         &[
             ("Hca1", "ibsim-fat-tree-hca1"),
             ("Hca5", "ibsim-fat-tree-hca5"),
@@ -649,12 +761,18 @@ fn fat_tree() {
 
 #[test]
 fn rail_optimised() {
-    check("rail-optimised.net", "Hca8", &[]);
+    // A subnet manager with a prefix of its own: the one fabric here whose rdma.ib-subnet is set.
+    check(
+        "rail-optimised.net",
+        "Hca8",
+        Some("0xfe80000000000007"),
+        &[("Hca1", "ibsim-rail-optimised-hca1")],
+    );
 }
 
 #[test]
 fn broken() {
-    check("broken.net", "Hca4", &[("Hca2", "ibsim-broken-hca2")]);
+    check("broken.net", "Hca4", None, &[("Hca2", "ibsim-broken-hca2")]);
 }
 
 #[test]
@@ -670,7 +788,16 @@ fn fixtures_parse() {
             rail.expect(h).leaf.is_none(),
             "{h}: every port on its own leaf"
         );
+        assert_eq!(rail.expect(h).rail_optimised, Some(true), "{h}");
     }
+    // The fat tree: hosts with both ports on one leaf are not rail-optimised; a host with one
+    // port tells nothing; Hca5 and Hca6 are cabled like rail-optimised hosts (a port on each of
+    // Leaf3 and Leaf4), which is all a node can see of its own.
+    let rail_opt = |h: &str| net.expect(h).rail_optimised;
+    assert_eq!(rail_opt("Hca1"), Some(false));
+    assert_eq!(rail_opt("Hca3"), Some(false));
+    assert_eq!(rail_opt("Hca2"), None);
+    assert_eq!(rail_opt("Hca5"), Some(true));
     assert_ne!(rail.expect("Hca1").block, rail.expect("Hca5").block);
     let broken = Net::parse(&std::fs::read_to_string(fixture("broken.net")).unwrap());
     assert_eq!(broken.console, ["Unlink \"Hca2\"[2]"]);

@@ -10,6 +10,7 @@
 //! it neither sees these namespaces' interfaces nor shares their control sockets.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
@@ -909,6 +910,18 @@ fn probe_publishes_the_roce_leaf_of_a_recorded_node_from_real_lldpd() {
         "{}",
         t["network"]
     );
+    // Every active rail on the one leaf: each its rail, and not rail-optimised.
+    let want: BTreeMap<String, String> = FIXTURE_RAILS
+        .iter()
+        .filter(|(rdma, _)| *rdma != FIXTURE_DOWN_RAIL)
+        .map(|(rdma, _)| (rdma.to_string(), label_leaf.clone()))
+        .collect();
+    assert_eq!(roce_rails(&t), want, "{}", t["network"]);
+    assert_eq!(
+        t["network"]["roce"]["rail_optimised"], false,
+        "{}",
+        t["network"]
+    );
     let lldp = t["sources"]
         .as_array()
         .unwrap()
@@ -982,6 +995,147 @@ fn probe_publishes_the_roce_leaf_of_a_recorded_node_from_real_lldpd() {
     let (labels, stderr, _) = probe(&["-o", "labels", "--lldp", "off"]);
     assert!(!labels.contains("roce.leaf"), "{labels}");
     assert!(!stderr.contains("lldp: first wait"), "{stderr}");
+}
+
+/// Each RoCE compute port's rail, by NIC name (the fixture's NICs have one port each).
+fn roce_rails(t: &Value) -> BTreeMap<String, String> {
+    t["network"]["roce"]["rails"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["port"], 1, "{r}");
+            (
+                r["nic"].as_str().unwrap().to_string(),
+                r["rail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A rail-optimised RoCE node: the h100x8-roce fixture's rails each cabled to a leaf of its own
+/// (eight namespaces, each with lldpd and its own chassis MAC). Each active rail's rail is its
+/// leaf's chassis ID (label spelling), the node is rail-optimised (`roce.rail-optimised=true`),
+/// a `--fabric-names` file's `rails:` names the rails, and `probe -o env --gpus` gives the
+/// selected GPUs' rails in `NODETOPO_RAILS`.
+#[test]
+fn a_rail_optimised_roce_node_names_each_rail_from_real_lldpd() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let node = lab.netns("nd");
+    let storage = lab.netns("st");
+    let mac = |i: usize| format!("02:00:5e:10:01:{:02x}", i + 1);
+    let mut leaves = Vec::new();
+    for (i, (_, netdev)) in FIXTURE_RAILS.iter().enumerate() {
+        let leaf = lab.netns(&format!("l{i}"));
+        lab.veth(&leaf, "swp1", Some(&mac(i)), &node, netdev);
+        lab.lldpd(
+            &format!("leaf{i}"),
+            &leaf,
+            "swp1",
+            &switch_config(&format!("leaf-{i}"), "swp1"),
+        );
+        leaves.push(leaf);
+    }
+    lab.veth(
+        &storage,
+        "sw0",
+        Some(STORAGE_SWITCH_MAC),
+        &node,
+        FIXTURE_STORAGE.1,
+    );
+    lab.lldpd("storage", &storage, "sw0", &switch_config("stor-01", "sw0"));
+    for (i, leaf) in leaves.iter().enumerate() {
+        lab.wait_lldpd(&format!("leaf{i}"), leaf, |v| {
+            v["lldp"]["interface"]["swp1"]["port"]["id"]["type"] == "ifname"
+        });
+    }
+    let probe = |extra: &[&str]| {
+        let snapshot = fixture("h100x8-ib/snapshot.json");
+        let sysfs = fixture("h100x8-roce/sysfs/sys");
+        let mut args = vec![
+            "probe",
+            "--node-name",
+            "gpu-node-2",
+            "--replay",
+            &snapshot,
+            "--sysfs-root",
+            &sysfs,
+            "--lldp-wait",
+            "20s",
+        ];
+        args.extend_from_slice(extra);
+        let (out, _) = lab.nodetopo(&node, &[], &args);
+        assert!(
+            out.status.success(),
+            "nodetopo probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let t: Value = serde_json::from_str(&probe(&["-o", "json"])).expect("probe -o json");
+    let want: BTreeMap<String, String> = FIXTURE_RAILS
+        .iter()
+        .enumerate()
+        .filter(|(_, (rdma, _))| *rdma != FIXTURE_DOWN_RAIL)
+        .map(|(i, (rdma, _))| (rdma.to_string(), mac(i).replace(':', "-")))
+        .collect();
+    assert_eq!(roce_rails(&t), want, "{}", t["network"]);
+    assert_eq!(
+        t["network"]["roce"]["rail_optimised"], true,
+        "{}",
+        t["network"]
+    );
+    assert!(
+        t["network"]["roce"].get("leaf").is_none(),
+        "{}",
+        t["network"]
+    );
+    let labels = probe(&["-o", "labels"]);
+    assert!(
+        labels.contains("nodetopo.io/roce.rail-optimised=true\n"),
+        "{labels}"
+    );
+
+    // Rails named by the mapping file, and the rails of two GPUs in the env hints.
+    let names = lab.dir.path().join("rails.yaml");
+    let mut text = String::from("rails:\n");
+    for i in 0..FIXTURE_RAILS.len() {
+        text.push_str(&format!("  \"{}\": rail-{i}\n", mac(i)));
+    }
+    std::fs::write(&names, text).unwrap();
+    let names = names.to_str().unwrap();
+    let t: Value = serde_json::from_str(&probe(&["-o", "json", "--fabric-names", names]))
+        .expect("probe -o json");
+    let named = roce_rails(&t);
+    for (i, (rdma, _)) in FIXTURE_RAILS.iter().enumerate() {
+        if *rdma != FIXTURE_DOWN_RAIL {
+            assert_eq!(named[*rdma], format!("rail-{i}"), "{}", t["network"]);
+        }
+    }
+    // The rail of each GPU's NIC, from the topology's own pairing.
+    let rail_of_gpu = |g: u64| {
+        let nic = t["rail_pairing"]["gpu_rails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["gpu"] == g)
+            .unwrap_or_else(|| panic!("GPU {g}: {}", t["rail_pairing"]))["nic"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        named.get(&nic).cloned()
+    };
+    let env = probe(&["-o", "env", "--gpus", "1,0", "--fabric-names", names]);
+    let mut want: Vec<String> = [1, 0].iter().filter_map(|g| rail_of_gpu(*g)).collect();
+    assert_eq!(want.len(), 2, "GPUs 0 and 1 are on active rails: {env}");
+    want.sort();
+    assert!(
+        env.contains(&format!("export NODETOPO_RAILS=\"{}\"\n", want.join(","))),
+        "{env}"
+    );
 }
 
 /// The "node" namespace with every netdev of the h100x8-roce fixture's rails and its storage NIC

@@ -296,6 +296,7 @@ mod tests {
             su: Some("49c8b0ac92".into()),
             block: Some("b19274c34c".into()),
             reason: String::new(),
+            ..Default::default()
         };
         let mut fresh = good(2);
         fresh.network.infiniband.reason = "no leaf found for mlx5_0/1: timeout".into();

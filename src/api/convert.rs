@@ -163,6 +163,16 @@ fn placement_to(f: &m::FabricPlacement) -> p::FabricPlacement {
         su: f.su.clone().unwrap_or_default(),
         block: f.block.clone().unwrap_or_default(),
         reason: f.reason.clone(),
+        rails: f
+            .rails
+            .iter()
+            .map(|r| p::PortRail {
+                nic: r.nic.clone(),
+                port: r.port,
+                rail: r.rail.clone(),
+            })
+            .collect(),
+        rail_optimised: f.rail_optimised,
     }
 }
 
@@ -173,6 +183,16 @@ fn placement_from(f: Option<&p::FabricPlacement>) -> m::FabricPlacement {
         su: opt_str(&f.su),
         block: opt_str(&f.block),
         reason: f.reason,
+        rails: f
+            .rails
+            .iter()
+            .map(|r| m::PortRail {
+                nic: r.nic.clone(),
+                port: r.port,
+                rail: r.rail.clone(),
+            })
+            .collect(),
+        rail_optimised: f.rail_optimised,
     }
 }
 
@@ -610,12 +630,20 @@ mod tests {
                     su: Some("s".into()),
                     block: Some("b".into()),
                     reason: "r".into(),
+                    rails: vec![m::PortRail {
+                        nic: "mlx5_0".into(),
+                        port: 1,
+                        rail: "rail-0".into(),
+                    }],
+                    rail_optimised: Some(true),
                 },
                 roce: m::FabricPlacement {
                     leaf: Some("rl".into()),
                     su: None,
                     block: None,
                     reason: "rr".into(),
+                    rails: Vec::new(),
+                    rail_optimised: Some(false),
                 },
             },
             sources: vec![m::SourceStatus {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     labels::{Key, LinkLayerValue},
-    model::{FabricState, LinkLayer, NodeTopology, PortState},
+    model::{FabricState, LinkLayer, NodeTopology, PortState, is_default_subnet_prefix},
 };
 
 /// The agent's labels (under the label prefix) that [`NodeFacts::from_labels`] reads; the view
@@ -112,8 +112,9 @@ impl NodeFacts {
                 match p.link_layer {
                     LinkLayer::Infiniband => {
                         ib += 1;
-                        if !p.subnet_prefix.is_empty() {
-                            subnets.push(normalize_subnet(&p.subnet_prefix));
+                        // The default prefix names no subnet: treated as unknown.
+                        if let Some(s) = p.ib_subnet() {
+                            subnets.push(normalize_subnet(s));
                         }
                     }
                     LinkLayer::Ethernet => eth += 1,
@@ -183,8 +184,12 @@ impl NodeFacts {
         let link_layer = get(Key::RdmaLinkLayer)
             .and_then(|v| v.parse::<LinkLayerValue>().ok())
             .map(LinkLayerValue::gpu_link_layer);
+        // An agent before the default prefix was left out writes `fe80-0000-0000-0000`, which
+        // names no subnet: read as unknown.
         let ib_subnets = match (link_layer, get(Key::RdmaIbSubnet)) {
-            (Some(LinkLayer::Infiniband), Some(s)) => vec![normalize_subnet(s)],
+            (Some(LinkLayer::Infiniband), Some(s)) if !is_default_subnet_prefix(s) => {
+                vec![normalize_subnet(s)]
+            }
             _ => Vec::new(),
         };
         Some(Self {
@@ -321,6 +326,42 @@ mod tests {
         assert_eq!(f.block.as_deref(), Some("leaf-1"));
     }
 
+    /// The default prefix names no subnet: from a topology or a label (an older agent writes
+    /// it), it is unknown, so two nodes on unrelated fabrics that both keep it are not taken to
+    /// share a subnet, and a node on a configured subnet is not kept apart from them.
+    #[test]
+    fn the_default_subnet_prefix_is_no_subnet() {
+        let t = NodeTopology {
+            nics: vec![Nic {
+                name: "mlx5_0".into(),
+                ports: vec![port(LinkLayer::Infiniband, "fe80:0000:0000:0000")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let from_topo = NodeFacts::from_topology(&t, None);
+        assert_eq!(from_topo.link_layer, Some(LinkLayer::Infiniband));
+        assert!(from_topo.ib_subnets.is_empty(), "{from_topo:?}");
+        let labels = |subnet: &str| -> BTreeMap<String, String> {
+            [
+                ("nodetopo.io/gpu.count", "4"),
+                ("nodetopo.io/rdma.link-layer", "infiniband"),
+                ("nodetopo.io/rdma.ib-subnet", subnet),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+        };
+        let old_agent =
+            NodeFacts::from_labels(&labels("fe80-0000-0000-0000"), "nodetopo.io", None).unwrap();
+        assert!(old_agent.ib_subnets.is_empty(), "{old_agent:?}");
+        let configured =
+            NodeFacts::from_labels(&labels("fe80-0000-0000-0007"), "nodetopo.io", None).unwrap();
+        assert_eq!(configured.ib_subnets, vec!["fe80000000000007"]);
+        assert!(old_agent.rdma_compatible(&configured));
+        assert!(from_topo.rdma_compatible(&configured));
+    }
+
     #[test]
     fn label_facts_round_trip() {
         let labels: BTreeMap<String, String> = [
@@ -350,6 +391,7 @@ mod tests {
             su: Some("abc".into()),
             block: Some("def".into()),
             reason: String::new(),
+            ..Default::default()
         };
         let f = NodeFacts::from_topology(&t, None);
         assert_eq!(f.leaf.as_deref(), Some("ib-su:abc"));

@@ -88,7 +88,8 @@ pub enum Key {
     /// The slowest active rail port, in Gb/s.
     #[strum(serialize = "rdma.rate-gbps")]
     RdmaRateGbps,
-    /// The InfiniBand subnet prefix, `:` written as `-`.
+    /// The InfiniBand subnet prefix, `:` written as `-`; never the default prefix
+    /// (`fe80-0000-0000-0000`), which tells no fabric from another.
     #[strum(serialize = "rdma.ib-subnet")]
     RdmaIbSubnet,
     /// Whether GPUDirect RDMA is ready.
@@ -114,6 +115,13 @@ pub enum Key {
     /// the mapping file).
     #[strum(serialize = "roce.leaf")]
     RoceLeaf,
+    /// Whether every InfiniBand compute port reaches a different leaf (a rail-optimised node:
+    /// each port a rail of its own).
+    #[strum(serialize = "ib.rail-optimised")]
+    IbRailOptimised,
+    /// Whether every RoCE compute port reaches a different leaf.
+    #[strum(serialize = "roce.rail-optimised")]
+    RoceRailOptimised,
 }
 
 impl Key {

@@ -19,7 +19,8 @@ pub use self::{
     syntax::{LabelError, LabelKey, LabelValue, is_dns_subdomain},
 };
 use crate::model::{
-    Connection, FabricState, GpuFamily, LinkLayer, NodeTopology, P2pStatus, PortState, Source,
+    Connection, FabricState, GpuFamily, LinkLayer, NicPort, NodeTopology, P2pStatus, PortState,
+    Source,
 };
 
 /// How labels are named.
@@ -244,18 +245,23 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
             .min_by(f64::total_cmp)
             .map(|r| r.to_string()),
     );
-    // The InfiniBand subnet, when every active IB port is on one (label values cannot hold
-    // `:`, so `fe80:0000:0000:0000` becomes `fe80-0000-0000-0000`).
-    let mut subnets: Vec<&str> = active
+    // The InfiniBand subnet, when every active IB port is on one and its prefix names it
+    // (label values cannot hold `:`, so `fe80:0000:0000:0007` becomes `fe80-0000-0000-0007`).
+    // The default prefix, which most fabrics keep, names none: no label rather than one that
+    // groups unrelated fabrics together.
+    let mut subnets: Vec<&NicPort> = active
         .iter()
-        .filter(|p| p.link_layer == LinkLayer::Infiniband && !p.subnet_prefix.is_empty())
-        .map(|p| p.subnet_prefix.as_str())
+        .copied()
+        .filter(|p| p.link_layer == LinkLayer::Infiniband && !p.subnet_prefix.trim().is_empty())
         .collect();
-    subnets.sort_unstable();
-    subnets.dedup();
+    subnets.sort_unstable_by(|a, b| a.subnet_prefix.cmp(&b.subnet_prefix));
+    subnets.dedup_by(|a, b| a.subnet_prefix == b.subnet_prefix);
     set.put(
         Key::RdmaIbSubnet,
-        (subnets.len() == 1).then(|| subnets[0].replace(':', "-")),
+        match subnets[..] {
+            [one] => one.ib_subnet().map(|s| s.replace(':', "-")),
+            _ => None,
+        },
     );
     set.put(
         Key::RdmaGpudirect,
@@ -284,6 +290,14 @@ fn network_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     set.put(Key::IbSu, ib.su.clone());
     set.put(Key::IbBlock, ib.block.clone());
     set.put(Key::RoceLeaf, topo.network.roce.leaf.clone());
+    set.put(
+        Key::IbRailOptimised,
+        ib.rail_optimised.map(|b| b.to_string()),
+    );
+    set.put(
+        Key::RoceRailOptimised,
+        topo.network.roce.rail_optimised.map(|b| b.to_string()),
+    );
 }
 
 /// Renders labels one per line as `key=value`, as `nodetopo probe -o labels` prints them.

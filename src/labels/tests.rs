@@ -393,3 +393,78 @@ fn fabric_placement_labels_from_port_neighbours() {
     let l = desired_labels(&t, &LabelConfig::default());
     assert!(get(&l, "ib.leaf").is_none() && get(&l, "roce.leaf").is_none());
 }
+
+/// A node with two active InfiniBand compute ports on the subnet prefixes given.
+fn ib_node(prefixes: [&str; 2]) -> NodeTopology {
+    use crate::model::NicRole;
+    let mut t = two_gpu_node();
+    t.sources.push(SourceStatus::ok(Source::Rdma));
+    t.nics = prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, prefix)| Nic {
+            name: format!("mlx5_{i}"),
+            role: NicRole::Compute,
+            ports: vec![NicPort {
+                port: 1,
+                state: PortState::Active,
+                link_layer: LinkLayer::Infiniband,
+                subnet_prefix: (*prefix).into(),
+                ..NicPort::default()
+            }],
+            ..Nic::default()
+        })
+        .collect();
+    t
+}
+
+#[test]
+fn the_default_subnet_prefix_writes_no_ib_subnet() {
+    let subnet = |prefixes| {
+        get(
+            &desired_labels(&ib_node(prefixes), &LabelConfig::default()),
+            "rdma.ib-subnet",
+        )
+        .map(str::to_string)
+    };
+    assert_eq!(
+        subnet(["fe80:0000:0000:0007", "fe80:0000:0000:0007"]).as_deref(),
+        Some("fe80-0000-0000-0007")
+    );
+    // Most fabrics keep the default: it tells none from another.
+    assert_eq!(subnet(["fe80:0000:0000:0000", "fe80:0000:0000:0000"]), None);
+    // Two subnets, one of them the default: several subnets, no value.
+    assert_eq!(subnet(["fe80:0000:0000:0000", "fe80:0000:0000:0007"]), None);
+    // A port whose prefix was not read does not count.
+    assert_eq!(
+        subnet(["", "fe80:0000:0000:0007"]).as_deref(),
+        Some("fe80-0000-0000-0007")
+    );
+    assert_eq!(subnet(["", "fe80:0000:0000:0000"]), None);
+}
+
+#[test]
+fn rail_optimised_per_fabric() {
+    let mut t = ib_node(["fe80:0000:0000:0000"; 2]);
+    let leaf = |l: &str| {
+        Some(crate::model::PortNeighbor::found(
+            format!("0x0000000000b0000{l}"),
+            "1",
+        ))
+    };
+    t.nics[0].ports[0].neighbor = leaf("1");
+    t.nics[1].ports[0].neighbor = leaf("2");
+    t.network = crate::placement::place(&t.nics, &Default::default());
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "ib.rail-optimised"), Some("true"));
+    assert_eq!(get(&l, "roce.rail-optimised"), None);
+    t.nics[1].ports[0].neighbor = leaf("1");
+    t.network = crate::placement::place(&t.nics, &Default::default());
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "ib.rail-optimised"), Some("false"));
+    // One placed port: unknown, no key.
+    t.nics[1].ports[0].neighbor = None;
+    t.network = crate::placement::place(&t.nics, &Default::default());
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "ib.rail-optimised"), None);
+}

@@ -4,7 +4,8 @@
 //!
 //! Only each GPU's rail edge is drawn (its pair, or the rail it shares), labelled with the
 //! PCIe distance; the full GPU×NIC matrix stays in the table (`-o table`). A GPU without a rail
-//! gets a dotted edge to its nearest NIC.
+//! gets a dotted edge to its nearest NIC. A NIC whose ports' leaves are known names its rail(s),
+//! and the title says whether the node is rail-optimised.
 
 use std::{collections::BTreeMap, fmt::Write};
 
@@ -41,7 +42,7 @@ fn gpu_label(g: &Gpu) -> String {
     format!("GPU{}\n{}\n{} MiB", g.index, g.name, g.memory_mib())
 }
 
-fn nic_label(n: &Nic) -> String {
+fn nic_label(t: &NodeTopology, n: &Nic) -> String {
     let rate = n.ports.iter().map(|p| p.rate_gbps).fold(0.0, f64::max);
     let link = n
         .ports
@@ -56,7 +57,34 @@ fn nic_label(n: &Nic) -> String {
     if !up {
         s.push_str(" (down)");
     }
+    let rails: Vec<&str> = n
+        .ports
+        .iter()
+        .filter_map(|p| t.network.rail(&n.name, p.port))
+        .collect();
+    match rails[..] {
+        [] => {}
+        [one] => {
+            let _ = write!(s, "\nrail {one}");
+        }
+        _ => {
+            let _ = write!(s, "\nrails {}", rails.join(", "));
+        }
+    }
     s
+}
+
+/// Whether the node is rail-optimised, per fabric where that is known, for the title.
+fn rail_optimised(t: &NodeTopology) -> String {
+    [
+        ("InfiniBand", t.network.infiniband.rail_optimised),
+        ("RoCE", t.network.roce.rail_optimised),
+    ]
+    .iter()
+    .filter_map(|(name, r)| {
+        r.map(|yes| format!("  {name}: {}rail-optimised", if yes { "" } else { "not " }))
+    })
+    .collect()
 }
 
 /// The rail of every GPU: `gpu_rails`, else the one-to-one pairs (an older agent's topology).
@@ -133,14 +161,15 @@ fn groups(t: &NodeTopology) -> BTreeMap<Option<i32>, Vec<Group>> {
 pub fn render(t: &NodeTopology) -> String {
     let mut o = String::new();
     let title = format!(
-        "{}  fabric: {}{}",
+        "{}  fabric: {}{}{}",
         t.node_name,
         t.fabric.state.as_str(),
         t.fabric
             .domain
             .as_ref()
             .map(|d| format!(" ({d})"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        rail_optimised(t)
     );
     let _ = writeln!(
         o,
@@ -213,7 +242,7 @@ pub fn render(t: &NodeTopology) -> String {
                         o,
                         "      {} [label={}, shape=component];",
                         nic_id(name),
-                        quote(&nic_label(n))
+                        quote(&nic_label(t, n))
                     );
                 }
             }
@@ -265,7 +294,7 @@ fn apart(t: &NodeTopology, o: &mut String) {
             o,
             "    {} [label={}, shape=component];",
             nic_id(&n.name),
-            quote(&nic_label(n))
+            quote(&nic_label(t, n))
         );
     }
     if !vfs.is_empty() {
@@ -372,6 +401,58 @@ mod tests {
         assert_eq!(quote("a\nb"), "\"a\\nb\"");
         assert_eq!(quote("say \"x\""), "\"say \\\"x\\\"\"");
         assert_eq!(quote("c:\\d"), "\"c:\\\\d\"");
+    }
+
+    #[test]
+    fn a_nic_names_its_rail_and_the_title_says_rail_optimised() {
+        use crate::model::{FabricPlacement, NicPort, PortRail};
+        let t = NodeTopology {
+            node_name: "n1".into(),
+            nics: vec![Nic {
+                name: "mlx5_0".into(),
+                role: NicRole::Compute,
+                ports: vec![
+                    NicPort {
+                        port: 1,
+                        ..NicPort::default()
+                    },
+                    NicPort {
+                        port: 2,
+                        ..NicPort::default()
+                    },
+                ],
+                ..Nic::default()
+            }],
+            network: crate::model::NetworkPlacement {
+                infiniband: FabricPlacement {
+                    rails: vec![
+                        PortRail {
+                            nic: "mlx5_0".into(),
+                            port: 1,
+                            rail: "rail-0".into(),
+                        },
+                        PortRail {
+                            nic: "mlx5_0".into(),
+                            port: 2,
+                            rail: "rail-1".into(),
+                        },
+                    ],
+                    rail_optimised: Some(true),
+                    ..FabricPlacement::default()
+                },
+                ..Default::default()
+            },
+            ..NodeTopology::default()
+        };
+        let dot = render(&t);
+        assert!(dot.contains("\\nrails rail-0, rail-1\""), "{dot}");
+        assert!(dot.contains("InfiniBand: rail-optimised"), "{dot}");
+        let mut one = t.clone();
+        one.network.infiniband.rails.pop();
+        one.network.infiniband.rail_optimised = Some(false);
+        let dot = render(&one);
+        assert!(dot.contains("\\nrail rail-0\""), "{dot}");
+        assert!(dot.contains("InfiniBand: not rail-optimised"), "{dot}");
     }
 
     #[test]

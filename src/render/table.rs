@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{NodeTopology, NvLinkRemoteType};
+use crate::model::{FabricPlacement, NodeTopology, NvLinkRemoteType};
 
 /// Left-aligned columns, two spaces apart.
 fn columns(rows: &[Vec<String>]) -> String {
@@ -74,6 +74,34 @@ fn summary(t: &NodeTopology, out: &mut String) {
         None => t.fabric.state.as_str().to_string(),
     };
     let _ = writeln!(out, "Fabric:  {fabric}: {}", t.fabric.reason);
+    for (name, p) in [
+        ("InfiniBand", &t.network.infiniband),
+        ("RoCE", &t.network.roce),
+    ] {
+        if !p.is_empty() {
+            let _ = writeln!(out, "{name}: {}", placement(p));
+        }
+    }
+}
+
+/// One fabric's placement on a line: leaf, unit, block, whether rail-optimised, and why a value
+/// is missing.
+fn placement(p: &FabricPlacement) -> String {
+    let rail_optimised = match p.rail_optimised {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let mut line = format!(
+        "leaf {}  su {}  block {}  rail-optimised {rail_optimised}",
+        or_dash(p.leaf.as_deref()),
+        or_dash(p.su.as_deref()),
+        or_dash(p.block.as_deref()),
+    );
+    if !p.reason.is_empty() {
+        let _ = write!(line, "  ({})", p.reason);
+    }
+    line
 }
 
 /// The GPU list and the matrix.
@@ -147,7 +175,8 @@ fn nics(t: &NodeTopology, out: &mut String) {
         out.push('\n');
         let mut rows = vec![
             [
-                "NIC", "ROLE", "PCI", "NUMA", "PORT", "STATE", "LINK", "RATE", "NETDEV", "GPUS",
+                "NIC", "ROLE", "PCI", "NUMA", "PORT", "STATE", "LINK", "RATE", "NETDEV", "RAIL",
+                "GPUS",
             ]
             .map(String::from)
             .to_vec(),
@@ -179,6 +208,7 @@ fn nics(t: &NodeTopology, out: &mut String) {
                     p.link_layer.to_string(),
                     format!("{} Gb/s", p.rate_gbps),
                     n.netdevs.join(","),
+                    or_dash(t.network.rail(&n.name, p.port)),
                     if gpus.is_empty() {
                         "-".into()
                     } else {
@@ -260,4 +290,60 @@ pub fn matrix(t: &NodeTopology) -> String {
         rows.push(r);
     }
     columns(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Nic, NicPort, PortRail};
+
+    #[test]
+    fn nic_rows_show_each_ports_rail_and_the_summary_whether_rail_optimised() {
+        let t = NodeTopology {
+            nics: ["mlx5_0", "mlx5_1"]
+                .iter()
+                .map(|n| Nic {
+                    name: (*n).into(),
+                    ports: vec![NicPort {
+                        port: 1,
+                        ..NicPort::default()
+                    }],
+                    ..Nic::default()
+                })
+                .collect(),
+            network: crate::model::NetworkPlacement {
+                infiniband: FabricPlacement {
+                    su: Some("3f2a1b9c0d".into()),
+                    rails: vec![PortRail {
+                        nic: "mlx5_0".into(),
+                        port: 1,
+                        rail: "rail-0".into(),
+                    }],
+                    rail_optimised: Some(true),
+                    ..FabricPlacement::default()
+                },
+                ..Default::default()
+            },
+            ..NodeTopology::default()
+        };
+        let out = render(&t);
+        assert!(
+            out.contains("InfiniBand: leaf -  su 3f2a1b9c0d  block -  rail-optimised yes\n"),
+            "{out}"
+        );
+        assert!(!out.contains("RoCE:"), "{out}");
+        let row = |nic: &str| {
+            out.lines()
+                .find(|l| l.starts_with(nic))
+                .unwrap_or_else(|| panic!("{nic}: {out}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert!(out.contains("RAIL"), "{out}");
+        assert!(row("mlx5_0").contains(&"rail-0"), "{out}");
+        assert!(
+            !row("mlx5_1").iter().any(|c| c.starts_with("rail")),
+            "{out}"
+        );
+    }
 }
