@@ -11,7 +11,7 @@ mod common;
 use std::{path::Path, process::Command, time::SystemTime};
 
 use nodetopo::{
-    model::{Connection, FabricState, MigMode, NodeTopology, P2pStatus},
+    model::{Connection, FabricState, MigMode, NodeTopology, P2pStatus, PlatformStatus},
     probe::{
         Prober,
         nvml::live::LiveNvml,
@@ -120,6 +120,20 @@ fn live_probe_matches_nvidia_smi() {
         "every source answers on real hardware: {:?}",
         t.sources
     );
+    // Platform info answers on GB200/GB300 and is "not supported" elsewhere; it is never left
+    // unasked on a live machine.
+    for g in &t.gpus {
+        eprintln!("GPU {} platform: {:?}", g.index, g.platform);
+        assert!(
+            matches!(
+                g.platform.status,
+                PlatformStatus::Ok | PlatformStatus::NotSupported
+            ),
+            "GPU {}: {:?}",
+            g.index,
+            g.platform
+        );
+    }
 
     // topo -m: GPU rows, one cell per GPU.
     let topo = run("nvidia-smi", &["topo", "-m"]);
