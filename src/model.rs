@@ -686,11 +686,11 @@ impl NodeTopology {
     /// known or names another chassis.
     pub fn rack(&self) -> Option<Rack> {
         let first = self.gpus.first()?;
-        let known = |g: &Gpu| {
+        fn known(g: &Gpu) -> Option<&str> {
             (g.platform.status == PlatformStatus::Ok)
                 .then_some(g.platform.chassis_serial.as_deref())
                 .flatten()
-        };
+        }
         let serial = known(first)?;
         if !self.gpus.iter().all(|g| known(g) == Some(serial)) {
             return None;

@@ -307,11 +307,9 @@ impl NvmlSource for LiveNvml {
     fn platform(&self, index: u32) -> Fact<RawPlatform> {
         let d = self.device(index)?;
         match self.platform_v(&d, 2) {
-            Err(e) if e.kind == FailureKind::VersionMismatch => {
-                self.platform_v(&d, 1).map_err(|e1| {
-                    NvmlFailure::new(e1.kind, format!("v2: {e}; v1: {e1}"))
-                })
-            }
+            Err(e) if e.kind == FailureKind::VersionMismatch => self
+                .platform_v(&d, 1)
+                .map_err(|e1| NvmlFailure::new(e1.kind, format!("v2: {e}; v1: {e1}"))),
             other => other,
         }
     }

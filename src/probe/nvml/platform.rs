@@ -142,7 +142,7 @@ mod tests {
         // Text after a NUL is not text.
         assert_eq!(
             chassis_serial("41004200000000000000000000000000").as_deref(),
-            Some("41004200")
+            Some("410042")
         );
         assert_eq!(chassis_serial("RACK 7").as_deref(), Some("RACK 7"));
     }
@@ -164,7 +164,13 @@ mod tests {
         assert_eq!(p.status, PlatformStatus::Ok);
         assert_eq!(p.chassis_serial.as_deref(), Some("1821325190123"));
         assert_eq!(
-            (p.slot_number, p.tray_index, p.host_id, p.module_id, p.peer_type),
+            (
+                p.slot_number,
+                p.tray_index,
+                p.host_id,
+                p.module_id,
+                p.peer_type
+            ),
             (Some(5), Some(3), Some(0), Some(2), Some(1))
         );
         assert_eq!(p.ib_guid.as_deref(), Some("0x0002c90300a1b2c3"));

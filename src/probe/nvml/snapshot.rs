@@ -308,9 +308,15 @@ mod tests {
         )));
         let again = NvmlSnapshot::capture(&snap, "re-recorded");
         assert_eq!(again.platform(0), Ok(raw));
-        assert_eq!(again.platform(1).unwrap_err().kind, FailureKind::NotSupported);
+        assert_eq!(
+            again.platform(1).unwrap_err().kind,
+            FailureKind::NotSupported
+        );
         // Asked again of a source that had no answer: recorded as not recorded.
-        assert_eq!(again.platform(2).unwrap_err().kind, FailureKind::NotRecorded);
+        assert_eq!(
+            again.platform(2).unwrap_err().kind,
+            FailureKind::NotRecorded
+        );
         let text = serde_json::to_string_pretty(&again).unwrap();
         let back = NvmlSnapshot::parse(&text, "again").unwrap();
         assert_eq!(back, again);
