@@ -244,6 +244,31 @@ fn live_probe_matches_pynvml() {
             assert_eq!(u64::from(mine.clique_id), f["clique_id"].as_u64().unwrap());
             assert_eq!(u64::from(mine.status), f["status"].as_u64().unwrap());
         }
+        // Platform info: the same answer, or "not supported" (the call or the hardware).
+        let pp = &p["platform"];
+        match pp["error"].as_str() {
+            Some(e) if e.contains("Not Supported") || e.contains("Function Not Found") => {
+                assert_eq!(g.platform.status, PlatformStatus::NotSupported, "{e}")
+            }
+            Some(e) => assert_eq!(g.platform.status, PlatformStatus::Error, "{e}"),
+            None => {
+                assert_eq!(g.platform.status, PlatformStatus::Ok);
+                assert_eq!(
+                    g.platform.chassis_serial,
+                    nodetopo::probe::nvml::platform::chassis_serial(
+                        pp["chassis_serial"].as_str().unwrap()
+                    )
+                );
+                for (mine, key) in [
+                    (g.platform.slot_number, "slot_number"),
+                    (g.platform.tray_index, "tray_index"),
+                    (g.platform.host_id, "host_id"),
+                    (g.platform.module_id, "module_id"),
+                ] {
+                    assert_eq!(mine.map(u64::from), pp[key].as_u64(), "{key}");
+                }
+            }
+        }
     }
     for p in py["pairs"].as_array().unwrap() {
         let (a, b) = (
