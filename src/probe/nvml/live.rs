@@ -26,6 +26,9 @@ use super::{
     DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink, RawPlatform,
 };
 
+// nvml.h's platform info struct is 44 bytes in both versions; the version word carries the size.
+const _: () = assert!(mem::size_of::<nvmlPlatformInfo_v2_t>() == 44);
+
 /// NVML return codes used here (nvml.h).
 const NVML_SUCCESS: u32 = 0;
 const NVML_ERROR_NOT_SUPPORTED: u32 = 3;
