@@ -11,7 +11,7 @@ mod common;
 use std::{path::Path, process::Command, time::SystemTime};
 
 use nodetopo::{
-    model::{Connection, FabricState, MigMode, NodeTopology, P2pStatus},
+    model::{Connection, FabricState, MigMode, NodeTopology, P2pStatus, PlatformStatus},
     probe::{
         Prober,
         nvml::live::LiveNvml,
@@ -120,6 +120,20 @@ fn live_probe_matches_nvidia_smi() {
         "every source answers on real hardware: {:?}",
         t.sources
     );
+    // Platform info answers on GB200/GB300 and is "not supported" elsewhere; it is never left
+    // unasked on a live machine.
+    for g in &t.gpus {
+        eprintln!("GPU {} platform: {:?}", g.index, g.platform);
+        assert!(
+            matches!(
+                g.platform.status,
+                PlatformStatus::Ok | PlatformStatus::NotSupported
+            ),
+            "GPU {}: {:?}",
+            g.index,
+            g.platform
+        );
+    }
 
     // topo -m: GPU rows, one cell per GPU.
     let topo = run("nvidia-smi", &["topo", "-m"]);
@@ -229,6 +243,31 @@ fn live_probe_matches_pynvml() {
             );
             assert_eq!(u64::from(mine.clique_id), f["clique_id"].as_u64().unwrap());
             assert_eq!(u64::from(mine.status), f["status"].as_u64().unwrap());
+        }
+        // Platform info: the same answer, or "not supported" (the call or the hardware).
+        let pp = &p["platform"];
+        match pp["error"].as_str() {
+            Some(e) if e.contains("Not Supported") || e.contains("Function Not Found") => {
+                assert_eq!(g.platform.status, PlatformStatus::NotSupported, "{e}")
+            }
+            Some(e) => assert_eq!(g.platform.status, PlatformStatus::Error, "{e}"),
+            None => {
+                assert_eq!(g.platform.status, PlatformStatus::Ok);
+                assert_eq!(
+                    g.platform.chassis_serial,
+                    nodetopo::probe::nvml::platform::chassis_serial(
+                        pp["chassis_serial"].as_str().unwrap()
+                    )
+                );
+                for (mine, key) in [
+                    (g.platform.slot_number, "slot_number"),
+                    (g.platform.tray_index, "tray_index"),
+                    (g.platform.host_id, "host_id"),
+                    (g.platform.module_id, "module_id"),
+                ] {
+                    assert_eq!(mine.map(u64::from), pp[key].as_u64(), "{key}");
+                }
+            }
         }
     }
     for p in py["pairs"].as_array().unwrap() {

@@ -54,6 +54,9 @@ enum_map!(m::FabricState, p::FabricState, {
     Unknown => Unspecified, None => None, Pending => Pending, Ready => Ready,
     Degraded => Degraded, Inconsistent => Inconsistent, Error => Error,
 });
+enum_map!(m::PlatformStatus, p::PlatformStatus, {
+    Unknown => Unspecified, Ok => Ok, NotSupported => NotSupported, Error => Error,
+});
 enum_map!(m::NicRole, p::NicRole, {
     Unknown => Unspecified, Compute => Compute, Storage => Storage, Virtual => Virtual,
 });
@@ -251,6 +254,40 @@ fn gpu_to(g: &m::Gpu) -> p::Gpu {
             health_summary: num::<_, p::FabricHealth>(f.health_summary),
             health_problems: f.health_problems.iter().map(ToString::to_string).collect(),
         }),
+        platform: Some(platform_to(&g.platform)),
+    }
+}
+
+fn platform_to(pl: &m::GpuPlatform) -> p::GpuPlatform {
+    p::GpuPlatform {
+        status: num::<_, p::PlatformStatus>(pl.status),
+        reason: pl.reason.clone(),
+        api_version: pl.api_version,
+        chassis_serial: pl.chassis_serial.clone().unwrap_or_default(),
+        slot_number: pl.slot_number,
+        tray_index: pl.tray_index,
+        host_id: pl.host_id,
+        module_id: pl.module_id,
+        peer_type: pl.peer_type,
+        ib_guid: pl.ib_guid.clone().unwrap_or_default(),
+    }
+}
+
+fn platform_from(pl: Option<&p::GpuPlatform>) -> m::GpuPlatform {
+    let Some(pl) = pl else {
+        return m::GpuPlatform::default();
+    };
+    m::GpuPlatform {
+        status: en::<p::PlatformStatus, _>(pl.status),
+        reason: pl.reason.clone(),
+        api_version: pl.api_version,
+        chassis_serial: opt_str(&pl.chassis_serial),
+        slot_number: pl.slot_number,
+        tray_index: pl.tray_index,
+        host_id: pl.host_id,
+        module_id: pl.module_id,
+        peer_type: pl.peer_type,
+        ib_guid: opt_str(&pl.ib_guid),
     }
 }
 
@@ -440,6 +477,7 @@ fn gpu_from(g: &p::Gpu) -> m::Gpu {
                 .map(|s| s.as_str().into())
                 .collect(),
         }),
+        platform: platform_from(g.platform.as_ref()),
     }
 }
 
@@ -537,6 +575,18 @@ mod tests {
                     health_summary: m::FabricHealth::LimitedCapacity,
                     health_problems: vec!["degraded-bandwidth".into()],
                 }),
+                platform: m::GpuPlatform {
+                    status: m::PlatformStatus::Ok,
+                    reason: "r".into(),
+                    api_version: 2,
+                    chassis_serial: Some("1821325190123".into()),
+                    slot_number: Some(0),
+                    tray_index: Some(3),
+                    host_id: Some(1),
+                    module_id: Some(2),
+                    peer_type: Some(4),
+                    ib_guid: Some("0x0002c90300a1b2c3".into()),
+                },
             }],
             gpu_pairs: vec![m::GpuPair {
                 a: 0,

@@ -78,6 +78,14 @@ pub enum Key {
     /// The multi-node NVLink cluster (ClusterUUID).
     #[strum(serialize = "nvlink.cluster")]
     NvlinkCluster,
+    /// The physical rack: the chassis serial number every GPU's platform info reports (NVML,
+    /// GB200/GB300), in label spelling. Not the NVLink partition, which Fabric Manager may cut
+    /// smaller.
+    #[strum(serialize = "rack.serial")]
+    RackSerial,
+    /// The compute tray's index in that rack, when every GPU reports the same one.
+    #[strum(serialize = "rack.tray")]
+    RackTray,
     /// Active ports of the compute rails (every active port of a physical NIC where no GPU is
     /// known to tell rails apart).
     #[strum(serialize = "rdma.count")]

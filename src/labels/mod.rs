@@ -100,6 +100,7 @@ pub fn desired_labels(topo: &NodeTopology, config: &LabelConfig) -> Labels {
     };
     gpu_labels(topo, &mut set);
     nvlink_labels(topo, &mut set);
+    rack_labels(topo, &mut set);
     rdma_labels(topo, &mut set);
     network_labels(topo, &mut set);
     let mut out = set.out;
@@ -208,6 +209,19 @@ fn nvlink_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
             .filter(|_| topo.fabric.state == FabricState::Ready),
     );
     set.put(Key::NvlinkCluster, topo.fabric.cluster_uuid.clone());
+}
+
+/// `rack.*`: the physical rack and tray, only where every GPU's platform info agrees. A serial
+/// is spelled as a label value like a switch ID ([`crate::placement::id_label_value`]).
+fn rack_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
+    let Some(rack) = topo.rack() else {
+        return;
+    };
+    set.put(
+        Key::RackSerial,
+        Some(crate::placement::id_label_value(&rack.chassis_serial)),
+    );
+    set.put(Key::RackTray, rack.tray_index.map(|t| t.to_string()));
 }
 
 /// `rdma.*`: the compute rails' active ports, written once RDMA facts are known. Storage,

@@ -468,3 +468,75 @@ fn rail_optimised_per_fabric() {
     let l = desired_labels(&t, &LabelConfig::default());
     assert_eq!(get(&l, "ib.rail-optimised"), None);
 }
+
+fn on_rack(serial: Option<&str>, tray: u32) -> crate::model::GpuPlatform {
+    crate::model::GpuPlatform {
+        status: crate::model::PlatformStatus::Ok,
+        chassis_serial: serial.map(str::to_string),
+        tray_index: Some(tray),
+        slot_number: Some(tray + 2),
+        host_id: Some(0),
+        module_id: Some(1),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn rack_labels_only_where_every_gpu_agrees() {
+    let mut t = two_gpu_node();
+    // Unknown (not asked): no key.
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert!(get(&l, "rack.serial").is_none() && get(&l, "rack.tray").is_none());
+
+    t.gpus[0].platform = on_rack(Some("1821325190123"), 3);
+    t.gpus[1].platform = on_rack(Some("1821325190123"), 3);
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "rack.serial"), Some("1821325190123"));
+    assert_eq!(get(&l, "rack.tray"), Some("3"));
+
+    // Trays differ: the rack stays, the tray goes.
+    t.gpus[1].platform = on_rack(Some("1821325190123"), 4);
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "rack.serial"), Some("1821325190123"));
+    assert!(get(&l, "rack.tray").is_none());
+
+    // Another chassis, or one GPU without an answer: neither key.
+    t.gpus[1].platform = on_rack(Some("1821325190999"), 3);
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert!(get(&l, "rack.serial").is_none() && get(&l, "rack.tray").is_none());
+    for other in [
+        crate::model::GpuPlatform {
+            status: crate::model::PlatformStatus::NotSupported,
+            ..Default::default()
+        },
+        crate::model::GpuPlatform {
+            status: crate::model::PlatformStatus::Error,
+            ..Default::default()
+        },
+        on_rack(None, 3),
+    ] {
+        t.gpus[1].platform = other;
+        let l = desired_labels(&t, &LabelConfig::default());
+        assert!(get(&l, "rack.serial").is_none(), "{l:?}");
+    }
+}
+
+#[test]
+fn rack_serial_is_spelled_as_a_label_value() {
+    let mut t = two_gpu_node();
+    for g in &mut t.gpus {
+        g.platform = on_rack(Some(" RACK 7/A:b "), 0);
+    }
+    let l = desired_labels(&t, &LabelConfig::default());
+    assert_eq!(get(&l, "rack.serial"), Some("RACK-7-A-b"));
+    assert_eq!(get(&l, "rack.tray"), Some("0"));
+    for g in &mut t.gpus {
+        g.platform = on_rack(Some("::"), 0);
+    }
+    let l = desired_labels(&t, &LabelConfig::default());
+    let v = get(&l, "rack.serial").unwrap();
+    assert!(v.starts_with("id-"), "{v}");
+    for (k, v) in &l {
+        assert!(k8s_valid(&k.to_string(), v.as_str()), "{k}={v}");
+    }
+}

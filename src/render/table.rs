@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{FabricPlacement, NodeTopology, NvLinkRemoteType};
+use crate::model::{FabricPlacement, NodeTopology, NvLinkRemoteType, PlatformStatus};
 
 /// Left-aligned columns, two spaces apart.
 fn columns(rows: &[Vec<String>]) -> String {
@@ -82,6 +82,9 @@ fn summary(t: &NodeTopology, out: &mut String) {
             let _ = writeln!(out, "{name}: {}", placement(p));
         }
     }
+    if !t.gpus.is_empty() {
+        let _ = writeln!(out, "Rack:    {}", rack(t));
+    }
 }
 
 /// One fabric's placement on a line: leaf, unit, block, whether rail-optimised, and why a value
@@ -102,6 +105,41 @@ fn placement(p: &FabricPlacement) -> String {
         let _ = write!(line, "  ({})", p.reason);
     }
     line
+}
+
+/// The physical rack line: the chassis serial and tray every GPU agrees on, or why there is none.
+fn rack(t: &NodeTopology) -> String {
+    if let Some(r) = t.rack() {
+        return match r.tray_index {
+            Some(tray) => format!("{} tray {tray}", r.chassis_serial),
+            None => format!("{} (GPUs on different trays)", r.chassis_serial),
+        };
+    }
+    let all = |s: PlatformStatus| t.gpus.iter().all(|g| g.platform.status == s);
+    if all(PlatformStatus::NotSupported) {
+        return "- (platform info not supported)".into();
+    }
+    if let Some(g) = t
+        .gpus
+        .iter()
+        .find(|g| g.platform.status == PlatformStatus::Error)
+    {
+        return format!("- (GPU {} platform info: {})", g.index, g.platform.reason);
+    }
+    if all(PlatformStatus::Ok) {
+        let mut serials: Vec<&str> = t
+            .gpus
+            .iter()
+            .map(|g| g.platform.chassis_serial.as_deref().unwrap_or("?"))
+            .collect();
+        serials.sort_unstable();
+        serials.dedup();
+        return format!("- (GPUs name different chassis: {})", serials.join(", "));
+    }
+    match t.gpus.iter().find(|g| !g.platform.reason.is_empty()) {
+        Some(g) => format!("- (platform info unknown: {})", g.platform.reason),
+        None => "- (platform info unknown)".into(),
+    }
 }
 
 /// The GPU list and the matrix.

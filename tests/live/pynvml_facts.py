@@ -58,6 +58,22 @@ for i, h in enumerate(hs):
         return {"state": info.state, "status": info.status,
                 "cluster_uuid": bytes(info.clusterUuid).hex(), "clique_id": info.cliqueId}
     g["fabric"] = tryit(fab)
+
+    def plat():
+        # nvmlPlatformInfo_v2_t, declared here so that a pynvml without it still asks.
+        class Info(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint), ("ibGuid", ctypes.c_ubyte * 16),
+                        ("chassisSerialNumber", ctypes.c_ubyte * 16), ("slotNumber", ctypes.c_ubyte),
+                        ("trayIndex", ctypes.c_ubyte), ("hostId", ctypes.c_ubyte),
+                        ("peerType", ctypes.c_ubyte), ("moduleId", ctypes.c_ubyte)]
+        info = Info()
+        info.version = ctypes.sizeof(info) | (2 << 24)
+        fn = N._nvmlGetFunctionPointer("nvmlDeviceGetPlatformInfo")
+        N._nvmlCheckReturn(fn(h, ctypes.byref(info)))
+        return {"chassis_serial": bytes(info.chassisSerialNumber).hex(),
+                "slot_number": info.slotNumber, "tray_index": info.trayIndex,
+                "host_id": info.hostId, "module_id": info.moduleId}
+    g["platform"] = tryit(plat)
     out["gpus"].append(g)
 for a in range(n):
     for b in range(n):

@@ -4,6 +4,7 @@
 //! (`Nvml::lib()`), reading the `Result` *fields* so that a missing symbol is an error, not a
 //! panic:
 //! - `nvmlDeviceGetGpuFabricInfoV` / `nvmlDeviceGetGpuFabricInfo`, which the safe API lacks;
+//! - `nvmlDeviceGetPlatformInfo` (driver R570 and later), which the safe API lacks too;
 //! - `nvmlDeviceGetNvLinkRemoteDeviceType`, whose safe wrapper in nvml-wrapper 0.13 writes the
 //!   answer into a temporary and always returns `Unknown`.
 
@@ -18,10 +19,15 @@ use nvml_wrapper::{
 };
 use nvml_wrapper_sys::bindings::{
     NVML_NVLINK_MAX_LINKS, nvmlGpuFabricInfo_t, nvmlGpuFabricInfo_v2_t, nvmlGpuFabricInfo_v3_t,
-    nvmlIntNvLinkDeviceType_t,
+    nvmlIntNvLinkDeviceType_t, nvmlPlatformInfo_v2_t,
 };
 
-use super::{DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink};
+use super::{
+    DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink, RawPlatform,
+};
+
+// nvml.h's platform info struct is 44 bytes in both versions; the version word carries the size.
+const _: () = assert!(mem::size_of::<nvmlPlatformInfo_v2_t>() == 44);
 
 /// NVML return codes used here (nvml.h).
 const NVML_SUCCESS: u32 = 0;
@@ -106,6 +112,34 @@ impl LiveNvml {
             clique_id: info.cliqueId,
             health_mask: Some(info.healthMask),
             health_summary: (version == 3).then_some(info.healthSummary),
+        })
+    }
+
+    fn platform_v(&self, dev: &nvml_wrapper::Device<'_>, version: u32) -> Fact<RawPlatform> {
+        let sym = self
+            .nvml
+            .lib()
+            .nvmlDeviceGetPlatformInfo
+            .as_ref()
+            .map_err(|e| NvmlFailure::new(FailureKind::Missing, e.to_string()))?;
+        // v1 and v2 have the same size and layout (v2 renamed the fields), so one buffer serves
+        // both; the version word names which one is asked for.
+        // SAFETY: an all-zero bit pattern is valid for this plain C struct.
+        let mut info: nvmlPlatformInfo_v2_t = unsafe { mem::zeroed() };
+        info.version = mem::size_of::<nvmlPlatformInfo_v2_t>() as u32 | (version << 24);
+        // SAFETY: the handle is live; `info` is as large as the struct version named in
+        // `info.version`, so the driver writes within it.
+        let rc = unsafe { sym(dev.handle(), &mut info) };
+        check(rc, "nvmlDeviceGetPlatformInfo")?;
+        Ok(RawPlatform {
+            api_version: version,
+            ib_guid: hex(&info.ibGuid),
+            chassis_serial: hex(&info.chassisSerialNumber),
+            slot_number: info.slotNumber,
+            tray_index: info.trayIndex,
+            host_id: info.hostId,
+            peer_type: info.peerType,
+            module_id: info.moduleId,
         })
     }
 
@@ -271,6 +305,16 @@ impl NvmlSource for LiveNvml {
             tried.push(format!("v1: {e}"));
             NvmlFailure::new(e.kind, tried.join("; "))
         })
+    }
+
+    fn platform(&self, index: u32) -> Fact<RawPlatform> {
+        let d = self.device(index)?;
+        match self.platform_v(&d, 2) {
+            Err(e) if e.kind == FailureKind::VersionMismatch => self
+                .platform_v(&d, 1)
+                .map_err(|e1| NvmlFailure::new(e1.kind, format!("v2: {e}; v1: {e1}"))),
+            other => other,
+        }
     }
 }
 

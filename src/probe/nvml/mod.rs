@@ -8,6 +8,7 @@
 
 pub mod fabric;
 pub mod live;
+pub mod platform;
 pub mod prober;
 pub mod snapshot;
 
@@ -31,6 +32,8 @@ pub enum FailureKind {
     VersionMismatch,
     /// Not present (e.g. a device index past the count, or a fact not recorded).
     NotFound,
+    /// A replayed snapshot predates the query: the answer is unknown, not a fault.
+    NotRecorded,
     /// Anything else.
     Other,
 }
@@ -121,6 +124,32 @@ pub struct RawFabric {
     pub health_summary: Option<u8>,
 }
 
+/// `nvmlDeviceGetPlatformInfo` as answered (driver R570 and later; filled on GB200/GB300).
+///
+/// The v1 and v2 structs have the same size and layout: v2 renamed the rack GUID to the chassis
+/// serial number, and the slot, compute-slot and node indices to slot number, tray index and
+/// host id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawPlatform {
+    /// Struct version that answered: 2 or 1.
+    pub api_version: u32,
+    /// The 16 InfiniBand GUID bytes as 32 lowercase hex digits (8 bytes used on Blackwell).
+    pub ib_guid: String,
+    /// The 16 chassis serial number bytes (v1: rack GUID) as 32 lowercase hex digits; on
+    /// Blackwell, 13 ASCII characters and zeros.
+    pub chassis_serial: String,
+    /// Slot number in the chassis, switches included.
+    pub slot_number: u8,
+    /// Tray index among the chassis' compute trays, switches not included.
+    pub tray_index: u8,
+    /// Index of the host (node) within the slot.
+    pub host_id: u8,
+    /// The NVLink peer type the platform indicates (switch present or not).
+    pub peer_type: u8,
+    /// The GPU's module id within the host.
+    pub module_id: u8,
+}
+
 /// The raw NVML facts a topology probe reads. Indices are NVML device indices.
 pub trait NvmlSource: Send {
     /// `nvmlSystemGetDriverVersion`.
@@ -147,6 +176,15 @@ pub trait NvmlSource: Send {
     fn common_ancestor(&self, a: u32, b: u32) -> Fact<u32>;
     /// GPU fabric info, v3 then v2 then v1.
     fn fabric(&self, index: u32) -> Fact<RawFabric>;
+    /// Platform info (physical rack and tray), v2 then v1. A source that cannot ask answers
+    /// "missing", which reads as not supported.
+    fn platform(&self, index: u32) -> Fact<RawPlatform> {
+        let _ = index;
+        Err(NvmlFailure::new(
+            FailureKind::Missing,
+            "this NVML source has no platform info",
+        ))
+    }
 }
 
 /// A shared source answers like the source it shares (e.g. one snapshot read by several
@@ -187,6 +225,9 @@ impl<T: NvmlSource + Sync + ?Sized> NvmlSource for std::sync::Arc<T> {
     }
     fn fabric(&self, index: u32) -> Fact<RawFabric> {
         (**self).fabric(index)
+    }
+    fn platform(&self, index: u32) -> Fact<RawPlatform> {
+        (**self).platform(index)
     }
 }
 

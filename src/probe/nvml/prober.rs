@@ -1,8 +1,8 @@
 //! GPU, NVLink and fabric probe over any [`NvmlSource`] (live or replayed).
 //!
 //! [`GpuProber`] keeps static facts between probes (keyed by GPU UUID, so a replaced GPU is
-//! re-read): NUMA node, CPU affinity, driver versions and every pair's P2P status and common
-//! ancestor. A re-probe then asks only what can change: device presence and identity (cheap),
+//! re-read): NUMA node, CPU affinity, platform info (physical rack and tray), driver versions and
+//! every pair's P2P status and common ancestor. A re-probe then asks only what can change: device presence and identity (cheap),
 //! MIG mode, NVLink state and fabric state.
 //!
 //! P2P-status calls dominate NVML's cost (about 1.65 ms each on H200). Where every active link
@@ -16,13 +16,13 @@ use std::{
 
 use crate::model::PciAddress;
 use crate::model::{
-    Connection, DriverInfo, Fabric, Gpu, GpuFamily, GpuPair, MigMode, NvLink, NvLinkRemoteType,
-    P2pStatus, Source, SourceStatus, cpulist_from_mask,
+    Connection, DriverInfo, Fabric, Gpu, GpuFamily, GpuPair, GpuPlatform, MigMode, NvLink,
+    NvLinkRemoteType, P2pStatus, PlatformStatus, Source, SourceStatus, cpulist_from_mask,
 };
 
 use super::{
     DeviceIdentity, Fact, NvmlFailure, NvmlSource, RawNvLink, cuda_version_string, fabric,
-    nvlink_version_name,
+    nvlink_version_name, platform,
 };
 use crate::probe::sysfs::SysfsRoot;
 
@@ -66,6 +66,8 @@ pub struct GpuProber {
     options: ProbeOptions,
     driver: Option<DriverInfo>,
     gpus: HashMap<String, StaticGpu>,
+    /// Platform answers other than errors, by GPU UUID.
+    platforms: HashMap<String, GpuPlatform>,
     pairs: HashMap<(String, String), StaticPair>,
 }
 
@@ -107,6 +109,7 @@ impl GpuProber {
             options,
             driver: None,
             gpus: HashMap::new(),
+            platforms: HashMap::new(),
             pairs: HashMap::new(),
         }
     }
@@ -210,6 +213,8 @@ impl GpuProber {
         // Forget cached facts of GPUs that are gone.
         self.gpus
             .retain(|uuid, _| gpus.iter().any(|g| &g.uuid == uuid));
+        self.platforms
+            .retain(|uuid, _| gpus.iter().any(|g| &g.uuid == uuid));
         self.pairs.retain(|(a, b), _| {
             gpus.iter().any(|g| &g.uuid == a) && gpus.iter().any(|g| &g.uuid == b)
         });
@@ -262,6 +267,7 @@ impl GpuProber {
                 s
             }
         };
+        let platform = self.platform(index, &id.uuid, problems);
         let (mig_mode, mig_mode_pending) = match self.src.mig_mode(index) {
             Ok((cur, pend)) => (mig(cur), mig(pend)),
             Err(e) if e.is_not_supported() => (MigMode::Unsupported, MigMode::Unsupported),
@@ -315,7 +321,24 @@ impl GpuProber {
             cpu_affinity: stat.cpu_affinity,
             nvlinks,
             fabric: None,
+            platform,
         }
+    }
+
+    /// The GPU's platform info: cached, else asked (and cached unless the query failed). A
+    /// failure is a problem of the NVML source; "not supported" is not.
+    fn platform(&mut self, index: u32, uuid: &str, problems: &mut Problems) -> GpuPlatform {
+        if let Some(p) = self.platforms.get(uuid) {
+            return p.clone();
+        }
+        let (p, problem) = platform::decode(&self.src.platform(index));
+        if let Some(e) = problem {
+            problems.0.push(format!("GPU {index} platform info: {e}"));
+        }
+        if p.status != PlatformStatus::Error {
+            self.platforms.insert(uuid.to_string(), p.clone());
+        }
+        p
     }
 
     fn pairs(&mut self, gpus: &[Gpu], problems: &mut Problems) -> Vec<GpuPair> {
@@ -439,7 +462,7 @@ mod tests {
     use super::*;
     use crate::probe::{
         nvml::snapshot::NvmlSnapshot,
-        nvml::{FailureKind, RawFabric},
+        nvml::{FailureKind, RawFabric, RawPlatform},
     };
 
     const H200: &str = include_str!("../../../tests/fixtures/h200x4-hgx/snapshot.json");
@@ -492,6 +515,10 @@ mod tests {
         }
         fn fabric(&self, i: u32) -> Fact<RawFabric> {
             self.inner.fabric(i)
+        }
+        fn platform(&self, i: u32) -> Fact<RawPlatform> {
+            self.static_calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.platform(i)
         }
     }
 
@@ -550,8 +577,8 @@ mod tests {
         let first = p.probe(&sysfs);
         let (p2p_cold, static_cold) = (p2p.load(Ordering::SeqCst), st.load(Ordering::SeqCst));
         assert!(
-            static_cold >= 4 + 4 + 12,
-            "numa, affinity and ancestors asked once each"
+            static_cold >= 4 + 4 + 4 + 12,
+            "numa, affinity, platform and ancestors asked once each"
         );
         let second = p.probe(&sysfs);
         assert_eq!(
@@ -616,6 +643,9 @@ mod tests {
             }
             fn fabric(&self, i: u32) -> Fact<RawFabric> {
                 self.0.lock().unwrap().fabric(i)
+            }
+            fn platform(&self, i: u32) -> Fact<RawPlatform> {
+                self.0.lock().unwrap().platform(i)
             }
         }
         let numa_calls = Arc::new(AtomicUsize::new(0));
@@ -709,6 +739,50 @@ mod tests {
         assert!(r.gpus.iter().all(|g| g.mig_mode == MigMode::Unsupported));
         assert!(r.gpus.iter().all(|g| g.cpu_affinity.is_empty()));
         assert_eq!(r.fabric.state, crate::model::FabricState::None);
+    }
+
+    #[test]
+    fn platform_info_not_supported_is_no_failure_and_an_error_is() {
+        let sysfs = SysfsRoot::default();
+        // Recorded before platform info was asked: unknown, no failure.
+        let r = GpuProber::new(Box::new(h200()), ProbeOptions::default()).probe(&sysfs);
+        assert!(r.sources.iter().all(|s| s.ok), "{:?}", r.sources);
+        assert!(
+            r.gpus
+                .iter()
+                .all(|g| g.platform.status == PlatformStatus::Unknown)
+        );
+
+        let mut snap = h200();
+        for d in &mut snap.devices {
+            d.platform = Some(Err(NvmlFailure::new(
+                FailureKind::NotSupported,
+                "nvmlDeviceGetPlatformInfo returned 3",
+            )));
+        }
+        let r = GpuProber::new(Box::new(snap.clone()), ProbeOptions::default()).probe(&sysfs);
+        assert!(r.sources.iter().all(|s| s.ok), "{:?}", r.sources);
+        assert!(
+            r.gpus
+                .iter()
+                .all(|g| g.platform.status == PlatformStatus::NotSupported)
+        );
+
+        snap.devices[1].platform = Some(Err(NvmlFailure::new(
+            FailureKind::NoPermission,
+            "Insufficient Permissions",
+        )));
+        let r = GpuProber::new(Box::new(snap), ProbeOptions::default()).probe(&sysfs);
+        let nvml = &r.sources[0];
+        assert!(!nvml.ok, "{nvml:?}");
+        assert!(
+            nvml.error
+                .contains("GPU 1 platform info: Insufficient Permissions"),
+            "{}",
+            nvml.error
+        );
+        assert_eq!(r.gpus[1].platform.status, PlatformStatus::Error);
+        assert_eq!(r.gpus[0].platform.status, PlatformStatus::NotSupported);
     }
 
     #[test]

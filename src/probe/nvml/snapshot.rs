@@ -8,7 +8,9 @@ use std::{collections::BTreeMap, path::Path};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink};
+use super::{
+    DeviceIdentity, Fact, FailureKind, NvmlFailure, NvmlSource, RawFabric, RawNvLink, RawPlatform,
+};
 
 /// Current snapshot format version.
 pub const SNAPSHOT_FORMAT: u32 = 1;
@@ -62,6 +64,10 @@ pub struct DeviceRecord {
     pub nvlinks: Fact<Vec<RawNvLink>>,
     /// Fabric info.
     pub fabric: Fact<RawFabric>,
+    /// Platform info; `None` in snapshots recorded before it was asked (replayed as not
+    /// recorded: unknown, not a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Fact<RawPlatform>>,
 }
 
 /// Everything NVML answered for one ordered device pair.
@@ -113,6 +119,7 @@ impl NvmlSnapshot {
                 cpu_affinity: src.cpu_affinity(i),
                 nvlinks: src.nvlinks(i),
                 fabric: src.fabric(i),
+                platform: Some(src.platform(i)),
             })
             .collect();
         let mut pairs = Vec::new();
@@ -252,5 +259,66 @@ impl NvmlSource for NvmlSnapshot {
     }
     fn fabric(&self, index: u32) -> Fact<RawFabric> {
         self.device(index)?.fabric.clone()
+    }
+    fn platform(&self, index: u32) -> Fact<RawPlatform> {
+        self.device(index)?.platform.clone().unwrap_or_else(|| {
+            Err(NvmlFailure::new(
+                FailureKind::NotRecorded,
+                "not in the snapshot (recorded before platform info was asked)",
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H200: &str = include_str!("../../../tests/fixtures/h200x4-hgx/snapshot.json");
+
+    #[test]
+    fn a_snapshot_without_platform_info_replays_it_as_not_recorded() {
+        let snap = NvmlSnapshot::parse(H200, "h200").unwrap();
+        assert!(snap.devices.iter().all(|d| d.platform.is_none()));
+        let e = snap.platform(0).unwrap_err();
+        assert_eq!(e.kind, FailureKind::NotRecorded);
+        assert!(!e.is_not_supported());
+        // Written back, it still has no platform field.
+        let text = serde_json::to_string(&snap).unwrap();
+        assert!(!text.contains("\"platform\""));
+    }
+
+    #[test]
+    fn platform_info_is_recorded_and_replayed() {
+        let mut snap = NvmlSnapshot::parse(H200, "h200").unwrap();
+        let raw = RawPlatform {
+            api_version: 2,
+            ib_guid: "0".repeat(32),
+            chassis_serial: format!("{}{}", "31383231", "0".repeat(24)),
+            slot_number: 9,
+            tray_index: 4,
+            host_id: 1,
+            peer_type: 2,
+            module_id: 3,
+        };
+        snap.devices[0].platform = Some(Ok(raw.clone()));
+        snap.devices[1].platform = Some(Err(NvmlFailure::new(
+            FailureKind::NotSupported,
+            "Not Supported",
+        )));
+        let again = NvmlSnapshot::capture(&snap, "re-recorded");
+        assert_eq!(again.platform(0), Ok(raw));
+        assert_eq!(
+            again.platform(1).unwrap_err().kind,
+            FailureKind::NotSupported
+        );
+        // Asked again of a source that had no answer: recorded as not recorded.
+        assert_eq!(
+            again.platform(2).unwrap_err().kind,
+            FailureKind::NotRecorded
+        );
+        let text = serde_json::to_string_pretty(&again).unwrap();
+        let back = NvmlSnapshot::parse(&text, "again").unwrap();
+        assert_eq!(back, again);
     }
 }
