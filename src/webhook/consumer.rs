@@ -79,7 +79,11 @@ impl Source {
     }
 
     /// The value for Node `node` with `labels`, if there is one.
-    pub fn value<'a>(&'a self, node: &'a str, labels: &'a BTreeMap<String, String>) -> Option<&'a str> {
+    pub fn value<'a>(
+        &'a self,
+        node: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Option<&'a str> {
         self.labels
             .iter()
             .find_map(|k| labels.get(k).map(String::as_str))
@@ -182,7 +186,7 @@ pub fn parse_consumer(spec: &str, prefix: &str) -> Result<Vec<ConsumerRule>, Web
                 .into_iter()
                 .map(|(domain, source)| {
                     let pod_key = LabelKey::parse(&format!("{DYNAMO_TOPOLOGY_PREFIX}{domain}"))?;
-                    Ok(ConsumerRule {
+                    Ok::<_, WebhookError>(ConsumerRule {
                         consumer: Consumer::Dynamo,
                         pod_key: pod_key.to_string(),
                         source,
@@ -230,7 +234,11 @@ mod tests {
         assert_eq!(
             keys(&r),
             [
-                ("kubernetes.io/hostname", vec!["kubernetes.io/hostname"], true),
+                (
+                    "kubernetes.io/hostname",
+                    vec!["kubernetes.io/hostname"],
+                    true
+                ),
                 (
                     "topology.kubernetes.io/rack",
                     vec!["nodetopo.io/nvlink.domain"],
@@ -260,13 +268,28 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("nvidia.com/dynamo-topology.region", "topology.kubernetes.io/region"),
-                ("nvidia.com/dynamo-topology.zone", "topology.kubernetes.io/zone"),
+                (
+                    "nvidia.com/dynamo-topology.region",
+                    "topology.kubernetes.io/region"
+                ),
+                (
+                    "nvidia.com/dynamo-topology.zone",
+                    "topology.kubernetes.io/zone"
+                ),
                 ("nvidia.com/dynamo-topology.block", "nodetopo.io/ib.block"),
                 ("nvidia.com/dynamo-topology.su", "nodetopo.io/ib.su"),
-                ("nvidia.com/dynamo-topology.rack", "nodetopo.io/nvlink.cluster"),
-                ("nvidia.com/dynamo-topology.clique", "nodetopo.io/nvlink.domain"),
-                ("nvidia.com/dynamo-topology.roce-leaf", "nodetopo.io/roce.leaf"),
+                (
+                    "nvidia.com/dynamo-topology.rack",
+                    "nodetopo.io/nvlink.cluster"
+                ),
+                (
+                    "nvidia.com/dynamo-topology.clique",
+                    "nodetopo.io/nvlink.domain"
+                ),
+                (
+                    "nvidia.com/dynamo-topology.roce-leaf",
+                    "nodetopo.io/roce.leaf"
+                ),
                 ("nvidia.com/dynamo-topology.host", "kubernetes.io/hostname"),
             ]
         );
@@ -315,7 +338,8 @@ mod tests {
         assert_eq!(r.consumer, Consumer::PodKey);
         assert_eq!(r.pod_key, "example.com/rack");
         assert_eq!(r.source.labels.len(), 2);
-        let r = parse_pod_key("example.com/block=fabric.example.com/block", DEFAULT_PREFIX).unwrap();
+        let r =
+            parse_pod_key("example.com/block=fabric.example.com/block", DEFAULT_PREFIX).unwrap();
         assert_eq!(r.source.labels, ["fabric.example.com/block"]);
         assert!(parse_pod_key("example.com/rack", DEFAULT_PREFIX).is_err());
         assert!(parse_pod_key("bad key=leaf", DEFAULT_PREFIX).is_err());
@@ -339,6 +363,10 @@ mod tests {
         let clique = Source::parse("nvlink-domain", DEFAULT_PREFIX).unwrap();
         assert_eq!(clique.value("n1", &labels), None);
         let empty = Source::parse("empty.example.com/x", DEFAULT_PREFIX).unwrap();
-        assert_eq!(empty.value("n1", &labels), None, "an empty value is no value");
+        assert_eq!(
+            empty.value("n1", &labels),
+            None,
+            "an empty value is no value"
+        );
     }
 }

@@ -422,7 +422,11 @@ impl ReadReview {
         cfg: &MutationConfig,
         bound_pod_labels: Option<&BTreeMap<String, String>>,
     ) -> Result<Reviewed, WebhookError> {
-        let existing = self.req.object.as_ref().and_then(|o| o.metadata.labels.as_ref());
+        let existing = self
+            .req
+            .object
+            .as_ref()
+            .and_then(|o| o.metadata.labels.as_ref());
         let pod_labels = match self.kind {
             ObjectKind::Pod => Some(existing.unwrap_or(&EMPTY)),
             _ => bound_pod_labels,

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    metrics::WebhookMetrics,
     WebhookError,
+    metrics::WebhookMetrics,
     mutate::{MutationConfig, NodeLabels, ObjectKind, ReadReview, Reviewed},
     route::{RouteConfig, review_route},
 };
@@ -32,7 +32,8 @@ pub type PodLookup = Arc<
     dyn Fn(
             String,
             String,
-        ) -> futures::future::BoxFuture<'static, Result<BTreeMap<String, String>, WebhookError>>
+        )
+            -> futures::future::BoxFuture<'static, Result<BTreeMap<String, String>, WebhookError>>
         + Send
         + Sync,
 >;

@@ -294,7 +294,10 @@ fn consumer_keys_get_the_nodes_values_but_never_replace_the_pods_own() {
     let c = consumer_cfg();
     let gb = &nodes()["gb-1"];
     let d = c.decide("gb-1", gb, Some(&BTreeMap::new()));
-    assert_eq!(d.labels["kubernetes.io/hostname"], "gb-1", "no hostname label: the name");
+    assert_eq!(
+        d.labels["kubernetes.io/hostname"], "gb-1",
+        "no hostname label: the name"
+    );
     assert_eq!(d.labels["topology.kubernetes.io/rack"], "leaf-3");
     assert_eq!(d.labels["example.com/clique"], "c0ffee.1");
     assert_eq!(d.labels["topo.example.com/nvlink.domain"], "c0ffee.1");
@@ -333,7 +336,11 @@ fn consumer_keys_get_the_nodes_values_but_never_replace_the_pods_own() {
     // A Node without the rack's label: no rack, and nothing withheld for it.
     let cpu = &nodes()["cpu-1"];
     let d = c.decide("cpu-1", cpu, None);
-    assert_eq!(d.withheld, [Consumer::LlmD], "only the hostname had a value");
+    assert_eq!(
+        d.withheld,
+        [Consumer::LlmD],
+        "only the hostname had a value"
+    );
 }
 
 #[test]
@@ -345,8 +352,15 @@ fn consumers_not_enabled_write_nothing_of_theirs() {
     );
     let req = pod(Some("gb-1"), json!({"app": "vllm"}), "CREATE");
     let obj = patched(&req, &run(&req));
-    let keys: Vec<&String> = obj["metadata"]["labels"].as_object().unwrap().keys().collect();
-    assert!(!keys.iter().any(|k| k.contains("kubernetes.io/")), "{keys:?}");
+    let keys: Vec<&String> = obj["metadata"]["labels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert!(
+        !keys.iter().any(|k| k.contains("kubernetes.io/")),
+        "{keys:?}"
+    );
 }
 
 #[test]
@@ -358,12 +372,19 @@ fn a_pod_created_on_a_node_keeps_its_own_consumer_value() {
         "CREATE",
     );
     let read = ReadReview::read(&serde_json::to_vec(&req).unwrap()).unwrap();
-    assert_eq!(read.pod_to_look_up(&c), None, "a Pod's labels are in the review");
+    assert_eq!(
+        read.pod_to_look_up(&c),
+        None,
+        "a Pod's labels are in the review"
+    );
     let r = read.answer(&nodes(), &c, None).unwrap();
     assert_eq!(r.kept.len(), 1);
     assert!(r.withheld.is_empty());
     let obj = patched(&req, &r);
-    assert_eq!(obj["metadata"]["labels"]["topology.kubernetes.io/rack"], "mine");
+    assert_eq!(
+        obj["metadata"]["labels"]["topology.kubernetes.io/rack"],
+        "mine"
+    );
     assert_eq!(obj["metadata"]["labels"]["kubernetes.io/hostname"], "gb-1");
 }
 
@@ -386,14 +407,21 @@ fn a_binding_looks_its_pod_up_and_gets_consumer_keys() {
     let l = &obj["metadata"]["labels"];
     assert_eq!(l["topology.kubernetes.io/rack"], "leaf-3");
     assert_eq!(l["kubernetes.io/hostname"], "gb-1");
-    assert!(l.get("example.com/clique").is_none(), "the Pod's own value stays: {l}");
+    assert!(
+        l.get("example.com/clique").is_none(),
+        "the Pod's own value stays: {l}"
+    );
     assert_eq!(r.kept[0].key, "example.com/clique");
 
     // Looked up in vain: nodetopo's own keys only.
     let r = review(&body, &nodes(), &c).unwrap();
     assert_eq!(r.withheld.len(), 3);
     let obj = patched(&req, &r);
-    assert!(obj["metadata"]["labels"].get("topology.kubernetes.io/rack").is_none());
+    assert!(
+        obj["metadata"]["labels"]
+            .get("topology.kubernetes.io/rack")
+            .is_none()
+    );
     assert_eq!(obj["metadata"]["labels"]["topo.example.com/leaf"], "leaf-3");
 }
 
