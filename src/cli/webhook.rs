@@ -7,7 +7,6 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time
 
 use anyhow::Context;
 use clap::Args;
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use nodetopo::{
     labels::{DEFAULT_PREFIX, Key},
@@ -17,7 +16,7 @@ use nodetopo::{
         mutate::{DEFAULT_KEYS, MutationConfig},
         nodes::reflect_nodes,
         route::{DEFAULT_GROUP_PROFILE, DEFAULT_RESOURCE, DEFAULT_SCHEDULER, RouteConfig},
-        server::{self, PodLookup, WebhookState},
+        server::{self, PodLabelsFuture, PodLookup, WebhookState},
         tls::{self, ReloadingCert},
     },
 };
@@ -164,15 +163,14 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
 fn pod_lookup(client: kube::Client, timeout: Duration) -> PodLookup {
     Arc::new(move |ns: String, name: String| {
         let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
-        async move {
+        Box::pin(async move {
             let who = format!("{ns}/{name}");
             match tokio::time::timeout(timeout, api.get_metadata(&name)).await {
                 Ok(Ok(p)) => Ok(p.metadata.labels.unwrap_or_default()),
                 Ok(Err(e)) => Err(WebhookError::PodLookup(who, e)),
                 Err(_) => Err(WebhookError::PodLookupTimeout(who, timeout)),
             }
-        }
-        .boxed()
+        }) as PodLabelsFuture
     })
 }
 

@@ -28,15 +28,11 @@ use super::{
 
 /// Reads a Pod's labels by namespace and name: how a binding's Pod is looked up when consumer
 /// keys are configured (the Binding does not carry its Pod's labels).
-pub type PodLookup = Arc<
-    dyn Fn(
-            String,
-            String,
-        )
-            -> futures::future::BoxFuture<'static, Result<BTreeMap<String, String>, WebhookError>>
-        + Send
-        + Sync,
->;
+pub type PodLookup = Arc<dyn Fn(String, String) -> PodLabelsFuture + Send + Sync>;
+
+/// What a [`PodLookup`] returns: the Pod's labels, in time.
+pub type PodLabelsFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<BTreeMap<String, String>, WebhookError>> + Send>>;
 
 /// Largest accepted review body (a Pod with a large spec fits well within it).
 pub const BODY_LIMIT: usize = 4 << 20;
