@@ -101,8 +101,12 @@ async fn mutate(s: &WebhookState, body: &[u8]) -> Result<Reviewed, WebhookError>
     let subject = read.subject();
     let mut pod_labels = None;
     if let (Some((ns, name)), Some(lookup)) = (read.pod_to_look_up(&s.config), &s.pods) {
+        let t0 = Instant::now();
         match lookup(ns.to_string(), name.to_string()).await {
-            Ok(l) => pod_labels = Some(l),
+            Ok(l) => {
+                tracing::debug!(pod = %subject, took = ?t0.elapsed(), "read the bound Pod's labels");
+                pod_labels = Some(l);
+            }
             Err(e) => tracing::warn!(
                 pod = %subject,
                 error = &e as &dyn std::error::Error,
