@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use super::WebhookError;
 use crate::labels::{
-    Key, LabelKey,
+    Key, LabelKey, LabelValue,
     keys::{DYNAMO_TOPOLOGY_PREFIX, HOSTNAME, RACK, REGION, ZONE},
 };
 
@@ -87,7 +87,9 @@ impl Source {
         self.labels
             .iter()
             .find_map(|k| labels.get(k).map(String::as_str))
-            .or_else(|| self.node_name.then_some(node))
+            // A Node name can be longer than a label value may be (253 characters against 63):
+            // such a name is no value, since a Binding with it would be refused.
+            .or_else(|| (self.node_name && LabelValue::new(node).is_ok()).then_some(node))
             .filter(|v| !v.is_empty())
     }
 }
@@ -360,6 +362,12 @@ mod tests {
         let mut named = labels.clone();
         named.insert(HOSTNAME.to_string(), "n1.example.com".to_string());
         assert_eq!(host.value("n1", &named), Some("n1.example.com"));
+        let long = format!("{}.example.com", "n".repeat(60));
+        assert_eq!(
+            host.value(&long, &labels),
+            None,
+            "too long for a label value"
+        );
         let clique = Source::parse("nvlink-domain", DEFAULT_PREFIX).unwrap();
         assert_eq!(clique.value("n1", &labels), None);
         let empty = Source::parse("empty.example.com/x", DEFAULT_PREFIX).unwrap();
