@@ -7,14 +7,16 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time
 
 use anyhow::Context;
 use clap::Args;
+use k8s_openapi::api::core::v1::Pod;
 use nodetopo::{
     labels::{DEFAULT_PREFIX, Key},
     webhook::{
+        WebhookError, consumer,
         metrics::WebhookMetrics,
         mutate::{DEFAULT_KEYS, MutationConfig},
         nodes::reflect_nodes,
         route::{DEFAULT_GROUP_PROFILE, DEFAULT_RESOURCE, DEFAULT_SCHEDULER, RouteConfig},
-        server::{self, WebhookState},
+        server::{self, PodLabelsFuture, PodLookup, WebhookState},
         tls::{self, ReloadingCert},
     },
 };
@@ -51,6 +53,20 @@ pub struct WebhookArgs {
     /// `<pod prefix>/NAME`, NAME defaulting to the key's name part); repeatable.
     #[arg(long, value_delimiter = ',')]
     block_label: Vec<String>,
+    /// Also write the keys a consumer reads on its own Pod: `llm-d[:rack=SOURCE]` or
+    /// `dynamo[:DOMAIN=SOURCE|none,...]`; repeatable. SOURCE: `nvlink-domain`,
+    /// `nvlink-cluster`, `leaf`, `host` or a Node label key. A value the Pod already has under
+    /// such a key is kept.
+    #[arg(long)]
+    consumer: Vec<String>,
+    /// Also write `POD_KEY` with the value of SOURCE (as in --consumer); repeatable. A value
+    /// the Pod already has under POD_KEY is kept.
+    #[arg(long, value_name = "POD_KEY=SOURCE")]
+    pod_key: Vec<String>,
+    /// How long a binding waits for its Pod's labels (read only when consumer keys are
+    /// configured) before they are left out.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pod_lookup_timeout: Duration,
     /// `POST /route`: the kube-scheduler profile that pod-group members asking for a managed
     /// resource get (the profile that scores every node and calls the extender).
     #[arg(long, default_value = DEFAULT_GROUP_PROFILE)]
@@ -79,6 +95,7 @@ struct WebhookConfig {
     tls_reload: Duration,
     mutation: MutationConfig,
     route: RouteConfig,
+    pod_lookup_timeout: Duration,
 }
 
 fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
@@ -97,6 +114,22 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
         !mutation.rules().is_empty(),
         "--keys and --block-label name no label to copy"
     );
+    let mut consumers = Vec::new();
+    for spec in args.consumer.iter().filter(|s| !s.trim().is_empty()) {
+        consumers.extend(
+            consumer::parse_consumer(spec, &args.label_prefix)
+                .with_context(|| format!("--consumer {spec}"))?,
+        );
+    }
+    for spec in args.pod_key.iter().filter(|s| !s.trim().is_empty()) {
+        consumers.push(
+            consumer::parse_pod_key(spec, &args.label_prefix)
+                .with_context(|| format!("--pod-key {spec}"))?,
+        );
+    }
+    let mutation = mutation
+        .with_consumers(consumers)
+        .context("--consumer and --pod-key")?;
     let resources: Vec<String> = args
         .group_resources
         .into_iter()
@@ -122,6 +155,22 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
         tls_reload: args.tls_reload,
         mutation,
         route,
+        pod_lookup_timeout: args.pod_lookup_timeout,
+    })
+}
+
+/// Reads a Pod's labels through the metadata API (`pods` `get`), within `timeout`.
+fn pod_lookup(client: kube::Client, timeout: Duration) -> PodLookup {
+    Arc::new(move |ns: String, name: String| {
+        let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
+        Box::pin(async move {
+            let who = format!("{ns}/{name}");
+            match tokio::time::timeout(timeout, api.get_metadata(&name)).await {
+                Ok(Ok(p)) => Ok(p.metadata.labels.unwrap_or_default()),
+                Ok(Err(e)) => Err(WebhookError::PodLookup(who, e)),
+                Err(_) => Err(WebhookError::PodLookupTimeout(who, timeout)),
+            }
+        }) as PodLabelsFuture
     })
 }
 
@@ -135,12 +184,9 @@ async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {
     let client = nodetopo::kube_client::client()
         .await
         .context("connecting to the Kubernetes API")?;
-    let keep: BTreeSet<String> = cfg
-        .mutation
-        .rules()
-        .iter()
-        .map(|r| r.node_key.clone())
-        .collect();
+    let keep: BTreeSet<String> = cfg.mutation.node_keys();
+    let pods = (!cfg.mutation.consumers().is_empty())
+        .then(|| pod_lookup(client.clone(), cfg.pod_lookup_timeout));
     let (nodes, reflector) = reflect_nodes(client, keep);
     let metrics = WebhookMetrics::new();
     let (ready_nodes, counted) = (nodes.clone(), nodes.clone());
@@ -148,6 +194,7 @@ async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {
         config: Arc::new(cfg.mutation),
         route: Arc::new(cfg.route),
         nodes: Arc::new(nodes),
+        pods,
         metrics: metrics.clone(),
         ready: Arc::new(move || ready_nodes.is_ready()),
         node_count: Arc::new(move || counted.len()),

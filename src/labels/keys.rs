@@ -20,6 +20,20 @@ pub const DEFAULT_PREFIX: &str = "nodetopo.io";
 /// names it as the narrowest topology level).
 pub const HOSTNAME: &str = "kubernetes.io/hostname";
 
+/// The well-known zone label (set on Nodes by cloud providers; Kubernetes' `PodTopologyLabels`
+/// admission copies it onto Pods at binding).
+pub const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// The well-known region label (see [`ZONE`]).
+pub const REGION: &str = "topology.kubernetes.io/region";
+
+/// The rack label that routers read from their own Pod (llm-d's router among them). Not a label
+/// Kubernetes itself sets; nodetopo's webhook writes it on Pods when asked to.
+pub const RACK: &str = "topology.kubernetes.io/rack";
+
+/// The start of NVIDIA Dynamo's per-domain Pod label: `nvidia.com/dynamo-topology.<domain>`.
+pub const DYNAMO_TOPOLOGY_PREFIX: &str = "nvidia.com/dynamo-topology.";
+
 /// A label nodetopo writes, under the configured prefix (`<prefix>/<name>`).
 ///
 /// Public contract: a variant's name is never changed or removed. A renamed key gets a new

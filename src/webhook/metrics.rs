@@ -9,7 +9,8 @@ use prometheus_client::{
 };
 
 use super::{
-    mutate::{ObjectKind, Outcome},
+    consumer::Consumer,
+    mutate::{Kept, ObjectKind, Outcome},
     route::Route,
 };
 
@@ -37,6 +38,13 @@ pub struct DecisionLabel {
     pub decision: String,
 }
 
+/// The `consumer` label of the consumer-key counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConsumerLabel {
+    /// `llm-d`, `dynamo` or `pod-key`.
+    pub consumer: String,
+}
+
 /// Buckets of the admission histogram, in seconds: fine below the 2 ms target.
 const BUCKETS: [f64; 11] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0,
@@ -49,6 +57,8 @@ pub struct WebhookMetrics {
     duration: Family<KindLabel, Histogram>,
     reviews: Family<OutcomeLabels, Counter>,
     routes: Family<DecisionLabel, Counter>,
+    kept: Family<ConsumerLabel, Counter>,
+    withheld: Family<ConsumerLabel, Counter>,
     nodes: Gauge,
 }
 
@@ -82,6 +92,18 @@ impl WebhookMetrics {
             "Pod creations reviewed for the scheduler profile (POST /route), by decision",
             routes.clone(),
         );
+        let kept = Family::<ConsumerLabel, Counter>::default();
+        r.register(
+            "consumer_keys_kept",
+            "Consumer keys not written because the Pod has its own value there (kept), by consumer",
+            kept.clone(),
+        );
+        let withheld = Family::<ConsumerLabel, Counter>::default();
+        r.register(
+            "consumer_keys_withheld",
+            "Consumer keys left out of a binding because its Pod's labels could not be read, by consumer",
+            withheld.clone(),
+        );
         let nodes = Gauge::default();
         r.register("nodes", "Nodes in the webhook's reflector", nodes.clone());
         Self {
@@ -89,6 +111,8 @@ impl WebhookMetrics {
             duration,
             reviews,
             routes,
+            kept,
+            withheld,
             nodes,
         }
     }
@@ -122,6 +146,19 @@ impl WebhookMetrics {
             .inc();
     }
 
+    /// Counts the consumer keys of one review that kept the Pod's value or were left out.
+    pub fn observe_consumers(&self, kept: &[Kept], withheld: &[Consumer]) {
+        let label = |c: Consumer| ConsumerLabel {
+            consumer: c.as_str().to_string(),
+        };
+        for k in kept {
+            self.kept.get_or_create(&label(k.consumer)).inc();
+        }
+        for c in withheld {
+            self.withheld.get_or_create(&label(*c)).inc();
+        }
+    }
+
     /// Sets the number of Nodes held.
     pub fn set_nodes(&self, n: usize) {
         self.nodes.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -152,7 +189,22 @@ mod tests {
         m.observe_route(Some(&Route::Routed), Duration::from_micros(40));
         m.observe_route(None, Duration::from_micros(40));
         m.set_nodes(5000);
+        let kept = Kept {
+            consumer: Consumer::LlmD,
+            key: "k".into(),
+            pod_value: "a".into(),
+            node_value: "b".into(),
+        };
+        m.observe_consumers(&[kept.clone(), kept], &[Consumer::Dynamo]);
         let text = m.encode();
+        assert!(
+            text.contains(r#"nodetopo_webhook_consumer_keys_kept_total{consumer="llm-d"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"nodetopo_webhook_consumer_keys_withheld_total{consumer="dynamo"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"nodetopo_webhook_reviews_total{kind="binding",outcome="patched"} 1"#),
             "{text}"

@@ -2,6 +2,8 @@
 //! bound to onto the Pod, so that programs in the Pod (routers, inference engines) can read them
 //! from their own labels or the Downward API.
 //!
+//! - [`consumer`]: the keys other programs read on their own Pod (llm-d's router, Dynamo), opt-in
+//!   per consumer;
 //! - [`mutate`]: the pure decision (Node labels and configuration → JSON patch) and the
 //!   `AdmissionReview` answer;
 //! - [`nodes`]: Node labels from a metadata-only Node watch, in a compact store that keeps only
@@ -16,6 +18,7 @@
 //! mutates the Binding on `pods/binding` CREATE, and the Pod itself when it is created with
 //! `spec.nodeName` already set.
 
+pub mod consumer;
 pub mod metrics;
 pub mod mutate;
 pub mod nodes;
@@ -37,6 +40,15 @@ pub enum WebhookError {
     /// A configured label key or prefix is invalid.
     #[error("invalid copied label")]
     Label(#[from] LabelError),
+    /// A `--consumer` or `--pod-key` that cannot be read (the text, and what is wrong with it).
+    #[error("consumer key {0:?}: {1}")]
+    Consumer(String, &'static str),
+    /// A bound Pod's labels could not be read.
+    #[error("reading Pod {0}")]
+    PodLookup(String, #[source] kube::Error),
+    /// A bound Pod's labels were not read in time.
+    #[error("reading Pod {0} took longer than {1:?}")]
+    PodLookupTimeout(String, std::time::Duration),
     /// Two copied Node labels would be written under the same Pod label.
     #[error("two copied labels map to pod label {0}")]
     DuplicatePodKey(String),

@@ -6,13 +6,22 @@
 //! [`NodeLabels`], and answers with a JSON patch that adds the configured labels under the
 //! pod-side keys. It always allows the request: a missing Node, an unbound Pod or an object of
 //! another kind is passed through unchanged.
+//!
+//! Consumer keys ([`super::consumer`]) follow one more rule: a value the Pod already has under
+//! such a key is the user's and is kept. A Binding does not carry its Pod's labels, so for a
+//! binding the caller looks them up first ([`ReadReview::pod_to_look_up`]) and passes them to
+//! [`ReadReview::answer`]; when they are unknown, consumer keys are left out.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{WebhookError, review};
+use super::{
+    WebhookError,
+    consumer::{Consumer, ConsumerRule},
+    review,
+};
 use crate::labels::{Key, LabelKey};
 
 /// The agent's labels that are copied by default.
@@ -31,6 +40,7 @@ pub struct CopyRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MutationConfig {
     rules: Vec<CopyRule>,
+    consumers: Vec<ConsumerRule>,
 }
 
 impl MutationConfig {
@@ -64,12 +74,35 @@ impl MutationConfig {
                 pod_key: pod_key.to_string(),
             });
         }
-        for (i, r) in rules.iter().enumerate() {
-            if rules[..i].iter().any(|o| o.pod_key == r.pod_key) {
-                return Err(WebhookError::DuplicatePodKey(r.pod_key.clone()));
+        let cfg = Self {
+            rules,
+            consumers: Vec::new(),
+        };
+        cfg.check_pod_keys()?;
+        Ok(cfg)
+    }
+
+    /// Also writes `consumers`' keys (see [`super::consumer`]). A Pod key may be written by one
+    /// rule only.
+    pub fn with_consumers(mut self, consumers: Vec<ConsumerRule>) -> Result<Self, WebhookError> {
+        self.consumers = consumers;
+        self.check_pod_keys()?;
+        Ok(self)
+    }
+
+    fn check_pod_keys(&self) -> Result<(), WebhookError> {
+        let keys: Vec<&str> = self
+            .rules
+            .iter()
+            .map(|r| r.pod_key.as_str())
+            .chain(self.consumers.iter().map(|r| r.pod_key.as_str()))
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].contains(k) {
+                return Err(WebhookError::DuplicatePodKey((*k).to_string()));
             }
         }
-        Ok(Self { rules })
+        Ok(())
     }
 
     /// The rules, in the order given.
@@ -77,9 +110,63 @@ impl MutationConfig {
         &self.rules
     }
 
+    /// The consumer keys, in the order given.
+    pub fn consumers(&self) -> &[ConsumerRule] {
+        &self.consumers
+    }
+
     /// True when `node_key` is a Node label the webhook copies.
     pub fn copies(&self, node_key: &str) -> bool {
-        self.rules.iter().any(|r| r.node_key == node_key)
+        self.node_keys().contains(node_key)
+    }
+
+    /// Every Node label that some rule or consumer key reads: what the Node store keeps.
+    pub fn node_keys(&self) -> std::collections::BTreeSet<String> {
+        self.rules
+            .iter()
+            .map(|r| r.node_key.clone())
+            .chain(
+                self.consumers
+                    .iter()
+                    .flat_map(|c| c.source.labels.iter().cloned()),
+            )
+            .collect()
+    }
+
+    /// The labels for a Pod bound to Node `node` with `node_labels`. `pod_labels` are the
+    /// Pod's own labels, `None` when they are not known (a Binding whose Pod could not be read).
+    ///
+    /// nodetopo's own keys always get the Node's value. A consumer key gets it unless the Pod
+    /// already has another value there (kept, and reported in [`Decision::kept`]), or the Pod's
+    /// labels are unknown (left out, reported in [`Decision::withheld`]).
+    pub fn decide(
+        &self,
+        node: &str,
+        node_labels: &BTreeMap<String, String>,
+        pod_labels: Option<&BTreeMap<String, String>>,
+    ) -> Decision {
+        let mut d = Decision {
+            labels: self.pod_labels(node_labels),
+            ..Decision::default()
+        };
+        for c in &self.consumers {
+            let Some(value) = c.source.value(node, node_labels) else {
+                continue;
+            };
+            match pod_labels.map(|p| p.get(&c.pod_key)) {
+                None => d.withheld.push(c.consumer),
+                Some(Some(have)) if have != value => d.kept.push(Kept {
+                    consumer: c.consumer,
+                    key: c.pod_key.clone(),
+                    pod_value: have.clone(),
+                    node_value: value.to_string(),
+                }),
+                Some(_) => {
+                    d.labels.insert(c.pod_key.clone(), value.to_string());
+                }
+            }
+        }
+        d
     }
 
     /// The Pod labels for a Node with `node_labels`: each rule whose Node label is present.
@@ -93,6 +180,30 @@ impl MutationConfig {
             })
             .collect()
     }
+}
+
+/// What [`MutationConfig::decide`] decided for one Pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// The labels to write.
+    pub labels: BTreeMap<String, String>,
+    /// Consumer keys where the Pod's own value was kept.
+    pub kept: Vec<Kept>,
+    /// Consumer keys left out because the Pod's labels were not known, one entry per key.
+    pub withheld: Vec<Consumer>,
+}
+
+/// A consumer key whose value on the Pod differs from the Node's: the Pod's is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// Who reads the key.
+    pub consumer: Consumer,
+    /// The Pod label key.
+    pub key: String,
+    /// The value the Pod has (kept).
+    pub pod_value: String,
+    /// The Node's value (not written).
+    pub node_value: String,
 }
 
 /// Node labels by Node name: the webhook's view of the cluster.
@@ -189,6 +300,10 @@ pub struct Reviewed {
     pub kind: ObjectKind,
     /// What was decided.
     pub outcome: Outcome,
+    /// Consumer keys where the Pod's own value was kept.
+    pub kept: Vec<Kept>,
+    /// Consumer keys left out because the Pod's labels were not known.
+    pub withheld: Vec<Consumer>,
     /// The `AdmissionReview` response, as JSON.
     pub response: Value,
 }
@@ -205,6 +320,8 @@ struct Object {
 
 #[derive(Deserialize, Default)]
 struct Metadata {
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
 }
@@ -224,55 +341,137 @@ struct PodSpec {
     node_name: Option<String>,
 }
 
-/// Answers the `AdmissionReview` in `body`: always allowed, with a JSON patch that adds the
-/// Node's labels when the object is a Binding (on `pods/binding` CREATE) or a Pod created with
-/// `spec.nodeName` set.
+/// A review read from its body, before the answer: [`review`] in two steps, so that the caller
+/// can look a binding's Pod up in between.
+pub struct ReadReview {
+    api_version: Option<String>,
+    req: review::Request<Object>,
+    kind: ObjectKind,
+}
+
+impl ReadReview {
+    /// Reads the `AdmissionReview` in `body`.
+    pub fn read(body: &[u8]) -> Result<Self, WebhookError> {
+        let (api_version, req) = review::read::<Object>(body)?;
+        let kind = if req.is_pod_create("binding") {
+            ObjectKind::Binding
+        } else if req.is_pod_create("") {
+            ObjectKind::Pod
+        } else {
+            ObjectKind::Other
+        };
+        Ok(Self {
+            api_version,
+            req,
+            kind,
+        })
+    }
+
+    /// The kind of object.
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    /// `namespace/name` of the Pod the review is about, as far as the review says, for logs.
+    pub fn subject(&self) -> String {
+        let name = self
+            .req
+            .name
+            .as_deref()
+            .or_else(|| self.req.object.as_ref()?.metadata.name.as_deref())
+            .unwrap_or("");
+        format!("{}/{name}", self.req.namespace.as_deref().unwrap_or(""))
+    }
+
+    fn node(&self) -> Option<&str> {
+        let o = self.req.object.as_ref()?;
+        let node = match self.kind {
+            ObjectKind::Binding => o
+                .target
+                .as_ref()
+                .filter(|t| t.kind.as_deref().is_none_or(|k| k == "Node"))
+                .map(|t| t.name.as_str()),
+            ObjectKind::Pod => o.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            ObjectKind::Other => None,
+        };
+        node.filter(|n| !n.is_empty())
+    }
+
+    /// The Pod (namespace, name) whose labels [`Self::answer`] needs: a binding, when consumer
+    /// keys are configured. `None` when no look-up is needed.
+    pub fn pod_to_look_up(&self, cfg: &MutationConfig) -> Option<(&str, &str)> {
+        if self.kind != ObjectKind::Binding || cfg.consumers().is_empty() || self.node().is_none() {
+            return None;
+        }
+        let ns = self.req.namespace.as_deref()?;
+        let name = self
+            .req
+            .name
+            .as_deref()
+            .or_else(|| self.req.object.as_ref()?.metadata.name.as_deref())?;
+        Some((ns, name))
+    }
+
+    /// The answer: always allowed, with a JSON patch that adds the Node's labels when the
+    /// object is a Binding (on `pods/binding` CREATE) or a Pod created with `spec.nodeName`
+    /// set. `bound_pod_labels`: for a binding, the labels of its Pod as looked up (`None`:
+    /// unknown); ignored for a Pod, whose labels are in the review.
+    pub fn answer(
+        self,
+        nodes: &(impl NodeLabels + ?Sized),
+        cfg: &MutationConfig,
+        bound_pod_labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<Reviewed, WebhookError> {
+        let existing = self
+            .req
+            .object
+            .as_ref()
+            .and_then(|o| o.metadata.labels.as_ref());
+        let pod_labels = match self.kind {
+            ObjectKind::Pod => Some(existing.unwrap_or(&EMPTY)),
+            _ => bound_pod_labels,
+        };
+        let (mut kept, mut withheld) = (Vec::new(), Vec::new());
+        let (outcome, patch) = match (self.kind, self.node()) {
+            (ObjectKind::Other, _) => (Outcome::Ignored, Vec::new()),
+            (_, None) => (Outcome::NotBound, Vec::new()),
+            (_, Some(node)) => match nodes.node_labels(node) {
+                None => (Outcome::UnknownNode(node.to_string()), Vec::new()),
+                Some(labels) => {
+                    let d = cfg.decide(node, &labels, pod_labels);
+                    kept = d.kept;
+                    withheld = d.withheld;
+                    let patch = label_patch(existing, &d.labels);
+                    if patch.is_empty() {
+                        (Outcome::Unchanged, patch)
+                    } else {
+                        (Outcome::Patched(patch.len()), patch)
+                    }
+                }
+            },
+        };
+        let response = review::answer(self.api_version.as_deref(), &self.req.uid, &patch)?;
+        Ok(Reviewed {
+            kind: self.kind,
+            outcome,
+            kept,
+            withheld,
+            response,
+        })
+    }
+}
+
+static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+
+/// Answers the `AdmissionReview` in `body` without looking anything up: [`ReadReview::read`]
+/// then [`ReadReview::answer`], a binding's Pod labels unknown (so consumer keys are left out of
+/// bindings).
 pub fn review(
     body: &[u8],
     nodes: &(impl NodeLabels + ?Sized),
     cfg: &MutationConfig,
 ) -> Result<Reviewed, WebhookError> {
-    let (api_version, req) = review::read::<Object>(body)?;
-    let kind = if req.is_pod_create("binding") {
-        ObjectKind::Binding
-    } else if req.is_pod_create("") {
-        ObjectKind::Pod
-    } else {
-        ObjectKind::Other
-    };
-    let node = req.object.as_ref().and_then(|o| match kind {
-        ObjectKind::Binding => o
-            .target
-            .as_ref()
-            .filter(|t| t.kind.as_deref().is_none_or(|k| k == "Node"))
-            .map(|t| t.name.as_str()),
-        ObjectKind::Pod => o.spec.as_ref().and_then(|s| s.node_name.as_deref()),
-        ObjectKind::Other => None,
-    });
-    let node = node.filter(|n| !n.is_empty());
-    let (outcome, patch) = match (kind, node) {
-        (ObjectKind::Other, _) => (Outcome::Ignored, Vec::new()),
-        (_, None) => (Outcome::NotBound, Vec::new()),
-        (_, Some(node)) => match nodes.node_labels(node) {
-            None => (Outcome::UnknownNode(node.to_string()), Vec::new()),
-            Some(labels) => {
-                let add = cfg.pod_labels(&labels);
-                let existing = req.object.as_ref().and_then(|o| o.metadata.labels.as_ref());
-                let patch = label_patch(existing, &add);
-                if patch.is_empty() {
-                    (Outcome::Unchanged, patch)
-                } else {
-                    (Outcome::Patched(patch.len()), patch)
-                }
-            }
-        },
-    };
-    let response = review::answer(api_version.as_deref(), &req.uid, &patch)?;
-    Ok(Reviewed {
-        kind,
-        outcome,
-        response,
-    })
+    ReadReview::read(body)?.answer(nodes, cfg, None)
 }
 
 #[cfg(test)]

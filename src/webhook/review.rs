@@ -28,6 +28,8 @@ pub(crate) struct Request<O> {
     pub operation: String,
     #[serde(default)]
     pub namespace: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default = "Option::default")]
     pub object: Option<O>,
 }

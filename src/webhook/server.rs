@@ -1,7 +1,7 @@
 //! The webhook's servers: `POST /mutate` (and `GET /healthz`) over TLS for the API server, and
 //! `/metrics`, `/healthz`, `/readyz` over plain HTTP for probes and Prometheus.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -20,10 +20,19 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::{
+    WebhookError,
     metrics::WebhookMetrics,
-    mutate::{MutationConfig, NodeLabels, ObjectKind, review},
+    mutate::{MutationConfig, NodeLabels, ObjectKind, ReadReview, Reviewed},
     route::{RouteConfig, review_route},
 };
+
+/// Reads a Pod's labels by namespace and name: how a binding's Pod is looked up when consumer
+/// keys are configured (the Binding does not carry its Pod's labels).
+pub type PodLookup = Arc<dyn Fn(String, String) -> PodLabelsFuture + Send + Sync>;
+
+/// What a [`PodLookup`] returns: the Pod's labels, in time.
+pub type PodLabelsFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<BTreeMap<String, String>, WebhookError>> + Send>>;
 
 /// Largest accepted review body (a Pod with a large spec fits well within it).
 pub const BODY_LIMIT: usize = 4 << 20;
@@ -39,6 +48,9 @@ pub struct WebhookState {
     pub route: Arc<RouteConfig>,
     /// Node labels by name.
     pub nodes: Arc<dyn NodeLabels + Send + Sync>,
+    /// Looks a binding's Pod up for its labels; `None`: never (consumer keys are then left out
+    /// of bindings).
+    pub pods: Option<PodLookup>,
     /// Metrics.
     pub metrics: WebhookMetrics,
     /// True once the Node view is complete.
@@ -68,9 +80,10 @@ pub fn http_router(state: WebhookState) -> Router {
 
 async fn mutate_handler(State(s): State<WebhookState>, body: Bytes) -> axum::response::Response {
     let t0 = Instant::now();
-    match review(&body, s.nodes.as_ref(), &s.config) {
+    match mutate(&s, &body).await {
         Ok(r) => {
             s.metrics.observe(r.kind, Some(&r.outcome), t0.elapsed());
+            s.metrics.observe_consumers(&r.kept, &r.withheld);
             tracing::debug!(kind = r.kind.as_str(), outcome = ?r.outcome, "review answered");
             Json(r.response).into_response()
         }
@@ -80,6 +93,39 @@ async fn mutate_handler(State(s): State<WebhookState>, body: Bytes) -> axum::res
             (StatusCode::BAD_REQUEST, error_chain(&e)).into_response()
         }
     }
+}
+
+/// Reads the review, looks a binding's Pod up when consumer keys need its labels, and answers.
+async fn mutate(s: &WebhookState, body: &[u8]) -> Result<Reviewed, WebhookError> {
+    let read = ReadReview::read(body)?;
+    let subject = read.subject();
+    let mut pod_labels = None;
+    if let (Some((ns, name)), Some(lookup)) = (read.pod_to_look_up(&s.config), &s.pods) {
+        let t0 = Instant::now();
+        match lookup(ns.to_string(), name.to_string()).await {
+            Ok(l) => {
+                tracing::debug!(pod = %subject, took = ?t0.elapsed(), "read the bound Pod's labels");
+                pod_labels = Some(l);
+            }
+            Err(e) => tracing::warn!(
+                pod = %subject,
+                error = &e as &dyn std::error::Error,
+                "cannot read the bound Pod's labels; its consumer keys are left out"
+            ),
+        }
+    }
+    let r = read.answer(s.nodes.as_ref(), &s.config, pod_labels.as_ref())?;
+    for k in &r.kept {
+        tracing::info!(
+            pod = %subject,
+            consumer = k.consumer.as_str(),
+            key = %k.key,
+            pod_value = %k.pod_value,
+            node_value = %k.node_value,
+            "the Pod sets this consumer key itself; its value is kept"
+        );
+    }
+    Ok(r)
 }
 
 /// `POST /route`: the scheduler profile of a Pod being created ([`super::route`]).

@@ -104,6 +104,7 @@ for bad in ({"agnet": {}}, {"compatLabels": ["gfd"]}, {"agent": {"interval": "so
             {"webhook": {"tls": {"mode": "secret", "secretName": "", "caBundle": ""}}},
             {"webhook": {"blockLabels": ["Leaf Label"]}}, {"webhook": {"timeoutSeconds": 60}},
             {"webhook": {"keys": []}}, {"networkPolicy": {"grpcFrom": "everyone"}},
+            {"webhook": {"consumers": ["vllm"]}}, {"webhook": {"podKeys": ["example.com/rack"]}},
             {"networkPolicy": {"enabled": "yes"}}):
     v = copy.deepcopy(values)
     for k, x in bad.items():
@@ -126,6 +127,7 @@ if command -v helm >/dev/null 2>&1; then
   helm template nodetopo charts/nodetopo --namespace nodetopo --set extender.enabled=true \
     --set compatLabels='{topograph}' --set webhook.enabled=true \
     --set 'webhook.blockLabels={network.topology.nvidia.com/leaf}' --set networkPolicy.enabled=true \
+    --set 'webhook.consumers={llm-d,dynamo}' --set 'webhook.podKeys={example.com/rack=leaf}' \
     --set agent.lldp.enabled=true > "$tmp/chart-all.yaml"
   "$kv" --strict --quiet -k "${VERSIONS[0]}" "$tmp/chart.yaml" "$tmp/chart-all.yaml"
   # agent.lldp.enabled: user 0, only NET_RAW, --lldp=on (SECURITY.md).

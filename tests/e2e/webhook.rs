@@ -83,17 +83,26 @@ fn copied() -> Vec<(String, String)> {
 
 /// The chart rendered with the webhook on and the leaf label copied.
 fn chart(cp: &ControlPlane) -> Vec<Value> {
-    let out = cp.helm(&[
+    chart_with(cp, &[])
+}
+
+/// [`chart`] with more `helm template` arguments.
+fn chart_with(cp: &ControlPlane, more: &[&str]) -> Vec<Value> {
+    let root = format!("{ROOT}/charts/nodetopo");
+    let leaf = format!("webhook.blockLabels={{{LEAF}}}");
+    let mut args = vec![
         "template",
         "nodetopo",
-        &format!("{ROOT}/charts/nodetopo"),
+        &root,
         "--namespace",
         NS_WEBHOOK,
         "--set",
         "webhook.enabled=true",
         "--set",
-        &format!("webhook.blockLabels={{{LEAF}}}"),
-    ]);
+        &leaf,
+    ];
+    args.extend_from_slice(more);
+    let out = cp.helm(&args);
     serde_yaml_ng::Deserializer::from_str(&out)
         .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
@@ -557,4 +566,317 @@ async fn scheduled_pods_carry_their_nodes_topology_labels() {
     let p = bound(&admin, NS_ON, &["restarted".to_string()]).await;
     let node = p[0].spec.as_ref().unwrap().node_name.clone().unwrap();
     assert_eq!(topo_labels(&p[0]), expected(&node_objs[&node]));
+}
+
+/// Consumer keys: the labels of Pods bound by kube-scheduler with `llm-d` and a `--pod-key` on
+/// (and Dynamo off), then with `dynamo` alone. A Pod that sets a consumer key itself keeps it.
+#[tokio::test]
+async fn scheduled_pods_carry_the_consumer_keys_that_are_on() {
+    const HOSTNAME: &str = "kubernetes.io/hostname";
+    const RACK: &str = "topology.kubernetes.io/rack";
+    const ZONE: &str = "topology.kubernetes.io/zone";
+    const DYNAMO: &str = "nvidia.com/dynamo-topology.";
+    const OWN_KEY: &str = "example.com/leaf";
+    let cp = ControlPlane::start(harness::Options::default());
+    let admin = cp.admin().await;
+    for ns in [NS_ON, NS_WEBHOOK] {
+        cp.kubectl(&["create", "namespace", ns]);
+        cp.kubectl(&["create", "serviceaccount", "default", "--namespace", ns]);
+    }
+    cp.kubectl(&[
+        "label",
+        "namespace",
+        NS_ON,
+        &format!("{PREFIX}/pod-topology=enabled"),
+    ]);
+    // gb-1's hostname label differs from its name; every node is in zone z1.
+    for (name, mut l, gpus) in nodes() {
+        if name == "gb-1" {
+            l.push((HOSTNAME.to_string(), "gb-1.example.com".to_string()));
+        }
+        l.push((ZONE.to_string(), "z1".to_string()));
+        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        harness::create_node_with(&admin, name, &l, gpus).await;
+    }
+    let node_objs = harness::nodes_by_name(&admin).await;
+    let node_label = |node: &str, key: &str| -> Option<String> {
+        node_objs[node].metadata.labels.as_ref()?.get(key).cloned()
+    };
+
+    // llm-d (its rack from the clique, the default) and one key of our own; Dynamo not named.
+    let objs = chart_with(
+        &cp,
+        &[
+            "--set",
+            "webhook.consumers={llm-d}",
+            "--set",
+            &format!("webhook.podKeys={{{OWN_KEY}={LEAF}}}"),
+        ],
+    );
+    let role = objs
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && is_webhook(o))
+        .expect("the webhook's ClusterRole");
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        ]),
+        "consumer keys add pods get, to read a binding's Pod"
+    );
+    let rbac_yaml: String = objs
+        .iter()
+        .filter(|o| {
+            is_webhook(o)
+                && ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+                    .contains(&o["kind"].as_str().unwrap())
+        })
+        .map(|o| format!("---\n{}", serde_yaml_ng::to_string(o).unwrap()))
+        .collect();
+    let out = cp.kubectl_input(&["apply", "-f", "-"], &rbac_yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = harness::sa_token(&admin, NS_WEBHOOK, "nodetopo-webhook", None).await;
+    let kubeconfig = cp.kubeconfig_for("webhook", &token);
+    let deploy = objs
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && is_webhook(o))
+        .expect("the webhook's Deployment");
+    let chart_args = harness::chart_args_for_loopback(deploy);
+    assert!(
+        chart_args.contains(&"--consumer=llm-d".to_string()),
+        "{chart_args:?}"
+    );
+    assert!(
+        chart_args.contains(&format!("--pod-key={OWN_KEY}={LEAF}")),
+        "{chart_args:?}"
+    );
+    let (crt, key) = cp.serving_cert("webhook");
+    let (port, metrics) = (harness::free_port(), harness::free_port());
+    let start = |args: &[String]| {
+        let child = Command::new(NODETOPO)
+            .args(args)
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--metrics-listen=127.0.0.1:{metrics}"))
+            .arg(format!("--tls-cert={}", crt.display()))
+            .arg(format!("--tls-key={}", key.display()))
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nodetopo webhook");
+        Proc(child)
+    };
+    let ready = || {
+        harness::eventually(Duration::from_secs(30), "the webhook's /readyz", || async {
+            (http_get(metrics, "/readyz").0 == 200).then_some(())
+        })
+    };
+    let webhook = start(&chart_args);
+    ready().await;
+    let mut mwc = objs
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("the MutatingWebhookConfiguration")
+        .clone();
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cp.ca).unwrap());
+    for w in mwc["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"] =
+            json!({"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": ca});
+    }
+    let out = cp.kubectl_input(
+        &["apply", "-f", "-"],
+        &serde_yaml_ng::to_string(&mwc).unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The API server loads the configuration asynchronously: wait until a Pod created on a
+    // node is mutated before the scheduler starts binding.
+    let pods_on: Api<Pod> = Api::namespaced(admin.clone(), NS_ON);
+    let mut attempt = 0;
+    harness::eventually(
+        Duration::from_secs(30),
+        "a Pod created on gb-3 to be mutated",
+        || {
+            attempt += 1;
+            let pods_on = pods_on.clone();
+            async move {
+                let mut p = gpu_pod(&format!("probe-{attempt}"), NS_ON, 0);
+                p.spec.as_mut().unwrap().node_name = Some("gb-3".into());
+                let p = pods_on.create(&PostParams::default(), &p).await.unwrap();
+                (!topo_labels(&p).is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
+    harness::delete_pods(&admin, NS_ON).await;
+
+    // Four 4-GPU Pods bound by the real scheduler; one sets its own rack, on a tray (a node
+    // with a clique, so that the Node has a rack of its own to differ from).
+    let _scheduler = start_scheduler(&cp);
+    let names: Vec<String> = (0..4).map(|i| format!("llm-{i}")).collect();
+    for n in &names {
+        let mut p = gpu_pod(n, NS_ON, 4);
+        if n == "llm-0" {
+            p.metadata
+                .labels
+                .get_or_insert_default()
+                .insert(RACK.to_string(), "my-rack".to_string());
+            p.spec.as_mut().unwrap().node_selector = Some(
+                [(format!("{PREFIX}/nvlink.fabric"), "ready".to_string())]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        pods_on.create(&PostParams::default(), &p).await.unwrap();
+        if n == "llm-0" {
+            // Bound before the others are made, so that they cannot take every tray first.
+            bound(&admin, NS_ON, std::slice::from_ref(n)).await;
+        }
+    }
+    let placed = bound(&admin, NS_ON, &names).await;
+    for p in &placed {
+        let name = p.metadata.name.clone().unwrap();
+        let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+        let l = labels(p);
+        let host = node_label(&node, HOSTNAME).unwrap_or_else(|| node.clone());
+        assert_eq!(l.get(HOSTNAME), Some(&host), "{name} on {node}: {l:?}");
+        let rack = if name == "llm-0" {
+            assert!(node.starts_with("gb-"), "{node}");
+            Some("my-rack".to_string())
+        } else {
+            node_label(&node, &format!("{PREFIX}/nvlink.domain"))
+        };
+        assert_eq!(l.get(RACK), rack.as_ref(), "{name} on {node}: {l:?}");
+        assert_eq!(
+            l.get(OWN_KEY),
+            node_label(&node, LEAF).as_ref(),
+            "{name} on {node}"
+        );
+        assert!(
+            !l.keys().any(|k| k.starts_with(DYNAMO)),
+            "Dynamo is not on: {l:?}"
+        );
+        assert_eq!(topo_labels(p), expected(&node_objs[&node]), "{name}");
+    }
+    let own = http_get(metrics, "/metrics").1;
+    assert_eq!(
+        sample(
+            &own,
+            "nodetopo_webhook_consumer_keys_kept_total",
+            &[("consumer", "llm-d")]
+        ),
+        Some(1.0),
+        "{own}"
+    );
+    assert_eq!(
+        sample(&own, "nodetopo_webhook_consumer_keys_withheld_total", &[]),
+        None,
+        "every binding's Pod was read: {own}"
+    );
+    // Each binding now reads its Pod: the webhook's own time for it, for the record.
+    let p99 = quantile_bound(
+        &own,
+        "nodetopo_webhook_admission_duration_seconds",
+        &[("kind", "binding")],
+        0.99,
+    )
+    .unwrap();
+    let sel = [("kind", "binding")];
+    let n = sample(
+        &own,
+        "nodetopo_webhook_admission_duration_seconds_count",
+        &sel,
+    )
+    .unwrap();
+    let sum = sample(
+        &own,
+        "nodetopo_webhook_admission_duration_seconds_sum",
+        &sel,
+    )
+    .unwrap();
+    eprintln!(
+        "webhook with consumer keys: {n} bindings, mean {:.2} ms, p99 <= {} ms",
+        sum / n * 1e3,
+        p99 * 1e3
+    );
+    // Bounded by the look-up's timeout (1 s), whatever the load on the machine.
+    assert!(p99 <= 1.0, "p99 of a binding with its Pod read: {p99} s");
+    // One more, alone, on the connections the first ones opened.
+    pods_on
+        .create(&PostParams::default(), &gpu_pod("llm-4", NS_ON, 4))
+        .await
+        .unwrap();
+    bound(&admin, NS_ON, &["llm-4".to_string()]).await;
+    let own = http_get(metrics, "/metrics").1;
+    let n5 = sample(
+        &own,
+        "nodetopo_webhook_admission_duration_seconds_count",
+        &sel,
+    )
+    .unwrap();
+    let sum5 = sample(
+        &own,
+        "nodetopo_webhook_admission_duration_seconds_sum",
+        &sel,
+    )
+    .unwrap();
+    eprintln!(
+        "webhook with consumer keys: a binding alone took {:.2} ms",
+        (sum5 - sum) / (n5 - n) * 1e3
+    );
+
+    // Dynamo alone: its keys with the node's values, and none of llm-d's or ours.
+    drop(webhook);
+    harness::delete_pods(&admin, NS_ON).await;
+    let mut dynamo_args: Vec<String> = chart_args
+        .iter()
+        .filter(|a| !a.starts_with("--consumer=") && !a.starts_with("--pod-key="))
+        .cloned()
+        .collect();
+    dynamo_args.push("--consumer=dynamo".to_string());
+    let _webhook = start(&dynamo_args);
+    ready().await;
+    let names: Vec<String> = (0..3).map(|i| format!("dyn-{i}")).collect();
+    for n in &names {
+        pods_on
+            .create(&PostParams::default(), &gpu_pod(n, NS_ON, 4))
+            .await
+            .unwrap();
+    }
+    let mut saw_clique = false;
+    for p in bound(&admin, NS_ON, &names).await {
+        let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+        let l = labels(&p);
+        let dynamo: BTreeMap<&str, &str> = l
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(DYNAMO)?, v.as_str())))
+            .collect();
+        let mut want: BTreeMap<&str, String> = BTreeMap::new();
+        want.insert("zone", "z1".to_string());
+        want.insert(
+            "host",
+            node_label(&node, HOSTNAME).unwrap_or_else(|| node.clone()),
+        );
+        for (domain, key) in [("rack", "nvlink.cluster"), ("clique", "nvlink.domain")] {
+            if let Some(v) = node_label(&node, &format!("{PREFIX}/{key}")) {
+                want.insert(domain, v);
+            }
+        }
+        saw_clique |= want.contains_key("clique");
+        let want: BTreeMap<&str, &str> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(dynamo, want, "{node}: {l:?}");
+        assert!(!l.contains_key(RACK) && !l.contains_key(HOSTNAME) && !l.contains_key(OWN_KEY));
+        assert_eq!(topo_labels(&p), expected(&node_objs[&node]));
+    }
+    assert!(saw_clique, "a Pod landed on a GB200 tray");
 }

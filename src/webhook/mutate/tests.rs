@@ -267,3 +267,177 @@ fn label_patch_of_nothing_is_empty() {
     assert!(label_patch(None, &add).is_empty());
     assert!(label_patch(Some(&BTreeMap::new()), &add).is_empty());
 }
+
+/// `cfg()` with llm-d (rack from the leaf label the nodes carry) and one pod key.
+fn consumer_cfg() -> MutationConfig {
+    let mut rules = crate::webhook::consumer::parse_consumer(
+        "llm-d:rack=network.example.com/leaf",
+        DEFAULT_PREFIX,
+    )
+    .unwrap();
+    rules.push(
+        crate::webhook::consumer::parse_pod_key("example.com/clique=nvlink-domain", DEFAULT_PREFIX)
+            .unwrap(),
+    );
+    cfg().with_consumers(rules).unwrap()
+}
+
+fn labels_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+#[test]
+fn consumer_keys_get_the_nodes_values_but_never_replace_the_pods_own() {
+    let c = consumer_cfg();
+    let gb = &nodes()["gb-1"];
+    let d = c.decide("gb-1", gb, Some(&BTreeMap::new()));
+    assert_eq!(
+        d.labels["kubernetes.io/hostname"], "gb-1",
+        "no hostname label: the name"
+    );
+    assert_eq!(d.labels["topology.kubernetes.io/rack"], "leaf-3");
+    assert_eq!(d.labels["example.com/clique"], "c0ffee.1");
+    assert_eq!(d.labels["topo.example.com/nvlink.domain"], "c0ffee.1");
+    assert!(d.kept.is_empty() && d.withheld.is_empty());
+
+    // The user's rack is kept and reported; an equal value is no conflict; nodetopo's own key
+    // still gets the Node's value.
+    let own = labels_of(&[
+        ("topology.kubernetes.io/rack", "my-rack"),
+        ("example.com/clique", "c0ffee.1"),
+        ("topo.example.com/nvlink.domain", "stale.9"),
+    ]);
+    let d = c.decide("gb-1", gb, Some(&own));
+    assert!(!d.labels.contains_key("topology.kubernetes.io/rack"));
+    assert_eq!(
+        d.kept,
+        [Kept {
+            consumer: Consumer::LlmD,
+            key: "topology.kubernetes.io/rack".into(),
+            pod_value: "my-rack".into(),
+            node_value: "leaf-3".into(),
+        }]
+    );
+    assert_eq!(d.labels["example.com/clique"], "c0ffee.1");
+    assert_eq!(d.labels["topo.example.com/nvlink.domain"], "c0ffee.1");
+
+    // The Pod's labels unknown: consumer keys are left out, nodetopo's own are written.
+    let d = c.decide("gb-1", gb, None);
+    assert_eq!(
+        d.withheld,
+        [Consumer::LlmD, Consumer::LlmD, Consumer::PodKey]
+    );
+    assert!(d.labels.keys().all(|k| k.starts_with("topo.example.com/")));
+    assert_eq!(d.labels.len(), 4);
+
+    // A Node without the rack's label: no rack, and nothing withheld for it.
+    let cpu = &nodes()["cpu-1"];
+    let d = c.decide("cpu-1", cpu, None);
+    assert_eq!(
+        d.withheld,
+        [Consumer::LlmD],
+        "only the hostname had a value"
+    );
+}
+
+#[test]
+fn consumers_not_enabled_write_nothing_of_theirs() {
+    let d = cfg().decide("gb-1", &nodes()["gb-1"], Some(&BTreeMap::new()));
+    assert!(
+        d.labels.keys().all(|k| k.starts_with("topo.example.com/")),
+        "{d:?}"
+    );
+    let req = pod(Some("gb-1"), json!({"app": "vllm"}), "CREATE");
+    let obj = patched(&req, &run(&req));
+    let keys: Vec<&String> = obj["metadata"]["labels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert!(
+        !keys.iter().any(|k| k.contains("kubernetes.io/")),
+        "{keys:?}"
+    );
+}
+
+#[test]
+fn a_pod_created_on_a_node_keeps_its_own_consumer_value() {
+    let c = consumer_cfg();
+    let req = pod(
+        Some("gb-1"),
+        json!({"app": "vllm", "topology.kubernetes.io/rack": "mine"}),
+        "CREATE",
+    );
+    let read = ReadReview::read(&serde_json::to_vec(&req).unwrap()).unwrap();
+    assert_eq!(
+        read.pod_to_look_up(&c),
+        None,
+        "a Pod's labels are in the review"
+    );
+    let r = read.answer(&nodes(), &c, None).unwrap();
+    assert_eq!(r.kept.len(), 1);
+    assert!(r.withheld.is_empty());
+    let obj = patched(&req, &r);
+    assert_eq!(
+        obj["metadata"]["labels"]["topology.kubernetes.io/rack"],
+        "mine"
+    );
+    assert_eq!(obj["metadata"]["labels"]["kubernetes.io/hostname"], "gb-1");
+}
+
+#[test]
+fn a_binding_looks_its_pod_up_and_gets_consumer_keys() {
+    let c = consumer_cfg();
+    let req = binding("gb-1", None);
+    let body = serde_json::to_vec(&req).unwrap();
+    let read = ReadReview::read(&body).unwrap();
+    assert_eq!(read.pod_to_look_up(&c), Some(("ns", "p")));
+    assert_eq!(read.subject(), "ns/p");
+    assert_eq!(
+        ReadReview::read(&body).unwrap().pod_to_look_up(&cfg()),
+        None,
+        "no consumer: no look-up"
+    );
+    let pod_labels = labels_of(&[("app", "vllm"), ("example.com/clique", "theirs")]);
+    let r = read.answer(&nodes(), &c, Some(&pod_labels)).unwrap();
+    let obj = patched(&req, &r);
+    let l = &obj["metadata"]["labels"];
+    assert_eq!(l["topology.kubernetes.io/rack"], "leaf-3");
+    assert_eq!(l["kubernetes.io/hostname"], "gb-1");
+    assert!(
+        l.get("example.com/clique").is_none(),
+        "the Pod's own value stays: {l}"
+    );
+    assert_eq!(r.kept[0].key, "example.com/clique");
+
+    // Looked up in vain: nodetopo's own keys only.
+    let r = review(&body, &nodes(), &c).unwrap();
+    assert_eq!(r.withheld.len(), 3);
+    let obj = patched(&req, &r);
+    assert!(
+        obj["metadata"]["labels"]
+            .get("topology.kubernetes.io/rack")
+            .is_none()
+    );
+    assert_eq!(obj["metadata"]["labels"]["topo.example.com/leaf"], "leaf-3");
+}
+
+#[test]
+fn a_consumer_key_cannot_take_a_copied_labels_pod_key() {
+    let clash = crate::webhook::consumer::parse_pod_key(
+        "topo.example.com/leaf=nvlink-domain",
+        DEFAULT_PREFIX,
+    )
+    .unwrap();
+    let e = cfg().with_consumers(vec![clash]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "two copied labels map to pod label topo.example.com/leaf"
+    );
+    let c = consumer_cfg();
+    assert!(c.copies("nodetopo.io/nvlink.domain"));
+    assert!(c.node_keys().contains("kubernetes.io/hostname"));
+}
