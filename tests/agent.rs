@@ -1106,7 +1106,11 @@ async fn gpu_lost_mid_run_is_reported_and_the_others_kept() {
     // GPU is still served as it was last seen, the source says it failed and that part of its
     // data is the last good one; the other three are fresh.
     let uuids = |t: &pb::NodeTopology| t.gpus.iter().map(|g| g.uuid.clone()).collect::<Vec<_>>();
-    assert_eq!(uuids(&t), uuids(&good), "every GPU is kept, the lost one too");
+    assert_eq!(
+        uuids(&t),
+        uuids(&good),
+        "every GPU is kept, the lost one too"
+    );
     assert_eq!(t.gpus[2], good.gpus[2], "the lost GPU's last good entry");
     assert!(nvml.stale, "{nvml:?}");
     let (code, m1) = agent.http_get("/metrics").await;
