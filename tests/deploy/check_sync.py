@@ -95,7 +95,7 @@ if a["noKube"]:
 if not a["infiniband"]["enabled"]:
     args.append("--ib-smp=off")
 args.append("--lldp=on" if a["lldp"]["enabled"] else "--lldp=off")
-if a["fabricNames"]:
+if a["fabricNames"] or a["fabricRails"]:
     args.append("--fabric-names=/etc/nodetopo/fabric-names/names.yaml")
 args += a["extraArgs"]
 check("agent args", c["args"], args)

@@ -128,11 +128,15 @@ if command -v helm >/dev/null 2>&1; then
     --set compatLabels='{topograph}' --set webhook.enabled=true \
     --set 'webhook.blockLabels={network.topology.nvidia.com/leaf}' --set networkPolicy.enabled=true \
     --set 'webhook.consumers={llm-d,dynamo}' --set 'webhook.podKeys={example.com/rack=leaf}' \
-    --set agent.lldp.enabled=true > "$tmp/chart-all.yaml"
+    --set agent.lldp.enabled=true --set-string 'agent.fabricRails.0x0002c90300a1b2c3=rail-0' \
+    > "$tmp/chart-all.yaml"
   "$kv" --strict --quiet -k "${VERSIONS[0]}" "$tmp/chart.yaml" "$tmp/chart-all.yaml"
   # agent.lldp.enabled: user 0, only NET_RAW, --lldp=on (SECURITY.md).
   grep -q -- '- --lldp=on' "$tmp/chart-all.yaml"
   grep -q -- '- NET_RAW' "$tmp/chart-all.yaml"
+  # agent.fabricRails alone renders the mapping file's rails: section and passes --fabric-names.
+  grep -q -- '- --fabric-names=/etc/nodetopo/fabric-names/names.yaml' "$tmp/chart-all.yaml"
+  grep -q -- '^    rails:' "$tmp/chart-all.yaml"
   if grep -q -- 'NET_RAW' "$tmp/chart.yaml"; then
     echo "the chart's defaults grant NET_RAW" >&2
     exit 1
