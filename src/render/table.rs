@@ -126,6 +126,10 @@ fn rack(t: &NodeTopology) -> String {
     {
         return format!("- (GPU {} platform info: {})", g.index, g.platform.reason);
     }
+    if all(PlatformStatus::Ok) && t.gpus.iter().all(|g| g.platform.chassis_serial.is_none()) {
+        // What an HGX H100 answers (driver 580): slot, host and module, but no chassis.
+        return "- (no chassis serial: not a rack-scale system)".into();
+    }
     if all(PlatformStatus::Ok) {
         let mut serials: Vec<&str> = t
             .gpus
@@ -333,7 +337,34 @@ pub fn matrix(t: &NodeTopology) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Nic, NicPort, PortRail};
+    use crate::model::{Gpu, GpuPlatform, Nic, NicPort, PortRail};
+
+    /// The platform info a live HGX H100 answered (driver 580.159.04): OK, version 2, no chassis
+    /// serial, slot 0, tray 0, host 1, module 2.
+    #[test]
+    fn an_hgx_gpu_without_a_chassis_is_no_rack_and_says_so() {
+        let platform = GpuPlatform {
+            status: PlatformStatus::Ok,
+            api_version: 2,
+            slot_number: Some(0),
+            tray_index: Some(0),
+            host_id: Some(1),
+            module_id: Some(2),
+            peer_type: Some(0),
+            ..GpuPlatform::default()
+        };
+        let t = NodeTopology {
+            gpus: vec![Gpu {
+                platform,
+                ..Gpu::default()
+            }],
+            ..NodeTopology::default()
+        };
+        assert_eq!(t.rack(), None);
+        assert_eq!(rack(&t), "- (no chassis serial: not a rack-scale system)");
+        let labels = crate::labels::desired_labels(&t, &crate::labels::LabelConfig::default());
+        assert!(!labels.keys().any(|k| k.to_string().contains("rack.")));
+    }
 
     #[test]
     fn nic_rows_show_each_ports_rail_and_the_summary_whether_rail_optimised() {
