@@ -1413,3 +1413,91 @@ fn the_charts_users_without_and_with_net_raw() {
         LEAF_MAC.replace(':', "-").as_str()
     );
 }
+
+/// A switch whose identity changes on every frame (here: its chassis ID, every second, on all
+/// eight rails) does not make the agent probe on every frame: the LLDP-triggered probes back
+/// off (1 s, 2 s, 4 s, ...) while the answers keep changing. Before the backoff, each change
+/// was probed 1 s after it, every 1-2 s.
+#[test]
+fn a_neighbour_that_changes_on_every_frame_is_probed_less_and_less_often() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node])
+        .arg(env!("CARGO_BIN_EXE_nodetopo"))
+        .args([
+            "agent",
+            "--no-kube",
+            "--node-name",
+            "gpu-node-1",
+            "--replay",
+            &fixture("h100x8-ib/snapshot.json"),
+            "--sysfs-root",
+            &fixture("h100x8-roce/sysfs/sys"),
+            "--grpc-listen",
+            "127.0.0.1:19760",
+            "--metrics-listen",
+            "127.0.0.1:19761",
+            "--interval",
+            "1h",
+            "--lldp",
+            "on",
+            "--lldp-wait",
+            "1s",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    lab.daemons.push(("agent".into(), child));
+    // Probes so far: the agent's own count of lldp probes (one per probe pass).
+    let probes = || -> Option<u64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node, "curl", "-sf"])
+            .arg("http://127.0.0.1:19761/metrics")
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        text.lines()
+            .find(|l| l.starts_with("nodetopo_probe_duration_seconds_count{source=\"lldp\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while probes().is_none_or(|n| n < 1) {
+        assert!(Instant::now() < deadline, "no first probe within 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start_fixture_switches(&mut lab, &leaf, &storage, &swps);
+    // The first frames are one change; let their probe happen.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = probes().expect("metrics");
+    let flap = Duration::from_secs(20);
+    let started = Instant::now();
+    let mut changes = 0;
+    while started.elapsed() < flap {
+        changes += 1;
+        lab.configure(
+            "leaf",
+            &leaf,
+            &[
+                "configure",
+                "system",
+                "chassisid",
+                &format!("flap-{changes}"),
+            ],
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let during = probes().expect("metrics") - before;
+    eprintln!("{changes} chassis IDs in {flap:?}: {during} LLDP-triggered probes");
+    // Paced: waits of 1, 2, 4 and 8 s (plus a frame each) fit in 20 s, so at most 5 probes;
+    // unpaced, one every 1-2 s. At least one: the changes are still followed.
+    assert!(
+        (1..=6).contains(&during),
+        "{during} probes for {changes} changes in {flap:?}"
+    );
+}
