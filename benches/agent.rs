@@ -267,8 +267,8 @@ fn start(
     (Agent(cmd.spawn().expect("start the agent")), grpc)
 }
 
-/// One Get latency and throughput measurement with the raw client.
-async fn raw_gets(tag: &str, kind: &str, grpc: &str) {
+/// Four raw clients (each its own connection) of the agent at `grpc`.
+async fn raw_clients(grpc: &str) -> Vec<tonic::client::Grpc<Channel>> {
     let mut raw = Vec::new();
     for _ in 0..4 {
         let ch = Channel::from_shared(format!("http://{grpc}"))
@@ -278,6 +278,12 @@ async fn raw_gets(tag: &str, kind: &str, grpc: &str) {
             .unwrap();
         raw.push(tonic::client::Grpc::new(ch));
     }
+    raw
+}
+
+/// One Get latency and throughput measurement with the raw client.
+async fn raw_gets(tag: &str, kind: &str, grpc: &str) {
+    let raw = raw_clients(grpc).await;
     latency_and_throughput(tag, kind, raw[0].clone(), raw.clone(), |mut g| {
         Box::pin(async move {
             let b = raw_get(&mut g).await;
@@ -368,16 +374,10 @@ async fn measure(spec: &AgentSpec, fixture: Option<&std::path::Path>, round: usi
         let c = connect(&grpc).await;
         raw_gets(&tag, "raw client, agent re-probing every 20 ms", &grpc).await;
         let mut clients = Vec::new();
-        let mut raw = Vec::new();
         for _ in 0..4 {
             clients.push(connect(&grpc).await);
-            let ch = Channel::from_shared(format!("http://{grpc}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            raw.push(tonic::client::Grpc::new(ch));
         }
+        let raw = raw_clients(&grpc).await;
         (agent, pid, c, clients, raw)
     } else {
         (agent, pid, c, clients, Vec::new())

@@ -1172,17 +1172,12 @@ fn start_fixture_switches(lab: &mut Lab, leaf: &str, storage: &str, swps: &[Stri
     lab.lldpd("storage", storage, "sw0", &switch_config("stor-01", "sw0"));
 }
 
-/// The agent publishes at once, and the RoCE leaf follows when the frames arrive: the agent
-/// starts before the switch sends anything, with a probe interval of an hour, so only the probe
-/// that an LLDP answer's change triggers can publish the leaf. When the switch stops, the last
-/// answer is kept, marked expired.
-#[test]
-fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
-    let Some(lldpd) = runnable() else { return };
-    let mut lab = Lab::new(lldpd);
-    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+/// The agent in the "node" namespace of [`cable_fixture_node`], replaying the fixture, with
+/// LLDP on and a probe interval of an hour (only a changed LLDP answer triggers a probe), gRPC
+/// and metrics on 127.0.0.1 of that namespace.
+fn start_fixture_agent(lab: &mut Lab, node: &str, grpc: u16, metrics: u16) {
     let child = Command::new("ip")
-        .args(["netns", "exec", &node])
+        .args(["netns", "exec", node])
         .arg(env!("CARGO_BIN_EXE_nodetopo"))
         .args([
             "agent",
@@ -1194,9 +1189,9 @@ fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
             "--sysfs-root",
             &fixture("h100x8-roce/sysfs/sys"),
             "--grpc-listen",
-            "127.0.0.1:19750",
+            &format!("127.0.0.1:{grpc}"),
             "--metrics-listen",
-            "127.0.0.1:19751",
+            &format!("127.0.0.1:{metrics}"),
             "--interval",
             "1h",
             "--lldp",
@@ -1210,6 +1205,18 @@ fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
         .spawn()
         .expect("start the agent");
     lab.daemons.push(("agent".into(), child));
+}
+
+/// The agent publishes at once, and the RoCE leaf follows when the frames arrive: the agent
+/// starts before the switch sends anything, with a probe interval of an hour, so only the probe
+/// that an LLDP answer's change triggers can publish the leaf. When the switch stops, the last
+/// answer is kept, marked expired.
+#[test]
+fn the_agent_publishes_the_roce_leaf_when_the_first_frames_arrive() {
+    let Some(lldpd) = runnable() else { return };
+    let mut lab = Lab::new(lldpd);
+    let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
+    start_fixture_agent(&mut lab, &node, 19750, 19751);
     let get = |lab: &Lab| -> Option<Value> {
         let (out, _) = lab.nodetopo(
             &node,
@@ -1423,35 +1430,7 @@ fn a_neighbour_that_changes_on_every_frame_is_probed_less_and_less_often() {
     let Some(lldpd) = runnable() else { return };
     let mut lab = Lab::new(lldpd);
     let (leaf, storage, node, swps) = cable_fixture_node(&mut lab);
-    let child = Command::new("ip")
-        .args(["netns", "exec", &node])
-        .arg(env!("CARGO_BIN_EXE_nodetopo"))
-        .args([
-            "agent",
-            "--no-kube",
-            "--node-name",
-            "gpu-node-1",
-            "--replay",
-            &fixture("h100x8-ib/snapshot.json"),
-            "--sysfs-root",
-            &fixture("h100x8-roce/sysfs/sys"),
-            "--grpc-listen",
-            "127.0.0.1:19760",
-            "--metrics-listen",
-            "127.0.0.1:19761",
-            "--interval",
-            "1h",
-            "--lldp",
-            "on",
-            "--lldp-wait",
-            "1s",
-        ])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the agent");
-    lab.daemons.push(("agent".into(), child));
+    start_fixture_agent(&mut lab, &node, 19760, 19761);
     // Probes so far: the agent's own count of lldp probes (one per probe pass).
     let probes = || -> Option<u64> {
         let out = Command::new("ip")

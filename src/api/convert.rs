@@ -89,6 +89,23 @@ fn opt_str(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// The proto's name for who reads the environment of `GetPlacementHints`.
+pub fn consumer_to_proto(c: crate::hints::Consumer) -> p::Consumer {
+    match c {
+        crate::hints::Consumer::Vllm => p::Consumer::Vllm,
+        _ => p::Consumer::Unspecified,
+    }
+}
+
+/// Who reads the environment, from the request's enum value; `None` for a value this build does
+/// not know (a newer client).
+pub fn consumer_from_proto(v: i32) -> Option<crate::hints::Consumer> {
+    match p::Consumer::try_from(v).ok()? {
+        p::Consumer::Unspecified => Some(crate::hints::Consumer::Generic),
+        p::Consumer::Vllm => Some(crate::hints::Consumer::Vllm),
+    }
+}
+
 impl From<&m::NodeTopology> for p::NodeTopology {
     fn from(t: &m::NodeTopology) -> Self {
         Self {

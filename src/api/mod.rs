@@ -203,16 +203,9 @@ impl TopologyService for TopologyApi {
     ) -> Result<Response<pb::GetPlacementHintsResponse>, Status> {
         let cur = self.state.borrow().clone();
         let req = req.into_inner();
-        let consumer = match pb::Consumer::try_from(req.consumer) {
-            Ok(pb::Consumer::Unspecified) => hints::Consumer::Generic,
-            Ok(pb::Consumer::Vllm) => hints::Consumer::Vllm,
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown consumer {}",
-                    req.consumer
-                )));
-            }
-        };
+        let consumer = convert::consumer_from_proto(req.consumer).ok_or_else(|| {
+            Status::invalid_argument(format!("unknown consumer {}", req.consumer))
+        })?;
         let selection = req
             .gpus
             .iter()

@@ -88,7 +88,7 @@ async fn query(args: QueryArgs, tls: Option<api::tls::ClientTls>) -> anyhow::Res
             let r = client
                 .get_placement_hints(pb::GetPlacementHintsRequest {
                     gpus,
-                    consumer: super::query_env::proto_consumer(consumer).into(),
+                    consumer: nodetopo::api::convert::consumer_to_proto(consumer).into(),
                 })
                 .await?
                 .into_inner();

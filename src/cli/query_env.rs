@@ -131,7 +131,7 @@ async fn make(
     };
     let request = pb::GetPlacementHintsRequest {
         gpus: selection.iter().map(u32::to_string).collect(),
-        consumer: proto_consumer(args.consumer).into(),
+        consumer: nodetopo::api::convert::consumer_to_proto(args.consumer).into(),
     };
     let r = match client.get_placement_hints(request).await {
         Ok(r) => r.into_inner(),
@@ -230,13 +230,5 @@ pub fn run(endpoint: &str, tls: Option<api::tls::ClientTls>, args: EnvArgs) -> a
             "the nodetopo agent at {endpoint} is unreachable (--optional writes a file without hints instead)"
         ))),
         Err(Failure::Other(e)) => Err(e),
-    }
-}
-
-/// The proto's name for `c`.
-pub(super) fn proto_consumer(c: nodetopo::hints::Consumer) -> pb::Consumer {
-    match c {
-        nodetopo::hints::Consumer::Vllm => pb::Consumer::Vllm,
-        _ => pb::Consumer::Unspecified,
     }
 }

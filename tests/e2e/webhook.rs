@@ -201,6 +201,55 @@ fn quantile_bound(text: &str, name: &str, want: &[(&str, &str)], q: f64) -> Opti
         .map(|(le, _)| le)
 }
 
+/// Applies the chart's MutatingWebhookConfiguration (from `objs`) with its clientConfig pointed
+/// at the webhook on `https://127.0.0.1:PORT/mutate`; the chart ships it with failurePolicy
+/// Ignore.
+fn install_mutating_webhook(cp: &ControlPlane, objs: &[Value], port: u16) {
+    let mut mwc = objs
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("the MutatingWebhookConfiguration")
+        .clone();
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cp.ca).unwrap());
+    for w in mwc["webhooks"].as_array_mut().unwrap() {
+        assert_eq!(w["failurePolicy"], "Ignore");
+        w["clientConfig"] =
+            json!({"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": ca});
+    }
+    let out = cp.kubectl_input(
+        &["apply", "-f", "-"],
+        &serde_yaml_ng::to_string(&mwc).unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates Pods on gb-3 (`NAME-1`, `NAME-2`, ...) until one comes back mutated, and returns it:
+/// the API server loads a new webhook configuration asynchronously, so the first Pods may pass
+/// before it does.
+async fn first_mutated_pod(pods_on: &Api<Pod>, name: &str) -> Pod {
+    let mut attempt = 0;
+    harness::eventually(
+        Duration::from_secs(30),
+        "a Pod created on gb-3 to be mutated",
+        || {
+            attempt += 1;
+            let pods_on = pods_on.clone();
+            let name = format!("{name}-{attempt}");
+            async move {
+                let mut p = gpu_pod(&name, NS_ON, 0);
+                p.spec.as_mut().unwrap().node_name = Some("gb-3".into());
+                let p = pods_on.create(&PostParams::default(), &p).await.unwrap();
+                (!topo_labels(&p).is_empty()).then_some(p)
+            }
+        },
+    )
+    .await
+}
+
 /// kube-scheduler with a default profile (no extender), on the admin kubeconfig.
 fn start_scheduler(cp: &ControlPlane) -> Proc {
     let cfg = json!({
@@ -404,47 +453,11 @@ async fn scheduled_pods_carry_their_nodes_topology_labels() {
     })
     .await;
 
-    // The chart's MutatingWebhookConfiguration, clientConfig pointed at 127.0.0.1.
-    let mut mwc = objs
-        .iter()
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .expect("the MutatingWebhookConfiguration")
-        .clone();
-    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cp.ca).unwrap());
-    for w in mwc["webhooks"].as_array_mut().unwrap() {
-        assert_eq!(w["failurePolicy"], "Ignore");
-        w["clientConfig"] =
-            json!({"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": ca});
-    }
-    let out = cp.kubectl_input(
-        &["apply", "-f", "-"],
-        &serde_yaml_ng::to_string(&mwc).unwrap(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // A Pod created with spec.nodeName is mutated on CREATE. The API server loads the
-    // configuration asynchronously: the first Pods may pass before it does.
+    // The chart's MutatingWebhookConfiguration, clientConfig pointed at 127.0.0.1. A Pod
+    // created with spec.nodeName is mutated on CREATE.
+    install_mutating_webhook(&cp, &objs, port);
     let pods_on: Api<Pod> = Api::namespaced(admin.clone(), NS_ON);
-    let mut attempt = 0;
-    let direct = harness::eventually(
-        Duration::from_secs(30),
-        "a Pod created on gb-3 to be mutated",
-        || {
-            attempt += 1;
-            let pods_on = pods_on.clone();
-            async move {
-                let mut p = gpu_pod(&format!("direct-{attempt}"), NS_ON, 0);
-                p.spec.as_mut().unwrap().node_name = Some("gb-3".into());
-                let p = pods_on.create(&PostParams::default(), &p).await.unwrap();
-                (!topo_labels(&p).is_empty()).then_some(p)
-            }
-        },
-    )
-    .await;
+    let direct = first_mutated_pod(&pods_on, "direct").await;
     assert_eq!(topo_labels(&direct), expected(&node_objs["gb-3"]));
     assert_eq!(labels(&direct)["app"], "vllm", "the Pod's own labels stay");
     harness::delete_pods(&admin, NS_ON).await;
@@ -680,44 +693,10 @@ async fn scheduled_pods_carry_the_consumer_keys_that_are_on() {
     };
     let webhook = start(&chart_args);
     ready().await;
-    let mut mwc = objs
-        .iter()
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .expect("the MutatingWebhookConfiguration")
-        .clone();
-    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cp.ca).unwrap());
-    for w in mwc["webhooks"].as_array_mut().unwrap() {
-        w["clientConfig"] =
-            json!({"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": ca});
-    }
-    let out = cp.kubectl_input(
-        &["apply", "-f", "-"],
-        &serde_yaml_ng::to_string(&mwc).unwrap(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The API server loads the configuration asynchronously: wait until a Pod created on a
-    // node is mutated before the scheduler starts binding.
+    install_mutating_webhook(&cp, &objs, port);
+    // Wait until a Pod created on a node is mutated before the scheduler starts binding.
     let pods_on: Api<Pod> = Api::namespaced(admin.clone(), NS_ON);
-    let mut attempt = 0;
-    harness::eventually(
-        Duration::from_secs(30),
-        "a Pod created on gb-3 to be mutated",
-        || {
-            attempt += 1;
-            let pods_on = pods_on.clone();
-            async move {
-                let mut p = gpu_pod(&format!("probe-{attempt}"), NS_ON, 0);
-                p.spec.as_mut().unwrap().node_name = Some("gb-3".into());
-                let p = pods_on.create(&PostParams::default(), &p).await.unwrap();
-                (!topo_labels(&p).is_empty()).then_some(())
-            }
-        },
-    )
-    .await;
+    first_mutated_pod(&pods_on, "probe").await;
     harness::delete_pods(&admin, NS_ON).await;
 
     // Four 4-GPU Pods bound by the real scheduler; one sets its own rack, on a tray (a node

@@ -70,6 +70,30 @@ fn topo(rev: u64) -> NodeTopology {
     }
 }
 
+fn empty_view() -> SharedView {
+    SharedView::new(ClusterView::new(LabelKeys {
+        prefix: "nodetopo.io".into(),
+        block_label: None,
+    }))
+}
+
+/// Watches node `n`'s agent at `agent:1` through `conn` into `view`, with a short backoff.
+fn watch_node_n(
+    conn: Arc<Scripted>,
+    view: &SharedView,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(watch_agent(
+        "n".into(),
+        "agent:1".into(),
+        conn,
+        view.clone(),
+        Backoff::new(Duration::from_millis(20), Duration::from_millis(40)),
+        stop_rx,
+    ));
+    (stop_tx, task)
+}
+
 async fn wait_for(view: &SharedView, want: Freshness, rev: Option<u64>) {
     for _ in 0..400 {
         let ok = view.read(|v| {
@@ -92,10 +116,7 @@ async fn wait_for(view: &SharedView, want: Freshness, rev: Option<u64>) {
 /// task is idle, so the test neither waits on nor races the wall clock.
 #[tokio::test(start_paused = true)]
 async fn watcher_marks_stale_and_recovers() {
-    let view = SharedView::new(ClusterView::new(LabelKeys {
-        prefix: "nodetopo.io".into(),
-        block_label: None,
-    }));
+    let view = empty_view();
     let conn = Arc::new(Scripted {
         // Connect 1: two updates then the stream ends; connect 2: refused; connect 3: one update,
         // then the stream ends again, and every later connect is refused.
@@ -106,15 +127,7 @@ async fn watcher_marks_stale_and_recovers() {
         ]),
         connects: Mutex::new(0),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(watch_agent(
-        "n".into(),
-        "agent:1".into(),
-        conn.clone(),
-        view.clone(),
-        Backoff::new(Duration::from_millis(20), Duration::from_millis(40)),
-        stop_rx,
-    ));
+    let (stop_tx, task) = watch_node_n(conn.clone(), &view);
     wait_for(&view, Freshness::Stale, Some(2)).await;
     wait_for(&view, Freshness::Stale, Some(3)).await;
     assert!(*conn.connects.lock().unwrap() >= 3);
@@ -135,10 +148,7 @@ async fn watcher_marks_stale_and_recovers() {
 /// taken, and the node is marked with the reason until its own agent answers.
 #[tokio::test(start_paused = true)]
 async fn an_agent_of_another_node_is_not_taken_for_this_one() {
-    let view = SharedView::new(ClusterView::new(LabelKeys {
-        prefix: "nodetopo.io".into(),
-        block_label: None,
-    }));
+    let view = empty_view();
     let mut other = topo(7);
     other.node_name = "m".into();
     // Connect 1: another node's agent; connect 2: refused; connect 3: this node's own.
@@ -146,15 +156,7 @@ async fn an_agent_of_another_node_is_not_taken_for_this_one() {
         plans: Mutex::new(vec![Some(vec![other]), None, Some(vec![topo(8)])]),
         connects: Mutex::new(0),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(watch_agent(
-        "n".into(),
-        "agent:1".into(),
-        conn.clone(),
-        view.clone(),
-        Backoff::new(Duration::from_millis(20), Duration::from_millis(40)),
-        stop_rx,
-    ));
+    let (stop_tx, task) = watch_node_n(conn.clone(), &view);
     let mut reasons = Vec::new();
     for _ in 0..400 {
         let (reason, taken) = view.read(|v| {
