@@ -507,7 +507,9 @@ fn vllm_vars(topo: &NodeTopology, gpus: &[u32], rails: &[(String, u32)], hints: 
 const VLLM_SELECTED: [&str; 3] = ["UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "NCCL_IB_HCA"];
 
 /// Who reads the environment (`--for`, `GetPlacementHintsRequest.consumer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::Display, strum::EnumString)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, strum::Display, strum::EnumString, clap::ValueEnum,
+)]
 #[strum(serialize_all = "lowercase")]
 #[non_exhaustive]
 pub enum Consumer {

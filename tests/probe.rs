@@ -584,3 +584,19 @@ fn a_flag_given_twice_takes_the_last_value() {
         String::from_utf8_lossy(&agent.stderr)
     );
 }
+
+/// `--for` with a consumer nodetopo does not know is refused, naming the ones it knows.
+#[test]
+fn an_unknown_consumer_is_refused_with_the_choices() {
+    let o = nodetopo(&["probe", "-o", "env", "--for", "sglang"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sglang") && err.contains("generic") && err.contains("vllm"),
+        "{err}"
+    );
+    // Only with -o env.
+    let o = nodetopo(&["probe", "-o", "json", "--for", "vllm"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--for needs -o env"));
+}

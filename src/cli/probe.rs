@@ -42,7 +42,7 @@ pub struct ProbeArgs {
     /// With `-o env`: who reads the environment. `vllm` leaves out what a vLLM worker sets for
     /// itself (UCX_NET_DEVICES, NVSHMEM_HCA_LIST, NCCL_IB_HCA) whenever the vLLM variables are
     /// given.
-    #[arg(long = "for", value_name = "CONSUMER", default_value = "generic")]
+    #[arg(long = "for", value_name = "CONSUMER", value_enum, default_value_t = nodetopo::hints::Consumer::Generic)]
     consumer: nodetopo::hints::Consumer,
     /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
     #[arg(long)]

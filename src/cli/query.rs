@@ -43,7 +43,7 @@ enum What {
         /// GPU indices or UUIDs; none means every GPU.
         gpus: Vec<String>,
         /// Who reads the environment (`generic` or `vllm`, as in `query env --for`).
-        #[arg(long = "for", value_name = "CONSUMER", default_value = "generic")]
+        #[arg(long = "for", value_name = "CONSUMER", value_enum, default_value_t = nodetopo::hints::Consumer::Generic)]
         consumer: nodetopo::hints::Consumer,
     },
     /// Write the placement hints of this pod's own GPUs to an env file (an init container).
