@@ -21,14 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         // Hand-written with the same wire format, so one revision is encoded once for every
-        // Get and watcher (src/api/wire.rs).
+        // Get and watcher (src/proto/wire.rs).
         .extern_path(
             ".nodetopo.v1.GetNodeTopologyResponse",
-            "crate::api::wire::GetNodeTopologyResponse",
+            "crate::proto::wire::GetNodeTopologyResponse",
         )
         .extern_path(
             ".nodetopo.v1.WatchNodeTopologyResponse",
-            "crate::api::wire::WatchNodeTopologyResponse",
+            "crate::proto::wire::WatchNodeTopologyResponse",
         )
         .compile_fds(fds)?;
     Ok(())

@@ -16,7 +16,7 @@ use nodetopo::{
     extender::{
         Extender,
         group::group_of,
-        placement::{MemoryPlacementIndex, PlacedPod, PlacementIndex, PodEvent},
+        placed::{MemoryPlacementIndex, PlacedPod, PlacementIndex, PodEvent},
         policy::Weights,
         view::{ClusterView, LabelKeys, SharedView, ViewEvent},
         wire::ExtenderRequest,

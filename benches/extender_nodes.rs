@@ -29,7 +29,7 @@ use std::{
 use k8s_openapi::api::core::v1::{Node, Pod};
 use nodetopo::extender::{
     Extender,
-    placement::MemoryPlacementIndex,
+    placed::MemoryPlacementIndex,
     policy::Weights,
     server::{ServerConfig, router},
     view::{ClusterView, LabelKeys, SharedView},

@@ -1,18 +1,22 @@
 //! nodetopo: discovers a GPU node's NVLink, multi-node NVLink and RDMA topology and publishes it.
 //!
-//! Data flows one way:
-//! - hardware probes ([`probe`]: [`probe::nvml`], [`probe::rdma`], [`probe::pci`] over
-//!   [`probe::sysfs`]) produce the [`model::NodeTopology`];
-//! - the node's place in its fabrics (leaf, scalable unit, spine block) is derived from its
-//!   ports' neighbours ([`placement`]; the SMP prober is [`probe::ib`]);
-//! - pure policy turns it into output: the label vocabulary and label set ([`labels`]), the
-//!   RDMA environment for a GPU selection ([`hints`]), the renderers ([`render`]) and other
-//!   schedulers' topology objects ([`deploy`]);
-//! - the [`agent`] keeps it current and publishes it over gRPC ([`api`], wire types in
-//!   [`proto`]), as node labels ([`node_labels`], retried by [`backoff`]) and as [`metrics`];
-//! - the [`extender`] places pod groups from the agents' topologies or their labels, the
-//!   [`webhook`] copies the labels onto bound Pods, and [`pod_env`] finds a pod's own GPUs;
-//! - [`memory`] hands the heap memory freed after reading a large Node list back to the OS.
+//! The modules, in the order the data flows through them (each uses only those above it, except
+//! the small shared helpers at the end):
+//! - [`model`]: the facts, no I/O: [`model::NodeTopology`] and its parts.
+//! - [`probe`]: hardware to model. [`probe::nvml`] (GPUs, NVLink, the multi-node NVLink
+//!   domain), [`probe::rdma`] and [`probe::pci`] over [`probe::sysfs`]; [`probe::rails`] (NIC
+//!   roles, GPU-to-NIC pairing); the ports' neighbours by [`probe::ib`] (SMP) and
+//!   [`probe::lldp`]; the node's place in its fabrics by [`probe::network`].
+//! - Pure policy from the model to output: [`labels`] (the label vocabulary and a node's label
+//!   set), [`hints`] (the RDMA environment for a GPU selection, and a pod's own GPUs),
+//!   [`render`] (table and Graphviz) and [`manifests`] (other schedulers' topology objects).
+//! - [`proto`]: the public gRPC contract; [`api`]: its server and client, and the conversion
+//!   from the model.
+//! - The three processes: the [`agent`] keeps the topology current and publishes it over gRPC,
+//!   as node labels and as metrics; the [`extender`] places pod groups from the agents'
+//!   topologies or their labels; the [`webhook`] copies the labels onto bound Pods.
+//! - Shared helpers: [`backoff`] (retry delays), [`kube_client`] (the Kubernetes client without
+//!   hidden retries) and [`memory`] (hands freed heap back to the OS after a large Node list).
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml::live`, ibverbs in
 // `probe::rdma::verbs`, libibumad in `probe::ib::umad`, the AF_PACKET socket in
@@ -22,17 +26,13 @@
 pub mod agent;
 pub mod api;
 pub mod backoff;
-pub mod deploy;
 pub mod extender;
 pub mod hints;
 pub mod kube_client;
 pub mod labels;
+pub mod manifests;
 pub mod memory;
-pub mod metrics;
 pub mod model;
-pub mod node_labels;
-pub mod placement;
-pub mod pod_env;
 pub mod probe;
 pub mod proto;
 pub mod render;

@@ -862,6 +862,14 @@ pub struct Nic {
     pub verbs: Option<VerbsCheck>,
 }
 
+impl Nic {
+    /// True for a port of a compute rail: a compute NIC, or any physical NIC where roles are not
+    /// known (no GPU seen). Storage, front-end and virtual NICs are never rails.
+    pub fn is_rail(&self) -> bool {
+        matches!(self.role, NicRole::Compute | NicRole::Unknown) && !self.virtual_function
+    }
+}
+
 /// What a NIC is for. A role applies to every port of the NIC.
 #[derive(
     Debug,
@@ -1024,7 +1032,7 @@ impl PortNeighbor {
 }
 
 /// The node's place in one RDMA fabric, derived from its compute ports' neighbours
-/// ([`crate::placement`]). A value is `None` when it is unknown.
+/// ([`crate::probe::network`]). A value is `None` when it is unknown.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FabricPlacement {

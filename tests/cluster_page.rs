@@ -11,7 +11,7 @@ use nodetopo::{
     extender::{
         Extender,
         group::{GroupInfo, GroupKind, Role},
-        placement::{MemoryPlacementIndex, PlacedPod, PlacementIndex, PodEvent},
+        placed::{MemoryPlacementIndex, PlacedPod, PlacementIndex, PodEvent},
         policy::Weights,
         server::{ServerConfig, router},
         view::{ClusterView, LabelKeys, SharedView, ViewEvent},

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nodetopo::{labels::Key, placement::short_hash};
+use nodetopo::labels::{Key, syntax::short_hash};
 use serde_json::Value;
 
 mod common;

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use libfuzzer_sys::fuzz_target;
 use nodetopo::extender::{
     Extender,
-    placement::MemoryPlacementIndex,
+    placed::MemoryPlacementIndex,
     policy::Weights,
     view::{ClusterView, LabelKeys, SharedView},
     wire::ExtenderRequest,

@@ -4,7 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodetopo::{api::wire, model, proto::v1 as pb};
+use nodetopo::{
+    model,
+    proto::{v1 as pb, wire},
+};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

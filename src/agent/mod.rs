@@ -6,7 +6,9 @@
 //! `watch` channel; the revision moves only when the content changes ([`next_state`]).
 #![forbid(unsafe_code)]
 
+pub mod labeler;
 pub mod merge;
+pub mod metrics;
 pub mod pacing;
 
 use std::{
@@ -21,13 +23,15 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
+use self::{
+    labeler::{NodeEvent, NodeLabeler, RetryAfterHint, RetryAfterLayer, WriteError},
+    metrics::Metrics,
+};
 use crate::{
     api::{self, Published, ServerLimits, TopologyApi},
     backoff::Backoff,
     labels::{self, LabelConfig, Labels},
-    metrics::Metrics,
     model::NodeTopology,
-    node_labels::{self, NodeEvent, NodeLabeler, RetryAfterHint, RetryAfterLayer, WriteError},
     probe::{
         NetworkOptions, Prober,
         lldp::LldpView,
@@ -279,11 +283,8 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
                         "label write failed; retrying"
                     );
                     let server = hint.take();
-                    tokio::time::sleep(node_labels::retry_delay(
-                        backoff.next_random_delay(),
-                        server,
-                    ))
-                    .await;
+                    tokio::time::sleep(labeler::retry_delay(backoff.next_random_delay(), server))
+                        .await;
                 }
                 Err(e) => return Err(AgentError::Labels(e)),
             }
@@ -372,7 +373,7 @@ async fn start_labeler(
         return Ok(None);
     }
     let (client, hint) = kube_client().await?;
-    tokio::spawn(crate::node_labels::record_events(
+    tokio::spawn(crate::agent::labeler::record_events(
         client.clone(),
         cfg.node_name.clone(),
         cfg.kube_timeout,
@@ -602,7 +603,7 @@ async fn probe_loop(
             log_failures(&next);
             tracing::info!(revision = next.revision, took = ?took, "topology changed");
             if prev.revision != 0 {
-                if let Some(ev) = crate::node_labels::fabric_event(&prev.fabric, &next.fabric) {
+                if let Some(ev) = crate::agent::labeler::fabric_event(&prev.fabric, &next.fabric) {
                     let _ = events.try_send(ev);
                 }
             }

@@ -4,7 +4,6 @@
 
 pub mod convert;
 pub mod tls;
-pub mod wire;
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
@@ -22,6 +21,7 @@ use crate::{
             self as pb,
             topology_service_server::{TopologyService, TopologyServiceServer},
         },
+        wire,
     },
 };
 

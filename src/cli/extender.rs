@@ -10,7 +10,7 @@ use nodetopo::extender::{
     Extender,
     cluster::ClusterSource,
     grpc::GrpcConnector,
-    placement::{MemoryPlacementIndex, PlacementIndex},
+    placed::{MemoryPlacementIndex, PlacementIndex},
     policy::Weights,
     server::{self, ServerConfig},
     source::{AgentConnector, AgentEndpoints, FileConnector, SchemeConnector, watch_agent},

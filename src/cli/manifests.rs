@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use nodetopo::deploy::topology::{self, LevelOptions, ObjectOptions, Scheduler};
+use nodetopo::manifests::topology::{self, LevelOptions, ObjectOptions, Scheduler};
 
 /// Flags of `nodetopo manifests`.
 #[derive(Debug, Args)]

@@ -118,8 +118,8 @@ impl NetworkArgs {
             "--lldp-wait must be at most 5m"
         );
         let names = match &self.fabric_names {
-            Some(p) => nodetopo::placement::FabricNames::load(p).context("--fabric-names")?,
-            None => nodetopo::placement::FabricNames::default(),
+            Some(p) => nodetopo::probe::network::FabricNames::load(p).context("--fabric-names")?,
+            None => nodetopo::probe::network::FabricNames::default(),
         };
         Ok(nodetopo::probe::NetworkOptions {
             ib_smp: self.ib_smp,

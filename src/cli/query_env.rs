@@ -11,8 +11,10 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use nodetopo::{
     api,
-    hints::EnvHints,
-    pod_env::{NodeGpu, pairs_in_order, visible_gpus},
+    hints::{
+        EnvHints,
+        pod::{NodeGpu, pairs_in_order, visible_gpus},
+    },
     proto::v1 as pb,
 };
 use tokio::time::Instant;

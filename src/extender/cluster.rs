@@ -26,7 +26,7 @@ use tokio_stream::StreamExt;
 
 use super::{
     group::pod_key,
-    placement::{PlacedPod, PlacementIndex, PodEvent, WaitingPod},
+    placed::{PlacedPod, PlacementIndex, PodEvent, WaitingPod},
     source::{AgentConnector, watch_agent},
     view::{SharedView, ViewEvent},
 };
@@ -317,7 +317,7 @@ mod tests {
 
     use super::*;
     use crate::extender::{
-        placement::MemoryPlacementIndex,
+        placed::MemoryPlacementIndex,
         source::{BoxFuture, SourceError, TopologyStream},
         view::{ClusterView, LabelKeys},
     };

@@ -2,7 +2,7 @@
 //! answers from the agents' topology.
 //!
 //! Data flow: sources ([`source`]) send [`view::ViewEvent`]s into the [`view::ClusterView`];
-//! pod events feed the [`placement::PlacementIndex`]; for each request, [`Extender`] resolves
+//! pod events feed the [`placed::PlacementIndex`]; for each request, [`Extender`] resolves
 //! the candidates and calls the pure [`policy`]; [`server`] speaks the HTTP wire format
 //! ([`wire`]).
 
@@ -20,14 +20,14 @@ pub mod facts;
 pub mod group;
 pub mod grpc;
 pub mod page;
-pub mod placement;
+pub mod placed;
 pub mod policy;
 pub mod server;
 pub mod source;
 pub mod view;
 pub mod wire;
 
-use placement::PlacementIndex;
+use placed::PlacementIndex;
 use policy::{Candidate, Domain, GroupDomain, Held, PodContext, ScoreBreakdown, Weights};
 use view::SharedView;
 use wire::{ExtenderFilterResult, ExtenderRequest, HostPriority, HostPriorityList};
@@ -278,7 +278,7 @@ impl Extender {
         self.remember_request_nodes(&labels);
         let pod = args.pod.clone().unwrap_or_default();
         // A gated pod is not being scheduled: it is explained, but reserves no domain.
-        let reserve = reserve && !placement::scheduling_gated(&pod);
+        let reserve = reserve && !placed::scheduling_gated(&pod);
         let now = Instant::now();
         self.view.read(|view| {
             let ctx = policy::pod_context(&pod, view, self.placements.as_ref(), &labels);

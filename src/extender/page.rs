@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, fmt::Write};
 
-use super::{facts::NodeFacts, placement::PlacedPod, view::Freshness};
+use super::{facts::NodeFacts, placed::PlacedPod, view::Freshness};
 use crate::model::FabricState;
 
 /// One node as the page shows it.

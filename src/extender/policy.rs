@@ -17,7 +17,7 @@ use super::{
     domain::link_layer_name,
     facts::NodeFacts,
     group::{GroupInfo, group_of},
-    placement::PlacementIndex,
+    placed::PlacementIndex,
     view::{ClusterView, Freshness},
     wire::MAX_EXTENDER_PRIORITY,
 };
@@ -259,7 +259,7 @@ pub fn pod_context(
         view.resolve(node, request_labels.get(node).copied())
             .map(|r| r.facts.into_owned())
     };
-    let peers = |list: Vec<super::placement::PlacedPod>| -> Vec<PeerFacts> {
+    let peers = |list: Vec<super::placed::PlacedPod>| -> Vec<PeerFacts> {
         list.into_iter()
             .filter(|p| Some(&p.pod) != me.as_ref())
             .filter_map(|p| {
@@ -301,7 +301,7 @@ pub fn pod_context(
         members,
         counterparts,
         remaining,
-        gpus: super::placement::gpu_request(pod),
+        gpus: super::placed::gpu_request(pod),
         previous: group
             .as_ref()
             .filter(|_| placed == 0)

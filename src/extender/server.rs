@@ -16,7 +16,7 @@ use axum::{
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
-use super::{Extender, placement::PodEvent, wire::ExtenderRequest};
+use super::{Extender, placed::PodEvent, wire::ExtenderRequest};
 
 /// The cluster size the request limit is set for: 5,000 Nodes, the largest cluster Kubernetes
 /// documents.

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::*;
 use crate::extender::{
-    placement::{MemoryPlacementIndex, PlacedPod, PodEvent},
+    placed::{MemoryPlacementIndex, PlacedPod, PodEvent},
     view::{ClusterView, ViewEvent},
 };
 
@@ -126,7 +126,7 @@ fn place(placements: &MemoryPlacementIndex, pod: &Pod, node: &str) {
         pod: group::pod_key(pod).unwrap(),
         node: node.into(),
         group: group::group_of(pod).unwrap(),
-        gpus: crate::extender::placement::gpu_request(pod),
+        gpus: crate::extender::placed::gpu_request(pod),
     }));
 }
 

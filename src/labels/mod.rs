@@ -212,14 +212,14 @@ fn nvlink_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
 }
 
 /// `rack.*`: the physical rack and tray, only where every GPU's platform info agrees. A serial
-/// is spelled as a label value like a switch ID ([`crate::placement::id_label_value`]).
+/// is spelled as a label value like a switch ID ([`crate::labels::syntax::id_label_value`]).
 fn rack_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     let Some(rack) = topo.rack() else {
         return;
     };
     set.put(
         Key::RackSerial,
-        Some(crate::placement::id_label_value(&rack.chassis_serial)),
+        Some(crate::labels::syntax::id_label_value(&rack.chassis_serial)),
     );
     set.put(Key::RackTray, rack.tray_index.map(|t| t.to_string()));
 }
@@ -239,7 +239,7 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     let active: Vec<_> = topo
         .nics
         .iter()
-        .filter(|n| crate::placement::is_rail(n))
+        .filter(|n| n.is_rail())
         .flat_map(|n| &n.ports)
         .filter(|p| matches!(p.state, PortState::Active | PortState::ActiveDefer))
         .collect();
@@ -296,7 +296,7 @@ fn rdma_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
 }
 
 /// `ib.*` and `roce.leaf`: where the compute rails plug into the fabrics
-/// ([`crate::placement`]). Each value is already a label value (an ID's label spelling, a hash,
+/// ([`crate::probe::network`]). Each value is already a label value (an ID's label spelling, a hash,
 /// or a name from the mapping file).
 fn network_labels(topo: &NodeTopology, set: &mut LabelSet<'_>) {
     let ib = &topo.network.infiniband;

@@ -156,6 +156,42 @@ impl fmt::Display for LabelValue {
     }
 }
 
+/// Hex digits of a short hash (40 bits: collisions are negligible for the few thousand leaf
+/// sets of one fabric).
+pub const HASH_HEX: usize = 10;
+
+/// A switch ID as a label value. A GUID (`0x0002c90300a1b2c3`) is one already. Any other
+/// character than `[A-Za-z0-9._-]` becomes `-` (a MAC chassis ID `aa:bb:cc:dd:ee:01` reads
+/// `aa-bb-cc-dd-ee-01`), and the ends are trimmed to alphanumerics. An ID that is then empty or
+/// longer than 63 characters is written `id-` and its short hash.
+pub fn id_label_value(id: &str) -> String {
+    let replaced = LabelValue::replace_invalid(id.trim());
+    let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.is_empty() || trimmed.len() > 63 {
+        format!("id-{}", short_hash([id]))
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// A short stable hash (the first hex digits of SHA-256) of a set of IDs, given in any order
+/// and possibly repeated: they are sorted and made distinct first, then joined by newlines.
+pub fn short_hash<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut ids: Vec<&str> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let digest = ring::digest::digest(&ring::digest::SHA256, ids.join("\n").as_bytes());
+    let mut hex = String::with_capacity(HASH_HEX);
+    for b in digest.as_ref() {
+        hex.push_str(&format!("{b:02x}"));
+        if hex.len() >= HASH_HEX {
+            break;
+        }
+    }
+    hex.truncate(HASH_HEX);
+    hex
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +230,42 @@ mod tests {
         assert!(!is_dns_subdomain("-a.b"));
         assert!(!is_dns_subdomain("A.b"));
         assert!(!is_dns_subdomain(&"a".repeat(254)));
+    }
+
+    const LEAF: &str = "0x0002c90300a1b2c3";
+    const OTHER_LEAF: &str = "0x0002c90300a1b2c4";
+
+    #[test]
+    fn id_spelling_is_a_label_value() {
+        for id in [
+            LEAF,
+            "aa:bb:cc:dd:ee:01",
+            "leaf 01.example.com",
+            "::",
+            "",
+            &"x".repeat(80),
+            "üñí",
+        ] {
+            let v = id_label_value(id);
+            assert!(
+                LabelValue::new(&v).is_ok() && !v.is_empty(),
+                "{id:?} -> {v:?}"
+            );
+        }
+        assert_eq!(id_label_value(LEAF), LEAF);
+        assert_eq!(id_label_value("aa:bb:cc:dd:ee:01"), "aa-bb-cc-dd-ee-01");
+        assert!(id_label_value("::").starts_with("id-"));
+    }
+
+    #[test]
+    fn hash_is_order_free_and_short() {
+        assert_eq!(
+            short_hash([LEAF, OTHER_LEAF]),
+            short_hash([OTHER_LEAF, LEAF, OTHER_LEAF])
+        );
+        assert_ne!(short_hash([LEAF, OTHER_LEAF]), short_hash([LEAF]));
+        assert_eq!(short_hash([LEAF]).len(), HASH_HEX);
+        // Stable across builds: a fixed input gives a fixed value.
+        assert_eq!(short_hash(["a"]), "ca978112ca");
     }
 }

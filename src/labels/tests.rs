@@ -368,24 +368,25 @@ fn fabric_placement_labels_from_port_neighbours() {
         },
     ];
     let names =
-        crate::placement::FabricNames::parse("names:\n  \"aa:bb:cc:dd:ee:01\": rack-12\n").unwrap();
-    t.network = crate::placement::place(&t.nics, &names);
+        crate::probe::network::FabricNames::parse("names:\n  \"aa:bb:cc:dd:ee:01\": rack-12\n")
+            .unwrap();
+    t.network = crate::probe::network::place(&t.nics, &names);
     let l = desired_labels(&t, &LabelConfig::default());
     assert_eq!(get(&l, "ib.leaf"), Some("0x0000000000b00001"));
     assert_eq!(
         get(&l, "ib.su"),
-        Some(crate::placement::short_hash(["0x0000000000b00001"]).as_str())
+        Some(crate::labels::syntax::short_hash(["0x0000000000b00001"]).as_str())
     );
     assert_eq!(
         get(&l, "ib.block"),
-        Some(crate::placement::short_hash(["0x0000000000a00001"]).as_str())
+        Some(crate::labels::syntax::short_hash(["0x0000000000a00001"]).as_str())
     );
     assert_eq!(get(&l, "roce.leaf"), Some("rack-12"));
     for (k, v) in &l {
         assert!(k8s_valid(&k.to_string(), v.as_str()), "{k}={v}");
     }
     // Without the mapping the chassis ID is spelled as a label value.
-    t.network = crate::placement::place(&t.nics, &Default::default());
+    t.network = crate::probe::network::place(&t.nics, &Default::default());
     let l = desired_labels(&t, &LabelConfig::default());
     assert_eq!(get(&l, "roce.leaf"), Some("aa-bb-cc-dd-ee-01"));
     // Nothing found: no key at all.
@@ -454,17 +455,17 @@ fn rail_optimised_per_fabric() {
     };
     t.nics[0].ports[0].neighbor = leaf("1");
     t.nics[1].ports[0].neighbor = leaf("2");
-    t.network = crate::placement::place(&t.nics, &Default::default());
+    t.network = crate::probe::network::place(&t.nics, &Default::default());
     let l = desired_labels(&t, &LabelConfig::default());
     assert_eq!(get(&l, "ib.rail-optimised"), Some("true"));
     assert_eq!(get(&l, "roce.rail-optimised"), None);
     t.nics[1].ports[0].neighbor = leaf("1");
-    t.network = crate::placement::place(&t.nics, &Default::default());
+    t.network = crate::probe::network::place(&t.nics, &Default::default());
     let l = desired_labels(&t, &LabelConfig::default());
     assert_eq!(get(&l, "ib.rail-optimised"), Some("false"));
     // One placed port: unknown, no key.
     t.nics[1].ports[0].neighbor = None;
-    t.network = crate::placement::place(&t.nics, &Default::default());
+    t.network = crate::probe::network::place(&t.nics, &Default::default());
     let l = desired_labels(&t, &LabelConfig::default());
     assert_eq!(get(&l, "ib.rail-optimised"), None);
 }

@@ -6,6 +6,7 @@
 
 pub mod ib;
 pub mod lldp;
+pub mod network;
 pub mod nvml;
 pub mod pci;
 pub mod rails;
@@ -14,12 +15,10 @@ pub mod sysfs;
 
 use std::time::SystemTime;
 
-use crate::{
-    model::{Fabric, FabricState, NodeTopology, Source, SourceStatus},
-    placement::{self, FabricNames},
-};
+use crate::model::{Fabric, FabricState, NodeTopology, Source, SourceStatus};
 
 use self::{
+    network::FabricNames,
     nvml::prober::{GpuProber, ProbeOptions},
     sysfs::SysfsRoot,
 };
@@ -221,7 +220,7 @@ impl Prober {
         {
             topo.sources.push(status);
         }
-        topo.network = placement::place(&topo.nics, &self.network.names);
+        topo.network = network::place(&topo.nics, &self.network.names);
         topo
     }
 }

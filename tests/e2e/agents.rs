@@ -346,8 +346,9 @@ async fn agents_label_their_own_nodes() {
             "another manager's label stays"
         );
         assert_eq!(labels["nvidia.com/gpu.present"], "true");
-        let owned = nodetopo::node_labels::applied_labels(&n, nodetopo::node_labels::FIELD_MANAGER)
-            .expect("field manager nodetopo owns labels");
+        let owned =
+            nodetopo::agent::labeler::applied_labels(&n, nodetopo::agent::labeler::FIELD_MANAGER)
+                .expect("field manager nodetopo owns labels");
         assert_eq!(owned, w, "{}: nodetopo owns exactly its labels", m.node);
         let admin_owned = n
             .metadata

@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     extender::{
         group::lws,
-        placement::{MemoryPlacementIndex, PlacedPod},
+        placed::{MemoryPlacementIndex, PlacedPod},
         view::{LabelKeys, ViewEvent},
     },
     model::LinkLayer,
@@ -287,7 +287,7 @@ fn pod_context_from_index_and_view() {
     pod.metadata.annotations = Some([(lws::SIZE.to_string(), "4".to_string())].into());
     let group = group_of(&pod).unwrap();
     let idx = MemoryPlacementIndex::new();
-    idx.apply(crate::extender::placement::PodEvent::Placed(PlacedPod {
+    idx.apply(crate::extender::placed::PodEvent::Placed(PlacedPod {
         pod: "ns/w-0".into(),
         node: "n1".into(),
         group: group.clone(),

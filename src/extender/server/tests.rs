@@ -6,7 +6,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::extender::{
-    placement::MemoryPlacementIndex,
+    placed::MemoryPlacementIndex,
     policy::Weights,
     view::{ClusterView, LabelKeys, SharedView, ViewEvent},
     wire::{ExtenderFilterResult, HostPriorityList},

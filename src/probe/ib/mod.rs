@@ -26,12 +26,9 @@ use std::{
 };
 
 use self::mad::{Attribute, LinkState, MadError, NodeType};
-use crate::{
-    model::{
-        LinkLayer, NeighborStatus, Nic, NicPort, NicRole, PhysState, PortNeighbor, PortState,
-        Source, SourceStatus,
-    },
-    placement::is_rail,
+use crate::model::{
+    LinkLayer, NeighborStatus, Nic, NicPort, NicRole, PhysState, PortNeighbor, PortState, Source,
+    SourceStatus,
 };
 
 /// Why one query got no usable answer.
@@ -239,7 +236,7 @@ pub fn fill(
     let mut problems = Vec::new();
     let mut any = false;
     for nic in nics.iter_mut() {
-        if !is_rail(nic) {
+        if !nic.is_rail() {
             continue;
         }
         let has_ib = nic

@@ -284,7 +284,8 @@ fn fill_queries_only_active_rail_ports() {
     );
     assert!(nics[2].ports[0].neighbor.is_none(), "a VF is never queried");
     assert!(nics[3].ports[0].neighbor.is_none(), "Ethernet is not SMP's");
-    let placed = crate::placement::place(&nics, &crate::placement::FabricNames::default());
+    let placed =
+        crate::probe::network::place(&nics, &crate::probe::network::FabricNames::default());
     assert_eq!(
         placed.infiniband.leaf.as_deref(),
         Some("0x0000000000200001")

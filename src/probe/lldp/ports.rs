@@ -1,23 +1,20 @@
 //! From the model's NICs to the netdevs to listen on, and from what was heard back to each
 //! port's [`PortNeighbor`]: pure, the statuses and the clock passed in.
 //!
-//! - Listened on: every port of a compute rail ([`crate::placement::is_rail`]: never storage,
+//! - Listened on: every port of a compute rail ([`crate::model::Nic::is_rail`]: never storage,
 //!   front-end or virtual NICs) whose link layer is Ethernet and whose state is ACTIVE, through
 //!   its netdev ([`port_netdev`]).
 //! - A rail's Ethernet port that is not active gets `not-active` and is not listened on.
 //! - The leaf is the chassis ID as read (`aa:bb:cc:dd:ee:01`, or a name), the leaf port the port
-//!   ID as read; [`crate::placement`] spells them as label values.
+//!   ID as read; [`crate::probe::network`] spells them as label values.
 //! - An expired answer is kept as the port's leaf with the status `expired`; a failure keeps
 //!   the last known answer in the fields, with the failure as the status.
 
 use std::collections::BTreeMap;
 
 use super::{FailureKind, Heard, LldpStatus};
-use crate::{
-    model::{
-        LinkLayer, NeighborStatus, Nic, NicPort, PortNeighbor, PortState, Source, SourceStatus,
-    },
-    placement::is_rail,
+use crate::model::{
+    LinkLayer, NeighborStatus, Nic, NicPort, PortNeighbor, PortState, Source, SourceStatus,
 };
 
 /// The netdev of one port: a netdev of the port's GIDs that is one of the NIC's own (PCI
@@ -44,7 +41,7 @@ fn is_active(p: &NicPort) -> bool {
 }
 
 fn listened(nic: &Nic, p: &NicPort) -> bool {
-    is_rail(nic) && p.link_layer == LinkLayer::Ethernet
+    nic.is_rail() && p.link_layer == LinkLayer::Ethernet
 }
 
 /// The netdevs to listen on: those of the active Ethernet ports of the compute rails, sorted
@@ -203,8 +200,8 @@ mod tests {
     use super::*;
     use crate::{
         model::{Gid, NicRole},
-        placement::{FabricNames, place},
         probe::lldp::{Failure, frame::parse_frame},
+        probe::network::{FabricNames, place},
     };
 
     const MAC: &[u8] = include_bytes!(concat!(
@@ -326,7 +323,7 @@ mod tests {
         let p = place(&nics, &FabricNames::default()).roce;
         assert_eq!(
             p.leaf,
-            Some(crate::placement::id_label_value(&chassis)),
+            Some(crate::labels::syntax::id_label_value(&chassis)),
             "{p:?}"
         );
         assert!(!p.leaf.as_ref().unwrap().contains(':'));

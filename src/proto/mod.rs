@@ -1,13 +1,16 @@
-//! Generated types of the public contract `proto/nodetopo/v1`, and conversion from the model.
-#![allow(missing_docs)]
-#![allow(clippy::all)]
+//! The public gRPC contract `proto/nodetopo/v1`: the generated types, and the two responses
+//! written by hand with the same wire format ([`wire`]). Conversion from the model is in
+//! `api::convert`.
+
+pub mod wire;
 
 /// `nodetopo.v1` messages and services.
+#[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("nodetopo.v1");
 
     /// Hand-written (same wire format) so the server encodes each revision once.
-    pub use crate::api::wire::{GetNodeTopologyResponse, WatchNodeTopologyResponse};
+    pub use crate::proto::wire::{GetNodeTopologyResponse, WatchNodeTopologyResponse};
 }
 
 /// Encoded file descriptor set of the contract, for gRPC server reflection.

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::{
+    agent::metrics::Metrics,
     labels::Labels,
-    metrics::Metrics,
     model::{Fabric, FabricState},
 };
 

@@ -19,6 +19,8 @@
 //!   [`rail_ids`]); a launcher or router compares two pods' values to pair prefill and decode
 //!   on the same rails.
 
+pub mod pod;
+
 use std::fmt::Write;
 
 use thiserror::Error;

@@ -189,7 +189,7 @@ mod tests {
                 .collect();
             assert_eq!(
                 fields, FIELDS,
-                "{name} in the proto differs from src/api/wire.rs: change the hand-written type"
+                "{name} in the proto differs from src/proto/wire.rs: change the hand-written type"
             );
             assert!(
                 m.nested_type.is_empty() && m.oneof_decl.is_empty(),

@@ -28,16 +28,12 @@ use std::{collections::BTreeMap, path::Path};
 use serde::Deserialize;
 
 use crate::{
-    labels::LabelValue,
-    model::{
-        FabricPlacement, LinkLayer, NeighborStatus, NetworkPlacement, Nic, NicPort, NicRole,
-        PortRail,
+    labels::{
+        LabelValue,
+        syntax::{id_label_value, short_hash},
     },
+    model::{FabricPlacement, LinkLayer, NeighborStatus, NetworkPlacement, Nic, NicPort, PortRail},
 };
-
-/// Hex digits of a short hash (40 bits: collisions are negligible for the few thousand leaf
-/// sets of one fabric).
-const HASH_HEX: usize = 10;
 
 /// Names for fabric IDs, from the mapping file (`--fabric-names`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -177,44 +173,6 @@ fn lookup<'a>(map: &'a BTreeMap<String, String>, id: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// A switch ID as a label value. A GUID (`0x0002c90300a1b2c3`) is one already. Any other
-/// character than `[A-Za-z0-9._-]` becomes `-` (a MAC chassis ID `aa:bb:cc:dd:ee:01` reads
-/// `aa-bb-cc-dd-ee-01`), and the ends are trimmed to alphanumerics. An ID that is then empty or
-/// longer than 63 characters is written `id-` and its short hash.
-pub fn id_label_value(id: &str) -> String {
-    let replaced = crate::labels::LabelValue::replace_invalid(id.trim());
-    let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    if trimmed.is_empty() || trimmed.len() > 63 {
-        format!("id-{}", short_hash([id]))
-    } else {
-        trimmed.to_string()
-    }
-}
-
-/// A short stable hash (the first hex digits of SHA-256) of a set of IDs, given in any order
-/// and possibly repeated: they are sorted and made distinct first, then joined by newlines.
-pub fn short_hash<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
-    let mut ids: Vec<&str> = ids.into_iter().collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let digest = ring::digest::digest(&ring::digest::SHA256, ids.join("\n").as_bytes());
-    let mut hex = String::with_capacity(HASH_HEX);
-    for b in digest.as_ref() {
-        hex.push_str(&format!("{b:02x}"));
-        if hex.len() >= HASH_HEX {
-            break;
-        }
-    }
-    hex.truncate(HASH_HEX);
-    hex
-}
-
-/// True for a port of a compute rail: a compute NIC, or any physical NIC where roles are not
-/// known (no GPU seen). Storage, front-end and virtual NICs are never rails.
-pub fn is_rail(nic: &Nic) -> bool {
-    matches!(nic.role, NicRole::Compute | NicRole::Unknown) && !nic.virtual_function
-}
-
 /// The node's place in both fabrics.
 pub fn place(nics: &[Nic], names: &FabricNames) -> NetworkPlacement {
     NetworkPlacement {
@@ -229,7 +187,7 @@ pub fn place(nics: &[Nic], names: &FabricNames) -> NetworkPlacement {
 pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) -> FabricPlacement {
     let ports: Vec<(&Nic, &NicPort)> = nics
         .iter()
-        .filter(|n| is_rail(n))
+        .filter(|n| n.is_rail())
         .flat_map(|n| n.ports.iter().map(move |p| (n, p)))
         .filter(|(_, p)| p.link_layer == link_layer && p.neighbor.is_some())
         .collect();
@@ -318,6 +276,7 @@ pub fn place_fabric(nics: &[Nic], link_layer: LinkLayer, names: &FabricNames) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NicRole;
     use crate::model::{PortNeighbor, PortState};
 
     fn port(n: u32, ll: LinkLayer, nb: Option<PortNeighbor>) -> NicPort {
@@ -682,36 +641,5 @@ mod tests {
         let n = FabricNames::parse("names:\n  0x00ab: rack-1\n").unwrap();
         assert_eq!(n.name("0x00AB"), Some("rack-1"));
         assert!(FabricNames::load(Path::new("/nonexistent/names.yaml")).is_err());
-    }
-
-    #[test]
-    fn id_spelling_is_a_label_value() {
-        for id in [
-            L1,
-            "aa:bb:cc:dd:ee:01",
-            "leaf 01.example.com",
-            "::",
-            "",
-            &"x".repeat(80),
-            "üñí",
-        ] {
-            let v = id_label_value(id);
-            assert!(
-                LabelValue::new(&v).is_ok() && !v.is_empty(),
-                "{id:?} -> {v:?}"
-            );
-        }
-        assert_eq!(id_label_value(L1), L1);
-        assert_eq!(id_label_value("aa:bb:cc:dd:ee:01"), "aa-bb-cc-dd-ee-01");
-        assert!(id_label_value("::").starts_with("id-"));
-    }
-
-    #[test]
-    fn hash_is_order_free_and_short() {
-        assert_eq!(short_hash([L1, L2]), short_hash([L2, L1, L2]));
-        assert_ne!(short_hash([L1, L2]), short_hash([L1]));
-        assert_eq!(short_hash([L1]).len(), HASH_HEX);
-        // Stable across builds: a fixed input gives a fixed value.
-        assert_eq!(short_hash(["a"]), "ca978112ca");
     }
 }
