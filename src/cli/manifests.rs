@@ -30,7 +30,7 @@ enum Output {
 #[derive(Debug, Args)]
 struct TopologyArgs {
     /// The scheduler whose object to write.
-    #[arg(long = "for", value_enum)]
+    #[arg(long = "for", value_parser = super::choice::<Scheduler>())]
     scheduler: Scheduler,
     /// The agent's label prefix.
     #[arg(long, default_value = nodetopo::labels::DEFAULT_PREFIX)]
@@ -40,7 +40,7 @@ struct TopologyArgs {
     block_label: Option<String>,
     /// The agent's fabric placement labels to add as levels: `infiniband` (`ib.block` and
     /// `ib.su` above the NVLink levels) or `roce` (`roce.leaf` above the host).
-    #[arg(long, value_enum, default_value_t = topology::FabricLevels::None)]
+    #[arg(long, value_parser = super::choice::<topology::FabricLevels>(), default_value_t = topology::FabricLevels::None)]
     fabric: topology::FabricLevels,
     /// Name of the object: `nodetopo`, for Grove `nodetopo-grove` (Grove's KAI backend creates a
     /// KAI Topology of the binding's name, which must not be the one `--for kai` writes). For
@@ -57,7 +57,7 @@ struct TopologyArgs {
     /// node is in the HyperNodes of the labels it carries (tiers counted per type); `single` one
     /// type of every level (one tree, a tier per level, but a node lacking any level, such as an
     /// HGX node without `nvlink.domain`, is in no HyperNode).
-    #[arg(long, value_enum, default_value_t = topology::VolcanoTypes::PerFamily)]
+    #[arg(long, value_parser = super::choice::<topology::VolcanoTypes>(), default_value_t = topology::VolcanoTypes::PerFamily)]
     volcano_types: topology::VolcanoTypes,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Yaml)]

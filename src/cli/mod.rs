@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{
+    Parser, Subcommand,
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
+};
+use strum::{EnumMessage, IntoEnumIterator};
 
 mod agent;
 mod extender;
@@ -13,6 +17,33 @@ mod probe;
 mod query;
 mod query_env;
 mod webhook;
+
+/// The value parser of a flag that takes one of a library enum's variants: their names come
+/// from the enum (`strum`, kebab-case) and each one's help from its doc comment, so the library
+/// knows nothing of clap and the flag lists its values, with their help, as a `ValueEnum` would.
+pub fn choice<T>() -> impl TypedValueParser<Value = T>
+where
+    T: IntoEnumIterator + EnumMessage + Into<&'static str> + std::str::FromStr,
+    T: Clone + Send + Sync + 'static,
+{
+    let values = T::iter().map(|v| {
+        let help = v.get_documentation().map(summary).unwrap_or_default();
+        let name: &'static str = v.into();
+        PossibleValue::new(name).help(help)
+    });
+    PossibleValuesParser::new(values).map(|name| {
+        name.parse::<T>()
+            .unwrap_or_else(|_| unreachable!("{name} is one of the listed values"))
+    })
+}
+
+/// A doc comment's first paragraph on one line, without its closing period: a value's help,
+/// as clap writes a `ValueEnum` variant's.
+fn summary(doc: &str) -> String {
+    let paragraph = doc.trim().split("\n\n").next().unwrap_or_default();
+    let line = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.strip_suffix('.').map(str::to_string).unwrap_or(line)
+}
 
 /// Client TLS flags for reaching agents whose gRPC API serves TLS.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -70,7 +101,7 @@ pub struct NetworkArgs {
     /// `on` (the ports found in sysfs), `off`, or `only` (adapters and ports from libibumad
     /// alone, no RDMA sysfs: for the ibsim simulator). Builds without the `umad` feature send
     /// none.
-    #[arg(long, value_enum, default_value_t = nodetopo::probe::IbSmpMode::On, env = "NODETOPO_IB_SMP")]
+    #[arg(long, value_parser = choice::<nodetopo::probe::IbSmpMode>(), default_value_t = nodetopo::probe::IbSmpMode::On, env = "NODETOPO_IB_SMP")]
     pub ib_smp: nodetopo::probe::IbSmpMode,
     /// Timeout of one SMP query attempt.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
@@ -81,7 +112,7 @@ pub struct NetworkArgs {
     /// LLDP on each active compute-rail RoCE port's netdev, for its leaf switch (needs
     /// CAP_NET_RAW): `auto` (listen unless every socket is refused or no such netdev exists
     /// here), `on` (listen and report each failure), `off`.
-    #[arg(long, value_enum, default_value_t = nodetopo::probe::lldp::LldpMode::Auto, env = "NODETOPO_LLDP")]
+    #[arg(long, value_parser = choice::<nodetopo::probe::lldp::LldpMode>(), default_value_t = nodetopo::probe::lldp::LldpMode::Auto, env = "NODETOPO_LLDP")]
     pub lldp: nodetopo::probe::lldp::LldpMode,
     /// How long the first probe waits for every RoCE compute port's first LLDP frame (switches
     /// send every 30 s by default). Default: 35s for `probe`, 5s for `agent` (whose labels

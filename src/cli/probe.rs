@@ -22,7 +22,7 @@ use nodetopo::{
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    #[arg(short, long, value_parser = super::choice::<Format>(), default_value_t = Format::Table)]
     output: Format,
     /// Root of the sysfs tree to read (`/host-sys` inside the DaemonSet).
     #[arg(long, value_name = "DIR", default_value_os_t = super::default_sysfs(), env = "NODETOPO_SYSFS_ROOT")]
@@ -42,7 +42,7 @@ pub struct ProbeArgs {
     /// With `-o env`: who reads the environment. `vllm` leaves out what a vLLM worker sets for
     /// itself (UCX_NET_DEVICES, NVSHMEM_HCA_LIST, NCCL_IB_HCA) whenever the vLLM variables are
     /// given.
-    #[arg(long = "for", value_name = "CONSUMER", value_enum, default_value_t = nodetopo::hints::Consumer::Generic)]
+    #[arg(long = "for", value_name = "CONSUMER", value_parser = super::choice::<nodetopo::hints::Consumer>(), default_value_t = nodetopo::hints::Consumer::Generic)]
     consumer: nodetopo::hints::Consumer,
     /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
     #[arg(long)]

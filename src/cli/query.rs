@@ -20,7 +20,7 @@ pub struct QueryArgs {
     #[arg(long, default_value = "127.0.0.1:9750", global = true)]
     endpoint: String,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+    #[arg(short, long, value_parser = super::choice::<Format>(), default_value_t = Format::Table, global = true)]
     output: Format,
     #[command(flatten)]
     tls: super::ClientTlsArgs,
@@ -43,7 +43,7 @@ enum What {
         /// GPU indices or UUIDs; none means every GPU.
         gpus: Vec<String>,
         /// Who reads the environment (`generic` or `vllm`, as in `query env --for`).
-        #[arg(long = "for", value_name = "CONSUMER", value_enum, default_value_t = nodetopo::hints::Consumer::Generic)]
+        #[arg(long = "for", value_name = "CONSUMER", value_parser = super::choice::<nodetopo::hints::Consumer>(), default_value_t = nodetopo::hints::Consumer::Generic)]
         consumer: nodetopo::hints::Consumer,
     },
     /// Write the placement hints of this pod's own GPUs to an env file (an init container).

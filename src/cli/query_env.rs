@@ -38,7 +38,7 @@ pub struct EnvArgs {
     gpus: Vec<String>,
     /// Who reads the file: `vllm` leaves out what a vLLM worker sets for itself
     /// (UCX_NET_DEVICES, NVSHMEM_HCA_LIST, NCCL_IB_HCA) whenever the vLLM variables are given.
-    #[arg(long = "for", value_name = "CONSUMER", value_enum, default_value_t = nodetopo::hints::Consumer::Generic)]
+    #[arg(long = "for", value_name = "CONSUMER", value_parser = super::choice::<nodetopo::hints::Consumer>(), default_value_t = nodetopo::hints::Consumer::Generic)]
     consumer: nodetopo::hints::Consumer,
     /// When the agent cannot be reached, write a file without hints and exit 0.
     #[arg(long)]

@@ -510,9 +510,19 @@ const VLLM_SELECTED: [&str; 3] = ["UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "NCCL_I
 
 /// Who reads the environment (`--for`, `GetPlacementHintsRequest.consumer`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, strum::Display, strum::EnumString, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumMessage,
 )]
-#[strum(serialize_all = "lowercase")]
+#[strum(serialize_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Consumer {
     /// Any launcher (NCCL, NVSHMEM, UCX, DeepEP): every variable, and a note for vLLM workers.

@@ -53,7 +53,19 @@ pub const VOLCANO_CONFIG_KEY: &str = "volcano-controller.conf";
 pub const GROVE_KEY_MAX: usize = 63;
 
 /// A scheduler that reads topology levels from an object of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumMessage,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Scheduler {
     /// Kueue topology-aware scheduling.
     Kueue,
@@ -74,7 +86,8 @@ impl Scheduler {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The project's own spelling, for messages.
+    fn product_name(self) -> &'static str {
         match self {
             Self::Kueue => "Kueue",
             Self::Kai => "KAI",
@@ -96,7 +109,20 @@ pub struct ObjectOptions {
 }
 
 /// How Volcano's label discovery gets the levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumMessage,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum VolcanoTypes {
     /// A type per family of levels (`<name>-nvlink`, `<name>-ib`, `<name>-leaf`,
     /// `<name>-roce`): every node is in the HyperNodes of the labels it carries, and tiers are
@@ -110,7 +136,20 @@ pub enum VolcanoTypes {
 }
 
 /// Which of the agent's fabric placement labels become levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumMessage,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum FabricLevels {
     /// None: only the NVLink levels, the block label and the host.
     #[default]
@@ -227,7 +266,7 @@ pub fn topology_object_with(
             return Err(DeployError::NotForScheduler {
                 option: "a KAI Topology binding",
                 only: "Grove's ClusterTopologyBinding",
-                scheduler: scheduler.as_str(),
+                scheduler: scheduler.product_name(),
             });
         }
         if !is_dns_subdomain(kai) {
@@ -238,7 +277,7 @@ pub fn topology_object_with(
         return Err(DeployError::NotForScheduler {
             option: "the Volcano type layout",
             only: "Volcano's discovery configuration",
-            scheduler: scheduler.as_str(),
+            scheduler: scheduler.product_name(),
         });
     }
     let labels = json!({ "app.kubernetes.io/managed-by": "nodetopo" });

@@ -24,7 +24,20 @@ use self::{
 };
 
 /// Whether and how the InfiniBand ports' leaves are looked for by SMP queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumMessage,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum IbSmpMode {
     /// No SMP queries.
     Off,

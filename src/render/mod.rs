@@ -7,7 +7,19 @@ pub mod table;
 use crate::{labels::LabelConfig, model::NodeTopology};
 
 /// Output formats of `probe` and `query`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumMessage,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Format {
     /// A readable summary and the `topo -m` matrix.
     Table,

@@ -158,7 +158,20 @@ impl Drop for LldpWatcher {
 }
 
 /// Whether the probe listens for LLDP on the RoCE compute ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumMessage,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum LldpMode {
     /// Never.
     Off,
