@@ -15,7 +15,8 @@
 //! - The three processes: the [`agent`] keeps the topology current and publishes it over gRPC,
 //!   as node labels and as metrics; the [`extender`] places pod groups from the agents'
 //!   topologies or their labels; the [`webhook`] copies the labels onto bound Pods.
-//! - Shared helpers: [`backoff`] (retry delays), [`kube_client`] (the Kubernetes client without
+//! - Shared helpers: [`serve`] (the one server lifecycle: the shutdown signal and a bounded
+//!   drain), [`backoff`] (retry delays), [`kube_client`] (the Kubernetes client without
 //!   hidden retries) and [`memory`] (hands freed heap back to the OS after a large Node list).
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml::live`, ibverbs in
@@ -36,4 +37,5 @@ pub mod model;
 pub mod probe;
 pub mod proto;
 pub mod render;
+pub mod serve;
 pub mod webhook;

@@ -40,6 +40,7 @@ use crate::{
         rails::RoleOverrides,
         sysfs::SysfsRoot,
     },
+    serve::{BindError, Lifecycle, ServeError, bind},
 };
 
 /// Where GPU facts come from.
@@ -210,16 +211,8 @@ async fn probe_once(mut source: Probing) -> Result<(Probing, NodeTopology, Durat
 #[non_exhaustive]
 pub enum AgentError {
     /// A listen address could not be bound.
-    #[error("binding {flag} {addr}")]
-    Bind {
-        /// The flag that names the address.
-        flag: &'static str,
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// No in-cluster or kubeconfig configuration.
     #[error("no Kubernetes client configuration (run with --no-kube outside a cluster)")]
     KubeConfig(#[source] kube::Error),
@@ -229,18 +222,9 @@ pub enum AgentError {
     /// `--oneshot` could not apply its labels.
     #[error("applying node labels")]
     Labels(#[source] WriteError),
-    /// A server ended without being asked to.
-    #[error("the {0} stopped")]
-    Stopped(&'static str),
-    /// A server failed.
-    #[error("the {what} failed")]
-    Server {
-        /// Which server.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// A server ended without being asked to, or failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 fn log_failures(t: &NodeTopology) {
@@ -311,12 +295,6 @@ async fn kube_client() -> Result<(kube::Client, RetryAfterHint), AgentError> {
     Ok((client, hint))
 }
 
-async fn bind(flag: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, AgentError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind { flag, addr, source })
-}
-
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let start_ms = SystemTime::now()
@@ -326,7 +304,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let metrics = Metrics::new();
     let (state_tx, state_rx) = watch::channel(Arc::new(Published::default()));
     let (labels_tx, labels_rx) = watch::channel::<Option<Labels>>(None);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut lifecycle = Lifecycle::new();
 
     let grpc = bind("--grpc-listen", cfg.grpc_listen).await?;
     let http = bind("--metrics-listen", cfg.metrics_listen).await?;
@@ -334,10 +312,23 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
     // Events are best effort: a full queue drops them, and they are never retried.
     let (events_tx, events_rx) = mpsc::channel::<NodeEvent>(16);
-    let labeler = start_labeler(&cfg, &metrics, labels_rx, events_rx, shutdown_rx.clone()).await?;
+    if let Some(labeler) =
+        start_labeler(&cfg, &metrics, labels_rx, events_rx, lifecycle.stop()).await?
+    {
+        lifecycle.worker(labeler);
+    }
     let health = not_serving_yet().await;
-    let servers = Servers::start(&cfg, grpc, http, state_rx, &metrics, &health, &shutdown_rx);
-    let probe_task = tokio::spawn(probe_loop(
+    start_servers(
+        &mut lifecycle,
+        &cfg,
+        grpc,
+        http,
+        state_rx,
+        &metrics,
+        &health,
+    );
+    let stop = lifecycle.stop();
+    lifecycle.worker(probe_loop(
         cfg.clone(),
         state_tx,
         Publishers {
@@ -346,17 +337,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             health,
             metrics,
         },
-        shutdown_rx,
+        stop,
         start_ms,
     ));
-    servers
-        .until_shutdown(shutdown_tx, cfg.grace, async move {
-            let _ = probe_task.await;
-            if let Some(l) = labeler {
-                let _ = l.await;
-            }
-        })
-        .await
+    lifecycle.run(cfg.grace).await?;
+    Ok(())
 }
 
 /// The label writer and the event recorder, when Kubernetes is enabled.
@@ -366,7 +351,7 @@ async fn start_labeler(
     labels_rx: watch::Receiver<Option<Labels>>,
     mut events_rx: mpsc::Receiver<NodeEvent>,
     shutdown_rx: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, AgentError> {
+) -> Result<Option<impl Future<Output = ()> + use<>>, AgentError> {
     if !cfg.kube {
         drop(labels_rx);
         events_rx.close();
@@ -386,11 +371,11 @@ async fn start_labeler(
         metrics.clone(),
     )
     .with_retry_after(hint);
-    Ok(Some(tokio::spawn(l.run(
+    Ok(Some(l.run(
         labels_rx,
         shutdown_rx,
         Backoff::new(Duration::from_millis(500), LABEL_RETRY_MAX),
-    ))))
+    )))
 }
 
 /// A health reporter that says NOT_SERVING until the first probe.
@@ -405,103 +390,32 @@ async fn not_serving_yet() -> tonic_health::server::HealthReporter {
     health
 }
 
-/// The gRPC and metrics servers.
-struct Servers {
-    grpc: tokio::task::JoinHandle<Result<(), api::ServeError>>,
-    http: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Servers {
-    fn start(
-        cfg: &AgentConfig,
-        grpc: TcpListener,
-        http: TcpListener,
-        state_rx: api::StateRx,
-        metrics: &Metrics,
-        health: &tonic_health::server::HealthReporter,
-        shutdown_rx: &watch::Receiver<bool>,
-    ) -> Self {
-        let topo_api =
-            TopologyApi::new(state_rx, cfg.limits.max_watchers, Arc::new(metrics.clone()));
-        let grpc = tokio::spawn({
-            let (limits, tls, health, mut sd) = (
-                cfg.limits.clone(),
-                cfg.grpc_tls.clone(),
-                health.clone(),
-                shutdown_rx.clone(),
-            );
-            async move {
-                api::serve(grpc, topo_api, health, &limits, tls.as_ref(), async move {
-                    let _ = sd.wait_for(|s| *s).await;
-                })
-                .await
-            }
-        });
-        let http = tokio::spawn({
-            let router = metrics.router();
-            let mut sd = shutdown_rx.clone();
-            async move {
-                axum::serve(http, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = sd.wait_for(|s| *s).await;
-                    })
-                    .await
-            }
-        });
-        Self { grpc, http }
-    }
-
-    /// Waits for a shutdown signal, or fails when a server stops on its own (the DaemonSet then
-    /// restarts the pod); then drains `rest` and the servers within `grace`.
-    async fn until_shutdown(
-        self,
-        shutdown_tx: watch::Sender<bool>,
-        grace: Duration,
-        rest: impl Future<Output = ()>,
-    ) -> Result<(), AgentError> {
-        let Self {
-            grpc: mut grpc_task,
-            http: mut http_task,
-        } = self;
-        let early = tokio::select! {
-            _ = shutdown_signal() => None,
-            r = &mut grpc_task => Some((GRPC, flatten(GRPC, r))),
-            r = &mut http_task => Some((HTTP, flatten(HTTP, r))),
-        };
-        let _ = shutdown_tx.send(true);
-        if let Some((what, result)) = early {
-            return Err(result.err().unwrap_or(AgentError::Stopped(what)));
-        }
-        tracing::info!("shutting down: draining streams, labels stay in place");
-        let drain = async {
-            rest.await;
-            let _ = http_task.await;
-            flatten(GRPC, grpc_task.await)
-        };
-        match tokio::time::timeout(grace, drain).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(grace = ?grace, "shutdown grace period over; exiting");
-                Ok(())
-            }
-        }
-    }
-}
-
-const GRPC: &str = "gRPC server";
-const HTTP: &str = "metrics server";
-
-/// A server task's outcome as one result.
-fn flatten<E: std::error::Error + Send + Sync + 'static>(
-    what: &'static str,
-    r: Result<Result<(), E>, tokio::task::JoinError>,
-) -> Result<(), AgentError> {
-    let source: Box<dyn std::error::Error + Send + Sync> = match r {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(e)) => Box::new(e),
-        Err(e) => Box::new(e),
-    };
-    Err(AgentError::Server { what, source })
+/// Starts the gRPC and metrics servers, each until the process is told to stop.
+fn start_servers(
+    lifecycle: &mut Lifecycle,
+    cfg: &AgentConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+    state_rx: api::StateRx,
+    metrics: &Metrics,
+    health: &tonic_health::server::HealthReporter,
+) {
+    let topo_api = TopologyApi::new(state_rx, cfg.limits.max_watchers, Arc::new(metrics.clone()));
+    let (limits, tls, health, stopped) = (
+        cfg.limits.clone(),
+        cfg.grpc_tls.clone(),
+        health.clone(),
+        lifecycle.stopped(),
+    );
+    lifecycle.server("gRPC server", async move {
+        api::serve(grpc, topo_api, health, &limits, tls.as_ref(), stopped).await
+    });
+    lifecycle.server(
+        "metrics server",
+        axum::serve(http, metrics.router())
+            .with_graceful_shutdown(lifecycle.stopped())
+            .into_future(),
+    );
 }
 
 /// The longest wait between label write attempts while the API server fails (each wait is
@@ -629,28 +543,6 @@ async fn probe_loop(
                 .set_service_status(api::SERVICE_NAME, tonic_health::ServingStatus::Serving)
                 .await;
         }
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

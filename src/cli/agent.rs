@@ -65,6 +65,9 @@ pub struct AgentArgs {
     /// Timeout of one label write.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     kube_timeout: Duration,
+    /// How long the probe loop, the label writer and the gRPC streams get to finish on SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
     /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
     #[arg(long)]
     query_all_p2p: bool,
@@ -134,7 +137,7 @@ impl AgentArgs {
             labels,
             kube: !self.no_kube,
             kube_timeout: self.kube_timeout,
-            grace: Duration::from_secs(10),
+            grace: self.grace,
         })
     }
 }

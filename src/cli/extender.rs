@@ -1,22 +1,18 @@
 //! `nodetopo extender`: the kube-scheduler extender. Flags become an [`ExtenderConfig`], then
 //! the server runs until SIGTERM or Ctrl-C.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
 use nodetopo::backoff::Backoff;
 use nodetopo::extender::{
-    Extender,
-    cluster::ClusterSource,
-    grpc::GrpcConnector,
-    placed::{MemoryPlacementIndex, PlacementIndex},
+    ExtenderConfig,
     policy::Weights,
     server::{self, ServerConfig},
-    source::{AgentConnector, AgentEndpoints, FileConnector, SchemeConnector, watch_agent},
-    view::{ClusterView, LabelKeys, SharedView, ViewEvent},
+    source::AgentEndpoints,
+    view::LabelKeys,
 };
-use tokio::sync::watch;
 
 /// Flags of `nodetopo extender`.
 #[derive(Debug, Args)]
@@ -68,19 +64,9 @@ pub struct ExtenderArgs {
     /// Ignored (deprecated: Nodes and Pods are watched).
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     pod_resync: Option<Duration>,
-}
-
-/// Validated configuration.
-struct ExtenderConfig {
-    listen: SocketAddr,
-    server: ServerConfig,
-    labels: LabelKeys,
-    agents: AgentEndpoints,
-    weights: Weights,
-    no_kube: bool,
-    backoff: Backoff,
-    agent_port: u16,
-    agent_tls: Option<nodetopo::api::tls::ClientTls>,
+    /// How long the server and the watches get to finish on SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
 }
 
 fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
@@ -136,99 +122,13 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
         backoff: Backoff::new(args.backoff_base, args.backoff_max),
         agent_port: args.agent_port,
         agent_tls: args.agent_tls.load()?,
+        grace: args.grace,
     })
 }
 
 /// Runs the extender until a shutdown signal.
 pub fn run(args: ExtenderArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
-    super::runtime()?.block_on(serve(cfg))
-}
-
-async fn serve(cfg: ExtenderConfig) -> anyhow::Result<()> {
-    let view = SharedView::new(ClusterView::new(cfg.labels.clone()));
-    for (node, labels) in &cfg.agents.labels {
-        view.apply(ViewEvent::Labels {
-            node: node.clone(),
-            labels: labels.clone(),
-        });
-    }
-    let connector: Arc<dyn AgentConnector> = Arc::new(SchemeConnector {
-        file: Arc::new(FileConnector {
-            poll: Duration::from_millis(200),
-        }),
-        network: Arc::new(GrpcConnector {
-            tls: cfg.agent_tls.clone(),
-        }),
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for (node, endpoint) in &cfg.agents.endpoints {
-        tasks.push(tokio::spawn(watch_agent(
-            node.clone(),
-            endpoint.clone(),
-            connector.clone(),
-            view.clone(),
-            cfg.backoff,
-            stop_rx.clone(),
-        )));
-    }
-    let placements: Arc<dyn PlacementIndex> = Arc::new(MemoryPlacementIndex::new());
-    if !cfg.no_kube {
-        let client = nodetopo::kube_client::client()
-            .await
-            .context("connecting to the Kubernetes API (use --no-kube outside a cluster)")?;
-        let src = ClusterSource {
-            client,
-            agent_port: cfg.agent_port,
-            connector: connector.clone(),
-            backoff: cfg.backoff,
-            exclude: cfg.agents.endpoints.keys().cloned().collect(),
-        };
-        tasks.push(tokio::spawn(
-            src.clone().run_nodes(view.clone(), stop_rx.clone()),
-        ));
-        tasks.push(tokio::spawn(
-            src.run_pods(placements.clone(), stop_rx.clone()),
-        ));
-    }
-    let ext = Extender::new(view, placements, cfg.weights);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("--listen {}", cfg.listen))?;
-    let local = listener.local_addr().context("local address")?;
-    // The first line on stdout is the bound address, so that callers can use port 0.
-    println!("listening on {local}");
-    tracing::info!(%local, "extender serving");
-    let app = server::router(ext, cfg.server);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
+    super::runtime()?.block_on(nodetopo::extender::run(cfg))?;
     Ok(())
-}
-
-pub(super) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

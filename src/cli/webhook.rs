@@ -1,26 +1,21 @@
 //! `nodetopo webhook`: the mutating admission webhook that copies topology labels from a Pod's
 //! Node onto the Pod at binding time (`POST /mutate`) and sends the pod groups the extender
-//! places to their own scheduler profile at creation (`POST /route`). Flags become a [`WebhookConfig`], then the servers run
-//! until SIGTERM or Ctrl-C.
+//! places to their own scheduler profile at creation (`POST /route`). Flags become a
+//! [`WebhookConfig`], then the servers run until SIGTERM or Ctrl-C.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use k8s_openapi::api::core::v1::Pod;
 use nodetopo::{
     labels::{DEFAULT_PREFIX, Key},
     webhook::{
-        WebhookError, consumer,
-        metrics::WebhookMetrics,
+        WebhookConfig, consumer,
         mutate::{DEFAULT_KEYS, MutationConfig},
-        nodes::reflect_nodes,
         route::{DEFAULT_GROUP_PROFILE, DEFAULT_RESOURCE, DEFAULT_SCHEDULER, RouteConfig},
-        server::{self, PodLabelsFuture, PodLookup, WebhookState},
-        tls::{self, ReloadingCert},
+        tls::ReloadingCert,
     },
 };
-use tokio::sync::watch;
 
 /// Flags of `nodetopo webhook`.
 #[derive(Debug, Args)]
@@ -78,6 +73,9 @@ pub struct WebhookArgs {
     /// `managedResources`), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_RESOURCE)]
     group_resources: Vec<String>,
+    /// How long requests in flight get to finish on SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
 }
 
 fn parse_key(s: &str) -> Result<Key, String> {
@@ -85,17 +83,6 @@ fn parse_key(s: &str) -> Result<Key, String> {
         let known: Vec<&str> = Key::all().map(Key::name).collect();
         format!("not a nodetopo label (one of {})", known.join(", "))
     })
-}
-
-/// Validated configuration.
-struct WebhookConfig {
-    listen: SocketAddr,
-    metrics_listen: SocketAddr,
-    cert: Arc<ReloadingCert>,
-    tls_reload: Duration,
-    mutation: MutationConfig,
-    route: RouteConfig,
-    pod_lookup_timeout: Duration,
 }
 
 fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
@@ -156,90 +143,13 @@ fn config(args: WebhookArgs) -> anyhow::Result<WebhookConfig> {
         mutation,
         route,
         pod_lookup_timeout: args.pod_lookup_timeout,
-    })
-}
-
-/// Reads a Pod's labels through the metadata API (`pods` `get`), within `timeout`.
-fn pod_lookup(client: kube::Client, timeout: Duration) -> PodLookup {
-    Arc::new(move |ns: String, name: String| {
-        let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
-        Box::pin(async move {
-            let who = format!("{ns}/{name}");
-            match tokio::time::timeout(timeout, api.get_metadata(&name)).await {
-                Ok(Ok(p)) => Ok(p.metadata.labels.unwrap_or_default()),
-                Ok(Err(e)) => Err(WebhookError::PodLookup(who, e)),
-                Err(_) => Err(WebhookError::PodLookupTimeout(who, timeout)),
-            }
-        }) as PodLabelsFuture
+        grace: args.grace,
     })
 }
 
 /// Runs the webhook until a shutdown signal.
 pub fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
-    super::runtime()?.block_on(serve(cfg))
-}
-
-async fn serve(cfg: WebhookConfig) -> anyhow::Result<()> {
-    let client = nodetopo::kube_client::client()
-        .await
-        .context("connecting to the Kubernetes API")?;
-    let keep: BTreeSet<String> = cfg.mutation.node_keys();
-    let pods = (!cfg.mutation.consumers().is_empty())
-        .then(|| pod_lookup(client.clone(), cfg.pod_lookup_timeout));
-    let (nodes, reflector) = reflect_nodes(client, keep);
-    let metrics = WebhookMetrics::new();
-    let (ready_nodes, counted) = (nodes.clone(), nodes.clone());
-    let state = WebhookState {
-        config: Arc::new(cfg.mutation),
-        route: Arc::new(cfg.route),
-        nodes: Arc::new(nodes),
-        pods,
-        metrics: metrics.clone(),
-        ready: Arc::new(move || ready_nodes.is_ready()),
-        node_count: Arc::new(move || counted.len()),
-    };
-    let tasks = [
-        tokio::spawn(reflector),
-        tokio::spawn(cfg.cert.clone().watch(cfg.tls_reload)),
-    ];
-
-    let tls_cfg = tls::server_config(cfg.cert.clone()).context("TLS configuration")?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("--listen {}", cfg.listen))?;
-    let http = tokio::net::TcpListener::bind(cfg.metrics_listen)
-        .await
-        .with_context(|| format!("--metrics-listen {}", cfg.metrics_listen))?;
-    let local = listener.local_addr().context("local address")?;
-    let http_local = http.local_addr().context("local address")?;
-    // The first line on stdout is the admission address, so that callers can use port 0.
-    println!("listening on {local}");
-    println!("metrics on {http_local}");
-    tracing::info!(%local, %http_local, "webhook serving");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let http_server = tokio::spawn(
-        axum::serve(http, server::http_router(state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
-    let admission = server::serve_tls(
-        listener,
-        tls_cfg,
-        server::admission_router(state),
-        async move {
-            super::extender::shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        },
-    );
-    admission.await.context("serving admission requests")?;
-    let _ = http_server.await;
-    for t in tasks {
-        t.abort();
-    }
+    super::runtime()?.block_on(nodetopo::webhook::run(cfg))?;
     Ok(())
 }

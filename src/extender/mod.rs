@@ -22,10 +22,13 @@ pub mod grpc;
 pub mod page;
 pub mod placed;
 pub mod policy;
+mod run;
 pub mod server;
 pub mod source;
 pub mod view;
 pub mod wire;
+
+pub use run::{ExtenderConfig, RunError, run};
 
 use placed::PlacementIndex;
 use policy::{Candidate, Domain, GroupDomain, Held, PodContext, ScoreBreakdown, Weights};

@@ -24,8 +24,11 @@ pub mod mutate;
 pub mod nodes;
 mod review;
 pub mod route;
+mod run;
 pub mod server;
 pub mod tls;
+
+pub use run::{RunError, WebhookConfig, run};
 
 use std::path::PathBuf;
 

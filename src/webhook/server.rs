@@ -13,7 +13,7 @@ use axum::{
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
+    server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
@@ -173,7 +173,9 @@ async fn ready_handler(State(s): State<WebhookState>) -> impl IntoResponse {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes; each connection runs in its
-/// own task, its handshake bounded in time.
+/// own task, its handshake bounded in time. Then it stops accepting, asks every open connection
+/// to close once its request in flight is answered (HTTP/1 keep-alive ends, HTTP/2 sends
+/// GOAWAY), and returns when they have: the caller bounds that wait.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: rustls::ServerConfig,
@@ -181,6 +183,7 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -193,11 +196,12 @@ pub async fn serve_tls(
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let watcher = connections.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -211,12 +215,14 @@ pub async fn serve_tls(
                 }
             };
             let svc = TowerToHyperService::new(app);
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
+            let http = auto::Builder::new(TokioExecutor::new());
+            let conn = http.serve_connection(TokioIo::new(tls), svc).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = &*e as &dyn std::error::Error, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
 }
