@@ -13,7 +13,6 @@ pub mod pacing;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -32,47 +31,19 @@ use crate::{
     backoff::Backoff,
     labels::{self, LabelConfig, Labels},
     model::NodeTopology,
-    probe::{
-        NetworkOptions, Prober,
-        lldp::LldpView,
-        nvml::prober::{GpuProber, ProbeOptions},
-        nvml::snapshot::NvmlSnapshot,
-        rails::RoleOverrides,
-        sysfs::SysfsRoot,
-    },
+    probe::{ProbeConfig, Prober, SetupError, lldp::LldpView},
     serve::{BindError, Lifecycle, ServeError, bind},
 };
-
-/// Where GPU facts come from.
-#[derive(Debug, Clone)]
-pub enum GpuSource {
-    /// The live driver; NVML stays open between probes.
-    Live,
-    /// A recorded snapshot file, read again on every probe.
-    Replay(PathBuf),
-}
 
 /// The agent's validated configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// This node's name.
-    pub node_name: String,
+    /// What each probe reads, and this node's name.
+    pub probe: ProbeConfig,
     /// Time between probes.
     pub interval: Duration,
     /// Probe once, apply labels, exit.
     pub oneshot: bool,
-    /// GPU facts source.
-    pub gpu_source: GpuSource,
-    /// Probe options.
-    pub probe_options: ProbeOptions,
-    /// NVML library path (default: `libnvidia-ml.so.1` from the loader's search path).
-    pub nvml_lib: Option<PathBuf>,
-    /// sysfs root.
-    pub sysfs_root: PathBuf,
-    /// NIC roles set by the operator (`--nic-role`).
-    pub nic_roles: RoleOverrides,
-    /// Fabric placement options (SMP queries, the mapping file).
-    pub network: NetworkOptions,
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
     /// Metrics listen address.
@@ -100,70 +71,11 @@ pub const AGENT_LLDP_WAIT: Duration = Duration::from_secs(5);
 /// probes again (one probe for a burst of first frames).
 const LLDP_SETTLE: Duration = Duration::from_secs(1);
 
-/// Probes the node, keeping NVML open where it is live, and the LLDP listeners always.
-enum Probing {
-    Live(Box<Prober>),
-    /// A recorded snapshot, read again on every probe.
-    Replay {
-        path: PathBuf,
-        options: ProbeOptions,
-        prober: Box<Prober>,
-    },
-}
-
-impl Probing {
-    /// Must run inside the agent's (multi-thread) runtime: the LLDP listeners run on it.
-    fn new(cfg: &AgentConfig) -> Self {
-        let sysfs = SysfsRoot::new(&cfg.sysfs_root);
-        let finish = |p: Prober| {
-            Box::new(
-                p.with_nic_roles(cfg.nic_roles.clone())
-                    .with_network(cfg.network.clone())
-                    .with_lldp_runtime(tokio::runtime::Handle::current()),
-            )
-        };
-        match &cfg.gpu_source {
-            GpuSource::Live => Self::Live(finish(Prober::live(
-                sysfs,
-                cfg.node_name.clone(),
-                cfg.probe_options,
-                cfg.nvml_lib.as_deref().map(|p| p.as_os_str()),
-            ))),
-            GpuSource::Replay(path) => Self::Replay {
-                path: path.clone(),
-                options: cfg.probe_options,
-                prober: finish(Prober::new(
-                    Err("not loaded yet".into()),
-                    sysfs,
-                    cfg.node_name.clone(),
-                )),
-            },
-        }
-    }
-
-    fn prober(&self) -> &Prober {
-        match self {
-            Self::Live(p) | Self::Replay { prober: p, .. } => p,
-        }
-    }
-
-    /// Blocking: probes once.
-    fn probe(&mut self, now: SystemTime) -> NodeTopology {
-        match self {
-            Self::Live(p) => p.probe(now),
-            Self::Replay {
-                path,
-                options,
-                prober,
-            } => {
-                let gpu = NvmlSnapshot::load(path)
-                    .map(|s| GpuProber::new(Box::new(s), *options))
-                    .map_err(|e| e.to_string());
-                prober.set_gpu(gpu);
-                prober.probe(now)
-            }
-        }
-    }
+/// Builds the agent's prober. Must run inside the agent's (multi-thread) runtime: the LLDP
+/// listeners run on it.
+fn prober(cfg: &AgentConfig) -> Result<Box<Prober>, AgentError> {
+    let handle = tokio::runtime::Handle::current();
+    Ok(Box::new(Prober::from_config(&cfg.probe, Some(handle))?))
 }
 
 /// Resolves when an LLDP answer differs from `seen` (what the last probe used); pending forever
@@ -196,7 +108,9 @@ pub fn next_state(prev: &NodeTopology, fresh: NodeTopology, first_revision: u64)
 }
 
 /// Runs one probe on the blocking pool.
-async fn probe_once(mut source: Probing) -> Result<(Probing, NodeTopology, Duration), AgentError> {
+async fn probe_once(
+    mut source: Box<Prober>,
+) -> Result<(Box<Prober>, NodeTopology, Duration), AgentError> {
     tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         let t = source.probe(SystemTime::now());
@@ -219,6 +133,9 @@ pub enum AgentError {
     /// The blocking probe task panicked or was cancelled.
     #[error("the probe task failed")]
     ProbeTask(#[source] tokio::task::JoinError),
+    /// The prober could not be built.
+    #[error(transparent)]
+    Probe(#[from] SetupError),
     /// `--oneshot` could not apply its labels.
     #[error("applying node labels")]
     Labels(#[source] WriteError),
@@ -235,7 +152,7 @@ fn log_failures(t: &NodeTopology) {
 
 /// `--oneshot`: probes once, prints the labels, applies them when Kubernetes is enabled.
 pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
-    let (_, fresh, _) = probe_once(Probing::new(&cfg)).await?;
+    let (_, fresh, _) = probe_once(prober(&cfg)?).await?;
     let topo = next_state(&NodeTopology::default(), fresh, 1);
     log_failures(&topo);
     tracing::info!(
@@ -249,7 +166,7 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
         let (client, hint) = kube_client().await?;
         let mut labeler = NodeLabeler::new(
             client,
-            cfg.node_name.clone(),
+            cfg.probe.node_name.clone(),
             cfg.kube_timeout,
             Metrics::new(),
         )
@@ -273,7 +190,7 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
                 Err(e) => return Err(AgentError::Labels(e)),
             }
         }
-        tracing::info!(node = %cfg.node_name, "node labels applied");
+        tracing::info!(node = %cfg.probe.node_name, "node labels applied");
     }
     Ok(())
 }
@@ -308,7 +225,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
     let grpc = bind("--grpc-listen", cfg.grpc_listen).await?;
     let http = bind("--metrics-listen", cfg.metrics_listen).await?;
-    tracing::info!(grpc = ?api::local_addr(&grpc), metrics = ?http.local_addr().ok(), node = %cfg.node_name, "agent listening");
+    tracing::info!(grpc = ?api::local_addr(&grpc), metrics = ?http.local_addr().ok(), node = %cfg.probe.node_name, "agent listening");
 
     // Events are best effort: a full queue drops them, and they are never retried.
     let (events_tx, events_rx) = mpsc::channel::<NodeEvent>(16);
@@ -330,6 +247,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let stop = lifecycle.stop();
     lifecycle.worker(probe_loop(
         cfg.clone(),
+        prober(&cfg)?,
         state_tx,
         Publishers {
             labels: labels_tx,
@@ -360,13 +278,13 @@ async fn start_labeler(
     let (client, hint) = kube_client().await?;
     tokio::spawn(crate::agent::labeler::record_events(
         client.clone(),
-        cfg.node_name.clone(),
+        cfg.probe.node_name.clone(),
         cfg.kube_timeout,
         events_rx,
     ));
     let l = NodeLabeler::new(
         client,
-        cfg.node_name.clone(),
+        cfg.probe.node_name.clone(),
         cfg.kube_timeout,
         metrics.clone(),
     )
@@ -437,6 +355,7 @@ struct Publishers {
 
 async fn probe_loop(
     cfg: AgentConfig,
+    prober: Box<Prober>,
     state: watch::Sender<Arc<Published>>,
     out: Publishers,
     mut shutdown: watch::Receiver<bool>,
@@ -448,11 +367,8 @@ async fn probe_loop(
         health,
         metrics,
     } = out;
-    let mut source = Some(Probing::new(&cfg));
-    let mut lldp_view = source
-        .as_ref()
-        .and_then(|s| s.prober().lldp())
-        .map(|l| l.view());
+    let mut lldp_view = prober.lldp().map(|l| l.view());
+    let mut source = Some(prober);
     let mut lldp_seen = Vec::new();
     let mut fabric_hold =
         labels::hysteresis::FabricHysteresis::new(cfg.labels.prefix(), FABRIC_CONFIRMATIONS);

@@ -5,10 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use clap::Args;
 use nodetopo::{
-    agent::{self, AgentConfig, GpuSource},
+    agent::{self, AgentConfig},
     api::ServerLimits,
-    labels::LabelConfig,
-    probe::{nvml::prober::ProbeOptions, rails::RoleOverrides},
 };
 
 /// Flags of `nodetopo agent`.
@@ -20,15 +18,6 @@ pub struct AgentArgs {
     /// Probe once, print and apply the labels, then exit.
     #[arg(long)]
     oneshot: bool,
-    /// Read NVML answers from a snapshot FILE (read again on every probe) instead of the driver.
-    #[arg(long, value_name = "FILE")]
-    replay: Option<PathBuf>,
-    /// Root of the sysfs tree to read (`/host-sys` inside the DaemonSet).
-    #[arg(long, value_name = "DIR", default_value_os_t = super::default_sysfs(), env = "NODETOPO_SYSFS_ROOT")]
-    sysfs_root: PathBuf,
-    /// This node's name (the Node whose labels are written).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
     /// gRPC listen address.
     #[arg(long, default_value = "0.0.0.0:9750")]
     grpc_listen: SocketAddr,
@@ -51,14 +40,6 @@ pub struct AgentArgs {
     /// blocking threads of their own).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     worker_threads: u16,
-    /// Label key prefix.
-    #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
-    label_prefix: String,
-    /// Opt-in compatibility labels carrying the NVLink domain, comma-separated: `topograph`
-    /// (accelerator.topograph.run/domain), `gfd-clique` (nvidia.com/gpu.clique; only where GPU
-    /// feature discovery is not deployed). Off by default.
-    #[arg(long, value_name = "LIST", default_value = "")]
-    compat_labels: String,
     /// Do not write node labels (no cluster needed): gRPC and metrics only.
     #[arg(long)]
     no_kube: bool,
@@ -68,19 +49,10 @@ pub struct AgentArgs {
     /// How long the probe loop, the label writer and the gRPC streams get to finish on SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
-    /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
-    #[arg(long)]
-    query_all_p2p: bool,
-    /// Path of the NVML library (default: `libnvidia-ml.so.1` from the loader's search path).
-    #[arg(long, value_name = "PATH", env = "NODETOPO_NVML_LIB")]
-    nvml_lib: Option<PathBuf>,
-    /// NIC roles set by hand, repeatable: `ROLE=NAME[,NAME...]` with ROLE `compute`, `storage`
-    /// or `virtual` and NAME a device (`mlx5_4`), a netdev (`enp94s0f0np0`) or a PCI address.
-    /// Named NICs take that role instead of the derived one.
-    #[arg(long = "nic-role", value_name = "ROLE=NAMES")]
-    nic_roles: Vec<String>,
     #[command(flatten)]
-    network: super::NetworkArgs,
+    labels: super::LabelArgs,
+    #[command(flatten)]
+    source: super::ProbeSourceArgs,
 }
 
 impl AgentArgs {
@@ -94,17 +66,7 @@ impl AgentArgs {
         if self.max_watchers == 0 {
             bail!("--max-watchers must be at least 1");
         }
-        let labels = LabelConfig::new(&self.label_prefix)
-            .context("--label-prefix")?
-            .with_compat(
-                nodetopo::labels::compat::CompatOptions::parse_list(&self.compat_labels)
-                    .context("--compat-labels")?,
-            );
-        let nic_roles = RoleOverrides::parse(self.nic_roles.iter().map(String::as_str))
-            .context("--nic-role")?;
-        if !self.sysfs_root.is_dir() {
-            tracing::warn!(root = %self.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
-        }
+        let labels = self.labels.config()?;
         let grpc_tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
             (Some(cert), Some(key)) => Some(
                 nodetopo::api::tls::ServerTls::load(cert, key, self.grpc_tls_client_ca.as_deref())
@@ -114,20 +76,9 @@ impl AgentArgs {
         };
         Ok(AgentConfig {
             grpc_tls,
-            node_name: super::node_name(self.node_name),
+            probe: self.source.config(None, nodetopo::agent::AGENT_LLDP_WAIT)?,
             interval: self.interval,
             oneshot: self.oneshot,
-            gpu_source: match self.replay {
-                Some(p) => GpuSource::Replay(p),
-                None => GpuSource::Live,
-            },
-            nvml_lib: self.nvml_lib.clone(),
-            probe_options: ProbeOptions {
-                query_all_p2p: self.query_all_p2p,
-            },
-            sysfs_root: self.sysfs_root,
-            nic_roles,
-            network: self.network.options(nodetopo::agent::AGENT_LLDP_WAIT)?,
             grpc_listen: self.grpc_listen,
             metrics_listen: self.metrics_listen,
             limits: ServerLimits {

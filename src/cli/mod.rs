@@ -94,6 +94,97 @@ impl ClientTlsArgs {
     }
 }
 
+/// What a probe reads: the flags `probe` and `agent` share, turned into one
+/// [`ProbeConfig`](nodetopo::probe::ProbeConfig).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeSourceArgs {
+    /// Root of the sysfs tree to read (`/host-sys` inside the DaemonSet).
+    #[arg(long, value_name = "DIR", default_value_os_t = default_sysfs(), env = "NODETOPO_SYSFS_ROOT")]
+    pub sysfs_root: PathBuf,
+    /// Read NVML answers from a snapshot FILE instead of the driver (the agent reads it again
+    /// on every probe).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// This node's name: the one reported, and the Node whose labels the agent writes
+    /// (defaults to the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Ask NVML for every pair's P2P status, even where NVSwitch links make it certain.
+    #[arg(long)]
+    pub query_all_p2p: bool,
+    /// Path of the NVML library (default: `libnvidia-ml.so.1` from the loader's search path).
+    #[arg(long, value_name = "PATH", env = "NODETOPO_NVML_LIB")]
+    pub nvml_lib: Option<PathBuf>,
+    /// NIC roles set by hand, repeatable: `ROLE=NAME[,NAME...]` with ROLE `compute`, `storage`
+    /// or `virtual` and NAME a device (`mlx5_4`), a netdev (`enp94s0f0np0`) or a PCI address.
+    /// Named NICs take that role instead of the derived one.
+    #[arg(long = "nic-role", value_name = "ROLE=NAMES")]
+    pub nic_roles: Vec<String>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+impl ProbeSourceArgs {
+    /// The validated configuration. `record` is `probe --record`'s file; `default_lldp_wait`
+    /// the command's own default of `--lldp-wait`.
+    pub fn config(
+        self,
+        record: Option<PathBuf>,
+        default_lldp_wait: std::time::Duration,
+    ) -> anyhow::Result<nodetopo::probe::ProbeConfig> {
+        use anyhow::Context;
+        use nodetopo::probe::GpuSource;
+        let nic_roles =
+            nodetopo::probe::rails::RoleOverrides::parse(self.nic_roles.iter().map(String::as_str))
+                .context("--nic-role")?;
+        if !self.sysfs_root.is_dir() {
+            tracing::warn!(root = %self.sysfs_root.display(), "sysfs root is not a directory; sysfs facts will be missing");
+        }
+        let gpu = match (self.replay, record) {
+            (Some(path), _) => GpuSource::Replay(path),
+            (None, Some(path)) => GpuSource::Record(path),
+            (None, None) => GpuSource::Live,
+        };
+        Ok(nodetopo::probe::ProbeConfig {
+            node_name: node_name(self.node_name),
+            network: self.network.options(default_lldp_wait)?,
+            sysfs_root: self.sysfs_root,
+            gpu,
+            nvml_lib: self.nvml_lib,
+            options: nodetopo::probe::nvml::prober::ProbeOptions {
+                query_all_p2p: self.query_all_p2p,
+            },
+            nic_roles,
+        })
+    }
+}
+
+/// The node labels' naming: the flags `probe -o labels` and `agent` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabelArgs {
+    /// Label key prefix.
+    #[arg(long, value_name = "DNS-SUBDOMAIN", default_value = nodetopo::labels::DEFAULT_PREFIX)]
+    pub label_prefix: String,
+    /// Opt-in compatibility labels carrying the NVLink domain, comma-separated: `topograph`
+    /// (accelerator.topograph.run/domain), `gfd-clique` (nvidia.com/gpu.clique; only where GPU
+    /// feature discovery is not deployed). Off by default.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    pub compat_labels: String,
+}
+
+impl LabelArgs {
+    /// The validated label configuration.
+    pub fn config(&self) -> anyhow::Result<nodetopo::labels::LabelConfig> {
+        use anyhow::Context;
+        Ok(nodetopo::labels::LabelConfig::new(&self.label_prefix)
+            .context("--label-prefix")?
+            .with_compat(
+                nodetopo::labels::compat::CompatOptions::parse_list(&self.compat_labels)
+                    .context("--compat-labels")?,
+            ))
+    }
+}
+
 /// Flags of the fabric placement probes, shared by `probe` and `agent`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetworkArgs {

@@ -4,6 +4,7 @@
 //! Every probe reports its outcome as a [`crate::model::SourceStatus`]; a failing
 //! source never aborts the others.
 
+pub mod config;
 pub mod ib;
 pub mod lldp;
 pub mod network;
@@ -13,13 +14,22 @@ pub mod rails;
 pub mod rdma;
 pub mod sysfs;
 
-use std::time::SystemTime;
+use std::{
+    ffi::{OsStr, OsString},
+    path::PathBuf,
+    time::{Instant, SystemTime},
+};
 
 use crate::model::{Fabric, FabricState, NodeTopology, Source, SourceStatus};
 
+pub use self::config::{GpuSource, ProbeConfig, SetupError};
 use self::{
     network::FabricNames,
-    nvml::prober::{GpuProber, ProbeOptions},
+    nvml::{
+        live::LiveNvml,
+        prober::{GpuProber, ProbeOptions},
+        snapshot::NvmlSnapshot,
+    },
     sysfs::SysfsRoot,
 };
 
@@ -66,11 +76,8 @@ pub struct NetworkOptions {
 }
 
 /// Opens live NVML, or says why it is not available.
-fn open_live(
-    options: ProbeOptions,
-    nvml_lib: Option<&std::ffi::OsStr>,
-) -> Result<GpuProber, String> {
-    nvml::live::LiveNvml::init(nvml_lib)
+fn open_live(options: ProbeOptions, nvml_lib: Option<&OsStr>) -> Result<GpuProber, String> {
+    LiveNvml::init(nvml_lib)
         .map(|n| GpuProber::new(Box::new(n), options))
         .map_err(|e| format!("NVML is not available: {e}"))
 }
@@ -84,11 +91,22 @@ pub struct Prober {
     nic_roles: rails::RoleOverrides,
     network: NetworkOptions,
     /// Leaves' uplinks from earlier probes, and since when.
-    uplinks: (std::time::Instant, ib::UplinkCache),
+    uplinks: (Instant, ib::UplinkCache),
     /// The LLDP listeners, once a runtime is given.
     lldp: Option<lldp::LldpSession>,
-    /// How to open live NVML again while it is not available (see [`Prober::live`]).
-    reopen: Option<(ProbeOptions, Option<std::ffi::OsString>)>,
+    /// What each probe does first about the GPU prober.
+    refresh: GpuRefresh,
+}
+
+/// What each probe does first about the GPU prober.
+#[derive(Debug)]
+enum GpuRefresh {
+    /// Nothing: it was given.
+    Keep,
+    /// Opens live NVML again while it is not available (see [`Prober::live`]).
+    Reopen(ProbeOptions, Option<OsString>),
+    /// Reads the snapshot again.
+    Reload(PathBuf, ProbeOptions),
 }
 
 impl Prober {
@@ -100,10 +118,46 @@ impl Prober {
             node_name,
             nic_roles: rails::RoleOverrides::default(),
             network: NetworkOptions::default(),
-            uplinks: (std::time::Instant::now(), ib::UplinkCache::new()),
+            uplinks: (Instant::now(), ib::UplinkCache::new()),
             lldp: None,
-            reopen: None,
+            refresh: GpuRefresh::Keep,
         }
+    }
+
+    /// The prober that `cfg` describes: the one constructor of `nodetopo probe` and the agent.
+    /// With `lldp_runtime` the probe listens for LLDP as `cfg.network` says, on that runtime
+    /// (which other threads must drive); without it no LLDP is heard. A snapshot to replay is
+    /// read on every probe, so a bad file shows as a failed NVML source, not here.
+    pub fn from_config(
+        cfg: &ProbeConfig,
+        lldp_runtime: Option<tokio::runtime::Handle>,
+    ) -> Result<Self, SetupError> {
+        let sysfs = SysfsRoot::new(&cfg.sysfs_root);
+        let node = cfg.node_name.clone();
+        let lib = cfg.nvml_lib.as_deref().map(|p| p.as_os_str());
+        let mut prober = match &cfg.gpu {
+            GpuSource::Live => Self::live(sysfs, node, cfg.options, lib),
+            GpuSource::Record(path) => {
+                let live = LiveNvml::init(lib).map_err(SetupError::RecordWithoutNvml)?;
+                let by = format!("nodetopo {} --record on {node}", env!("CARGO_PKG_VERSION"));
+                NvmlSnapshot::capture(&live, by)
+                    .save(path)
+                    .map_err(|e| SetupError::Record(path.clone(), e))?;
+                tracing::info!(path = %path.display(), "snapshot recorded");
+                Self::new(Ok(GpuProber::new(Box::new(live), cfg.options)), sysfs, node)
+            }
+            GpuSource::Replay(path) => {
+                let mut p = Self::new(Err("not loaded yet".into()), sysfs, node);
+                p.refresh = GpuRefresh::Reload(path.clone(), cfg.options);
+                p
+            }
+        };
+        prober.nic_roles = cfg.nic_roles.clone();
+        prober.network = cfg.network.clone();
+        if let Some(handle) = lldp_runtime {
+            prober = prober.with_lldp_runtime(handle);
+        }
+        Ok(prober)
     }
 
     /// Lets the probe listen for LLDP (as [`NetworkOptions::lldp`] says) with listeners on
@@ -144,10 +198,10 @@ impl Prober {
         sysfs: SysfsRoot,
         node_name: String,
         options: ProbeOptions,
-        nvml_lib: Option<&std::ffi::OsStr>,
+        nvml_lib: Option<&OsStr>,
     ) -> Self {
         let mut p = Self::new(open_live(options, nvml_lib), sysfs, node_name);
-        p.reopen = Some((options, nvml_lib.map(std::ffi::OsStr::to_os_string)));
+        p.refresh = GpuRefresh::Reopen(options, nvml_lib.map(OsStr::to_os_string));
         p
     }
 
@@ -156,19 +210,50 @@ impl Prober {
         self.gpu.as_ref().ok()
     }
 
-    /// Probes everything once. `now` is the probe time to record.
+    /// Probes everything once. `now` is the probe time to record. The stages run in this
+    /// order, each adding to the topology: the GPUs (NVML), the RDMA NICs (sysfs, or libibumad
+    /// with `--ib-smp only`), the InfiniBand ports' neighbours (SMP), the RoCE ports' neighbours
+    /// (LLDP), and last the node's place in its fabrics, derived from those neighbours.
     pub fn probe(&mut self, now: SystemTime) -> NodeTopology {
         let mut topo = NodeTopology {
             node_name: self.node_name.clone(),
             probe_time: Some(now),
             ..NodeTopology::default()
         };
-        if let (Err(_), Some((options, lib))) = (&self.gpu, &self.reopen) {
-            self.gpu = open_live(*options, lib.as_deref());
-            if self.gpu.is_ok() {
-                tracing::info!("NVML is available now");
+        self.refresh_gpu();
+        self.gpus(&mut topo);
+        let mut opener = smp_opener(&self.network);
+        let local_queries = self.rdma(&mut topo, opener.as_deref_mut());
+        if let Some(o) = opener.as_deref_mut() {
+            self.ib_neighbours(&mut topo, o, local_queries);
+        }
+        self.lldp_neighbours(&mut topo);
+        topo.network = network::place(&topo.nics, &self.network.names);
+        topo
+    }
+
+    /// Opens NVML again while it is not available, or reads the snapshot again.
+    fn refresh_gpu(&mut self) {
+        match &self.refresh {
+            GpuRefresh::Keep => {}
+            GpuRefresh::Reopen(options, lib) => {
+                if self.gpu.is_err() {
+                    self.gpu = open_live(*options, lib.as_deref());
+                    if self.gpu.is_ok() {
+                        tracing::info!("NVML is available now");
+                    }
+                }
+            }
+            GpuRefresh::Reload(path, options) => {
+                self.gpu = NvmlSnapshot::load(path)
+                    .map(|s| GpuProber::new(Box::new(s), *options))
+                    .map_err(|e| e.to_string());
             }
         }
+    }
+
+    /// The GPUs, their pairs and the NVLink fabric; without NVML, zero GPUs and why.
+    fn gpus(&mut self, topo: &mut NodeTopology) {
         match &mut self.gpu {
             Ok(p) => {
                 let r = p.probe(&self.sysfs);
@@ -190,51 +275,71 @@ impl Prober {
                     .push(SourceStatus::failed(Source::Fabric, "not probed: no NVML"));
             }
         }
-        let mut opener = smp_opener(&self.network);
-        let mut local_queries = 0u64;
-        match (self.network.ib_smp, opener.as_deref_mut()) {
+    }
+
+    /// The RDMA NICs, their roles and the GPU pairing: from sysfs, or with `--ib-smp only` from
+    /// libibumad and SMP alone. Returns the SMP queries that took.
+    fn rdma(
+        &self,
+        topo: &mut NodeTopology,
+        opener: Option<&mut (dyn ib::SmpOpener + 'static)>,
+    ) -> u64 {
+        match (self.network.ib_smp, opener) {
             (IbSmpMode::Only, Some(o)) => {
-                let start = std::time::Instant::now();
+                let start = Instant::now();
                 let (nics, errors, sent) = ib::local_cas(o);
-                local_queries = sent;
                 let probe = rdma::sysfs::RdmaProbe {
                     nics,
                     errors,
                     note: Some("adapters and ports from libibumad and SMP (--ib-smp only)".into()),
                     took: start.elapsed(),
                 };
-                rdma::finish(&self.sysfs, &mut topo, probe, None, &self.nic_roles);
+                rdma::finish(&self.sysfs, topo, probe, None, &self.nic_roles);
+                sent
             }
-            _ => rdma::fill_with(&self.sysfs, &mut topo, &self.nic_roles),
-        }
-        if let Some(o) = opener.as_deref_mut()
-            && self.network.ib_smp != IbSmpMode::Off
-            && let Some((status, cost)) = {
-                if self.uplinks.0.elapsed() > ib::UPLINKS_KEPT {
-                    self.uplinks = (std::time::Instant::now(), ib::UplinkCache::new());
-                }
-                ib::fill(&mut topo.nics, o, &mut self.uplinks.1)
+            _ => {
+                rdma::fill_with(&self.sysfs, topo, &self.nic_roles);
+                0
             }
-        {
-            tracing::info!(
-                ports = cost.ports,
-                queries = cost.queries,
-                local_queries,
-                took_us = u64::try_from(cost.took.as_micros()).unwrap_or(u64::MAX),
-                "ib-smp: leaves looked for"
-            );
-            topo.sources.push(status);
         }
-        if let Some(l) = self.lldp.as_mut()
-            && let Some(status) = {
-                let start = std::time::Instant::now();
-                l.probe(&mut topo.nics).map(|s| s.took(start.elapsed()))
-            }
-        {
-            topo.sources.push(status);
+    }
+
+    /// Each InfiniBand compute port's leaf and the leaf's uplinks, by SMP. The uplinks learnt
+    /// are kept for [`ib::UPLINKS_KEPT`], then looked for again.
+    fn ib_neighbours(
+        &mut self,
+        topo: &mut NodeTopology,
+        opener: &mut (dyn ib::SmpOpener + 'static),
+        local_queries: u64,
+    ) {
+        if self.network.ib_smp == IbSmpMode::Off {
+            return;
         }
-        topo.network = network::place(&topo.nics, &self.network.names);
-        topo
+        if self.uplinks.0.elapsed() > ib::UPLINKS_KEPT {
+            self.uplinks = (Instant::now(), ib::UplinkCache::new());
+        }
+        let Some((status, cost)) = ib::fill(&mut topo.nics, opener, &mut self.uplinks.1) else {
+            return;
+        };
+        tracing::info!(
+            ports = cost.ports,
+            queries = cost.queries,
+            local_queries,
+            took_us = u64::try_from(cost.took.as_micros()).unwrap_or(u64::MAX),
+            "ib-smp: leaves looked for"
+        );
+        topo.sources.push(status);
+    }
+
+    /// Each RoCE compute port's leaf, from the LLDP frames heard.
+    fn lldp_neighbours(&mut self, topo: &mut NodeTopology) {
+        let Some(l) = self.lldp.as_mut() else {
+            return;
+        };
+        let start = Instant::now();
+        if let Some(status) = l.probe(&mut topo.nics) {
+            topo.sources.push(status.took(start.elapsed()));
+        }
     }
 }
 
