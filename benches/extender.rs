@@ -299,7 +299,7 @@ fn measure_agent_latency() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
         grpc,
         Arc::new(GrpcConnector::default()),
         view.clone(),
-        nodetopo::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
+        nodetopo::backoff::Backoff::fixed(Duration::from_millis(50), Duration::from_millis(200)),
         stop_rx,
     ));
     let driver = |v: &SharedView| {

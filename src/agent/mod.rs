@@ -10,6 +10,7 @@ pub mod labeler;
 pub mod merge;
 pub mod metrics;
 pub mod pacing;
+pub mod step;
 
 use std::{
     net::SocketAddr,
@@ -28,7 +29,7 @@ use self::{
 };
 use crate::{
     api::{self, Published, ServerLimits, TopologyApi},
-    backoff::Backoff,
+    backoff::{Backoff, retry},
     labels::{self, LabelConfig, Labels},
     model::NodeTopology,
     probe::{ProbeConfig, Prober, SetupError, lldp::LldpView},
@@ -92,21 +93,6 @@ async fn lldp_changed(view: &mut Option<LldpView>, seen: &[(String, &'static str
     }
 }
 
-/// The next published state from the previous one and a fresh probe. The first published
-/// revision is `first_revision` (the agent passes its start time in milliseconds, so revisions
-/// keep increasing across restarts); later ones move by one per content change.
-pub fn next_state(prev: &NodeTopology, fresh: NodeTopology, first_revision: u64) -> NodeTopology {
-    let mut next = merge::merge(prev, fresh);
-    next.revision = if prev.revision == 0 {
-        first_revision.max(1)
-    } else if next.same_content(prev) {
-        prev.revision
-    } else {
-        prev.revision + 1
-    };
-    next
-}
-
 /// Runs one probe on the blocking pool.
 async fn probe_once(
     mut source: Box<Prober>,
@@ -153,7 +139,7 @@ fn log_failures(t: &NodeTopology) {
 /// `--oneshot`: probes once, prints the labels, applies them when Kubernetes is enabled.
 pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
     let (_, fresh, _) = probe_once(prober(&cfg)?).await?;
-    let topo = next_state(&NodeTopology::default(), fresh, 1);
+    let topo = step::next_state(&NodeTopology::default(), fresh, 1);
     log_failures(&topo);
     tracing::info!(
         gpus = topo.gpus.len(),
@@ -171,25 +157,21 @@ pub async fn run_oneshot(cfg: AgentConfig) -> Result<(), AgentError> {
             Metrics::new(),
         )
         .with_retry_after(hint.clone());
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match labeler.apply(&labels).await {
-                Ok(_) => break,
-                Err(e) if attempt < 5 => {
-                    tracing::warn!(
-                        error = &e as &dyn std::error::Error,
-                        attempt,
-                        "label write failed; retrying"
-                    );
-                    let server = hint.take();
-                    tokio::time::sleep(labeler::retry_delay(backoff.next_random_delay(), server))
-                        .await;
-                }
-                Err(e) => return Err(AgentError::Labels(e)),
-            }
-        }
+        let backoff = Backoff::fixed(Duration::from_millis(500), Duration::from_secs(10));
+        retry(
+            backoff,
+            async || labeler.apply(&labels).await,
+            |e, attempt, delay| {
+                tracing::warn!(
+                    error = e as &dyn std::error::Error,
+                    attempt,
+                    "label write failed"
+                );
+                (attempt < ONESHOT_ATTEMPTS).then(|| labeler::retry_delay(delay, hint.take()))
+            },
+        )
+        .await
+        .map_err(AgentError::Labels)?;
         tracing::info!(node = %cfg.probe.node_name, "node labels applied");
     }
     Ok(())
@@ -292,7 +274,7 @@ async fn start_labeler(
     Ok(Some(l.run(
         labels_rx,
         shutdown_rx,
-        Backoff::new(Duration::from_millis(500), LABEL_RETRY_MAX),
+        Backoff::fixed(Duration::from_millis(500), LABEL_RETRY_MAX),
     )))
 }
 
@@ -341,9 +323,8 @@ fn start_servers(
 /// the server is back, and a node sends at most one write per 15 s while it is away.
 const LABEL_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Consecutive probes that must agree on a new fabric state, domain or cluster before the labels
-/// change ([`labels::hysteresis`]): a change is written once it held for a whole interval.
-const FABRIC_CONFIRMATIONS: u32 = 2;
+/// Label write attempts of `--oneshot`.
+const ONESHOT_ATTEMPTS: u32 = 5;
 
 /// Where the probe loop hands each new state.
 struct Publishers {
@@ -370,8 +351,7 @@ async fn probe_loop(
     let mut lldp_view = prober.lldp().map(|l| l.view());
     let mut source = Some(prober);
     let mut lldp_seen = Vec::new();
-    let mut fabric_hold =
-        labels::hysteresis::FabricHysteresis::new(cfg.labels.prefix(), FABRIC_CONFIRMATIONS);
+    let mut decider = step::Decider::new(cfg.labels.clone(), start_ms);
     let mut first = true;
     let mut lldp_pacer = pacing::LldpPacer::new(LLDP_SETTLE, cfg.interval);
     let mut ticker = tokio::time::interval(cfg.interval);
@@ -416,12 +396,10 @@ async fn probe_loop(
         source = Some(src);
         let prev = state.borrow().topo.clone();
         let fresh_sources = fresh.sources.clone();
-        let next = next_state(&prev, fresh, start_ms);
-        let changed = next.revision != prev.revision;
-        metrics.observe_probe(&fresh_sources, took, &next);
-        // Every probe: a held fabric change is confirmed, or dropped, by the probes after it.
-        let want = fabric_hold.update(labels::desired_labels(&next, &cfg.labels));
-        metrics.set_fabric_change_held(fabric_hold.is_holding());
+        let step = decider.step(&prev, fresh);
+        metrics.observe_probe(&fresh_sources, took, &step.next);
+        metrics.set_fabric_change_held(step.fabric_held);
+        let want = step.labels;
         labels_tx.send_if_modified(|cur| {
             let new = cur.as_ref() != Some(&want);
             if new {
@@ -429,14 +407,13 @@ async fn probe_loop(
             }
             new
         });
+        let (next, changed) = (step.next, step.changed);
         if changed {
             log_failures(&next);
             tracing::info!(revision = next.revision, took = ?took, "topology changed");
-            if prev.revision != 0 {
-                if let Some(ev) = crate::agent::labeler::fabric_event(&prev.fabric, &next.fabric) {
-                    let _ = events.try_send(ev);
-                }
-            }
+        }
+        if let Some(ev) = step.event {
+            let _ = events.try_send(ev);
         }
         let published = Arc::new(Published::new(next));
         // Watchers wake only on a new revision; a new probe time alone is stored silently.
@@ -459,35 +436,5 @@ async fn probe_loop(
                 .set_service_status(api::SERVICE_NAME, tonic_health::ServingStatus::Serving)
                 .await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::SourceStatus;
-
-    fn probe(t: u64, driver: &str) -> NodeTopology {
-        NodeTopology {
-            node_name: "n".into(),
-            probe_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
-            driver: crate::model::DriverInfo {
-                driver_version: Some(driver.into()),
-                ..Default::default()
-            },
-            sources: vec![SourceStatus::ok(crate::model::Source::Nvml)],
-            ..NodeTopology::default()
-        }
-    }
-
-    #[test]
-    fn revision_moves_only_on_content() {
-        let s1 = next_state(&NodeTopology::default(), probe(1, "a"), 1000);
-        assert_eq!(s1.revision, 1000);
-        let s2 = next_state(&s1, probe(2, "a"), 1000);
-        assert_eq!(s2.revision, 1000, "probe time is not content");
-        assert_eq!(s2.probe_time, probe(2, "a").probe_time);
-        let s3 = next_state(&s2, probe(3, "b"), 1000);
-        assert_eq!(s3.revision, 1001);
     }
 }

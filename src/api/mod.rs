@@ -309,6 +309,10 @@ pub async fn serve(
 /// Name of the topology service, as health and reflection know it.
 pub const SERVICE_NAME: &str = "nodetopo.v1.TopologyService";
 
+/// The agent's gRPC port: where it listens unless told otherwise, and where the extender and
+/// `query env` reach it.
+pub const DEFAULT_PORT: u16 = 9750;
+
 /// A connected client of the topology service.
 pub type Client = pb::topology_service_client::TopologyServiceClient<tonic::transport::Channel>;
 

@@ -19,7 +19,7 @@ pub struct AgentArgs {
     #[arg(long)]
     oneshot: bool,
     /// gRPC listen address.
-    #[arg(long, default_value = "0.0.0.0:9750")]
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], nodetopo::api::DEFAULT_PORT)))]
     grpc_listen: SocketAddr,
     /// Metrics and health HTTP listen address.
     #[arg(long, default_value = "0.0.0.0:9751")]

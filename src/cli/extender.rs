@@ -27,7 +27,7 @@ pub struct ExtenderArgs {
     #[arg(long)]
     agents: Option<PathBuf>,
     /// The agents' gRPC port, for endpoints found through the Node watch.
-    #[arg(long, default_value_t = 9750)]
+    #[arg(long, default_value_t = nodetopo::api::DEFAULT_PORT)]
     agent_port: u16,
     /// Node label that names the leaf/block (e.g. `network.topology.nvidia.com/leaf`).
     #[arg(long)]
@@ -119,7 +119,8 @@ fn config(args: ExtenderArgs) -> anyhow::Result<ExtenderConfig> {
         agents,
         weights,
         no_kube: args.no_kube,
-        backoff: Backoff::new(args.backoff_base, args.backoff_max),
+        backoff: Backoff::try_new(args.backoff_base, args.backoff_max)
+            .context("--backoff-base/--backoff-max")?,
         agent_port: args.agent_port,
         agent_tls: args.agent_tls.load()?,
         grace: args.grace,

@@ -17,7 +17,7 @@ use nodetopo::{
 #[derive(Debug, Args)]
 pub struct QueryArgs {
     /// The agent's gRPC address.
-    #[arg(long, default_value = "127.0.0.1:9750", global = true)]
+    #[arg(long, default_value_t = format!("127.0.0.1:{}", nodetopo::api::DEFAULT_PORT), global = true)]
     endpoint: String,
     /// Output format.
     #[arg(short, long, value_parser = super::choice::<Format>(), default_value_t = Format::Table, global = true)]

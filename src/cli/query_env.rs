@@ -11,6 +11,7 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use nodetopo::{
     api,
+    backoff::{Backoff, retry},
     hints::{
         EnvHints,
         pod::{NodeGpu, pairs_in_order, visible_gpus},
@@ -30,7 +31,7 @@ pub struct EnvArgs {
     #[arg(long, env = "HOST_IP")]
     host_ip: Option<String>,
     /// The agent's gRPC port on the node.
-    #[arg(long, default_value_t = 9750)]
+    #[arg(long, default_value_t = nodetopo::api::DEFAULT_PORT)]
     agent_port: u16,
     /// GPUs by NVML index or UUID, in CUDA ordinal order, instead of NVIDIA_VISIBLE_DEVICES and
     /// CUDA_VISIBLE_DEVICES.
@@ -63,39 +64,59 @@ fn unreachable_status(s: &tonic::Status) -> bool {
     )
 }
 
-/// The agent's topology, retried until `deadline`.
+/// The agent's topology, retried until `deadline`; past it, the last attempt's error.
 async fn topology(
     endpoint: &str,
     tls: Option<&api::tls::ClientTls>,
     deadline: Instant,
 ) -> Result<(api::Client, pb::NodeTopology), anyhow::Error> {
-    let mut last = anyhow!("no attempt made");
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let attempt = tokio::time::timeout(left, async {
-            let mut c = api::connect_with(endpoint, tls).await?;
-            let t = c
-                .get_node_topology(pb::GetNodeTopologyRequest {})
-                .await
-                .map_err(anyhow::Error::from)?
-                .into_inner()
-                .topology
-                .filter(|t| t.revision != 0)
-                .ok_or_else(|| anyhow!("the agent has no topology yet (first probe not done)"))?;
-            anyhow::Ok((c, t))
-        })
-        .await;
-        match attempt {
-            Ok(Ok(r)) => return Ok(r),
-            Ok(Err(e)) => last = e,
-            Err(_) => return Err(last.context("timed out")),
+    let mut last: Option<anyhow::Error> = None;
+    let once = async || {
+        let mut c = api::connect_with(endpoint, tls).await?;
+        let t = c
+            .get_node_topology(pb::GetNodeTopologyRequest {})
+            .await
+            .map_err(anyhow::Error::from)?
+            .into_inner()
+            .topology
+            .filter(|t| t.revision != 0)
+            .ok_or_else(|| anyhow!("the agent has no topology yet (first probe not done)"))?;
+        anyhow::Ok((c, t))
+    };
+    let every = Backoff::fixed(RETRY_EVERY, RETRY_EVERY);
+    retry(
+        every,
+        async || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, once()).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => {
+                    last = Some(e);
+                    Err(Missed::Failed)
+                }
+                Err(_) => Err(Missed::TimedOut),
+            }
+        },
+        |_, _, delay| (Instant::now() + delay < deadline).then_some(delay),
+    )
+    .await
+    .map_err(|missed| {
+        let e = last.take().unwrap_or_else(|| anyhow!("no attempt made"));
+        match missed {
+            Missed::TimedOut => e.context("timed out"),
+            Missed::Failed => e,
         }
-        if Instant::now() + Duration::from_millis(500) >= deadline {
-            return Err(last);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
 }
+
+/// How an attempt to reach the agent missed: the last error is kept aside.
+enum Missed {
+    Failed,
+    TimedOut,
+}
+
+/// The longest wait between attempts to reach the agent (jittered in its upper half).
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 async fn make(
     endpoint: &str,

@@ -447,7 +447,7 @@ mod tests {
             client,
             agent_port: 9750,
             connector: rec,
-            backoff: Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600)),
+            backoff: Backoff::fixed(Duration::from_secs(3600), Duration::from_secs(3600)),
             exclude: ["pinned".to_string()].into(),
         }
     }

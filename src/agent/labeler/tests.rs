@@ -166,7 +166,7 @@ async fn converges_through_500_409_timeout_without_duplicates() {
     let run = tokio::spawn(labeler.run(
         desired_rx,
         shutdown_rx,
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        Backoff::fixed(Duration::from_millis(100), Duration::from_secs(5)),
     ));
 
     // The Node carries the labels, but another manager owns them: nodetopo applies its own.
@@ -233,7 +233,7 @@ async fn shutdown_abandons_an_in_flight_write() {
     let run = tokio::spawn(labeler.run(
         desired_rx,
         shutdown_rx,
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        Backoff::fixed(Duration::from_millis(100), Duration::from_secs(5)),
     ));
     expect_get(&mut handle, node_ok()).await;
     let (_req, _hung) = handle.next_request().await.unwrap();
@@ -465,7 +465,7 @@ async fn retry_after_of_a_429_is_honoured() {
     let run = tokio::spawn(labeler.run(
         desired_rx,
         shutdown_rx,
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        Backoff::fixed(Duration::from_millis(100), Duration::from_secs(5)),
     ));
     expect_get(&mut handle, node_ok()).await;
 

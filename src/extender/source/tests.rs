@@ -88,7 +88,7 @@ fn watch_node_n(
         "agent:1".into(),
         conn,
         view.clone(),
-        Backoff::new(Duration::from_millis(20), Duration::from_millis(40)),
+        Backoff::fixed(Duration::from_millis(20), Duration::from_millis(40)),
         stop_rx,
     ));
     (stop_tx, task)
