@@ -225,6 +225,25 @@ impl std::fmt::Display for Domain {
     }
 }
 
+/// How close `a` is to `b`.
+pub fn proximity(a: &NodeFacts, b: &NodeFacts) -> Level {
+    if a.clique_key().is_some() && a.clique_key() == b.clique_key() {
+        return Level::Clique;
+    }
+    if a.cluster_uuid.is_some() && a.cluster_uuid == b.cluster_uuid {
+        return Level::Cluster;
+    }
+    let rdma = a.rdma_compatible(b);
+    let rdma_unknown = a.link_layer.is_none() || b.link_layer.is_none();
+    if a.leaf.is_some() && a.leaf == b.leaf && (rdma || rdma_unknown) {
+        return Level::Leaf;
+    }
+    if a.block.is_some() && a.block == b.block && (rdma || rdma_unknown) {
+        return Level::Block;
+    }
+    if rdma { Level::Fabric } else { Level::None }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,18 @@
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 
 use super::*;
 use crate::{
     extender::{
-        group::lws,
-        placed::{MemoryPlacementIndex, PlacedPod},
-        view::{LabelKeys, ViewEvent},
+        facts::NodeFacts,
+        group::{group_of, lws},
+        placed::{MemoryPlacementIndex, PlacedPod, PlacementIndex},
+        view::{ClusterView, LabelKeys, ViewEvent},
+        wire::MAX_EXTENDER_PRIORITY,
     },
-    model::LinkLayer,
+    model::{FabricState, LinkLayer},
 };
 
 fn ib(subnet: &str) -> NodeFacts {
