@@ -390,7 +390,7 @@ impl Sim {
     /// answered for it, the queries the probe says it sent and its wall time.
     fn probe(&self, host: &str) -> Probe {
         let before = self.answered();
-        let mut c = self.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
+        let mut c = self.cmd(Path::new(common::NODETOPO), host);
         c.args([
             "-v",
             "--log-format",
@@ -517,7 +517,7 @@ fn named_rails(sim: &Sim, net: &Net) {
     let file = sim.dir.path().join("names.yaml");
     std::fs::write(&file, &names).unwrap();
     for (host, h) in net.hosts() {
-        let mut c = sim.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
+        let mut c = sim.cmd(Path::new(common::NODETOPO), host);
         c.args(["probe", "-o", "json", "--ib-smp", "only", "--fabric-names"])
             .arg(&file)
             .arg("--sysfs-root")
@@ -673,7 +673,7 @@ fn check(file: &str, sm_host: &str, prefix: Option<&str>, lists: &[(&str, &str)]
             }
         }
         let labels = {
-            let mut c = sim.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
+            let mut c = sim.cmd(Path::new(common::NODETOPO), host);
             c.args(["probe", "-o", "labels", "--ib-smp", "only", "--sysfs-root"])
                 .arg(sim.dir.path().join("no-sysfs"));
             sim.run(c).0

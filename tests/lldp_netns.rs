@@ -107,7 +107,7 @@ impl Lab {
             namespaces: vec![],
             daemons: vec![],
             lldpd,
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_nodetopo")),
+            bin: PathBuf::from(common::NODETOPO),
             staged: None,
         }
     }
@@ -117,7 +117,7 @@ impl Lab {
     /// The checkout may sit under a directory other users cannot enter (a `mktemp -d`, root's
     /// home), so the build's own paths are not used for runs as another user.
     fn stage_for_other_users(&mut self, rels: &[&str]) -> Vec<String> {
-        let staged = OtherUsersCopy::new(Path::new(env!("CARGO_BIN_EXE_nodetopo")), rels);
+        let staged = OtherUsersCopy::new(Path::new(common::NODETOPO), rels);
         self.bin = staged.bin.clone();
         let paths = rels
             .iter()
@@ -317,7 +317,7 @@ impl Lab {
     fn follow(&mut self, ns: &str, netdev: &str, wait: &str) -> Follow {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
-            .arg(env!("CARGO_BIN_EXE_nodetopo"))
+            .arg(common::NODETOPO)
             .args([
                 "lldp", "--netdev", netdev, "--wait", wait, "--follow", "-o", "json",
             ])
@@ -1178,7 +1178,7 @@ fn start_fixture_switches(lab: &mut Lab, leaf: &str, storage: &str, swps: &[Stri
 fn start_fixture_agent(lab: &mut Lab, node: &str, grpc: u16, metrics: u16) {
     let child = Command::new("ip")
         .args(["netns", "exec", node])
-        .arg(env!("CARGO_BIN_EXE_nodetopo"))
+        .arg(common::NODETOPO)
         .args([
             "agent",
             "--no-kube",

@@ -4,6 +4,8 @@
 //! rendering checks print why they are skipped and pass. The PNGs are left under the test
 //! target directory to look at.
 
+mod common;
+
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -17,7 +19,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn probe_dot(node: &str, snapshot: &str, sysfs: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    common::nodetopo()
         .arg("probe")
         .arg("--replay")
         .arg(fixture(snapshot))
@@ -26,14 +28,7 @@ fn probe_dot(node: &str, snapshot: &str, sysfs: &str) -> String {
         .args(["-o", "dot"])
         .env_remove("NODETOPO_SYSFS_ROOT")
         .env("NODE_NAME", node)
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .stdout_ok()
 }
 
 /// Runs `dot -T<format>` on `src`; `None` when Graphviz is not installed.

@@ -1,5 +1,129 @@
 //! Helpers shared by the whole-binary tests.
+//!
+//! # Running the binary
+//!
+//! [`nodetopo()`] is the one way a test runs the built `nodetopo`: a small builder over
+//! [`std::process::Command`] whose [`NodetopoCmd::stdout_ok`] and [`NodetopoCmd::stderr_err`]
+//! assert the exit status and put the command line and stderr in the failure message. Where
+//! the binary must run under another program (`ip netns exec`, a simulator's environment),
+//! [`NODETOPO`] is its path.
 #![allow(dead_code)]
+
+use std::{
+    ffi::OsStr,
+    process::{Child, Command, Output, Stdio},
+};
+
+/// The nodetopo binary under test.
+pub const NODETOPO: &str = env!("CARGO_BIN_EXE_nodetopo");
+
+/// A command line for the binary under test; see [`nodetopo()`].
+pub struct NodetopoCmd {
+    cmd: Command,
+}
+
+/// `nodetopo` with no arguments yet, its environment inherited.
+pub fn nodetopo() -> NodetopoCmd {
+    NodetopoCmd {
+        cmd: Command::new(NODETOPO),
+    }
+}
+
+impl NodetopoCmd {
+    /// Adds one argument.
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Removes an environment variable the test process has.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    /// Where stdin comes from (inherited, or empty for [`Self::output`], by default).
+    pub fn stdin(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.cmd.stdin(cfg);
+        self
+    }
+
+    /// Where stdout goes when spawned (captured by [`Self::output`]).
+    pub fn stdout(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.cmd.stdout(cfg);
+        self
+    }
+
+    /// Where stderr goes when spawned (captured by [`Self::output`]).
+    pub fn stderr(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.cmd.stderr(cfg);
+        self
+    }
+
+    /// Runs it to completion, capturing stdout and stderr; panics only when it cannot start.
+    pub fn output(&mut self) -> Output {
+        self.cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {:?}: {e}", self.cmd))
+    }
+
+    /// Runs it, asserts that it succeeded (the command and its stderr in the message otherwise)
+    /// and returns the whole output.
+    pub fn output_ok(&mut self) -> Output {
+        let out = self.output();
+        assert!(
+            out.status.success(),
+            "{:?} failed ({}):\n{}",
+            self.cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs it, asserts that it succeeded and returns its stdout, which must be UTF-8.
+    pub fn stdout_ok(&mut self) -> String {
+        let out = self.output_ok();
+        String::from_utf8(out.stdout)
+            .unwrap_or_else(|e| panic!("{:?}: stdout is not UTF-8: {e}", self.cmd))
+    }
+
+    /// Runs it, asserts that it failed (its stdout in the message otherwise) and returns its
+    /// stderr.
+    pub fn stderr_err(&mut self) -> String {
+        let out = self.output();
+        assert!(
+            !out.status.success(),
+            "{:?} was accepted:\n{}",
+            self.cmd,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Starts it (a long-running agent or extender) and returns the child; the caller stops it.
+    pub fn spawn(&mut self) -> Child {
+        self.cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {:?}: {e}", self.cmd))
+    }
+}
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
