@@ -7,10 +7,29 @@
 //! assert the exit status and put the command line and stderr in the failure message. Where
 //! the binary must run under another program (`ip netns exec`, a simulator's environment),
 //! [`NODETOPO`] is its path.
+//!
+//! # Missing tools
+//!
+//! Some tests need a program the machine may lack (Graphviz `dot`, Chromium, lldpd, the ibsim
+//! simulator) or root. They ask [`require_tool`] (or [`require`], for what is not one program
+//! on the PATH), which decides the same way everywhere:
+//! - present: the test runs;
+//! - absent on a developer machine: it prints `skipped: <why> needs <what>` and the test
+//!   returns early, passing;
+//! - absent where it is required: the test fails with that message. It is required under `CI`
+//!   (set and not empty) and where the variable the test names, `NODETOPO_REQUIRE_<AREA>`, is
+//!   `1`. `.ci/run` sets every one of those variables for the tools it installs, so there a
+//!   missing tool is a failure, never a silent pass.
+//!
+//! The variables: `NODETOPO_REQUIRE_GRAPHVIZ` (tests/pictures.rs), `NODETOPO_REQUIRE_CHROMIUM`
+//! (tests/cluster_page.rs), `NODETOPO_REQUIRE_IBSIM` (tests/ibsim.rs), `NODETOPO_REQUIRE_NETNS`
+//! (tests/lldp_netns.rs) and, with the same rule in its own harness, `NODETOPO_REQUIRE_NODE`
+//! (tests/e2e/node.rs).
 #![allow(dead_code)]
 
 use std::{
     ffi::OsStr,
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
 };
 
@@ -123,6 +142,48 @@ impl NodetopoCmd {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {:?}: {e}", self.cmd))
     }
+}
+
+/// Where program `name` is: the first match on the PATH, then in the system directories a
+/// non-root PATH may leave out (lldpd, opensm and ibnetdiscover live in `/usr/sbin`).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The missing-tool policy (see the module doc) for program `tool` of the Debian package
+/// `package`, which `why` (what the test checks, e.g. "the node pictures") needs: its path
+/// where present; where absent, `None` after saying the test is skipped, or a panic under `CI`
+/// or with `require_var=1`.
+#[track_caller]
+pub fn require_tool(tool: &str, package: &str, why: &str, require_var: &str) -> Option<PathBuf> {
+    require(
+        which(tool),
+        &format!("`{tool}` (Debian package {package})"),
+        why,
+        require_var,
+    )
+}
+
+/// The missing-tool policy for anything a test needs, `found` where it is here: `found` itself
+/// when `Some`; when `None`, prints `skipped: <why> needs <what>` and returns `None`, or panics
+/// with that message under `CI` (set and not empty) or where `require_var` is `1`.
+#[track_caller]
+pub fn require<T>(found: Option<T>, what: &str, why: &str, require_var: &str) -> Option<T> {
+    if found.is_some() {
+        return found;
+    }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{why} needs {what}, and CI must have it (CI is set)");
+    }
+    if std::env::var_os(require_var).is_some_and(|v| v == "1") {
+        panic!("{why} needs {what}, and {require_var}=1 requires it");
+    }
+    eprintln!("skipped: {why} needs {what} (set {require_var}=1 to make this a failure)");
+    None
 }
 
 /// A free TCP port on 127.0.0.1.
