@@ -73,7 +73,7 @@ impl Agent {
         std::fs::copy(snapshot_from, &snapshot).unwrap();
         let grpc = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        let child = common::nodetopo()
             .args([
                 "agent",
                 "--no-kube",
@@ -90,8 +90,7 @@ impl Agent {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the agent");
+            .spawn();
         Self {
             child,
             grpc,
@@ -378,26 +377,17 @@ async fn get_health_reflection_metrics_and_hints() {
     assert_eq!(agent.http_get("/readyz").await.0, 200);
 
     // The query client prints the same model as probe.
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let out = common::nodetopo()
         .args(["query", "get", "-o", "json", "--endpoint", &agent.grpc])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .stdout_ok();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["gpus"].as_array().map(Vec::len), Some(4));
     assert_eq!(v["driver"]["driver_version"], DRIVER);
 
     // `query hints` prints what `probe -o env` prints: here only the notes, as comments.
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let text = common::nodetopo()
         .args(["query", "hints", "0", "--endpoint", &agent.grpc])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+        .stdout_ok();
     assert!(
         !text.is_empty() && text.lines().all(|l| l.starts_with("# ")),
         "{text}"
@@ -554,7 +544,7 @@ async fn watcher_cap_and_sigterm_drain() {
 
 #[test]
 fn oneshot_prints_labels_and_exits_with_json_logs() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let out = common::nodetopo()
         .args([
             "-v",
             "--log-format",
@@ -568,13 +558,7 @@ fn oneshot_prints_labels_and_exits_with_json_logs() {
         .arg(Path::new(FIXTURE).join("snapshot.json"))
         .arg("--sysfs-root")
         .arg(Path::new(FIXTURE).join("sysfs/sys"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .output_ok();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("example.com/gpu.count=4\n"), "{stdout}");
     assert!(
@@ -595,7 +579,7 @@ fn oneshot_prints_labels_and_exits_with_json_logs() {
 
 #[test]
 fn bad_flags_name_the_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let err = common::nodetopo()
         .args([
             "agent",
             "--no-kube",
@@ -603,10 +587,7 @@ fn bad_flags_name_the_flag() {
             "--label-prefix",
             "Not_A_Domain",
         ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        .stderr_err();
     assert!(err.contains("--label-prefix"), "{err}");
 }
 
@@ -667,20 +648,13 @@ async fn broken_snapshot_keeps_last_good_data_marked_stale() {
 
 #[test]
 fn probe_prints_labels() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let text = common::nodetopo()
         .args(["probe", "-o", "labels"])
         .arg("--replay")
         .arg(Path::new(FIXTURE).join("snapshot.json"))
         .arg("--sysfs-root")
         .arg(Path::new(FIXTURE).join("sysfs/sys"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+        .stdout_ok();
     let keys: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -862,19 +836,13 @@ async fn grpc_over_tls_and_mutual_tls_with_real_clients() {
         "{e}"
     );
     // `nodetopo query` with the matching options.
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let out = common::nodetopo()
         .args(["query", "get", "-o", "json", "--endpoint", &agent.grpc])
         .arg("--grpc-tls-ca")
         .arg(p("ca.pem"))
         .args(["--grpc-tls-server-name", "agent.nodetopo"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .stdout_ok();
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["node_name"], "test-node", "{json}");
     drop(agent);
 
@@ -916,20 +884,14 @@ async fn grpc_over_tls_and_mutual_tls_with_real_clients() {
 
 #[test]
 fn tls_flags_go_together() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let err = common::nodetopo()
         .args(["agent", "--no-kube", "--grpc-tls-cert", "/nonexistent.pem"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        .stderr_err();
     assert!(err.contains("--grpc-tls-key"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let err = common::nodetopo()
         .args(["agent", "--no-kube", "--grpc-tls-cert", "/nonexistent.pem"])
         .args(["--grpc-tls-key", "/nonexistent.key"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        .stderr_err();
     assert!(err.contains("/nonexistent.pem"), "{err}");
 }
 

@@ -2,8 +2,11 @@
 //! a view of a few hundred nodes served on 127.0.0.1, loaded in headless Chromium; the DOM it
 //! builds is checked and a screenshot is left under the test target directory.
 //!
-//! Needs Chromium (Debian `chromium`; CI installs it). Without it the browser checks print why
-//! they are skipped; the HTML itself is still checked.
+//! Needs Chromium (Debian `chromium`; CI installs it). Without it the browser checks are
+//! skipped as `common::require` says: they fail under `CI` or `NODETOPO_REQUIRE_CHROMIUM=1`
+//! (`.ci/run` sets it); the HTML itself is still checked.
+
+mod common;
 
 use std::{collections::BTreeMap, path::Path, process::Command, sync::Arc, time::Duration};
 
@@ -178,9 +181,13 @@ async fn cluster_page_in_a_browser() {
 
     let chromium = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok());
-    let Some(chromium) = chromium else {
-        println!("SKIPPED: no Chromium found (Debian: apt-get install chromium)");
+        .find_map(common::which);
+    let Some(chromium) = common::require(
+        chromium,
+        "Chromium (Debian package chromium)",
+        "loading the cluster page in a browser",
+        "NODETOPO_REQUIRE_CHROMIUM",
+    ) else {
         task.abort();
         return;
     };
@@ -191,7 +198,7 @@ async fn cluster_page_in_a_browser() {
         let url = url.clone();
         let profile = profile.path().to_path_buf();
         let extra = extra.to_vec();
-        let chromium = chromium.to_string();
+        let chromium = chromium.clone();
         tokio::task::spawn_blocking(move || {
             Command::new(chromium)
                 .args([

@@ -14,14 +14,13 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use nodetopo::model::{Fabric, FabricState, Gpu, LinkLayer, Nic, NicPort, NodeTopology, PortState};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_nodetopo");
 const GB200: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gb200");
 const LEAF: &str = "network.topology.nvidia.com/leaf";
 const SUBNET: &str = "fe80:0000:0000:0000";
@@ -82,19 +81,13 @@ fn roce_nics(n: usize) -> Vec<Nic> {
 /// The topology that the real probe derives from a GB200 fixture (its cluster UUID is the one
 /// the agents will report).
 fn probe_fixture(fixture: &str, sysfs: &Path) -> NodeTopology {
-    let out = Command::new(BIN)
+    let out = common::nodetopo()
         .args(["probe", "-o", "json", "--replay"])
         .arg(Path::new(GB200).join(fixture))
         .arg("--sysfs-root")
         .arg(sysfs)
-        .output()
-        .expect("run nodetopo probe");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("probe json")
+        .stdout_ok();
+    serde_json::from_str(&out).expect("probe json")
 }
 
 struct Cluster {
@@ -119,7 +112,7 @@ fn spawn_agent(
 ) -> (Proc, String) {
     let snap = dir.join(format!("{node}.nvml.json"));
     std::fs::copy(Path::new(GB200).join(fixture), &snap).unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = common::nodetopo()
         .args([
             "--log-format",
             "json",
@@ -139,8 +132,7 @@ fn spawn_agent(
         .env("RUST_LOG", "nodetopo=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn an agent");
+        .spawn();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     // Reads the log to its end, so that the agent never blocks on a full pipe.
@@ -313,7 +305,7 @@ struct Extender {
 }
 
 fn start_extender(agents_file: &Path) -> Extender {
-    let mut child = Command::new(BIN)
+    let mut child = common::nodetopo()
         .args([
             "extender",
             "--no-kube",
@@ -333,8 +325,7 @@ fn start_extender(agents_file: &Path) -> Extender {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the extender");
+        .spawn();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

@@ -10,7 +10,8 @@
 //! are counted from ibsim's own log, and the times measured, for BENCHMARKS.md.
 //!
 //! Needs Debian's `ibsim-utils`, `libumad2sim0`, `infiniband-diags` and `opensm`; without them
-//! the tests say so and pass, except under CI (`CI` set), where they fail.
+//! the tests are skipped as `common::require` says: they fail under `CI` or
+//! `NODETOPO_REQUIRE_IBSIM=1` (`.ci/run` sets it).
 #![cfg(feature = "umad")]
 
 use std::{
@@ -217,36 +218,28 @@ struct Tools {
     preload: PathBuf,
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
 fn tools() -> Option<Tools> {
     let found = (|| {
-        let run = std::fs::read_to_string(which("ibsim-run")?).ok()?;
+        let run = std::fs::read_to_string(common::which("ibsim-run")?).ok()?;
         let preload = run
             .lines()
             .find_map(|l| l.strip_prefix("sim_so="))
             .map(PathBuf::from)
             .filter(|p| p.is_file())?;
         Some(Tools {
-            ibsim: which("ibsim")?,
-            opensm: which("opensm")?,
-            ibnetdiscover: which("ibnetdiscover")?,
+            ibsim: common::which("ibsim")?,
+            opensm: common::which("opensm")?,
+            ibnetdiscover: common::which("ibnetdiscover")?,
             preload,
         })
     })();
-    if found.is_none() {
-        let msg = "ibsim, ibsim-run's libumad2sim.so, opensm or ibnetdiscover is not installed \
-                   (Debian: ibsim-utils libumad2sim0 opensm infiniband-diags)";
-        assert!(std::env::var_os("CI").is_none(), "{msg}: CI must have them");
-        eprintln!("skipping the ibsim tests: {msg}");
-    }
-    found
+    common::require(
+        found,
+        "ibsim, ibsim-run's libumad2sim.so, opensm and ibnetdiscover (Debian packages \
+         ibsim-utils libumad2sim0 opensm infiniband-diags)",
+        "the SMP prober against the InfiniBand simulator",
+        "NODETOPO_REQUIRE_IBSIM",
+    )
 }
 
 /// A running simulator with an SM, stopped on drop.
@@ -390,7 +383,7 @@ impl Sim {
     /// answered for it, the queries the probe says it sent and its wall time.
     fn probe(&self, host: &str) -> Probe {
         let before = self.answered();
-        let mut c = self.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
+        let mut c = self.cmd(Path::new(common::NODETOPO), host);
         c.args([
             "-v",
             "--log-format",
@@ -517,7 +510,7 @@ fn named_rails(sim: &Sim, net: &Net) {
     let file = sim.dir.path().join("names.yaml");
     std::fs::write(&file, &names).unwrap();
     for (host, h) in net.hosts() {
-        let mut c = sim.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
+        let mut c = sim.cmd(Path::new(common::NODETOPO), host);
         c.args(["probe", "-o", "json", "--ib-smp", "only", "--fabric-names"])
             .arg(&file)
             .arg("--sysfs-root")
@@ -673,7 +666,7 @@ fn check(file: &str, sm_host: &str, prefix: Option<&str>, lists: &[(&str, &str)]
             }
         }
         let labels = {
-            let mut c = sim.cmd(Path::new(env!("CARGO_BIN_EXE_nodetopo")), host);
+            let mut c = sim.cmd(Path::new(common::NODETOPO), host);
             c.args(["probe", "-o", "labels", "--ib-smp", "only", "--sysfs-root"])
                 .arg(sim.dir.path().join("no-sysfs"));
             sim.run(c).0

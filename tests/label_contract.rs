@@ -6,11 +6,12 @@
 //! `NODETOPO_BLESS=1 cargo test --test label_contract` and review the diff: a line that
 //! disappears is a key users lose.
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use nodetopo::labels::Key;
@@ -72,7 +73,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn labels_of(snapshot: &str, sysfs: &str) -> BTreeMap<String, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let out = common::nodetopo()
         .arg("probe")
         .arg("--replay")
         .arg(fixtures().join(snapshot))
@@ -81,14 +82,8 @@ fn labels_of(snapshot: &str, sysfs: &str) -> BTreeMap<String, String> {
         .args(["-o", "labels"])
         .env_remove("NODETOPO_SYSFS_ROOT")
         .env("NODE_NAME", "contract-node")
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "{snapshot}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse(&String::from_utf8(out.stdout).unwrap())
+        .stdout_ok();
+    parse(&out)
 }
 
 fn parse(text: &str) -> BTreeMap<String, String> {

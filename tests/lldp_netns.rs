@@ -4,10 +4,11 @@
 //! namespaces the test creates; every namespace and process is removed on the way out, also
 //! when an assertion fails.
 //!
-//! Needs root (namespaces, and CAP_NET_RAW for the socket) and lldpd (Debian `lldpd`). Without
-//! them the tests say so and pass, unless `NODETOPO_REQUIRE_NETNS=1` (CI sets it), where that
-//! is a failure. An lldpd the package may have started in the root namespace does not interfere:
-//! it neither sees these namespaces' interfaces nor shares their control sockets.
+//! Needs root (namespaces, and CAP_NET_RAW for the socket), `ip` (Debian `iproute2`) and lldpd
+//! (Debian `lldpd`). Without them the tests are skipped as `common::require` says: they fail
+//! under `CI` or `NODETOPO_REQUIRE_NETNS=1` (`.ci/run` sets it). An lldpd the package may
+//! have started in the root namespace does not interfere: it neither sees these namespaces'
+//! interfaces nor shares their control sockets.
 
 use std::{
     collections::BTreeMap,
@@ -24,30 +25,19 @@ mod common;
 const SWITCH_A_MAC: &str = "02:00:5e:10:00:07";
 const SWITCH_B_MAC: &str = "02:00:5e:10:00:08";
 
-fn lldpd_path() -> Option<PathBuf> {
-    let dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    dirs.into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join("lldpd"))
-        .find(|p| p.is_file())
-}
-
-/// Whether the tests can run here; prints why not, or fails where they are required.
+/// Whether the tests can run here (root, `ip` and lldpd), as `common::require` decides; the
+/// path of lldpd.
 fn runnable() -> Option<PathBuf> {
-    let root = euid_is_root();
-    let lldpd = lldpd_path();
-    let why = match (root, &lldpd) {
-        (false, _) => "not running as root (network namespaces and CAP_NET_RAW are needed)",
-        (true, None) => "lldpd is not installed (Debian package lldpd)",
-        (true, Some(_)) => return lldpd,
-    };
-    if std::env::var("NODETOPO_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
-        panic!("NODETOPO_REQUIRE_NETNS=1 but {why}");
-    }
-    eprintln!("skipping the LLDP network namespace test: {why}");
-    None
+    const WHY: &str = "the LLDP network namespace tests";
+    const REQUIRE: &str = "NODETOPO_REQUIRE_NETNS";
+    common::require(
+        euid_is_root().then_some(()),
+        "root (network namespaces and CAP_NET_RAW)",
+        WHY,
+        REQUIRE,
+    )?;
+    common::require_tool("ip", "iproute2", WHY, REQUIRE)?;
+    common::require_tool("lldpd", "lldpd", WHY, REQUIRE)
 }
 
 fn euid_is_root() -> bool {
@@ -107,7 +97,7 @@ impl Lab {
             namespaces: vec![],
             daemons: vec![],
             lldpd,
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_nodetopo")),
+            bin: PathBuf::from(common::NODETOPO),
             staged: None,
         }
     }
@@ -117,7 +107,7 @@ impl Lab {
     /// The checkout may sit under a directory other users cannot enter (a `mktemp -d`, root's
     /// home), so the build's own paths are not used for runs as another user.
     fn stage_for_other_users(&mut self, rels: &[&str]) -> Vec<String> {
-        let staged = OtherUsersCopy::new(Path::new(env!("CARGO_BIN_EXE_nodetopo")), rels);
+        let staged = OtherUsersCopy::new(Path::new(common::NODETOPO), rels);
         self.bin = staged.bin.clone();
         let paths = rels
             .iter()
@@ -317,7 +307,7 @@ impl Lab {
     fn follow(&mut self, ns: &str, netdev: &str, wait: &str) -> Follow {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
-            .arg(env!("CARGO_BIN_EXE_nodetopo"))
+            .arg(common::NODETOPO)
             .args([
                 "lldp", "--netdev", netdev, "--wait", wait, "--follow", "-o", "json",
             ])
@@ -1178,7 +1168,7 @@ fn start_fixture_switches(lab: &mut Lab, leaf: &str, storage: &str, swps: &[Stri
 fn start_fixture_agent(lab: &mut Lab, node: &str, grpc: u16, metrics: u16) {
     let child = Command::new("ip")
         .args(["netns", "exec", node])
-        .arg(env!("CARGO_BIN_EXE_nodetopo"))
+        .arg(common::NODETOPO)
         .args([
             "agent",
             "--no-kube",

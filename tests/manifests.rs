@@ -1,15 +1,15 @@
 //! Whole-binary tests of `nodetopo manifests topology`: every scheduler's object parses as YAML
 //! with the expected kind, and bad options fail with a message naming the problem.
 
-use std::process::Command;
+mod common;
 
 use serde_json::Value;
 
-fn nodetopo(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nodetopo"))
-        .args(args)
-        .output()
-        .expect("run nodetopo")
+/// `nodetopo manifests topology ARGS`.
+fn topology(args: &[&str]) -> common::NodetopoCmd {
+    let mut c = common::nodetopo();
+    c.args(["manifests", "topology"]).args(args);
+    c
 }
 
 #[test]
@@ -20,28 +20,24 @@ fn every_scheduler_gets_its_object() {
         ("grove", "ClusterTopologyBinding"),
         ("volcano", "ConfigMap"),
     ] {
-        let out = nodetopo(&[
-            "manifests",
-            "topology",
+        let out = topology(&[
             "--for",
             scheduler,
             "--block-label",
             "network.example.com/leaf",
-        ]);
-        assert!(out.status.success(), "{scheduler}: {out:?}");
-        let v: Value = serde_yaml_ng::from_slice(&out.stdout).expect("YAML");
+        ])
+        .stdout_ok();
+        let v: Value = serde_yaml_ng::from_str(&out).expect("YAML");
         assert_eq!(v["kind"], kind, "{scheduler}");
-        let json = nodetopo(&["manifests", "topology", "--for", scheduler, "-o", "json"]);
-        let j: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+        let json = topology(&["--for", scheduler, "-o", "json"]).stdout_ok();
+        let j: Value = serde_json::from_str(&json).expect("JSON");
         assert_eq!(j["kind"], kind);
     }
 }
 
 #[test]
 fn custom_prefix_and_name() {
-    let out = nodetopo(&[
-        "manifests",
-        "topology",
+    let out = topology(&[
         "--for",
         "kueue",
         "--label-prefix",
@@ -50,9 +46,9 @@ fn custom_prefix_and_name() {
         "gb200",
         "-o",
         "json",
-    ]);
-    assert!(out.status.success());
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ])
+    .stdout_ok();
+    let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["metadata"]["name"], "gb200");
     assert_eq!(
         v["spec"]["levels"][0]["nodeLabel"],
@@ -62,62 +58,23 @@ fn custom_prefix_and_name() {
 
 #[test]
 fn bad_options_fail_clearly() {
-    let out = nodetopo(&[
-        "manifests",
-        "topology",
-        "--for",
-        "kai",
-        "--block-label",
-        "not a label",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = topology(&["--for", "kai", "--block-label", "not a label"]).stderr_err();
     assert!(err.contains("invalid label key"), "{err}");
-    let out = nodetopo(&["manifests", "topology", "--for", "slurm"]);
-    assert!(!out.status.success());
-    let out = nodetopo(&[
-        "manifests",
-        "topology",
-        "--for",
-        "kai",
-        "--kai-topology",
-        "nodetopo",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    topology(&["--for", "slurm"]).stderr_err();
+    let err = topology(&["--for", "kai", "--kai-topology", "nodetopo"]).stderr_err();
     assert!(err.contains("only to Grove"), "{err}");
-    let out = nodetopo(&[
-        "manifests",
-        "topology",
-        "--for",
-        "volcano",
-        "--name",
-        "a-rather-long-name",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = topology(&["--for", "volcano", "--name", "a-rather-long-name"]).stderr_err();
     assert!(err.contains("Volcano skips"), "{err}");
 }
 
 #[test]
 fn grove_binding_names_the_kai_topology() {
-    let out = nodetopo(&["manifests", "topology", "--for", "grove", "-o", "json"]);
-    assert!(out.status.success(), "{out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = topology(&["--for", "grove", "-o", "json"]).stdout_ok();
+    let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["metadata"]["name"], "nodetopo-grove");
     assert!(v["spec"].get("schedulerTopologyBindings").is_none());
-    let out = nodetopo(&[
-        "manifests",
-        "topology",
-        "--for",
-        "grove",
-        "--kai-topology",
-        "nodetopo",
-        "-o",
-        "json",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = topology(&["--for", "grove", "--kai-topology", "nodetopo", "-o", "json"]).stdout_ok();
+    let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         v["spec"]["schedulerTopologyBindings"][0]["topologyReference"],
         "nodetopo"

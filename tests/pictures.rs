@@ -1,8 +1,11 @@
 //! The pictures as a person sees them: `probe -o dot` rendered by real Graphviz.
 //!
-//! Needs Graphviz's `dot` on the PATH (Debian `graphviz`; CI installs it). Without it the
-//! rendering checks print why they are skipped and pass. The PNGs are left under the test
-//! target directory to look at.
+//! Needs Graphviz's `dot` (Debian `graphviz`; CI installs it). Without it the rendering checks
+//! are skipped as `common::require_tool` says: they fail under `CI` or
+//! `NODETOPO_REQUIRE_GRAPHVIZ=1` (`.ci/run` sets it). The PNGs are left under the test target
+//! directory to look at.
+
+mod common;
 
 use std::{
     io::Write,
@@ -17,7 +20,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn probe_dot(node: &str, snapshot: &str, sysfs: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    common::nodetopo()
         .arg("probe")
         .arg("--replay")
         .arg(fixture(snapshot))
@@ -26,29 +29,18 @@ fn probe_dot(node: &str, snapshot: &str, sysfs: &str) -> String {
         .args(["-o", "dot"])
         .env_remove("NODETOPO_SYSFS_ROOT")
         .env("NODE_NAME", node)
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .stdout_ok()
 }
 
-/// Runs `dot -T<format>` on `src`; `None` when Graphviz is not installed.
-fn graphviz(src: &str, format: &str) -> Option<Vec<u8>> {
-    let mut child = match Command::new("dot")
+/// Runs Graphviz's `dot` (found at `program`) as `dot -T<format>` on `src`.
+fn graphviz(program: &Path, src: &str, format: &str) -> Vec<u8> {
+    let mut child = Command::new(program)
         .arg(format!("-T{format}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("dot: {e}"),
-    };
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
     child
         .stdin
         .take()
@@ -61,7 +53,7 @@ fn graphviz(src: &str, format: &str) -> Option<Vec<u8>> {
         "dot -T{format} failed: {}\n{src}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(out.stdout)
+    out.stdout
 }
 
 /// Width and height in inches from `dot -Tplain` (`graph <scale> <width> <height>`).
@@ -130,13 +122,18 @@ fn node_picture_draws_only_rail_edges_and_escapes_once() {
 fn node_pictures_render_with_graphviz_at_a_readable_aspect() {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pictures");
     std::fs::create_dir_all(&out_dir).unwrap();
+    let Some(graphviz_dot) = common::require_tool(
+        "dot",
+        "graphviz",
+        "rendering the node pictures",
+        "NODETOPO_REQUIRE_GRAPHVIZ",
+    ) else {
+        return;
+    };
     for (name, snapshot, sysfs) in CASES {
         let dot = probe_dot(name, snapshot, sysfs);
-        let Some(plain) = graphviz(&dot, "plain") else {
-            println!("SKIPPED: Graphviz `dot` is not installed (Debian: apt-get install graphviz)");
-            return;
-        };
-        let plain = String::from_utf8(plain).unwrap();
+        let render = |format| graphviz(&graphviz_dot, &dot, format);
+        let plain = String::from_utf8(render("plain")).unwrap();
         let (w, h) = size(&plain);
         let aspect = w / h;
         println!("{name}: {w:.1} x {h:.1} in, aspect {aspect:.2}");
@@ -148,10 +145,10 @@ fn node_pictures_render_with_graphviz_at_a_readable_aspect() {
         for l in plain.lines().filter(|l| l.starts_with("node ")) {
             assert!(!l.contains("\\\\n"), "{name}: {l}");
         }
-        let svg = String::from_utf8(graphviz(&dot, "svg").unwrap()).unwrap();
+        let svg = String::from_utf8(render("svg")).unwrap();
         assert!(!svg.contains("\\n"), "{name}: literal \\n in the SVG text");
         assert!(svg.contains(">GPU0<"), "{name}: GPU0 is drawn");
-        let png = graphviz(&dot, "png").unwrap();
+        let png = render("png");
         assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
         let path = out_dir.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();

@@ -2,10 +2,7 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+use std::path::{Path, PathBuf};
 
 use nodetopo::model::{
     Connection, FabricRegistration, FabricState, GpuFamily, MigMode, NeighborStatus, NicRole,
@@ -16,24 +13,13 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn nodetopo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodetopo"))
-        .args(args)
+fn nodetopo(args: &[&str]) -> common::NodetopoCmd {
+    let mut c = common::nodetopo();
+    c.args(args)
         // Never pick up a real driver on a developer machine: these tests are about replay.
         .env("NODETOPO_NVML_LIB", "/nonexistent/libnvidia-ml.so.1")
-        .env_remove("NODE_NAME")
-        .output()
-        .expect("spawn nodetopo")
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "nodetopo failed: {}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).expect("utf-8 output")
+        .env_remove("NODE_NAME");
+    c
 }
 
 fn replay_json(snapshot: &Path, sysfs: &Path) -> NodeTopology {
@@ -47,8 +33,9 @@ fn replay_json(snapshot: &Path, sysfs: &Path) -> NodeTopology {
         snapshot.to_str().unwrap(),
         "--sysfs-root",
         sysfs.to_str().unwrap(),
-    ]);
-    serde_json::from_str(&stdout(&o)).expect("probe -o json parses as the model")
+    ])
+    .stdout_ok();
+    serde_json::from_str(&o).expect("probe -o json parses as the model")
 }
 
 fn gb200(name: &str) -> NodeTopology {
@@ -60,8 +47,8 @@ fn gb200(name: &str) -> NodeTopology {
 
 #[test]
 fn no_nvml_reports_zero_gpus_and_exits_zero() {
-    let o = nodetopo(&["probe", "-o", "json"]);
-    let t: NodeTopology = serde_json::from_str(&stdout(&o)).unwrap();
+    let o = nodetopo(&["probe", "-o", "json"]).stdout_ok();
+    let t: NodeTopology = serde_json::from_str(&o).unwrap();
     assert!(t.gpus.is_empty());
     assert_eq!(t.fabric.state, FabricState::None);
     let nvml = t
@@ -76,7 +63,7 @@ fn no_nvml_reports_zero_gpus_and_exits_zero() {
         nvml.error
     );
     // The table view says it too, and still exits 0.
-    let table = stdout(&nodetopo(&["probe"]));
+    let table = nodetopo(&["probe"]).stdout_ok();
     assert!(table.contains("GPUs:    0"), "{table}");
     assert!(table.contains("NVML is not available"), "{table}");
 }
@@ -186,13 +173,14 @@ fn h200x1_recorded_snapshot_matches_the_vendor_tools() {
 #[test]
 fn h200_table_shows_the_matrix() {
     let dir = fixtures().join("h200x4-hgx");
-    let out = stdout(&nodetopo(&[
+    let out = nodetopo(&[
         "probe",
         "--replay",
         dir.join("snapshot.json").to_str().unwrap(),
         "--sysfs-root",
         dir.join("sysfs/sys").to_str().unwrap(),
-    ]));
+    ])
+    .stdout_ok();
     let matrix_row = out
         .lines()
         .find(|l| l.starts_with("GPU2 "))
@@ -219,8 +207,8 @@ fn yaml_and_json_agree() {
         "--sysfs-root",
         dir.join("sysfs/sys").to_str().unwrap().to_string().leak(),
     ];
-    let json = stdout(&nodetopo(&[&["probe", "-o", "json"], &common[..]].concat()));
-    let yaml = stdout(&nodetopo(&[&["probe", "-o", "yaml"], &common[..]].concat()));
+    let json = nodetopo(&[&["probe", "-o", "json"], &common[..]].concat()).stdout_ok();
+    let yaml = nodetopo(&[&["probe", "-o", "yaml"], &common[..]].concat()).stdout_ok();
     let mut a: NodeTopology = serde_json::from_str(&json).unwrap();
     let mut b: NodeTopology = serde_yaml_ng::from_str(&yaml).unwrap();
     a.probe_time = None;
@@ -280,13 +268,14 @@ fn gb200_transitional_and_broken_fabrics_have_no_domain() {
 
 #[test]
 fn dot_draws_the_domain_and_switch() {
-    let out = stdout(&nodetopo(&[
+    let out = nodetopo(&[
         "probe",
         "-o",
         "dot",
         "--replay",
         fixtures().join("gb200/tray-a1.json").to_str().unwrap(),
-    ]));
+    ])
+    .stdout_ok();
     assert!(out.starts_with("graph "), "{out}");
     assert!(out.contains("subgraph cluster_domain"), "{out}");
     assert!(
@@ -349,9 +338,7 @@ fn bad_snapshots_fail_clearly() {
         (&future, "format 99"),
         (&missing, "No such file"),
     ] {
-        let o = nodetopo(&["probe", "--replay", path.to_str().unwrap()]);
-        assert!(!o.status.success(), "{path:?} should fail");
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = nodetopo(&["probe", "--replay", path.to_str().unwrap()]).stderr_err();
         assert!(
             err.contains(needle) && err.contains(path.file_name().unwrap().to_str().unwrap()),
             "{path:?}: {err}"
@@ -363,16 +350,15 @@ fn bad_snapshots_fail_clearly() {
 fn record_without_nvml_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("snap.json");
-    let o = nodetopo(&["probe", "--record", out.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot record"));
+    let err = nodetopo(&["probe", "--record", out.to_str().unwrap()]).stderr_err();
+    assert!(err.contains("cannot record"), "{err}");
     assert!(!out.exists());
 }
 
 #[test]
 fn compat_labels_follow_the_strict_domain_only() {
     let labels = |snapshot: &str, compat: &str| {
-        stdout(&nodetopo(&[
+        nodetopo(&[
             "probe",
             "-o",
             "labels",
@@ -380,7 +366,8 @@ fn compat_labels_follow_the_strict_domain_only() {
             compat,
             "--replay",
             fixtures().join(snapshot).to_str().unwrap(),
-        ]))
+        ])
+        .stdout_ok()
     };
     let ready = labels("gb200/tray-a1.json", "topograph,gfd-clique");
     let domain = "4f1c2d3e-5a6b-47c8-a9d0-e1f2a3b4c5d6.1";
@@ -417,7 +404,7 @@ fn compat_labels_follow_the_strict_domain_only() {
 #[test]
 fn ib_subnet_label_only_for_one_infiniband_subnet() {
     let labels = |sysfs: &str| {
-        stdout(&nodetopo(&[
+        nodetopo(&[
             "probe",
             "-o",
             "labels",
@@ -425,7 +412,8 @@ fn ib_subnet_label_only_for_one_infiniband_subnet() {
             fixtures().join("h100x8-ib/snapshot.json").to_str().unwrap(),
             "--sysfs-root",
             fixtures().join(sysfs).to_str().unwrap(),
-        ]))
+        ])
+        .stdout_ok()
     };
     let ib = labels("h100x8-ib/sysfs/sys");
     // The fixture's ports keep the default prefix, which names no subnet.
@@ -464,14 +452,12 @@ fn fabric_flags_are_checked() {
     ] {
         let mut all = vec!["probe", "--replay", snap, "--sysfs-root", "/nonexistent"];
         all.extend(args.iter().copied());
-        let out = nodetopo(&all);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = nodetopo(&all).stderr_err();
         assert!(err.contains(want), "{args:?}: {err}");
     }
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, "names:\n  \"0x0000000000b00001\": rack-12\n").unwrap();
-    let out = nodetopo(&[
+    nodetopo(&[
         "probe",
         "--replay",
         snap,
@@ -483,12 +469,8 @@ fn fabric_flags_are_checked() {
         "off",
         "-o",
         "json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ])
+    .output_ok();
 }
 
 /// LLDP on a recorded node (the h100x8-roce sysfs tree) whose netdevs do not exist here: `auto`
@@ -509,11 +491,9 @@ fn lldp_on_a_recorded_node_without_its_netdevs() {
             fixtures().join("h100x8-roce/sysfs/sys").to_str().unwrap(),
             "--lldp",
             mode,
-        ]);
-        (
-            serde_json::from_str(&stdout(&o)).unwrap(),
-            started.elapsed(),
-        )
+        ])
+        .stdout_ok();
+        (serde_json::from_str(&o).unwrap(), started.elapsed())
     };
     let (auto, _) = run("auto");
     assert!(auto.sources.iter().all(|s| s.source != Source::Lldp));
@@ -562,14 +542,14 @@ fn a_flag_given_twice_takes_the_last_value() {
         let mut args = vec!["probe", "-o", "json", "--lldp-wait", "100ms"];
         args.extend(modes.iter().map(|m| m.to_owned()));
         args.extend(["--sysfs-root", sysfs.to_str().unwrap()]);
-        let t: NodeTopology = serde_json::from_str(&stdout(&nodetopo(&args))).unwrap();
+        let t: NodeTopology = serde_json::from_str(&nodetopo(&args).stdout_ok()).unwrap();
         t.sources
             .iter()
             .any(|s| s.source == nodetopo::model::Source::Lldp)
     };
     assert!(!lldp_probed(&["--lldp=on", "--lldp=off"]));
     assert!(lldp_probed(&["--lldp=off", "--lldp=on"]));
-    let agent = nodetopo(&[
+    nodetopo(&[
         "agent",
         "--no-kube",
         "--oneshot",
@@ -577,26 +557,19 @@ fn a_flag_given_twice_takes_the_last_value() {
         "--lldp=off",
         "--sysfs-root",
         sysfs.to_str().unwrap(),
-    ]);
-    assert!(
-        agent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&agent.stderr)
-    );
+    ])
+    .output_ok();
 }
 
 /// `--for` with a consumer nodetopo does not know is refused, naming the ones it knows.
 #[test]
 fn an_unknown_consumer_is_refused_with_the_choices() {
-    let o = nodetopo(&["probe", "-o", "env", "--for", "sglang"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = nodetopo(&["probe", "-o", "env", "--for", "sglang"]).stderr_err();
     assert!(
         err.contains("sglang") && err.contains("generic") && err.contains("vllm"),
         "{err}"
     );
     // Only with -o env.
-    let o = nodetopo(&["probe", "-o", "json", "--for", "vllm"]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--for needs -o env"));
+    let err = nodetopo(&["probe", "-o", "json", "--for", "vllm"]).stderr_err();
+    assert!(err.contains("--for needs -o env"), "{err}");
 }

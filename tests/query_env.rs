@@ -12,7 +12,6 @@ use std::{
 
 use nodetopo::model::NodeTopology;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nodetopo");
 /// The variables `probe -o env` can set; the sourced file's values of these are compared.
 const VARS: [&str; 9] = [
     "DEEP_EP_DEVICE_TO_HCA_MAPPING",
@@ -50,7 +49,7 @@ struct Agent {
 impl Agent {
     fn start() -> Self {
         let port = common::free_port();
-        let child = Command::new(BIN)
+        let child = common::nodetopo()
             .args(["agent", "--no-kube", "--node-name", "h100-ib"])
             .args(replay_args())
             .arg(format!("--grpc-listen=127.0.0.1:{port}"))
@@ -60,8 +59,7 @@ impl Agent {
             ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the agent");
+            .spawn();
         Self { child, port }
     }
 }
@@ -76,7 +74,7 @@ impl Drop for Agent {
 /// `nodetopo query env` as an init container runs it: HOST_IP and the device variables in its
 /// environment, nothing else inherited that could steer it.
 fn query_env(port: u16, file: &Path, vars: &[(&str, &str)], extra: &[&str]) -> Output {
-    let mut c = Command::new(BIN);
+    let mut c = common::nodetopo();
     c.args(["query", "env", "--agent-port", &port.to_string()])
         .arg("--file")
         .arg(file)
@@ -87,7 +85,7 @@ fn query_env(port: u16, file: &Path, vars: &[(&str, &str)], extra: &[&str]) -> O
     for (k, v) in vars {
         c.env(k, v);
     }
-    c.output().expect("run query env")
+    c.output()
 }
 
 /// Sources `file` in `sh -eu` and returns the values of [`VARS`] it set.
@@ -124,30 +122,23 @@ fn probe_env(gpus: &str, dir: &Path) -> BTreeMap<String, String> {
 
 /// What `probe -o env --gpus LIST --for CONSUMER` sets.
 fn probe_env_for(gpus: &str, consumer: &str, dir: &Path) -> BTreeMap<String, String> {
-    let out = Command::new(BIN)
+    let out = common::nodetopo()
         .args(["probe", "-o", "env", "--gpus", gpus, "--for", consumer])
         .args(replay_args())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .stdout_ok();
     let f = dir.join(format!("probe-{gpus}-{consumer}.env"));
-    std::fs::write(&f, &out.stdout).unwrap();
+    std::fs::write(&f, out).unwrap();
     sourced(&f)
 }
 
 #[test]
 fn env_file_matches_probe_for_each_selection_and_order() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
+    let out = common::nodetopo()
         .args(["probe", "-o", "json"])
         .args(replay_args())
-        .output()
-        .unwrap();
-    let topo: NodeTopology = serde_json::from_slice(&out.stdout).unwrap();
+        .stdout_ok();
+    let topo: NodeTopology = serde_json::from_str(&out).unwrap();
     assert_eq!(topo.gpus.len(), 8);
     let uuid = |i: usize| topo.gpus[i].uuid.clone();
     let agent = Agent::start();

@@ -3,10 +3,9 @@
 //! agrees, "not supported" as an answer rather than a failure, and snapshots recorded before the
 //! query existed still loading.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+mod common;
+
+use std::path::{Path, PathBuf};
 
 use nodetopo::model::{FabricState, NodeTopology, PlatformStatus, Source};
 
@@ -17,7 +16,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn probe(name: &str, output: &str) -> String {
-    let o: Output = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    common::nodetopo()
         .args([
             "probe",
             "-o",
@@ -31,14 +30,7 @@ fn probe(name: &str, output: &str) -> String {
         .env("NODETOPO_NVML_LIB", "/nonexistent/libnvidia-ml.so.1")
         .env_remove("NODE_NAME")
         .env_remove("NODETOPO_SYSFS_ROOT")
-        .output()
-        .expect("spawn nodetopo");
-    assert!(
-        o.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+        .stdout_ok()
 }
 
 fn json(name: &str) -> NodeTopology {

@@ -2,6 +2,8 @@
 //! `rdma.*` labels over the compute rails, GPUs sharing a rail, the `--nic-role` override, and
 //! the roles in every output format, on the sysfs fixture trees.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -18,7 +20,7 @@ fn fixture(rel: &str) -> PathBuf {
 
 /// `nodetopo probe --replay <name>/snapshot.json --sysfs-root <name>/sysfs/sys -o <output>`.
 fn probe(name: &str, output: &str, extra: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    common::nodetopo()
         .arg("probe")
         .arg("--replay")
         .arg(fixture(&format!("{name}/snapshot.json")))
@@ -28,14 +30,7 @@ fn probe(name: &str, output: &str, extra: &[&str]) -> String {
         .args(extra)
         .env_remove("NODETOPO_SYSFS_ROOT")
         .env("NODE_NAME", "test-node")
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "probe {name} -o {output} {extra:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+        .stdout_ok()
 }
 
 fn topo(name: &str, extra: &[&str]) -> NodeTopology {
@@ -191,16 +186,10 @@ fn nic_role_flag_overrides_the_derived_roles() {
     assert_eq!(l["rdma.link-layer"], "mixed");
     assert_eq!(l["rdma.rate-gbps"], "100");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let err = common::nodetopo()
         .args(["probe", "-o", "json", "--nic-role", "rails=mlx5_0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a role"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .stderr_err();
+    assert!(err.contains("not a role"), "{err}");
 }
 
 #[test]
@@ -301,16 +290,15 @@ fn connectx8_data_direct_pairs_by_the_data_direct_path() {
         }
     }
     assert_eq!(removed, 4);
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+    let out = common::nodetopo()
         .arg("probe")
         .arg("--replay")
         .arg(copy.join("snapshot.json"))
         .arg("--sysfs-root")
         .arg(copy.join("sysfs/sys"))
         .args(["-o", "json"])
-        .output()
-        .unwrap();
-    let naive: NodeTopology = serde_json::from_slice(&out.stdout).unwrap();
+        .stdout_ok();
+    let naive: NodeTopology = serde_json::from_str(&out).unwrap();
     assert!(
         naive
             .gpu_nic_affinity

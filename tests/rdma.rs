@@ -1,9 +1,11 @@
 //! Whole-binary tests of the RDMA part of `nodetopo probe`: NICs, ports, PCIe affinity, rail
 //! pairing, GPUDirect readiness and `-o env`, against the sysfs fixture trees.
 
+mod common;
+
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
-    process::{Command, Output},
 };
 
 use nodetopo::{
@@ -17,13 +19,13 @@ fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-fn nodetopo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodetopo"))
-        .args(args)
+/// `nodetopo ARGS`, the sysfs root and node name never taken from the caller's environment.
+fn nodetopo(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> common::NodetopoCmd {
+    let mut c = common::nodetopo();
+    c.args(args)
         .env_remove("NODETOPO_SYSFS_ROOT")
-        .env("NODE_NAME", "test-node")
-        .output()
-        .expect("binary runs")
+        .env("NODE_NAME", "test-node");
+    c
 }
 
 fn probe_args(snapshot: Option<&str>, fixture_name: &str, output: &str) -> Vec<String> {
@@ -44,14 +46,7 @@ fn probe_args(snapshot: Option<&str>, fixture_name: &str, output: &str) -> Vec<S
 }
 
 fn run_ok(args: &[String]) -> String {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = nodetopo(&refs);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    nodetopo(args).stdout_ok()
 }
 
 fn probe_json(snapshot: Option<&str>, fixture_name: &str) -> NodeTopology {
@@ -289,16 +284,12 @@ fn h100_ib_env_hints() {
 fn unknown_gpu_is_an_error() {
     let mut a = probe_args(Some(H100), "h100x8-ib", "env");
     a.extend(["--gpus".into(), "0,9".into()]);
-    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = nodetopo(&refs);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = nodetopo(&a).stderr_err();
     assert!(err.contains("unknown GPU \"9\""), "{err}");
 
     let mut a = probe_args(Some(H100), "h100x8-ib", "json");
     a.extend(["--gpus".into(), "0".into()]);
-    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    assert!(!nodetopo(&refs).status.success());
+    nodetopo(&a).stderr_err();
 }
 
 #[test]
@@ -486,9 +477,8 @@ fn h200_capture_has_no_rdma() {
 
 #[test]
 fn this_machine_without_rdma() {
-    let out = nodetopo(&["probe", "--sysfs-root", "/sys", "-o", "json"]);
-    assert!(out.status.success());
-    let t: NodeTopology = serde_json::from_slice(&out.stdout).expect("JSON");
+    let out = nodetopo(["probe", "--sysfs-root", "/sys", "-o", "json"]).stdout_ok();
+    let t: NodeTopology = serde_json::from_str(&out).expect("JSON");
     let rdma = source(&t, "rdma");
     if !Path::new("/sys/class/infiniband").exists() {
         assert!(t.nics.is_empty());

@@ -2,6 +2,8 @@
 //! them): loaded, replaced on renewal, and kept when a renewal is unusable; and the flags of
 //! `nodetopo webhook` checked before it connects anywhere.
 
+mod common;
+
 use std::{path::Path, process::Command};
 
 use nodetopo::webhook::tls::ReloadingCert;
@@ -88,15 +90,12 @@ fn bad_flags_name_the_flag_before_any_connection() {
     let d = dir.path();
     make(d, "flags");
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_nodetopo"))
+        common::nodetopo()
             .arg("webhook")
             .args(args)
             .env("KUBECONFIG", d.join("no-kubeconfig"))
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?} was accepted");
-        String::from_utf8_lossy(&out.stderr).to_string()
+            .stderr_err()
     };
     let crt = format!("--tls-cert={}", d.join("tls.crt").display());
     let key = format!("--tls-key={}", d.join("tls.key").display());

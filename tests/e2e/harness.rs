@@ -30,8 +30,7 @@ use tempfile::TempDir;
 
 /// The repository root.
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-/// The nodetopo binary under test.
-pub const NODETOPO: &str = env!("CARGO_BIN_EXE_nodetopo");
+pub use crate::common::NODETOPO;
 /// Longest wait for the API server to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
