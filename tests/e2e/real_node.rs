@@ -8,13 +8,13 @@
 //!   absent while the DaemonSet replaces the pod, and the agent exits on the kubelet's SIGTERM
 //!   with status 0 well within its grace period;
 //! - the per-pod environment: a GPU device plugin registered with the kubelet hands the pod GPUs
-//!   by UUID as NVIDIA's does, and the README's Pod spec (the `query env` init container, the
+//!   by UUID as NVIDIA's does, and the guide's Pod spec (the `query env` init container, the
 //!   main container sourcing its file) sees exactly what `probe -o env --gpus` gives for them,
 //!   from an agent replaying the same fixture.
 //!
 //! Pods reach the API server and the agent at 127.0.0.1 (no CNI network, no kube-proxy here):
 //! the agent gets `KUBERNETES_SERVICE_HOST`/`PORT` through `agent.extraEnv` and listens on
-//! 127.0.0.1 (`agent.listenAddress`), and the README's Pod runs on the host network with
+//! 127.0.0.1 (`agent.listenAddress`), and the guide's Pod runs on the host network with
 //! `HOST_IP` set to 127.0.0.1.
 
 use std::{
@@ -559,9 +559,9 @@ async fn chart_agent_on_a_real_kubelet() {
     assert!(teardown.leftovers.is_empty(), "{:#?}", teardown.leftovers);
 }
 
-/// The README's Pod spec for the per-pod environment, as YAML.
+/// The Pod spec for the per-pod environment in docs/guide.md, as YAML.
 fn readme_pod() -> Value {
-    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).expect("README");
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("docs/guide.md")).expect("README");
     let section = &readme[readme
         .find("## Per-pod RDMA environment")
         .expect("the query env section")..];

@@ -291,9 +291,9 @@ async fn bound(client: &Client, ns: &str, names: &[String]) -> Vec<Pod> {
     .await
 }
 
-/// The YAML blocks of README.md that run `nodetopo query env`.
+/// The YAML blocks of docs/guide.md that run `nodetopo query env`.
 fn readme_env_examples() -> Vec<Value> {
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    let readme = std::fs::read_to_string(format!("{ROOT}/docs/guide.md")).unwrap();
     readme
         .split("```yaml\n")
         .skip(1)
@@ -303,7 +303,7 @@ fn readme_env_examples() -> Vec<Value> {
         .collect()
 }
 
-/// The README's pod specs for `query env` (a Pod, and a LeaderWorkerSet's templates made into
+/// The guide's pod specs for `query env` (a Pod, and a LeaderWorkerSet's templates made into
 /// Pods) pass the API server's strict validation, share the env file through an emptyDir, and
 /// source the file the init container writes.
 #[tokio::test]
