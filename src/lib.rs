@@ -16,8 +16,9 @@
 //!   as node labels and as metrics; the [`extender`] places pod groups from the agents'
 //!   topologies or their labels; the [`webhook`] copies the labels onto bound Pods.
 //! - Shared helpers: [`serve`] (the one server lifecycle: the shutdown signal and a bounded
-//!   drain), [`backoff`] (retry delays), [`kube_client`] (the Kubernetes client without
-//!   hidden retries) and [`memory`] (hands freed heap back to the OS after a large Node list).
+//!   drain), [`backoff`] (retry delays and the one retry loop), [`error`] (an error's chain as
+//!   one line), [`kube_client`] (the Kubernetes client without hidden retries) and [`memory`]
+//!   (hands freed heap back to the OS after a large Node list).
 #![deny(missing_docs)]
 // FFI is confined to the modules that need it (NVML in `probe::nvml::live`, ibverbs in
 // `probe::rdma::verbs`, libibumad in `probe::ib::umad`, the AF_PACKET socket in
@@ -27,6 +28,7 @@
 pub mod agent;
 pub mod api;
 pub mod backoff;
+pub mod error;
 pub mod extender;
 pub mod hints;
 pub mod kube_client;

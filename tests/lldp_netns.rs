@@ -591,14 +591,14 @@ fn no_sender_gives_no_frame_within_the_wait() {
     let node = lab.netns("nd");
     lab.veth(&peer, "eth0", None, &node, "eth1");
     let (v, took) = lab.lldp_json(&node, &[], "eth1,nosuch0", "2s");
-    assert_eq!(v["eth1"], serde_json::json!({"status": "no_frame_yet"}));
+    assert_eq!(v["eth1"], serde_json::json!({"status": "no-frame-yet"}));
     assert_eq!(v["nosuch0"]["status"], "failed", "{v}");
-    assert_eq!(v["nosuch0"]["kind"], "no_such_netdev", "{v}");
+    assert_eq!(v["nosuch0"]["kind"], "no-such-netdev", "{v}");
     assert!(took >= Duration::from_secs(2), "returned after {took:?}");
     assert!(took < Duration::from_secs(5), "returned after {took:?}");
     // Text output says the same.
     let (out, _) = lab.nodetopo(&node, &[], &["lldp", "--netdev", "eth1", "--wait", "1s"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "eth1: no_frame_yet\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "eth1: no-frame-yet\n");
 }
 
 /// What the socket needs: a non-root user without capabilities is refused with a clear
@@ -619,7 +619,7 @@ fn cap_net_raw_is_what_the_socket_needs() {
     ];
     let (v, took) = lab.lldp_json(&node, &unprivileged, "eth1", "5s");
     assert_eq!(v["eth1"]["status"], "failed", "{v}");
-    assert_eq!(v["eth1"]["kind"], "permission_denied", "{v}");
+    assert_eq!(v["eth1"]["kind"], "permission-denied", "{v}");
     let msg = v["eth1"]["message"].as_str().unwrap();
     assert!(msg.contains("CAP_NET_RAW"), "{msg}");
     // A refusal settles at once: no waiting for frames that cannot come.

@@ -1,5 +1,7 @@
 //! The label vocabulary has one home: `src/labels/keys.rs` (and the compatibility keys in
 //! `src/labels/compat.rs`). Outside tests, no other source file spells the prefix or a key.
+//! The value vocabulary too: the names of fabric states, link layers, sources and NIC roles are
+//! spelled only by their enums in `src/model.rs`; everything else asks the enum.
 
 use std::{fs, path::Path};
 
@@ -63,6 +65,48 @@ fn no_label_key_literal_outside_the_vocabulary() {
     assert!(
         found.is_empty(),
         "label keys spelled outside src/labels/keys.rs:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The quoted names of the model's value enums, except words too plain to be told from other
+/// uses (`unknown`, `none`, `error`, and `fabric`, which is also a proximity level).
+fn value_names() -> Vec<String> {
+    use nodetopo::model::{FabricState, LinkLayer, NicRole, Source};
+    use strum::IntoEnumIterator;
+    let mut names: Vec<String> = FabricState::iter()
+        .map(|v| v.as_str().to_string())
+        .collect();
+    names.extend(LinkLayer::iter().map(|v| <&str>::from(v).to_string()));
+    names.extend(Source::iter().map(|v| v.to_string()));
+    names.extend(NicRole::iter().map(|v| v.as_str().to_string()));
+    names.retain(|n| !matches!(n.as_str(), "unknown" | "none" | "error" | "fabric"));
+    names
+}
+
+#[test]
+fn no_value_name_literal_outside_its_enum() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let names = value_names();
+    assert!(names.len() >= 15, "{names:?}");
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let home = root.join("src/model.rs");
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| **f != home) {
+        let text = fs::read_to_string(f).unwrap();
+        for (n, line) in code_of(&text).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            // Cargo feature names (`verbs`) are not values.
+            let feature = code.trim_start().starts_with("#[cfg");
+            if !feature && names.iter().any(|v| code.contains(&format!("\"{v}\""))) {
+                found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "value names spelled outside their enums in src/model.rs:\n{}",
         found.join("\n")
     );
 }

@@ -39,16 +39,6 @@ pub struct StateLabel {
     pub state: String,
 }
 
-const FABRIC_STATES: [FabricState; 7] = [
-    FabricState::Unknown,
-    FabricState::None,
-    FabricState::Pending,
-    FabricState::Ready,
-    FabricState::Degraded,
-    FabricState::Inconsistent,
-    FabricState::Error,
-];
-
 fn duration_histogram() -> Histogram {
     Histogram::new([0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0])
 }
@@ -165,7 +155,7 @@ impl Metrics {
         self.pass_duration.observe(pass.as_secs_f64());
         self.revision
             .set(i64::try_from(topo.revision).unwrap_or(i64::MAX));
-        for st in FABRIC_STATES {
+        for st in <FabricState as strum::IntoEnumIterator>::iter() {
             let v = i64::from(st == topo.fabric.state);
             self.fabric_state
                 .get_or_create(&StateLabel {

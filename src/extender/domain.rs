@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 
 use super::facts::NodeFacts;
-use crate::model::{FabricState, LinkLayer};
+use crate::model::FabricState;
 
 /// How close two nodes are, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -53,20 +53,12 @@ impl Level {
     }
 }
 
-pub(super) fn link_layer_name(l: LinkLayer) -> &'static str {
-    match l {
-        LinkLayer::Infiniband => "infiniband",
-        LinkLayer::Ethernet => "ethernet",
-        LinkLayer::Unknown => "unknown",
-    }
-}
-
 /// The key of `f`'s domain at `level`: nodes with equal keys are in one domain.
 pub fn domain_key(f: &NodeFacts, level: Level) -> Option<String> {
     let fabric = || {
         f.link_layer.map(|l| {
             let subnet = f.ib_subnets.first().map(String::as_str).unwrap_or("");
-            format!("{}/{subnet}", link_layer_name(l))
+            format!("{}/{subnet}", <&str>::from(l))
         })
     };
     match level {
@@ -247,6 +239,7 @@ pub fn proximity(a: &NodeFacts, b: &NodeFacts) -> Level {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::LinkLayer;
 
     fn facts(cluster: &str, clique: u32, su: &str) -> NodeFacts {
         NodeFacts {

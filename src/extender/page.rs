@@ -60,15 +60,8 @@ fn place(n: &PageNode) -> (String, String) {
 fn state_of(n: &PageNode) -> &'static str {
     n.facts
         .as_ref()
-        .map_or("unknown", |f| match f.fabric_state {
-            FabricState::Unknown => "unknown",
-            FabricState::None => "none",
-            FabricState::Pending => "pending",
-            FabricState::Ready => "ready",
-            FabricState::Degraded => "degraded",
-            FabricState::Inconsistent => "inconsistent",
-            FabricState::Error => "error",
-        })
+        .map_or(FabricState::Unknown, |f| f.fabric_state)
+        .as_str()
 }
 
 fn fresh_of(n: &PageNode) -> &'static str {
@@ -159,15 +152,7 @@ pub fn render(nodes: &[PageNode], placed: &[PlacedPod]) -> String {
         groups.len(),
     );
     o.push_str("<div class=\"legend\">");
-    for s in [
-        "ready",
-        "degraded",
-        "pending",
-        "inconsistent",
-        "error",
-        "none",
-        "unknown",
-    ] {
+    for s in <FabricState as strum::IntoEnumIterator>::iter().map(FabricState::as_str) {
         let _ = write!(o, "<span><i class=\"sw {s}\"></i>{s}</span>");
     }
     o.push_str(
@@ -220,7 +205,7 @@ pub fn render(nodes: &[PageNode], placed: &[PlacedPod]) -> String {
         let role = pods[0]
             .group
             .role
-            .map(|r| format!("{r:?}").to_lowercase())
+            .map(|r| r.to_string())
             .unwrap_or_default();
         let _ = writeln!(
             o,

@@ -230,15 +230,7 @@ mod tests {
             assert_eq!(v.to_string().parse::<LinkLayerValue>().unwrap(), v);
         }
         assert!("ib".parse::<LinkLayerValue>().is_err());
-        for s in [
-            FabricState::Unknown,
-            FabricState::None,
-            FabricState::Pending,
-            FabricState::Ready,
-            FabricState::Degraded,
-            FabricState::Inconsistent,
-            FabricState::Error,
-        ] {
+        for s in <FabricState as strum::IntoEnumIterator>::iter() {
             assert_eq!(s.to_string().parse::<FabricState>().unwrap(), s);
             assert_eq!(s.to_string(), s.as_str());
         }

@@ -90,7 +90,7 @@ async fn mutate_handler(State(s): State<WebhookState>, body: Bytes) -> axum::res
         Err(e) => {
             s.metrics.observe(ObjectKind::Other, None, t0.elapsed());
             tracing::warn!(error = &e as &dyn std::error::Error, "bad admission review");
-            (StatusCode::BAD_REQUEST, error_chain(&e)).into_response()
+            (StatusCode::BAD_REQUEST, crate::error::chain(&e)).into_response()
         }
     }
 }
@@ -140,17 +140,9 @@ async fn route_handler(State(s): State<WebhookState>, body: Bytes) -> axum::resp
         Err(e) => {
             s.metrics.observe_route(None, t0.elapsed());
             tracing::warn!(error = &e as &dyn std::error::Error, "bad route review");
-            (StatusCode::BAD_REQUEST, error_chain(&e)).into_response()
+            (StatusCode::BAD_REQUEST, crate::error::chain(&e)).into_response()
         }
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    std::iter::successors(Some(e), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 async fn metrics_handler(State(s): State<WebhookState>) -> impl IntoResponse {

@@ -1,8 +1,8 @@
 //! The hard rules: whether a node can take the pod at all, and why not.
 
 use super::{PeerFacts, PodContext};
-use crate::extender::{domain::link_layer_name, facts::NodeFacts};
 use crate::model::FabricState;
+use crate::{extender::facts::NodeFacts, model::LinkLayer};
 
 /// Why a node is rejected. Rendered only when the reason is sent (filter, explain), so that
 /// scoring thousands of nodes does not format thousands of strings.
@@ -55,15 +55,15 @@ impl std::fmt::Display for Reject<'_> {
             Reject::LinkLayer { have, member } => write!(
                 f,
                 "RDMA link layer {} differs from the group's {} (pod {} on {})",
-                link_layer_name(*have),
-                member.facts.link_layer.map_or("unknown", link_layer_name),
+                <&str>::from(*have),
+                <&str>::from(member.facts.link_layer.unwrap_or(LinkLayer::Unknown)),
                 member.pod,
                 member.node
             ),
             Reject::NoRdmaForGroup { member } => write!(
                 f,
                 "no active RDMA port; the group uses {} (pod {} on {})",
-                member.facts.link_layer.map_or("unknown", link_layer_name),
+                <&str>::from(member.facts.link_layer.unwrap_or(LinkLayer::Unknown)),
                 member.pod,
                 member.node
             ),

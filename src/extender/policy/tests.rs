@@ -315,15 +315,8 @@ fn arb_facts() -> impl Strategy<Value = Option<NodeFacts>> {
             proptest::option::of(0u32..2),
         )
             .prop_map(|(gpus, ll, subnet, state, clique, block)| {
-                let states = [
-                    FabricState::Unknown,
-                    FabricState::None,
-                    FabricState::Pending,
-                    FabricState::Ready,
-                    FabricState::Degraded,
-                    FabricState::Inconsistent,
-                    FabricState::Error,
-                ];
+                let states: Vec<FabricState> =
+                    <FabricState as strum::IntoEnumIterator>::iter().collect();
                 NodeFacts {
                     gpu_count: gpus * 4,
                     fabric_state: states[state],

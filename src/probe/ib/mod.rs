@@ -64,18 +64,6 @@ impl SmpError {
     }
 }
 
-/// Error chain as one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Sends directed-route Gets out of one local port and waits for the reply.
 pub trait SmpChannel {
     /// `SubnGet(attribute, modifier)` along `path`; the reply's SMP data.
@@ -138,7 +126,7 @@ pub const UPLINKS_KEPT: Duration = Duration::from_secs(600);
 /// Finds the leaf of local port `port` through `ch`, and its uplinks.
 pub fn discover_port(ch: &mut dyn SmpChannel, port: u8, cache: &mut UplinkCache) -> PortNeighbor {
     let fail = |e: SmpError, what: &str| {
-        PortNeighbor::failed(e.status(), format!("{what}: {}", chain(&e)))
+        PortNeighbor::failed(e.status(), format!("{what}: {}", crate::error::chain(&e)))
     };
     let path = [0u8, port];
     let leaf = match ch.get(&path, Attribute::NodeInfo, 0) {
@@ -228,7 +216,7 @@ pub fn fill(
     let known = match opener.ca_names() {
         Ok(n) => n,
         Err(e) => {
-            tracing::debug!(error = %chain(&e), "libibumad lists no adapter");
+            tracing::debug!(error = %crate::error::chain(&e), "libibumad lists no adapter");
             Vec::new()
         }
     };
@@ -268,7 +256,7 @@ pub fn fill(
                                 cost.queries += ch.sent();
                                 nb
                             }
-                            Err(e) => PortNeighbor::failed(e.status(), chain(&e)),
+                            Err(e) => PortNeighbor::failed(e.status(), crate::error::chain(&e)),
                         }
                     }
                 },
@@ -302,7 +290,7 @@ pub fn local_cas(opener: &mut dyn SmpOpener) -> (Vec<Nic>, Vec<String>, u64) {
         Err(e) => {
             return (
                 Vec::new(),
-                vec![format!("listing adapters: {}", chain(&e))],
+                vec![format!("listing adapters: {}", crate::error::chain(&e))],
                 0,
             );
         }
@@ -313,14 +301,14 @@ pub fn local_cas(opener: &mut dyn SmpOpener) -> (Vec<Nic>, Vec<String>, u64) {
         let mut ch = match opener.open(&ca, 0) {
             Ok(ch) => ch,
             Err(e) => {
-                errors.push(format!("{ca}: {}", chain(&e)));
+                errors.push(format!("{ca}: {}", crate::error::chain(&e)));
                 continue;
             }
         };
         let ni = match ch.get(&[0], Attribute::NodeInfo, 0) {
             Ok(d) => mad::node_info(&d),
             Err(e) => {
-                errors.push(format!("{ca}: NodeInfo: {}", chain(&e)));
+                errors.push(format!("{ca}: NodeInfo: {}", crate::error::chain(&e)));
                 sent += ch.sent();
                 continue;
             }
@@ -371,7 +359,10 @@ pub fn local_cas(opener: &mut dyn SmpOpener) -> (Vec<Nic>, Vec<String>, u64) {
                         ..NicPort::default()
                     });
                 }
-                Err(e) => errors.push(format!("{ca} port {port}: PortInfo: {}", chain(&e))),
+                Err(e) => errors.push(format!(
+                    "{ca} port {port}: PortInfo: {}",
+                    crate::error::chain(&e)
+                )),
             }
         }
         sent += ch.sent();

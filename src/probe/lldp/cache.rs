@@ -55,7 +55,7 @@ fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 
 /// Why a netdev could not be listened on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     /// The process lacks CAP_NET_RAW for an AF_PACKET socket.
     PermissionDenied,
@@ -76,7 +76,7 @@ pub struct Failure {
 
 /// What is known of the LLDP neighbour of one netdev at one time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(tag = "status", rename_all = "kebab-case")]
 pub enum LldpStatus {
     /// A frame was heard and its TTL has not run out.
     Current(Heard),
@@ -117,19 +117,21 @@ impl LldpStatus {
         }
     }
 
-    /// A short name of the status for logs and metrics: `current`, `expired`, `no_frame_yet`,
-    /// `permission_denied`, `no_such_netdev`, `socket_error`, `not_watched`.
+    /// A short name of the status for logs and `nodetopo lldp`: `current`, `expired`,
+    /// `no-frame-yet`, `permission-denied`, `no-such-netdev`, `socket-error`, `not-watched`.
+    /// The two that a port's neighbour status also has are spelled as the model spells them (a
+    /// test checks it).
     pub fn name(&self) -> &'static str {
         match self {
             LldpStatus::Current(_) => "current",
             LldpStatus::Expired(_) => "expired",
-            LldpStatus::NoFrameYet => "no_frame_yet",
+            LldpStatus::NoFrameYet => "no-frame-yet",
             LldpStatus::Failed { failure, .. } => match failure.kind {
-                FailureKind::PermissionDenied => "permission_denied",
-                FailureKind::NoSuchNetdev => "no_such_netdev",
-                FailureKind::Socket => "socket_error",
+                FailureKind::PermissionDenied => "permission-denied",
+                FailureKind::NoSuchNetdev => "no-such-netdev",
+                FailureKind::Socket => "socket-error",
             },
-            LldpStatus::NotWatched => "not_watched",
+            LldpStatus::NotWatched => "not-watched",
         }
     }
 }
@@ -310,7 +312,7 @@ mod tests {
         c.record_failure("eth2", denied());
         assert!(c.settled());
         let s = c.status("eth2", t(0));
-        assert_eq!(s.name(), "permission_denied");
+        assert_eq!(s.name(), "permission-denied");
         assert!(s.last_known().is_none());
 
         c.record_frame("eth1", parse_frame(MAC).unwrap(), t(0));
@@ -322,7 +324,7 @@ mod tests {
             },
         );
         let s = c.status("eth1", t(1));
-        assert_eq!(s.name(), "no_such_netdev");
+        assert_eq!(s.name(), "no-such-netdev");
         assert_eq!(s.last_known().unwrap().received_at, t(0));
         assert!(s.current().is_none());
         c.clear_failure("eth1");
@@ -343,7 +345,7 @@ mod tests {
             s.iter()
                 .map(|(k, v)| (k.as_str(), v.name()))
                 .collect::<Vec<_>>(),
-            [("eth1", "current"), ("eth2", "no_frame_yet")]
+            [("eth1", "current"), ("eth2", "no-frame-yet")]
         );
         c.unwatch("eth1");
         assert_eq!(c.netdevs().collect::<Vec<_>>(), ["eth2"]);
@@ -366,10 +368,26 @@ mod tests {
         c.record_failure("eth1", denied());
         let v = serde_json::to_value(c.status("eth1", t(1))).unwrap();
         assert_eq!(v["status"], "failed");
-        assert_eq!(v["kind"], "permission_denied");
+        assert_eq!(v["kind"], "permission-denied");
         assert_eq!(v["message"], "no CAP_NET_RAW");
         assert_eq!(v["last_known"]["neighbor"]["port_id"]["value"], "swp12");
         let v = serde_json::to_value(LldpStatus::NoFrameYet).unwrap();
-        assert_eq!(v, serde_json::json!({"status": "no_frame_yet"}));
+        assert_eq!(v, serde_json::json!({"status": "no-frame-yet"}));
+    }
+
+    #[test]
+    fn names_shared_with_the_neighbour_status_are_spelled_alike() {
+        use crate::model::NeighborStatus;
+        let mut c = LldpCache::new();
+        c.watch("eth1");
+        c.record_frame("eth1", parse_frame(MAC).unwrap(), t(10));
+        assert_eq!(
+            c.status("eth1", t(20)).name(),
+            NeighborStatus::Expired.as_str()
+        );
+        assert_eq!(
+            LldpStatus::NoFrameYet.name(),
+            NeighborStatus::NoFrameYet.as_str()
+        );
     }
 }

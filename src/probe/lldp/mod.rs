@@ -390,7 +390,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         let s = w.status("nosuch-lldp0", SystemTime::now());
         assert!(
-            matches!(s.name(), "no_such_netdev" | "permission_denied"),
+            matches!(s.name(), "no-such-netdev" | "permission-denied"),
             "{s:?}"
         );
         assert!(s.last_known().is_none());

@@ -74,14 +74,10 @@ impl CaptureError {
             CaptureError::NoSuchNetdev { .. } => FailureKind::NoSuchNetdev,
             CaptureError::Socket { .. } => FailureKind::Socket,
         };
-        let mut message = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            message.push_str(": ");
-            message.push_str(&c.to_string());
-            cause = c.source();
+        Failure {
+            kind,
+            message: crate::error::chain(self),
         }
-        Failure { kind, message }
     }
 }
 
