@@ -102,21 +102,82 @@ const GROUP_COLOURS: [&str; 8] = [
     "#5b3fa8", "#0a7d8c", "#b23a7a", "#2c5fb3", "#8a5a00", "#2f7d32", "#a33", "#555",
 ];
 
+/// The groups of the placed pods, each numbered (its mark on the tiles), and the groups on each
+/// node.
+struct Groups<'a> {
+    pods: BTreeMap<&'a str, Vec<&'a PlacedPod>>,
+    no: BTreeMap<&'a str, usize>,
+    on_node: BTreeMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> Groups<'a> {
+    fn new(placed: &'a [PlacedPod]) -> Self {
+        let mut pods: BTreeMap<&str, Vec<&PlacedPod>> = BTreeMap::new();
+        for p in placed {
+            pods.entry(p.group.group_id.as_str()).or_default().push(p);
+        }
+        let no: BTreeMap<&str, usize> = pods.keys().enumerate().map(|(i, g)| (*g, i)).collect();
+        let mut on_node: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for p in placed {
+            let n = no[p.group.group_id.as_str()];
+            let v = on_node.entry(p.node.as_str()).or_default();
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        }
+        Self { pods, no, on_node }
+    }
+}
+
 /// The page for `nodes` (any order) and `placed` pods.
 pub fn render(nodes: &[PageNode], placed: &[PlacedPod]) -> String {
-    let mut groups: BTreeMap<&str, Vec<&PlacedPod>> = BTreeMap::new();
-    for p in placed {
-        groups.entry(p.group.group_id.as_str()).or_default().push(p);
+    let groups = Groups::new(placed);
+    let mut o = String::new();
+    o.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    o.push_str("<title>nodetopo cluster view</title><style>");
+    o.push_str(STYLE);
+    o.push_str("</style></head><body>\n<h1>nodetopo cluster view</h1>\n");
+    summary(&mut o, nodes, &groups);
+    legend(&mut o);
+    boxes(&mut o, nodes, &groups);
+    groups_table(&mut o, &groups);
+    o.push_str("</body></html>\n");
+    o
+}
+
+/// The line of counts, also as data attributes for scripts and tests.
+fn summary(o: &mut String, nodes: &[PageNode], groups: &Groups<'_>) {
+    let count = |f: Freshness| nodes.iter().filter(|n| n.freshness == Some(f)).count();
+    let (live, stale, labels_only) = (
+        count(Freshness::Live),
+        count(Freshness::Stale),
+        count(Freshness::LabelsOnly),
+    );
+    let (total, placed) = (nodes.len(), groups.pods.len());
+    let _ = writeln!(
+        o,
+        "<div class=\"summary\" id=\"summary\" data-nodes=\"{total}\" data-live=\"{live}\" \
+         data-stale=\"{stale}\" data-labels-only=\"{labels_only}\" data-groups=\"{placed}\">\
+         {total} nodes: {live} live, {stale} stale, {labels_only} from labels only; \
+         {placed} groups with placed pods</div>",
+    );
+}
+
+/// The colour of each fabric state, and of nodes without a live agent.
+fn legend(o: &mut String) {
+    o.push_str("<div class=\"legend\">");
+    for s in <FabricState as strum::IntoEnumIterator>::iter().map(FabricState::as_str) {
+        let _ = write!(o, "<span><i class=\"sw {s}\"></i>{s}</span>");
     }
-    let group_no: BTreeMap<&str, usize> = groups.keys().enumerate().map(|(i, g)| (*g, i)).collect();
-    let mut on_node: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for p in placed {
-        let no = group_no[p.group.group_id.as_str()];
-        let v = on_node.entry(p.node.as_str()).or_default();
-        if !v.contains(&no) {
-            v.push(no);
-        }
-    }
+    o.push_str(
+        "<span><i class=\"sw none stale\"></i>stale (agent gone)</span>\
+         <span><i class=\"sw none labels-only\"></i>labels only</span></div>\n",
+    );
+}
+
+/// The nodes as tiles in nested boxes: the NVLink clusters (racks) side by side, each with its
+/// cliques, then the nodes without multi-node NVLink by leaf.
+fn boxes(o: &mut String, nodes: &[PageNode], groups: &Groups<'_>) {
     let mut boxes: BTreeMap<(bool, String), BTreeMap<String, Vec<&PageNode>>> = BTreeMap::new();
     for n in nodes {
         let (outer, inner) = place(n);
@@ -128,40 +189,8 @@ pub fn render(nodes: &[PageNode], placed: &[PlacedPod]) -> String {
             .or_default()
             .push(n);
     }
-    let count = |f: &dyn Fn(&PageNode) -> bool| nodes.iter().filter(|n| f(n)).count();
-
-    let mut o = String::new();
-    o.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-    o.push_str("<title>nodetopo cluster view</title><style>");
-    o.push_str(STYLE);
-    o.push_str("</style></head><body>\n<h1>nodetopo cluster view</h1>\n");
-    let _ = writeln!(
-        o,
-        "<div class=\"summary\" id=\"summary\" data-nodes=\"{}\" data-live=\"{}\" data-stale=\"{}\" \
-         data-labels-only=\"{}\" data-groups=\"{}\">{} nodes: {} live, {} stale, {} from labels only; \
-         {} groups with placed pods</div>",
-        nodes.len(),
-        count(&|n| n.freshness == Some(Freshness::Live)),
-        count(&|n| n.freshness == Some(Freshness::Stale)),
-        count(&|n| n.freshness == Some(Freshness::LabelsOnly)),
-        groups.len(),
-        nodes.len(),
-        count(&|n| n.freshness == Some(Freshness::Live)),
-        count(&|n| n.freshness == Some(Freshness::Stale)),
-        count(&|n| n.freshness == Some(Freshness::LabelsOnly)),
-        groups.len(),
-    );
-    o.push_str("<div class=\"legend\">");
-    for s in <FabricState as strum::IntoEnumIterator>::iter().map(FabricState::as_str) {
-        let _ = write!(o, "<span><i class=\"sw {s}\"></i>{s}</span>");
-    }
-    o.push_str(
-        "<span><i class=\"sw none stale\"></i>stale (agent gone)</span>\
-         <span><i class=\"sw none labels-only\"></i>labels only</span></div>\n",
-    );
     let mut in_racks = false;
     for ((no_mnnvl, outer), inners) in &boxes {
-        // The NVLink clusters (racks) side by side, the rest below them.
         if !*no_mnnvl && !in_racks {
             o.push_str("<div class=\"racks\">\n");
             in_racks = true;
@@ -187,7 +216,7 @@ pub fn render(nodes: &[PageNode], placed: &[PlacedPod]) -> String {
             let mut members = members.clone();
             members.sort_by(|a, b| a.name.cmp(&b.name));
             for n in members {
-                tile(&mut o, n, on_node.get(n.name.as_str()), &groups, &group_no);
+                tile(o, n, groups);
             }
             o.push_str("</div></div>");
         }
@@ -196,9 +225,13 @@ pub fn render(nodes: &[PageNode], placed: &[PlacedPod]) -> String {
     if in_racks {
         o.push_str("</div>\n");
     }
+}
+
+/// One row per group: its mark, role, pods and nodes.
+fn groups_table(o: &mut String, groups: &Groups<'_>) {
     o.push_str("<h2>Groups</h2>\n<table id=\"groups\"><tr><th>mark</th><th>group</th><th>role</th><th>pods</th><th>nodes</th></tr>\n");
-    for (g, pods) in &groups {
-        let no = group_no[g];
+    for (g, pods) in &groups.pods {
+        let no = groups.no[g];
         let mut nodes_of: Vec<&str> = pods.iter().map(|p| p.node.as_str()).collect();
         nodes_of.sort_unstable();
         nodes_of.dedup();
@@ -219,17 +252,11 @@ pub fn render(nodes: &[PageNode], placed: &[PlacedPod]) -> String {
             esc(&nodes_of.join(", "))
         );
     }
-    o.push_str("</table>\n</body></html>\n");
-    o
+    o.push_str("</table>\n");
 }
 
-fn tile(
-    o: &mut String,
-    n: &PageNode,
-    marks: Option<&Vec<usize>>,
-    groups: &BTreeMap<&str, Vec<&PlacedPod>>,
-    group_no: &BTreeMap<&str, usize>,
-) {
+fn tile(o: &mut String, n: &PageNode, groups: &Groups<'_>) {
+    let marks = groups.on_node.get(n.name.as_str());
     let state = state_of(n);
     let fresh = fresh_of(n);
     let gpus = n.facts.as_ref().map_or(0, |f| f.gpu_count);
@@ -240,12 +267,14 @@ fn tile(
     let mut badges = String::new();
     let mut group_attr = Vec::new();
     for no in marks.into_iter().flatten() {
-        let g = group_no
+        let g = groups
+            .no
             .iter()
             .find(|(_, v)| **v == *no)
             .map(|(k, _)| *k)
             .unwrap_or("");
         let pods: Vec<&str> = groups
+            .pods
             .get(g)
             .into_iter()
             .flatten()

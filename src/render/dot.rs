@@ -160,15 +160,37 @@ fn groups(t: &NodeTopology) -> BTreeMap<Option<i32>, Vec<Group>> {
 /// Renders the topology as a Graphviz graph.
 pub fn render(t: &NodeTopology) -> String {
     let mut o = String::new();
+    header(t, &mut o);
+    let any_switch = t.gpus.iter().any(|g| g.switch_links() > 0);
+    if let Some(d) = &t.fabric.domain {
+        let _ = writeln!(
+            o,
+            "  subgraph cluster_domain {{\n    label={}; style=dashed; color=\"#4a7ab5\";",
+            quote(&format!("NVLink domain {d}"))
+        );
+    }
+    if any_switch {
+        o.push_str("  \"nvswitch\" [label=\"NVSwitch\", shape=hexagon, style=filled, fillcolor=\"#dde8f5\"];\n");
+    }
+    numa_boxes(t, &mut o);
+    if t.fabric.domain.is_some() {
+        o.push_str("  }\n");
+    }
+    apart(t, &mut o);
+    edges(t, any_switch, &mut o);
+    o.push_str("}\n");
+    o
+}
+
+/// The graph's opening line, its title (node, fabric state and domain, rail-optimised) and the
+/// default node and edge styles.
+fn header(t: &NodeTopology, o: &mut String) {
+    let domain = t.fabric.domain.as_ref().map(|d| format!(" ({d})"));
     let title = format!(
         "{}  fabric: {}{}{}",
         t.node_name,
         t.fabric.state.as_str(),
-        t.fabric
-            .domain
-            .as_ref()
-            .map(|d| format!(" ({d})"))
-            .unwrap_or_default(),
+        domain.unwrap_or_default(),
         rail_optimised(t)
     );
     let _ = writeln!(
@@ -183,18 +205,11 @@ pub fn render(t: &NodeTopology) -> String {
     );
     o.push_str("  node [fontname=\"Helvetica\", fontsize=10, shape=box, style=rounded];\n");
     o.push_str("  edge [fontname=\"Helvetica\", fontsize=9];\n");
+}
 
-    let any_switch = t.gpus.iter().any(|g| g.switch_links() > 0);
-    if let Some(d) = &t.fabric.domain {
-        let _ = writeln!(
-            o,
-            "  subgraph cluster_domain {{\n    label={}; style=dashed; color=\"#4a7ab5\";",
-            quote(&format!("NVLink domain {d}"))
-        );
-    }
-    if any_switch {
-        o.push_str("  \"nvswitch\" [label=\"NVSwitch\", shape=hexagon, style=filled, fillcolor=\"#dde8f5\"];\n");
-    }
+/// One box per NUMA node with its CPUs, holding the GPUs and rail NICs, those under one PCIe
+/// switch in a box of their own.
+fn numa_boxes(t: &NodeTopology, o: &mut String) {
     let gpu = |i: u32| t.gpus.iter().find(|g| g.index == i);
     let nic = |name: &str| t.nics.iter().find(|n| n.name == name);
     for (numa, boxes) in groups(t) {
@@ -226,25 +241,21 @@ pub fn render(t: &NodeTopology) -> String {
                     quote(&b.label)
                 );
             }
-            for i in &b.gpus {
-                if let Some(g) = gpu(*i) {
-                    let _ = writeln!(
-                        o,
-                        "      {} [label={}, shape=box3d];",
-                        gpu_id(*i),
-                        quote(&gpu_label(g))
-                    );
-                }
+            for g in b.gpus.iter().filter_map(|i| gpu(*i)) {
+                let _ = writeln!(
+                    o,
+                    "      {} [label={}, shape=box3d];",
+                    gpu_id(g.index),
+                    quote(&gpu_label(g))
+                );
             }
-            for name in &b.nics {
-                if let Some(n) = nic(name) {
-                    let _ = writeln!(
-                        o,
-                        "      {} [label={}, shape=component];",
-                        nic_id(name),
-                        quote(&nic_label(t, n))
-                    );
-                }
+            for n in b.nics.iter().filter_map(|name| nic(name)) {
+                let _ = writeln!(
+                    o,
+                    "      {} [label={}, shape=component];",
+                    nic_id(&n.name),
+                    quote(&nic_label(t, n))
+                );
             }
             if boxed {
                 o.push_str("    }\n");
@@ -252,13 +263,6 @@ pub fn render(t: &NodeTopology) -> String {
         }
         o.push_str("  }\n");
     }
-    if t.fabric.domain.is_some() {
-        o.push_str("  }\n");
-    }
-    apart(t, &mut o);
-    edges(t, any_switch, &mut o);
-    o.push_str("}\n");
-    o
 }
 
 /// The storage, front-end and virtual NICs (and any without a role), in a box of their own
