@@ -371,37 +371,14 @@ impl Extender {
             let inside = d.matcher();
             passed.iter().any(|c| inside(&c.keys))
         };
-        // Nodes this group's pods left a moment ago that are not candidates: kube-scheduler
-        // still counts the leaving pods there, and their room comes back to the group soon.
-        let left = self.placements.recently_left(&group.group_id);
-        let left: Vec<(policy::DomainKeys, u32)> = if left.is_empty() {
-            Vec::new()
-        } else {
-            let candidates: std::collections::HashSet<&str> =
-                passed.iter().map(|c| c.name).collect();
-            left.into_iter()
-                .filter(|(node, _)| !candidates.contains(node.as_str()))
-                .filter_map(|(node, gpus)| view.resolve(&node, None).map(|r| (r.keys, gpus)))
-                .collect()
-        };
-        // Pods of this group's size that the leaving pods' room in `d` will take.
-        let leaving_room = |d: &Domain| -> u32 {
-            let inside = d.matcher();
-            let (pods, gpus) = left
-                .iter()
-                .filter(|(k, _)| inside(k))
-                .fold((0u32, 0u32), |(p, g), (_, gpus)| {
-                    (p + 1, g.saturating_add(*gpus))
-                });
-            gpus.checked_div(ctx.gpus).unwrap_or(pods)
-        };
+        let leaving = self.leaving(view, &group.group_id, passed, ctx.gpus);
         let found = if !ctx.members.is_empty() {
             policy::members_domains(&ctx.members)
                 .into_iter()
                 .find_map(|domain| {
                     if has_candidate(&domain) {
                         Some(GroupDomain::Members { domain })
-                    } else if leaving_room(&domain) > 0 {
+                    } else if leaving.room(&domain) > 0 {
                         Some(GroupDomain::Returning { domain })
                     } else {
                         None
@@ -412,112 +389,9 @@ impl Extender {
         {
             Some(GroupDomain::Reserved { domain })
         } else {
-            let held = self
-                .reservations
-                .held(&group.group_id, self.placements.as_ref(), now);
-            // The counterpart role: placed pods, groups reserved but not visible as placed yet,
-            // and the groups still waiting with neither.
-            let reserved = group
-                .role
-                .map(|r| {
-                    self.reservations.reserved_for(
-                        &group.deployment,
-                        r.counterpart(),
-                        self.placements.as_ref(),
-                        now,
-                    )
-                })
-                .unwrap_or_default();
-            // Every counterpart group still waiting, taken together (a decode group's prefill
-            // groups should all find room beside it).
-            let waiting = ctx
-                .counterpart_waiting
-                .iter()
-                .filter(|(g, _)| !reserved.iter().any(|(r, _)| r == g))
-                .map(|(_, d)| *d)
-                .reduce(|a, b| policy::Demand {
-                    pods: a.pods.saturating_add(b.pods),
-                    gpus_per_pod: a.gpus_per_pod.max(b.gpus_per_pod),
-                });
-            // A counterpart not seen at all yet (its LeaderWorkerSet created a moment later, its
-            // controller still making the pods) is guessed at this group's size, or the largest
-            // half, quarter, ... of it that still fits beside the group.
-            let guessed = waiting.is_none();
-            let waiting = waiting.or_else(|| {
-                (group.role.is_some() && reserved.is_empty() && ctx.counterparts.is_empty())
-                    .then_some(group.size)
-                    .flatten()
-                    .map(|pods| policy::Demand {
-                        pods,
-                        gpus_per_pod: ctx.gpus,
-                    })
-            });
-            let reserved: Vec<Domain> = reserved.into_iter().map(|(_, d)| d).collect();
-            let counterpart = policy::Counterpart {
-                placed: &ctx.counterparts,
-                reserved: &reserved,
-                waiting,
-                guessed,
-            };
-            let chosen = ctx.remaining.and_then(|r| {
-                let need = policy::Demand {
-                    pods: r,
-                    gpus_per_pod: ctx.gpus,
-                };
-                let fresh = policy::choose_domain(need, counterpart, passed, &held)?;
-                // A group replaced as a whole (a rolling update) goes back to where it ran,
-                // when that domain, at the level of the fresh choice, still holds it.
-                let back = ctx.previous.as_ref().and_then(|prev| {
-                    let level = fresh.domain().level;
-                    let home = policy::Domain {
-                        level,
-                        key: policy::domain_key(&prev.facts, level)?,
-                    };
-                    let at_home = home.matcher();
-                    let inside: Vec<Candidate<'_>> = passed
-                        .iter()
-                        .filter(|c| at_home(&c.keys))
-                        .cloned()
-                        .collect();
-                    policy::choose_domain(need, counterpart, &inside, &held)
-                        .filter(|d| d.domain() == &home)
-                        .or_else(|| {
-                            // Not yet: the pods it replaced there still hold part of it.
-                            let soon = leaving_room(&home);
-                            let room_now: u32 = inside
-                                .iter()
-                                .filter_map(|c| {
-                                    let free = c.facts?.gpu_count.saturating_sub(c.used_gpus);
-                                    Some(free.checked_div(ctx.gpus).unwrap_or(1).max(1))
-                                })
-                                .sum();
-                            (soon > 0 && room_now.saturating_add(soon) >= r).then(|| {
-                                GroupDomain::Returning {
-                                    domain: home.clone(),
-                                }
-                            })
-                        })
-                });
-                Some(back.unwrap_or(fresh))
-            });
+            let chosen = self.choose_first(ctx, group, passed, &leaving, now);
             if reserve && let Some(c) = &chosen {
-                let dom = c.domain();
-                // The chosen domain, then the domains around it at looser levels.
-                let inside = dom.matcher();
-                let around = passed
-                    .iter()
-                    .find(|c| inside(&c.keys))
-                    .map(|c| {
-                        policy::DOMAIN_LEVELS
-                            .iter()
-                            .filter(|l| **l < dom.level)
-                            .filter_map(|&level| {
-                                c.keys.get(level).map(|id| Domain::from_id(level, id))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                let home = std::iter::once(dom.clone()).chain(around).collect();
+                let home = domains_around(c.domain(), passed);
                 self.reservations.reserve(group, pod, home, ctx.gpus, now);
             }
             return chosen;
@@ -527,6 +401,113 @@ impl Extender {
                 .admit(&group.group_id, pod, ctx.members.len());
         }
         found
+    }
+
+    /// The nodes this group's pods left a moment ago that are not candidates: kube-scheduler
+    /// still counts the leaving pods there, and their room comes back to the group soon.
+    fn leaving(
+        &self,
+        view: &view::ClusterView,
+        group_id: &str,
+        passed: &[Candidate<'_>],
+        gpus_per_pod: u32,
+    ) -> Leaving {
+        let left = self.placements.recently_left(group_id);
+        let left = if left.is_empty() {
+            Vec::new()
+        } else {
+            let candidates: std::collections::HashSet<&str> =
+                passed.iter().map(|c| c.name).collect();
+            left.into_iter()
+                .filter(|(node, _)| !candidates.contains(node.as_str()))
+                .filter_map(|(node, gpus)| view.resolve(&node, None).map(|r| (r.keys, gpus)))
+                .collect()
+        };
+        Leaving { left, gpus_per_pod }
+    }
+
+    /// The domain of a group's first member: the tightest with room for the whole group beside
+    /// its counterpart, or, for a group replaced as a whole, the domain it ran in.
+    fn choose_first(
+        &self,
+        ctx: &PodContext,
+        group: &group::GroupInfo,
+        passed: &[Candidate<'_>],
+        leaving: &Leaving,
+        now: Instant,
+    ) -> Option<GroupDomain> {
+        let held = self
+            .reservations
+            .held(&group.group_id, self.placements.as_ref(), now);
+        let (reserved, waiting, guessed) = self.counterpart_demand(ctx, group, now);
+        let counterpart = policy::Counterpart {
+            placed: &ctx.counterparts,
+            reserved: &reserved,
+            waiting,
+            guessed,
+        };
+        let need = policy::Demand {
+            pods: ctx.remaining?,
+            gpus_per_pod: ctx.gpus,
+        };
+        let fresh = policy::choose_domain(need, counterpart, passed, &held)?;
+        let back = ctx.previous.as_ref().and_then(|prev| {
+            let level = fresh.domain().level;
+            let home = policy::Domain {
+                level,
+                key: policy::domain_key(&prev.facts, level)?,
+            };
+            back_home(need, counterpart, passed, &held, leaving, home)
+        });
+        Some(back.unwrap_or(fresh))
+    }
+
+    /// What the counterpart role needs kept free: the domains reserved for its groups not yet
+    /// visible as placed, every group of it still waiting taken together, and whether that
+    /// demand is a guess.
+    fn counterpart_demand(
+        &self,
+        ctx: &PodContext,
+        group: &group::GroupInfo,
+        now: Instant,
+    ) -> (Vec<Domain>, Option<policy::Demand>, bool) {
+        let reserved = group
+            .role
+            .map(|r| {
+                self.reservations.reserved_for(
+                    &group.deployment,
+                    r.counterpart(),
+                    self.placements.as_ref(),
+                    now,
+                )
+            })
+            .unwrap_or_default();
+        // Every counterpart group still waiting, taken together (a decode group's prefill
+        // groups should all find room beside it).
+        let waiting = ctx
+            .counterpart_waiting
+            .iter()
+            .filter(|(g, _)| !reserved.iter().any(|(r, _)| r == g))
+            .map(|(_, d)| *d)
+            .reduce(|a, b| policy::Demand {
+                pods: a.pods.saturating_add(b.pods),
+                gpus_per_pod: a.gpus_per_pod.max(b.gpus_per_pod),
+            });
+        // A counterpart not seen at all yet (its LeaderWorkerSet created a moment later, its
+        // controller still making the pods) is guessed at this group's size, or the largest
+        // half, quarter, ... of it that still fits beside the group.
+        let guessed = waiting.is_none();
+        let waiting = waiting.or_else(|| {
+            (group.role.is_some() && reserved.is_empty() && ctx.counterparts.is_empty())
+                .then_some(group.size)
+                .flatten()
+                .map(|pods| policy::Demand {
+                    pods,
+                    gpus_per_pod: ctx.gpus,
+                })
+        });
+        let reserved = reserved.into_iter().map(|(_, d)| d).collect();
+        (reserved, waiting, guessed)
     }
 
     /// The `filter` verb. The rejections move into the result; the returned explanation keeps
@@ -591,6 +572,79 @@ impl Rejections {
             self.reasons.insert(node.to_string(), why.to_string());
         }
     }
+}
+
+/// Room that a group's pods leaving nodes outside the candidates will free soon.
+struct Leaving {
+    left: Vec<(policy::DomainKeys, u32)>,
+    gpus_per_pod: u32,
+}
+
+impl Leaving {
+    /// Pods of the group's size that the leaving pods' room in `d` will take.
+    fn room(&self, d: &Domain) -> u32 {
+        let inside = d.matcher();
+        let (pods, gpus) = self
+            .left
+            .iter()
+            .filter(|(k, _)| inside(k))
+            .fold((0u32, 0u32), |(p, g), (_, gpus)| {
+                (p + 1, g.saturating_add(*gpus))
+            });
+        gpus.checked_div(self.gpus_per_pod).unwrap_or(pods)
+    }
+}
+
+/// A group replaced as a whole (a rolling update) goes back to `home`, where it ran, when that
+/// domain still holds it, or will once the pods it replaced there have left.
+fn back_home(
+    need: policy::Demand,
+    counterpart: policy::Counterpart<'_>,
+    passed: &[Candidate<'_>],
+    held: &[Held],
+    leaving: &Leaving,
+    home: Domain,
+) -> Option<GroupDomain> {
+    let at_home = home.matcher();
+    let inside: Vec<Candidate<'_>> = passed
+        .iter()
+        .filter(|c| at_home(&c.keys))
+        .cloned()
+        .collect();
+    if let Some(d) =
+        policy::choose_domain(need, counterpart, &inside, held).filter(|d| d.domain() == &home)
+    {
+        return Some(d);
+    }
+    // Not yet: the pods it replaced there still hold part of it.
+    let soon = leaving.room(&home);
+    let room_now: u32 = inside
+        .iter()
+        .filter_map(|c| {
+            let free = c.facts?.gpu_count.saturating_sub(c.used_gpus);
+            Some(free.checked_div(need.gpus_per_pod).unwrap_or(1).max(1))
+        })
+        .sum();
+    (soon > 0 && room_now.saturating_add(soon) >= need.pods)
+        .then_some(GroupDomain::Returning { domain: home })
+}
+
+/// The domains reserved for a group's first member: the chosen one, then the domains around it
+/// at looser levels.
+fn domains_around(dom: &Domain, passed: &[Candidate<'_>]) -> Vec<Domain> {
+    let inside = dom.matcher();
+    let around = passed
+        .iter()
+        .find(|c| inside(&c.keys))
+        .map(|c| {
+            policy::DOMAIN_LEVELS
+                .iter()
+                .filter(|l| **l < dom.level)
+                .filter_map(|&level| c.keys.get(level).map(|id| Domain::from_id(level, id)))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    std::iter::once(dom.clone()).chain(around).collect()
 }
 
 #[cfg(test)]
