@@ -230,8 +230,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     lifecycle.worker(probe_loop(
         cfg.clone(),
         prober(&cfg)?,
-        state_tx,
         Publishers {
+            state: state_tx,
             labels: labels_tx,
             events: events_tx,
             health,
@@ -328,44 +328,100 @@ const ONESHOT_ATTEMPTS: u32 = 5;
 
 /// Where the probe loop hands each new state.
 struct Publishers {
+    state: watch::Sender<Arc<Published>>,
     labels: watch::Sender<Option<Labels>>,
     events: mpsc::Sender<NodeEvent>,
     health: tonic_health::server::HealthReporter,
     metrics: Metrics,
 }
 
-async fn probe_loop(
-    cfg: AgentConfig,
-    prober: Box<Prober>,
-    state: watch::Sender<Arc<Published>>,
-    out: Publishers,
-    mut shutdown: watch::Receiver<bool>,
-    start_ms: u64,
-) {
-    let Publishers {
-        labels: labels_tx,
-        events,
-        health,
-        metrics,
-    } = out;
-    let mut lldp_view = prober.lldp().map(|l| l.view());
-    let mut source = Some(prober);
-    let mut lldp_seen = Vec::new();
-    let mut decider = step::Decider::new(cfg.labels.clone(), start_ms);
-    let mut first = true;
-    let mut lldp_pacer = pacing::LldpPacer::new(LLDP_SETTLE, cfg.interval);
-    let mut ticker = tokio::time::interval(cfg.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+impl Publishers {
+    /// Sends what `step` decided: the metrics, the labels (when they differ), the event, and
+    /// the state (watchers wake only on a new revision; a new probe time alone is stored
+    /// silently). The first probe makes the health SERVING.
+    async fn send(
+        &self,
+        step: step::Step,
+        fresh_sources: &[crate::model::SourceStatus],
+        took: Duration,
+    ) {
+        let step::Step {
+            next,
+            changed,
+            labels,
+            fabric_held,
+            event,
+        } = step;
+        self.metrics.observe_probe(fresh_sources, took, &next);
+        self.metrics.set_fabric_change_held(fabric_held);
+        self.labels.send_if_modified(|cur| {
+            let new = cur.as_ref() != Some(&labels);
+            if new {
+                *cur = Some(labels);
+            }
+            new
+        });
+        if changed {
+            log_failures(&next);
+            tracing::info!(revision = next.revision, took = ?took, "topology changed");
+        }
+        if let Some(ev) = event {
+            let _ = self.events.try_send(ev);
+        }
+        let first = self.state.borrow().topo.revision == 0;
+        let published = Arc::new(Published::new(next));
+        self.state.send_if_modified(|cur| {
+            *cur = published;
+            changed
+        });
+        if changed {
+            // A probe that changed the topology (the first above all: NVML's start, the sysfs
+            // walk) frees most of what it allocated on the blocking thread, in that thread's
+            // own arena, where it would otherwise stay resident.
+            crate::memory::release_freed_memory();
+        }
+        if first {
+            for service in ["", api::SERVICE_NAME] {
+                self.health
+                    .set_service_status(service, tonic_health::ServingStatus::Serving)
+                    .await;
+            }
+        }
+    }
+}
+
+/// When to probe next: every interval, and soon after an LLDP answer changes (paced, so a
+/// neighbour that keeps changing is probed at most once per interval).
+struct Trigger {
+    ticker: tokio::time::Interval,
+    lldp: Option<LldpView>,
+    lldp_seen: Vec<(String, &'static str, String)>,
+    pacer: pacing::LldpPacer,
+}
+
+impl Trigger {
+    fn new(interval: Duration, lldp: Option<LldpView>) -> Self {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            ticker,
+            lldp,
+            lldp_seen: Vec::new(),
+            pacer: pacing::LldpPacer::new(LLDP_SETTLE, interval),
+        }
+    }
+
+    /// Waits until the next probe is due; `false` when the agent is told to stop first.
+    async fn next(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
         let lldp_moved = tokio::select! {
-            _ = ticker.tick() => false,
-            _ = lldp_changed(&mut lldp_view, &lldp_seen) => true,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = self.ticker.tick() => false,
+            _ = lldp_changed(&mut self.lldp, &self.lldp_seen) => true,
+            _ = shutdown.wait_for(|s| *s) => return false,
         };
         if lldp_moved {
-            let was_backing_off = lldp_pacer.backing_off();
-            let wait = lldp_pacer.wait(tokio::time::Instant::now().into_std());
-            if lldp_pacer.backing_off() && !was_backing_off {
+            let was_backing_off = self.pacer.backing_off();
+            let wait = self.pacer.wait(tokio::time::Instant::now().into_std());
+            if self.pacer.backing_off() && !was_backing_off {
                 tracing::warn!(
                     ?wait,
                     "LLDP answers keep changing; probing for them less often, at most once per \
@@ -375,10 +431,34 @@ async fn probe_loop(
             tracing::debug!(?wait, "an LLDP answer changed; probing again");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => return false,
             }
-            ticker.reset();
+            self.ticker.reset();
         }
+        true
+    }
+
+    /// Records the LLDP answers the probe just used.
+    fn probed(&mut self) {
+        if let Some(v) = &self.lldp {
+            self.lldp_seen = v.digest();
+        }
+    }
+}
+
+/// Waits, probes on the blocking pool, decides ([`step::Decider::step`]) and sends, until the
+/// agent is told to stop.
+async fn probe_loop(
+    cfg: AgentConfig,
+    prober: Box<Prober>,
+    out: Publishers,
+    mut shutdown: watch::Receiver<bool>,
+    start_ms: u64,
+) {
+    let mut trigger = Trigger::new(cfg.interval, prober.lldp().map(|l| l.view()));
+    let mut source = Some(prober);
+    let mut decider = step::Decider::new(cfg.labels.clone(), start_ms);
+    while trigger.next(&mut shutdown).await {
         let Some(src) = source.take() else { return };
         let (src, fresh, took) = tokio::select! {
             r = probe_once(src) => match r {
@@ -390,51 +470,10 @@ async fn probe_loop(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        if let Some(v) = &lldp_view {
-            lldp_seen = v.digest();
-        }
+        trigger.probed();
         source = Some(src);
-        let prev = state.borrow().topo.clone();
         let fresh_sources = fresh.sources.clone();
-        let step = decider.step(&prev, fresh);
-        metrics.observe_probe(&fresh_sources, took, &step.next);
-        metrics.set_fabric_change_held(step.fabric_held);
-        let want = step.labels;
-        labels_tx.send_if_modified(|cur| {
-            let new = cur.as_ref() != Some(&want);
-            if new {
-                *cur = Some(want);
-            }
-            new
-        });
-        let (next, changed) = (step.next, step.changed);
-        if changed {
-            log_failures(&next);
-            tracing::info!(revision = next.revision, took = ?took, "topology changed");
-        }
-        if let Some(ev) = step.event {
-            let _ = events.try_send(ev);
-        }
-        let published = Arc::new(Published::new(next));
-        // Watchers wake only on a new revision; a new probe time alone is stored silently.
-        state.send_if_modified(|cur| {
-            *cur = published;
-            changed
-        });
-        if changed {
-            // A probe that changed the topology (the first above all: NVML's start, the sysfs
-            // walk) frees most of what it allocated on the blocking thread, in that thread's
-            // own arena, where it would otherwise stay resident.
-            crate::memory::release_freed_memory();
-        }
-        if first {
-            first = false;
-            health
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
-            health
-                .set_service_status(api::SERVICE_NAME, tonic_health::ServingStatus::Serving)
-                .await;
-        }
+        let step = decider.step(&out.state.borrow().topo, fresh);
+        out.send(step, &fresh_sources, took).await;
     }
 }
