@@ -33,9 +33,9 @@ use tokio::{
 pub struct BindError {
     /// The flag that names the address.
     pub flag: &'static str,
-    /// The address.
+    /// The socket address that was asked for.
     pub addr: SocketAddr,
-    /// Why.
+    /// The OS error (address in use, permission denied, ...).
     #[source]
     pub source: std::io::Error,
 }
@@ -57,7 +57,7 @@ pub enum ServeError {
     /// A server failed.
     #[error("the {what} failed")]
     Failed {
-        /// Which server.
+        /// Which server, by the name it was started under.
         what: &'static str,
         /// Its error.
         #[source]

@@ -22,7 +22,7 @@ use crate::model::{FabricState, NodeTopology, Source, SourceStatus};
 /// The `source` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SourceLabel {
-    /// Probe source.
+    /// The probe source the sample is about (`nvml`, `rdma`, ...).
     pub source: Source,
 }
 
@@ -35,7 +35,7 @@ impl EncodeLabelValue for Source {
 /// The `state` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StateLabel {
-    /// Fabric state name.
+    /// The fabric state's name, as in the `nvlink.fabric` label (`ready`, `pending`, ...).
     pub state: String,
 }
 

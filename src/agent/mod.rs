@@ -47,13 +47,13 @@ pub struct AgentConfig {
     pub oneshot: bool,
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
-    /// Metrics listen address.
+    /// Listen address of the plain HTTP server for `/metrics` and the health checks.
     pub metrics_listen: SocketAddr,
     /// gRPC limits.
     pub limits: ServerLimits,
     /// TLS for the gRPC API (plaintext when `None`).
     pub grpc_tls: Option<api::tls::ServerTls>,
-    /// Label naming.
+    /// How labels are named: the key prefix and the opt-in compatibility labels.
     pub labels: LabelConfig,
     /// Write node labels to Kubernetes.
     pub kube: bool,

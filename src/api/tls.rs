@@ -13,9 +13,9 @@ pub enum TlsError {
     /// A PEM file could not be read.
     #[error("reading {}", path.display())]
     Read {
-        /// The file.
+        /// Path of the PEM file.
         path: PathBuf,
-        /// Why.
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },

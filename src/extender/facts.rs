@@ -31,9 +31,9 @@ pub const LABEL_KEYS: [Key; 10] = [
 /// The placement facts of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize)]
 pub struct NodeFacts {
-    /// Number of GPUs.
+    /// Number of GPUs on the node: from the topology, else the GPU count label (0 when absent).
     pub gpu_count: u32,
-    /// Multi-node NVLink state.
+    /// The node's multi-node NVLink state; [`FabricState::Unknown`] when not known.
     pub fabric_state: FabricState,
     /// The NVLink cluster (ClusterUUID), lowercase.
     #[serde(skip_serializing_if = "Option::is_none")]

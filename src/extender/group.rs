@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
-/// LeaderWorkerSet keys.
+/// Label and annotation keys the LeaderWorkerSet controller puts on its pods.
 pub mod lws {
-    /// The LeaderWorkerSet name.
+    /// The name of the LeaderWorkerSet the pod belongs to.
     pub const NAME: &str = "leaderworkerset.sigs.k8s.io/name";
     /// The group (replica) index.
     pub const GROUP_INDEX: &str = "leaderworkerset.sigs.k8s.io/group-index";
-    /// The unique group key.
+    /// A key unique to one group (replica); preferred over the group index.
     pub const GROUP_KEY: &str = "leaderworkerset.sigs.k8s.io/group-key";
     /// The index of the pod inside its group (0 = leader).
     pub const WORKER_INDEX: &str = "leaderworkerset.sigs.k8s.io/worker-index";
@@ -21,13 +21,13 @@ pub mod lws {
     pub const SIZE: &str = "leaderworkerset.sigs.k8s.io/size";
 }
 
-/// Grove keys.
+/// Keys Grove puts on its pods: labels, a scheduling gate and a container env var.
 pub mod grove {
-    /// The PodGang.
+    /// The PodGang (the set of pods scheduled together) the pod belongs to.
     pub const PODGANG: &str = "grove.io/podgang";
-    /// The PodClique.
+    /// The PodClique (a set of pods of one template) the pod is in.
     pub const PODCLIQUE: &str = "grove.io/podclique";
-    /// The PodCliqueSet replica index.
+    /// The index of the PodCliqueSet replica the pod belongs to.
     pub const REPLICA_INDEX: &str = "grove.io/podcliqueset-replica-index";
     /// The PodCliqueScalingGroup (its full name, `<pcs>-<pcs replica>-<scaling group>`).
     pub const SCALING_GROUP: &str = "grove.io/podcliquescalinggroup";
@@ -46,13 +46,13 @@ pub mod grove {
     pub const TEMPLATE_NUM_PODS_ENV: &str = "GROVE_PCSG_TEMPLATE_NUM_PODS";
 }
 
-/// DisaggregatedSet keys.
+/// Label keys that DisaggregatedSet puts on its pods.
 pub mod dset {
-    /// The DisaggregatedSet name.
+    /// The name of the DisaggregatedSet the pod belongs to.
     pub const NAME: &str = "disaggregatedset.x-k8s.io/name";
     /// The role (`prefill`, `decode`).
     pub const ROLE: &str = "disaggregatedset.x-k8s.io/role";
-    /// The slice index.
+    /// The slice index; one slice is one complete set of roles (no such label before v0.10).
     pub const SLICE: &str = "disaggregatedset.x-k8s.io/slice";
 }
 
@@ -71,24 +71,24 @@ pub const INSTANCE: &str = "app.kubernetes.io/instance";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GroupKind {
-    /// LeaderWorkerSet.
+    /// One LeaderWorkerSet group: a leader pod and its workers.
     Lws,
-    /// Grove PodGang / PodClique.
+    /// A Grove PodCliqueScalingGroup replica, or a PodClique outside any scaling group.
     Grove,
-    /// DisaggregatedSet.
+    /// The pods of one role in one slice of a DisaggregatedSet.
     DisaggregatedSet,
     /// llm-d role label only.
     LlmD,
 }
 
-/// A disaggregated-serving role.
+/// A pod's part in disaggregated LLM serving, where prefill and decode run on separate pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::Display)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
 pub enum Role {
-    /// Prefill.
+    /// Prefill: processes the prompt and hands the KV cache to a decode pod.
     Prefill,
-    /// Decode.
+    /// Decode: generates the output tokens from the KV cache it receives.
     Decode,
 }
 

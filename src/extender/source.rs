@@ -35,27 +35,27 @@ pub enum SourceError {
     /// Could not connect.
     #[error("connecting to {endpoint}")]
     Connect {
-        /// The endpoint.
+        /// The agent's endpoint (`host:port`, or `file:PATH`).
         endpoint: String,
-        /// Why.
+        /// The cause, kept whole so that its chain is logged.
         #[source]
         source: BoxError,
     },
     /// The stream broke.
     #[error("stream from {endpoint} broke")]
     Stream {
-        /// The endpoint.
+        /// The agent's endpoint (`host:port`, or `file:PATH`).
         endpoint: String,
-        /// Why.
+        /// The cause, kept whole so that its chain is logged.
         #[source]
         source: BoxError,
     },
     /// The agents file is unreadable or malformed.
     #[error("agents file {path}")]
     AgentsFile {
-        /// The file.
+        /// Path of the agents file (`--agents`).
         path: PathBuf,
-        /// Why.
+        /// The read or parse error.
         #[source]
         source: BoxError,
     },

@@ -54,28 +54,28 @@ pub struct NodeEntry {
 pub enum ViewEvent {
     /// An agent sent a topology.
     Topology {
-        /// Node name.
+        /// The Kubernetes node the agent runs on.
         node: String,
-        /// The topology.
+        /// The topology the agent sent.
         topology: Arc<NodeTopology>,
     },
     /// An agent's stream is down; keep the last data but mark it stale.
     Disconnected {
-        /// Node name.
+        /// The Kubernetes node the agent runs on.
         node: String,
-        /// Why.
+        /// Why the stream is down, in words.
         reason: String,
     },
     /// The node's labels (from the Node watch or the agents file).
     Labels {
-        /// Node name.
+        /// The Kubernetes node name.
         node: String,
-        /// All labels.
+        /// All the node's labels; the view keeps only those it reads.
         labels: BTreeMap<String, String>,
     },
     /// The node is gone.
     Removed {
-        /// Node name.
+        /// The Kubernetes node name.
         node: String,
     },
 }
@@ -106,11 +106,11 @@ impl LabelKeys {
 /// Resolved facts for one candidate node.
 #[derive(Debug, Clone)]
 pub struct Resolved<'a> {
-    /// The facts.
+    /// The node's placement facts, from its topology or else its labels.
     pub facts: Cow<'a, NodeFacts>,
     /// Their domain keys.
     pub keys: DomainKeys,
-    /// Their freshness.
+    /// How current they are: live, stale, or from labels only.
     pub freshness: Freshness,
 }
 

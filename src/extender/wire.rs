@@ -172,7 +172,7 @@ pub struct ExtenderFilterResult {
 /// One host's score from `prioritize`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPriority {
-    /// Node name.
+    /// The node the score is for.
     #[serde(rename = "Host")]
     pub host: String,
     /// Score in `0..=MAX_EXTENDER_PRIORITY`.

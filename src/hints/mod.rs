@@ -32,7 +32,7 @@ use crate::model::{
 /// A GPU named by NVML index or by UUID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuSelector {
-    /// NVML index.
+    /// NVML device index (the number `nvidia-smi` shows).
     Index(u32),
     /// GPU UUID (`GPU-…`).
     Uuid(String),
@@ -135,15 +135,15 @@ fn unknown_gpu(topo: &NodeTopology, s: &GpuSelector) -> HintError {
 /// A selected GPU and its paired NIC port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuNic {
-    /// GPU index.
+    /// NVML index of the GPU.
     pub gpu: u32,
-    /// GPU UUID.
+    /// The GPU's UUID (`GPU-…`).
     pub gpu_uuid: String,
-    /// NIC name.
+    /// RDMA device name of its rail NIC (`mlx5_0`).
     pub nic: String,
-    /// NIC port.
+    /// The rail's port on that NIC (from 1).
     pub port: u32,
-    /// PCIe distance.
+    /// The PCIe path between the GPU and the NIC (`PIX`, `PXB`, ...).
     pub connection: Connection,
 }
 

@@ -23,7 +23,7 @@ use thiserror::Error;
 /// One GPU of the node: NVML index and UUID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeGpu {
-    /// NVML index.
+    /// NVML device index (the number `nvidia-smi` shows).
     pub index: u32,
     /// UUID (`GPU-…`).
     pub uuid: String,
@@ -39,9 +39,9 @@ pub enum VisibleError {
     /// An entry names no GPU of this node.
     #[error("{var} entry {entry:?} names no GPU of this node (GPU indices {indices})")]
     Unknown {
-        /// The variable.
+        /// The variable the entry is in: `NVIDIA_VISIBLE_DEVICES` or `CUDA_VISIBLE_DEVICES`.
         var: &'static str,
-        /// The entry.
+        /// The entry as written (an index, or a UUID or its prefix).
         entry: String,
         /// The node's (or the container's) indices.
         indices: String,
@@ -49,9 +49,9 @@ pub enum VisibleError {
     /// A MIG device: RDMA rails belong to whole GPUs, and MIG UUIDs are not in the topology.
     #[error("{var} entry {entry:?} is a MIG device; give the parent GPU with --gpus")]
     Mig {
-        /// The variable.
+        /// The variable the entry is in: `NVIDIA_VISIBLE_DEVICES` or `CUDA_VISIBLE_DEVICES`.
         var: &'static str,
-        /// The entry.
+        /// The entry as written (a `MIG-…` UUID, or an index pair such as `0:1`).
         entry: String,
     },
     /// The same GPU is named twice in `CUDA_VISIBLE_DEVICES`.

@@ -43,7 +43,7 @@ impl LabelConfig {
         }
     }
 
-    /// The key prefix.
+    /// The key prefix (`nodetopo.io`): the part of every label key before the `/`.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

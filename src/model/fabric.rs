@@ -21,13 +21,13 @@ text_enum! {
         IncorrectSysguid = "incorrect-sysguid",
         /// Incorrect chassis serial number.
         IncorrectChassisSn = "incorrect-chassis-sn",
-        /// No partition.
+        /// The incorrect-configuration field says: no partition.
         NoPartition = "no-partition",
         /// Too few NVLinks.
         InsufficientNvlinks = "insufficient-nvlinks",
         /// GPU firmware incompatible with the fabric.
         IncompatibleGpuFirmware = "incompatible-gpu-firmware",
-        /// Invalid location.
+        /// The incorrect-configuration field says: invalid location.
         InvalidLocation = "invalid-location",
         /// Health summary says unhealthy.
         Unhealthy = "unhealthy",
@@ -36,7 +36,7 @@ text_enum! {
     }
 }
 
-/// Per-GPU fabric registration state.
+/// Where one GPU's registration in the multi-node NVLink fabric stands (NVML fabric info state).
 #[derive(
     Debug,
     Clone,
@@ -53,16 +53,16 @@ text_enum! {
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum FabricRegistration {
-    /// Unknown.
+    /// A state code this build does not know, or none read.
     #[default]
     Unknown,
-    /// No fabric.
+    /// State 0, or the query is not supported: the GPU is in no multi-node NVLink fabric.
     NotSupported,
-    /// Not started.
+    /// State 1: registration has not started.
     NotStarted,
-    /// In progress.
+    /// State 2: registration is under way.
     InProgress,
-    /// Completed.
+    /// State 3: registration finished; whether it succeeded is in [`GpuFabricInfo::status`].
     Completed,
 }
 
@@ -86,11 +86,11 @@ pub enum FabricHealth {
     /// Not reported.
     #[default]
     Unknown,
-    /// Healthy.
+    /// Summary 1: the GPU's fabric connection is healthy.
     Healthy,
-    /// Unhealthy.
+    /// Summary 2: the GPU's fabric connection is unhealthy.
     Unhealthy,
-    /// Limited capacity.
+    /// Summary 3: the fabric works at limited capacity.
     LimitedCapacity,
 }
 
@@ -100,19 +100,19 @@ pub enum FabricHealth {
 pub struct GpuFabricInfo {
     /// Struct version that answered (3, 2 or 1).
     pub api_version: u32,
-    /// Registration state.
+    /// Where the GPU's fabric registration stands.
     pub registration: FabricRegistration,
-    /// NVML return code of the registration.
+    /// NVML return code of the registration; 0 (`NVML_SUCCESS`) when it succeeded.
     pub status: u32,
     /// ClusterUUID, canonical form.
     pub cluster_uuid: String,
-    /// Clique id.
+    /// Clique id in the cluster; GPUs with equal ClusterUUID and clique id share an NVLink domain.
     pub clique_id: u32,
-    /// Raw health mask.
+    /// The raw health bit mask (fabric info v2 and later); 0 when not given.
     pub health_mask: u32,
-    /// Health summary.
+    /// The health summary (fabric info v3 and later); [`FabricHealth::Unknown`] when not given.
     pub health_summary: FabricHealth,
-    /// Decoded problems.
+    /// Problems decoded from the health mask and summary; empty when there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub health_problems: Vec<FabricHealthProblem>,
 }
@@ -139,17 +139,17 @@ pub enum FabricState {
     /// Not derived.
     #[default]
     Unknown,
-    /// No MNNVL.
+    /// No multi-node NVLink: no GPUs, or no GPU is in a fabric cluster.
     None,
-    /// Registration not done.
+    /// Some GPU has not finished its fabric registration.
     Pending,
-    /// One agreed clique.
+    /// Every GPU registered, healthy, and in one cluster and clique; `domain` is set.
     Ready,
-    /// Health problem.
+    /// Every GPU is in one clique, but some report a health problem.
     Degraded,
-    /// GPUs disagree.
+    /// GPUs disagree: they are in different cliques or clusters, or only some are in one.
     Inconsistent,
-    /// Query failed or registration error.
+    /// A fabric query failed, or a registration failed or is in an unknown state.
     Error,
 }
 
@@ -164,14 +164,14 @@ impl FabricState {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Fabric {
-    /// State.
+    /// The domain state; `reason` says how it was reached.
     pub state: FabricState,
-    /// Why.
+    /// Why the state is what it is, in words (`fabric registration not completed on GPU 3`).
     pub reason: String,
     /// `<ClusterUUID>.<CliqueId>`, only when ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    /// The agreed non-zero ClusterUUID.
+    /// The non-zero ClusterUUID every GPU shares, also when degraded or when only cliques differ.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_uuid: Option<String>,
     /// The clique id, when ready.

@@ -23,7 +23,7 @@ use super::{GpuFabricInfo, GpuPlatform};
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
 pub enum GpuFamily {
-    /// Unknown.
+    /// No compute capability read, or one not listed here.
     #[default]
     Unknown,
     /// 3.x
@@ -69,7 +69,8 @@ impl GpuFamily {
     }
 }
 
-/// Multi-Instance GPU mode.
+/// Multi-Instance GPU (MIG) mode, from `nvmlDeviceGetMigMode`: whether the GPU may be split into
+/// isolated GPU instances.
 #[derive(
     Debug,
     Clone,
@@ -93,19 +94,19 @@ pub enum MigMode {
     Unsupported,
     /// Supported, disabled.
     Disabled,
-    /// Enabled.
+    /// Supported and enabled: the GPU is used through MIG instances, not whole.
     Enabled,
 }
 
-/// One GPU.
+/// One GPU, as NVML reports it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Gpu {
-    /// NVML index.
+    /// NVML device index, from 0 (the numbering `nvidia-smi` shows).
     pub index: u32,
-    /// UUID.
+    /// The GPU's UUID as NVML reports it (`GPU-` and a UUID); it names the same GPU across reboots.
     pub uuid: String,
-    /// Product name.
+    /// Product name as NVML reports it (`NVIDIA H100 80GB HBM3`).
     pub name: String,
     /// Board serial, when the board has one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,13 +115,13 @@ pub struct Gpu {
     pub pci_bus_id: String,
     /// Total memory in bytes.
     pub memory_total_bytes: u64,
-    /// Compute capability major.
+    /// Major number of the CUDA compute capability (9 for `9.0`, Hopper).
     pub compute_major: u32,
-    /// Compute capability minor.
+    /// Minor number of the CUDA compute capability (0 for `9.0`).
     pub compute_minor: u32,
     /// Family derived from the compute capability.
     pub family: GpuFamily,
-    /// Current MIG mode.
+    /// MIG mode in effect now; [`MigMode::Unsupported`] on a GPU without MIG.
     pub mig_mode: MigMode,
     /// MIG mode after the next reset.
     pub mig_mode_pending: MigMode,
@@ -129,7 +130,7 @@ pub struct Gpu {
     pub numa_node: Option<i32>,
     /// CPUs close to the GPU as a cpulist (`0-63`); empty when unknown.
     pub cpu_affinity: String,
-    /// Active NVLinks.
+    /// The GPU's NVLinks that are up (`nvmlDeviceGetNvLinkState`); empty on a GPU without NVLink.
     pub nvlinks: Vec<NvLink>,
     /// MNNVL fabric info, when the GPU reports any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,7 +140,7 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Memory in MiB.
+    /// Total memory in MiB (1024 × 1024 bytes), rounded down.
     pub fn memory_mib(&self) -> u64 {
         self.memory_total_bytes / (1024 * 1024)
     }
@@ -181,15 +182,15 @@ pub enum NvLinkRemoteType {
     Ibmnpu,
 }
 
-/// One active NVLink.
+/// One NVLink of a GPU that is up, and what NVML says is at its far end.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NvLink {
-    /// Link number.
+    /// Link number on the GPU, from 0 (NVML's link index).
     pub link: u32,
     /// NVLink version, e.g. `4.0`; empty when unknown.
     pub version: String,
-    /// Far end type.
+    /// What the far end is (`nvmlDeviceGetNvLinkRemoteDeviceType`); unknown when NVML does not say.
     pub remote_type: NvLinkRemoteType,
     /// Far end PCI bus id, when reported.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -202,23 +203,23 @@ pub struct NvLink {
 )]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Connection {
-    /// Unknown.
+    /// Not known: NVML gave no topology level, or one this code does not know.
     #[default]
     Unknown,
-    /// Bonded NVLinks.
+    /// Joined by NVLink, with P2P over NVLink working (`NV#`, # the number of links).
     #[serde(rename = "NV")]
     NvLink,
-    /// Same board.
+    /// Both on one board, as on a dual-GPU card (NVML's internal level).
     Internal,
     /// At most one PCIe bridge.
     Pix,
     /// Several bridges, no host bridge.
     Pxb,
-    /// Through a host bridge.
+    /// Through a PCIe host bridge (the CPU's root complex).
     Phb,
     /// Across host bridges in one NUMA node.
     Node,
-    /// Across NUMA nodes.
+    /// Across NUMA nodes, over the interconnect between CPU sockets.
     Sys,
 }
 
@@ -252,7 +253,7 @@ impl Connection {
     }
 }
 
-/// P2P over NVLink.
+/// Whether two GPUs can reach each other's memory directly (P2P) over NVLink.
 #[derive(
     Debug,
     Clone,
@@ -269,10 +270,11 @@ impl Connection {
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum P2pStatus {
-    /// Not queried.
+    /// No status set (the default; a probe always sets one of the others).
     #[default]
     Unknown,
-    /// Works.
+    /// NVML reports P2P over NVLink as OK, or was not asked because every active link of both
+    /// GPUs ends at an NVSwitch.
     Ok,
     /// Not supported.
     NotSupported,
@@ -280,19 +282,20 @@ pub enum P2pStatus {
     Error,
 }
 
-/// An ordered GPU pair.
+/// How one GPU reaches another: one cell of the `nvidia-smi topo -m` matrix. Both orders of
+/// every pair are listed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GpuPair {
-    /// First GPU index.
+    /// NVML index of the first GPU (the matrix row).
     pub a: u32,
-    /// Second GPU index.
+    /// NVML index of the second GPU (the matrix column).
     pub b: u32,
     /// The `topo -m` cell.
     pub connection: Connection,
     /// Bonded NVLink count (0 without NVLink).
     pub nvlink_count: u32,
-    /// P2P over NVLink.
+    /// Whether `a` can reach `b`'s memory directly over NVLink (`nvmlDeviceGetP2PStatus`).
     pub p2p_nvlink: P2pStatus,
     /// PCIe level of the common ancestor, ignoring NVLink.
     pub pcie: Connection,

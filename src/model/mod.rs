@@ -24,7 +24,7 @@ pub struct NodeTopology {
     /// When the data was probed (RFC 3339 in JSON).
     #[serde(with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
     pub probe_time: Option<SystemTime>,
-    /// Driver-level facts.
+    /// Versions of the NVIDIA driver, the CUDA driver API and NVML, as NVML reports them.
     pub driver: DriverInfo,
     /// GPUs ordered by NVML index.
     pub gpus: Vec<Gpu>,
@@ -32,17 +32,17 @@ pub struct NodeTopology {
     pub gpu_pairs: Vec<GpuPair>,
     /// The node's multi-node NVLink domain.
     pub fabric: Fabric,
-    /// RDMA devices.
+    /// RDMA devices (InfiniBand HCAs and RoCE NICs), by name.
     pub nics: Vec<Nic>,
     /// PCIe distance from every GPU to every NIC, nearest first per GPU.
     pub gpu_nic_affinity: Vec<GpuNicAffinity>,
     /// One-to-one GPU to NIC rail pairing.
     pub rail_pairing: RailPairing,
-    /// GPUDirect RDMA readiness.
+    /// Whether GPUDirect RDMA can work on the node, and why.
     pub gpudirect: GpuDirect,
     /// Where the node's compute rails plug into the InfiniBand and RoCE fabrics.
     pub network: NetworkPlacement,
-    /// One entry per probe source.
+    /// One entry per probe source: whether it answered fully, and what went wrong.
     pub sources: Vec<SourceStatus>,
 }
 
@@ -73,7 +73,7 @@ pub struct DriverInfo {
     /// Highest CUDA version the driver supports, e.g. `13.0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda_driver_version: Option<String>,
-    /// NVML library version.
+    /// NVML library version (`nvmlSystemGetNVMLVersion`); `None` when the query failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nvml_version: Option<String>,
 }
@@ -97,7 +97,7 @@ macro_rules! text_enum {
         }
 
         impl $name {
-            /// The text form.
+            /// The value as text, as in JSON, gRPC and labels.
             pub fn as_str(&self) -> &str {
                 match self {
                     $(Self::$var => $text,)*

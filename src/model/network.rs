@@ -126,9 +126,9 @@ impl FabricPlacement {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PortRail {
-    /// NIC name.
+    /// RDMA device name of the NIC (`mlx5_0`).
     pub nic: String,
-    /// Port number.
+    /// Port number on that NIC (from 1).
     pub port: u32,
     /// The rail: the leaf's name in the mapping file (`rails:`, else `names:`), else the
     /// leaf's ID in label spelling. Always a label value.
@@ -139,10 +139,10 @@ pub struct PortRail {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NetworkPlacement {
-    /// InfiniBand (SMP queries).
+    /// Placement in the InfiniBand fabric, from SMP queries; empty when nothing is known.
     #[serde(skip_serializing_if = "FabricPlacement::is_empty")]
     pub infiniband: FabricPlacement,
-    /// RoCE (LLDP).
+    /// Placement in the RoCE (Ethernet) fabric, from LLDP; empty when nothing is known.
     #[serde(skip_serializing_if = "FabricPlacement::is_empty")]
     pub roce: FabricPlacement,
 }

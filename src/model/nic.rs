@@ -40,7 +40,7 @@ text_enum! {
     }
 }
 
-/// RDMA link layer.
+/// The link layer of an RDMA port, from sysfs `ports/<n>/link_layer`.
 #[derive(
     Debug,
     Clone,
@@ -59,16 +59,16 @@ text_enum! {
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
 pub enum LinkLayer {
-    /// Unknown.
+    /// Not read, or a value other than `InfiniBand` and `Ethernet`.
     #[default]
     Unknown,
-    /// InfiniBand.
+    /// InfiniBand: the port is on a fabric run by a subnet manager.
     Infiniband,
     /// Ethernet (RoCE).
     Ethernet,
 }
 
-/// Logical port state.
+/// A port's logical state, from sysfs `ports/<n>/state` (`4: ACTIVE`).
 #[derive(
     Debug,
     Clone,
@@ -85,54 +85,57 @@ pub enum LinkLayer {
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum PortState {
-    /// Unknown.
+    /// Not read, or a state other than the five below.
     #[default]
     Unknown,
-    /// DOWN.
+    /// `1: DOWN`: the link is not up.
     Down,
-    /// INIT.
+    /// `2: INIT`: the link is up; the subnet manager has not configured the port yet.
     Init,
-    /// ARMED.
+    /// `3: ARMED`: configured by the subnet manager, not yet passing data.
     Armed,
-    /// ACTIVE.
+    /// `4: ACTIVE`: the port can carry traffic.
     Active,
-    /// ACTIVE_DEFER.
+    /// `5: ACTIVE_DEFER`, as the kernel names it.
     ActiveDefer,
 }
 
-/// One RDMA device.
+/// One RDMA device (an InfiniBand HCA or a RoCE NIC), from sysfs `class/infiniband/<name>`;
+/// with `--ib-smp only`, from SMP NodeInfo instead, and the sysfs-only fields stay empty.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Nic {
     /// Device name (`mlx5_0`).
     pub name: String,
-    /// PCI address.
+    /// PCI address of the device's function (`0000:3b:00.0`); empty when its `device` link does not
+    /// resolve to one.
     pub pci_address: String,
-    /// Node GUID.
+    /// Node GUID from sysfs `node_guid` (`0c42:a103:0065:4d2e`); empty when unreadable.
     pub node_guid: String,
-    /// System image GUID.
+    /// System image GUID from sysfs `sys_image_guid`, which devices of one system image share;
+    /// empty when unreadable.
     pub sys_image_guid: String,
-    /// Firmware version.
+    /// Firmware version from sysfs `fw_ver` (`28.39.1002`); empty when unreadable.
     pub fw_version: String,
-    /// Board id.
+    /// Vendor board id from sysfs `board_id` (`MT_0000000838`); empty when unreadable.
     pub board_id: String,
-    /// HCA type.
+    /// Adapter model from sysfs `hca_type` (`MT4129`); empty when unreadable.
     pub hca_type: String,
-    /// NUMA node.
+    /// NUMA node of the PCI function (its `numa_node`); `None` when missing, unparsable or `-1`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub numa_node: Option<i32>,
-    /// Netdevs.
+    /// Network interfaces the device backs (`device/net/*`, e.g. `ens1f0np0`); empty when none.
     pub netdevs: Vec<String>,
-    /// SR-IOV VF.
+    /// True for an SR-IOV virtual function: its PCI function has a `physfn` link.
     pub virtual_function: bool,
-    /// Bond / LAG.
+    /// True for a bonded (LAG) device, one whose name contains `_bond_` (`mlx5_bond_0`).
     pub bonded: bool,
     /// What the NIC is for: a GPU's rail, storage or front-end, or an SR-IOV VF.
     pub role: NicRole,
     /// True when the role was set by the operator (`--nic-role`), not derived.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub role_overridden: bool,
-    /// Ports.
+    /// The device's ports (sysfs `ports/<n>`), by port number.
     pub ports: Vec<NicPort>,
     /// ibverbs check, when run.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,29 +187,31 @@ impl NicRole {
     }
 }
 
-/// One port.
+/// One port of an RDMA device, from sysfs `class/infiniband/<name>/ports/<n>`; with
+/// `--ib-smp only`, from SMP PortInfo instead, and the sysfs-only fields stay empty.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NicPort {
-    /// Port number.
+    /// Port number, as sysfs numbers the port directories (from 1).
     pub port: u32,
-    /// Logical state.
+    /// Logical state from `state`; [`PortState::Active`] once the port can carry traffic.
     pub state: PortState,
-    /// Physical state.
+    /// Physical link state from `phys_state`; [`PhysState::LinkUp`] when the link is up.
     pub phys_state: PhysState,
-    /// Link layer.
+    /// Link layer from `link_layer`: InfiniBand, or Ethernet for RoCE.
     pub link_layer: LinkLayer,
-    /// Rate in Gb/s.
+    /// Link rate in Gb/s from `rate` (`400 Gb/sec (4X NDR)` is 400); 0 when unreadable.
     pub rate_gbps: f64,
-    /// LID.
+    /// Local identifier (LID) the subnet manager assigned, from `lid`; 0 when none (Ethernet).
     pub lid: u32,
-    /// SM LID.
+    /// LID of the subnet manager the port knows, from `sm_lid`; 0 when none (Ethernet).
     pub sm_lid: u32,
-    /// Port GUID.
+    /// Port GUID: the interface id (low 64 bits) of GID 0; empty when GID 0 is unreadable.
     pub port_guid: String,
-    /// Subnet prefix.
+    /// Subnet prefix: the high 64 bits of GID 0, `fe80:0000:0000:0000` unless the subnet manager
+    /// sets another; empty when GID 0 is unreadable.
     pub subnet_prefix: String,
-    /// GIDs.
+    /// Non-zero GID table entries: every one on Ethernet (RoCE), only GID 0 on InfiniBand.
     pub gids: Vec<Gid>,
     /// The switch port this port plugs into, when it was looked for (SMP queries on
     /// InfiniBand, LLDP on Ethernet); `None` when the port was not queried (storage and virtual
@@ -235,29 +240,29 @@ pub fn is_default_subnet_prefix(prefix: &str) -> bool {
         .is_ok_and(|a| a.segments()[..4] == [0xfe80, 0, 0, 0])
 }
 
-/// A GID entry.
+/// One entry of a port's GID table (`ports/<n>/gids/<index>`): a 128-bit address of the port.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Gid {
-    /// Index.
+    /// Index in the GID table; RoCE users pick the address (and RoCE version) by this number.
     pub index: u32,
-    /// Value.
+    /// The GID as eight groups of four lower-case hex digits.
     pub gid: String,
-    /// Type.
+    /// The type from `gid_attrs/types/<index>`; [`GidType::Unknown`] when that file is absent.
     #[serde(rename = "type")]
     pub gid_type: GidType,
-    /// Netdev.
+    /// The netdev the GID belongs to (`gid_attrs/ndevs/<index>`); empty on InfiniBand.
     pub netdev: String,
 }
 
-/// ibverbs check result.
+/// Whether this process can use the device through ibverbs, and whether ibverbs agrees with sysfs.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VerbsCheck {
-    /// Usable from this process.
+    /// True when ibverbs lists the device and it could be opened and its ports queried.
     pub usable: bool,
-    /// Why not.
+    /// Why the device is not usable, or how ibverbs and sysfs differ; empty when neither.
     pub error: String,
-    /// sysfs agrees.
+    /// True when ibverbs shows the same ports as sysfs, with the same state and link layer.
     pub consistent_with_sysfs: bool,
 }

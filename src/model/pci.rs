@@ -5,7 +5,7 @@
 pub struct PciAddress {
     /// PCI domain (segment).
     pub domain: u32,
-    /// Bus number.
+    /// Bus number (`1b` in `0000:1b:00.0`).
     pub bus: u8,
     /// Device number (0..=31).
     pub device: u8,

@@ -56,11 +56,11 @@ impl Source {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SourceStatus {
-    /// The source.
+    /// Which probe source this status is about.
     pub source: Source,
-    /// Answered fully.
+    /// True when the source answered fully; false when it failed or answered only in part.
     pub ok: bool,
-    /// What went wrong.
+    /// What went wrong, in words; when `ok`, empty or a remark worth making.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
     /// Some or all of its data is the last good data from an earlier probe (what it could not

@@ -61,9 +61,9 @@ pub enum NamesError {
     /// The file could not be read.
     #[error("reading {path}")]
     Read {
-        /// The file.
+        /// Path of the mapping file (`--fabric-names`).
         path: String,
-        /// Why.
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -75,9 +75,9 @@ pub enum NamesError {
         "the name {name:?} of {id:?} is not a label value (at most 63 of [A-Za-z0-9._-], alphanumeric at both ends)"
     )]
     BadName {
-        /// The ID.
+        /// The ID in the file (a GUID, a chassis ID, an `su` or `block` hash).
         id: String,
-        /// Its name.
+        /// The name given to it.
         name: String,
     },
     /// Two keys that differ only by case.

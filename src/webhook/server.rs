@@ -46,12 +46,12 @@ pub struct WebhookState {
     pub config: Arc<MutationConfig>,
     /// Which pods `POST /route` sends to which scheduler profile.
     pub route: Arc<RouteConfig>,
-    /// Node labels by name.
+    /// Each Node's labels, looked up by Node name.
     pub nodes: Arc<dyn NodeLabels + Send + Sync>,
     /// Looks a binding's Pod up for its labels; `None`: never (consumer keys are then left out
     /// of bindings).
     pub pods: Option<PodLookup>,
-    /// Metrics.
+    /// The webhook's metrics (latency, outcomes, Nodes held), served on the plain HTTP `/metrics`.
     pub metrics: WebhookMetrics,
     /// True once the Node view is complete.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,

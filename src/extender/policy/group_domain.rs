@@ -59,7 +59,7 @@ pub struct Held {
     pub domain: Domain,
     /// Members still to place there.
     pub remaining: u32,
-    /// GPUs per member.
+    /// GPUs each member pod asks for.
     pub gpus_per_pod: u32,
 }
 

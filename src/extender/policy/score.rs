@@ -10,11 +10,11 @@ use crate::extender::{facts::NodeFacts, view::Freshness, wire::MAX_EXTENDER_PRIO
 /// One candidate, as the policy sees it.
 #[derive(Debug, Clone)]
 pub struct Candidate<'a> {
-    /// Node name.
+    /// The node's name.
     pub name: &'a str,
     /// Facts, when known.
     pub facts: Option<&'a NodeFacts>,
-    /// Their freshness.
+    /// How current the facts are; `None` when there are none.
     pub freshness: Option<Freshness>,
     /// GPUs the node already gives to placed group pods.
     pub used_gpus: u32,
@@ -43,7 +43,7 @@ impl<'a> Candidate<'a> {
 /// The score of one node and how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoreBreakdown {
-    /// Node name.
+    /// The node's name.
     pub node: String,
     /// Final score, 0..=10.
     pub score: i64,

@@ -51,17 +51,17 @@ pub enum WeightsError {
     /// A weight is negative or not finite.
     #[error("weight {name} = {value} must be a finite number >= 0")]
     Negative {
-        /// Field name.
+        /// Name of the weight (`within_group`, `counterpart`, `capacity`).
         name: &'static str,
-        /// Its value.
+        /// The value given.
         value: f64,
     },
     /// A level value is outside 0..=1.
     #[error("level value {name} = {value} must be within 0..=1")]
     LevelRange {
-        /// Field name.
+        /// Name of the level value (`level_leaf`, ...).
         name: &'static str,
-        /// Its value.
+        /// The value given.
         value: f64,
     },
     /// Levels must not rank a farther level above a closer one.
@@ -72,9 +72,9 @@ pub enum WeightsError {
     /// The counterpart term is larger than the within-group term.
     #[error("counterpart weight {counterpart} must not exceed within_group weight {within_group}")]
     CounterpartTooLarge {
-        /// Counterpart weight.
+        /// The `counterpart` weight given.
         counterpart: f64,
-        /// Within-group weight.
+        /// The `within_group` weight given.
         within_group: f64,
     },
     /// All weights are zero.

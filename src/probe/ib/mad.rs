@@ -6,7 +6,7 @@
 
 use thiserror::Error;
 
-/// Size of a MAD.
+/// Size in bytes of a MAD (management datagram), the packet an SMP travels in.
 pub const MAD_SIZE: usize = 256;
 /// The directed-route SubnetManagement class.
 pub const CLASS_SM_DIRECTED_ROUTE: u8 = 0x81;
@@ -58,17 +58,17 @@ pub enum MadError {
     /// Not a directed-route SMP reply to a Get.
     #[error("not a directed-route GetResp: class {class:#04x}, method {method:#04x}")]
     NotReply {
-        /// Management class.
+        /// Management class of the reply (a directed-route SMP reply has 0x81).
         class: u8,
-        /// Method.
+        /// Method of the reply (a reply to a Get has 0x81, `SubnGetResp()`).
         method: u8,
     },
     /// The reply is for another attribute.
     #[error("reply for attribute {got:#06x}, asked for {want:#06x}")]
     Attribute {
-        /// Received.
+        /// The attribute ID in the reply.
         got: u16,
-        /// Asked for.
+        /// The attribute ID that was asked for.
         want: u16,
     },
     /// The responder set a status (e.g. 0x001c: unsupported attribute or modifier).
@@ -175,13 +175,13 @@ impl std::fmt::Display for NodeType {
 /// The fields of NodeInfo used here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeInfo {
-    /// Node type.
+    /// What the node is: channel adapter, switch or router.
     pub node_type: NodeType,
     /// Number of physical ports.
     pub num_ports: u8,
-    /// System image GUID.
+    /// System image GUID: a 64-bit id the nodes of one system share.
     pub system_image_guid: u64,
-    /// Node GUID.
+    /// Node GUID: the node's own 64-bit id (a leaf switch's becomes its `leaf_id`).
     pub node_guid: u64,
     /// Port GUID of the port the SMP arrived on (switches: port 0's).
     pub port_guid: u64,
@@ -248,13 +248,13 @@ impl LinkState {
 pub struct PortInfo {
     /// GID prefix (the subnet prefix).
     pub gid_prefix: u64,
-    /// LID.
+    /// The port's LID, the address the subnet manager assigned; 0 when it has none.
     pub lid: u16,
     /// The master SM's LID; 0 when no SM has configured the port.
     pub sm_lid: u16,
     /// The port this PortInfo describes.
     pub local_port: u8,
-    /// Logical state.
+    /// Logical port state, from DOWN to ACTIVE.
     pub state: LinkState,
     /// Physical state (5 = LinkUp).
     pub phys_state: u8,

@@ -38,7 +38,7 @@ pub enum SmpError {
     /// No reply within the timeout, after every retry.
     #[error("no reply after {attempts} attempts of {timeout:?}")]
     Timeout {
-        /// Attempts made.
+        /// Attempts made, the first included.
         attempts: u32,
         /// The timeout of each.
         timeout: Duration,
@@ -107,11 +107,11 @@ impl Default for QueryBudget {
 /// What one probe cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
-    /// Ports queried.
+    /// Local InfiniBand rail ports that were queried (skipped ports are not counted).
     pub ports: u32,
     /// SMPs sent, retries included.
     pub queries: u64,
-    /// Wall time.
+    /// Wall-clock time of the whole probe.
     pub took: Duration,
 }
 

@@ -88,7 +88,7 @@ pub enum LldpStatus {
     NoFrameYet,
     /// The netdev could not be listened on.
     Failed {
-        /// Why.
+        /// What failed: its kind and its error chain.
         #[serde(flatten)]
         failure: Failure,
         /// The last frame heard before the failure, if any (current or expired).

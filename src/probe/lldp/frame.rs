@@ -390,7 +390,7 @@ impl Serialize for IdValue {
 pub struct ChassisId {
     /// How the ID is formed.
     pub subtype: ChassisIdSubtype,
-    /// The ID.
+    /// The ID, decoded by its subtype: a MAC or IP address, text, or raw bytes.
     pub value: IdValue,
 }
 
@@ -406,7 +406,7 @@ impl fmt::Display for ChassisId {
 pub struct PortId {
     /// How the ID is formed.
     pub subtype: PortIdSubtype,
-    /// The ID.
+    /// The ID, decoded by its subtype: a MAC or IP address, text, or raw bytes.
     pub value: IdValue,
 }
 
@@ -427,10 +427,10 @@ pub struct LldpNeighbor {
     /// How long the receiver may keep this information, in seconds; 0 withdraws it (a shutdown
     /// LLDPDU).
     pub ttl_s: u16,
-    /// Port Description TLV.
+    /// The sender's description of its port (Port Description TLV), when sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_description: Option<String>,
-    /// System Name TLV.
+    /// The sending system's name (System Name TLV), when sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_name: Option<String>,
 }
@@ -445,7 +445,7 @@ pub struct LldpFrame {
     /// VLAN IDs of the tags, outermost first (LLDP is normally untagged).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vlan_ids: Vec<u16>,
-    /// The LLDPDU.
+    /// What the frame's LLDPDU (its LLDP payload) says about the sender.
     pub neighbor: LldpNeighbor,
 }
 

@@ -173,7 +173,7 @@ impl Drop for LldpWatcher {
 )]
 #[strum(serialize_all = "kebab-case")]
 pub enum LldpMode {
-    /// Never.
+    /// Do not listen for LLDP.
     Off,
     /// Listen where it can: when every port's socket is refused (no CAP_NET_RAW) or no port's
     /// netdev exists here (another network namespace, a recorded sysfs tree), listen on none

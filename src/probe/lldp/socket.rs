@@ -38,7 +38,7 @@ pub enum CaptureError {
         "listening for LLDP on {netdev} needs CAP_NET_RAW (a raw AF_PACKET socket); the process does not have it"
     )]
     PermissionDenied {
-        /// The netdev.
+        /// The network interface (netdev) name.
         netdev: String,
         /// The refusal.
         #[source]
@@ -47,7 +47,7 @@ pub enum CaptureError {
     /// No netdev of that name in this network namespace.
     #[error("no network interface {netdev:?} in this network namespace")]
     NoSuchNetdev {
-        /// The netdev.
+        /// The network interface (netdev) name.
         netdev: String,
         /// The lookup error.
         #[source]
@@ -56,7 +56,7 @@ pub enum CaptureError {
     /// Another socket call failed.
     #[error("{op} on the LLDP socket of {netdev}")]
     Socket {
-        /// The netdev.
+        /// The network interface (netdev) name.
         netdev: String,
         /// Which call.
         op: &'static str,
@@ -148,12 +148,12 @@ impl LldpSocket {
         })
     }
 
-    /// The netdev.
+    /// The name of the netdev this socket listens on.
     pub fn netdev(&self) -> &str {
         &self.netdev
     }
 
-    /// Its interface index.
+    /// The netdev's kernel interface index.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
     }

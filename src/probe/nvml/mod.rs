@@ -34,7 +34,7 @@ pub enum FailureKind {
     NotFound,
     /// A replayed snapshot predates the query: the answer is unknown, not a fault.
     NotRecorded,
-    /// Anything else.
+    /// Any other NVML error.
     Other,
 }
 
@@ -42,7 +42,7 @@ pub enum FailureKind {
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[error("{message}")]
 pub struct NvmlFailure {
-    /// Classification.
+    /// What kind of failure it was.
     pub kind: FailureKind,
     /// The driver's message.
     pub message: String,
@@ -69,9 +69,9 @@ pub type Fact<T> = Result<T, NvmlFailure>;
 /// Static identity of a GPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceIdentity {
-    /// Product name.
+    /// Product name (`NVIDIA H100 80GB HBM3`).
     pub name: String,
-    /// UUID.
+    /// The GPU's UUID (`GPU-` and a UUID).
     pub uuid: String,
     /// Board serial; `None` when the board has none (NVML: not supported).
     pub serial: Option<String>,
@@ -79,16 +79,16 @@ pub struct DeviceIdentity {
     pub pci_bus_id: String,
     /// Total memory in bytes.
     pub memory_total_bytes: u64,
-    /// Compute capability major.
+    /// Major number of the CUDA compute capability (9 for `9.0`).
     pub compute_major: u32,
-    /// Compute capability minor.
+    /// Minor number of the CUDA compute capability (0 for `9.0`).
     pub compute_minor: u32,
 }
 
 /// One NVLink as NVML reports it. The detail facts are present only for active links.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawNvLink {
-    /// Link number.
+    /// Link index on the GPU, from 0.
     pub link: u32,
     /// `nvmlDeviceGetNvLinkState`.
     pub active: bool,
@@ -114,7 +114,7 @@ pub struct RawFabric {
     pub status: u32,
     /// ClusterUUID bytes as 32 lowercase hex digits.
     pub cluster_uuid: String,
-    /// Clique id.
+    /// Clique id within the cluster.
     pub clique_id: u32,
     /// Health mask (v2+).
     #[serde(default, skip_serializing_if = "Option::is_none")]

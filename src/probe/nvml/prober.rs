@@ -36,13 +36,13 @@ pub struct ProbeOptions {
 /// What one GPU probe found.
 #[derive(Debug, Clone, Default)]
 pub struct GpuProbeResult {
-    /// Driver facts.
+    /// Driver, CUDA driver and NVML versions.
     pub driver: DriverInfo,
-    /// GPUs.
+    /// Every GPU NVML counts and could identify, by index.
     pub gpus: Vec<Gpu>,
-    /// Ordered pairs.
+    /// Every ordered pair of distinct GPUs: the `nvidia-smi topo -m` matrix.
     pub pairs: Vec<GpuPair>,
-    /// Node fabric.
+    /// The node's multi-node NVLink domain, derived from every GPU's fabric info.
     pub fabric: Fabric,
     /// `nvml` and `fabric` source statuses.
     pub sources: Vec<SourceStatus>,
@@ -114,7 +114,7 @@ impl GpuProber {
         }
     }
 
-    /// The underlying source.
+    /// The NVML source this prober asks: live NVML or a replayed snapshot.
     pub fn source(&self) -> &dyn NvmlSource {
         self.src.as_ref()
     }

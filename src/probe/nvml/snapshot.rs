@@ -22,27 +22,27 @@ pub enum SnapshotError {
     /// The file could not be read or written.
     #[error("snapshot {path}: {source}")]
     Io {
-        /// File path.
+        /// Path of the snapshot file.
         path: String,
-        /// Cause.
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// The file is not a valid snapshot.
     #[error("snapshot {path} is not valid: {source}")]
     Parse {
-        /// File path.
+        /// Path of the snapshot file.
         path: String,
-        /// Cause.
+        /// The JSON error: bad syntax or a field of the wrong shape.
         #[source]
         source: serde_json::Error,
     },
     /// The file has a format version this build does not read.
     #[error("snapshot {path} has format {found}, this build reads format {SNAPSHOT_FORMAT}")]
     Format {
-        /// File path.
+        /// Path of the snapshot file.
         path: String,
-        /// Version found.
+        /// The format version the file declares.
         found: u32,
     },
 }
@@ -50,19 +50,19 @@ pub enum SnapshotError {
 /// Everything NVML answered for one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
-    /// NVML index.
+    /// NVML device index these answers are for.
     pub index: u32,
-    /// Identity.
+    /// Name, UUID, serial, PCI bus id, memory and compute capability, or the error.
     pub identity: Fact<DeviceIdentity>,
-    /// NUMA node.
+    /// The answer (or error) of `nvmlDeviceGetNumaNodeId`.
     pub numa_node: Fact<u32>,
     /// MIG mode (current, pending).
     pub mig_mode: Fact<(u32, u32)>,
-    /// CPU affinity words.
+    /// `nvmlDeviceGetCpuAffinity`: a CPU bitmask in 64-bit words, lowest CPUs first, or the error.
     pub cpu_affinity: Fact<Vec<u64>>,
-    /// NVLinks.
+    /// The state of every NVLink, with details for the active ones, or the error.
     pub nvlinks: Fact<Vec<RawNvLink>>,
-    /// Fabric info.
+    /// The GPU fabric info (v3, else v2, else v1), or the error.
     pub fabric: Fact<RawFabric>,
     /// Platform info; `None` in snapshots recorded before it was asked (replayed as not
     /// recorded: unknown, not a failure).
@@ -73,13 +73,13 @@ pub struct DeviceRecord {
 /// Everything NVML answered for one ordered device pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairRecord {
-    /// First index.
+    /// NVML index of the first device.
     pub a: u32,
-    /// Second index.
+    /// NVML index of the second device.
     pub b: u32,
-    /// P2P status over NVLink.
+    /// `nvmlDeviceGetP2PStatus` for NVLink (0 = OK), or the error.
     pub p2p_nvlink: Fact<u32>,
-    /// Common ancestor level.
+    /// `nvmlDeviceGetTopologyCommonAncestor` (0 same board, up to 50 across sockets), or the error.
     pub common_ancestor: Fact<u32>,
 }
 
@@ -91,17 +91,17 @@ pub struct NvmlSnapshot {
     /// Free-text provenance (host, tool, date).
     #[serde(default)]
     pub source: String,
-    /// Driver version.
+    /// The answer (or error) of `nvmlSystemGetDriverVersion`.
     pub driver_version: Fact<String>,
-    /// CUDA driver version.
+    /// `nvmlSystemGetCudaDriverVersion_v2` as NVML gives it (13000 for 13.0), or the error.
     pub cuda_driver_version: Fact<i32>,
-    /// NVML version.
+    /// The answer (or error) of `nvmlSystemGetNVMLVersion`.
     pub nvml_version: Fact<String>,
-    /// Device count.
+    /// The answer (or error) of `nvmlDeviceGetCount`.
     pub device_count: Fact<u32>,
-    /// Per device.
+    /// What NVML answered for each device, by index.
     pub devices: Vec<DeviceRecord>,
-    /// Per ordered pair.
+    /// What NVML answered for each ordered pair of distinct devices.
     pub pairs: Vec<PairRecord>,
 }
 

@@ -16,9 +16,9 @@ use crate::model::{LinkLayer, Nic, PortState, Source, SourceStatus, VerbsCheck};
 pub struct VerbsPort {
     /// Port number (from 1).
     pub port: u32,
-    /// Logical state.
+    /// Logical port state, as `ibv_query_port` reports it.
     pub state: PortState,
-    /// Link layer.
+    /// Link layer, as `ibv_query_port` reports it.
     pub link_layer: LinkLayer,
 }
 
