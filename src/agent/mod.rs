@@ -3,7 +3,7 @@
 //!
 //! The probe runs on the blocking pool (NVML and sysfs block), one probe at a time, every
 //! interval. Its result is merged into the previous state ([`merge::merge`]) and published on a
-//! `watch` channel; the revision moves only when the content changes ([`next_state`]).
+//! `watch` channel; the revision moves only when the content changes ([`step::next_state`]).
 #![forbid(unsafe_code)]
 
 pub mod labeler;

@@ -13,10 +13,10 @@
 //! - for RoCE rails, `NCCL_IB_GID_INDEX` and `NVSHMEM_IB_GID_INDEX`: the RoCE v2 GID index
 //!   with an IPv4-mapped address, when every rail port uses the same one;
 //! - `VLLM_GPU_NIC_PCIE_MAPPING` and `VLLM_NIC_SELECTION_VARS`, which vLLM reads to give each
-//!   worker its own rail (see [`vllm_vars`]).
+//!   worker its own rail (see `vllm_vars`).
 //! - `NODETOPO_RAILS`: the rails (leaf switches, or their names from the mapping file) that the
 //!   selected GPUs' NIC ports reach, sorted and distinct, when every one is known (see
-//!   [`rail_ids`]); a launcher or router compares two pods' values to pair prefill and decode
+//!   `rail_ids`); a launcher or router compares two pods' values to pair prefill and decode
 //!   on the same rails.
 
 pub mod pod;
@@ -568,7 +568,7 @@ impl EnvHints {
     }
 }
 
-/// The start of the note [`vllm_vars`] writes for every consumer.
+/// The start of the note `vllm_vars` writes for every consumer.
 const VLLM_GENERIC_NOTE: &str = "vLLM workers: keep VLLM_*";
 /// The start of the note for vLLM when the node-wide lists are left out.
 const VLLM_LEFT_OUT: &str = "for vLLM, left out";

@@ -4,10 +4,10 @@
 //! serde, so that `probe -o json|yaml` is stable and every consumer (labels, gRPC, extender) reads
 //! one shape. Probes fill it; policy reads it; nothing here does I/O.
 //!
-//! One file a part of the node: [`gpu`] (GPUs, NVLinks, pairs), [`fabric`] (the multi-node
-//! NVLink domain), [`platform`] (rack and tray), [`nic`] (RDMA NICs and ports), [`network`]
-//! (the ports' neighbours and the node's place in its fabrics), [`rails`] (GPU-to-NIC pairing),
-//! [`source`] (which probe said what) and [`pci`]; every type is re-exported here.
+//! One file a part of the node: `gpu` (GPUs, NVLinks, pairs), `fabric` (the multi-node
+//! NVLink domain), `platform` (rack and tray), `nic` (RDMA NICs and ports), `network`
+//! (the ports' neighbours and the node's place in its fabrics), `rails` (GPU-to-NIC pairing),
+//! `source` (which probe said what) and `pci`; every type is re-exported here.
 
 use std::time::SystemTime;
 

@@ -2,7 +2,7 @@
 //! webhook's own, which keeps for each Node its name and the labels the webhook copies and
 //! nothing else, so that a lookup is one map read and 50,000 Nodes take a few MiB.
 //!
-//! The watch decodes each Node into a [`NodeMeta`], which skips everything in the metadata but
+//! The watch decodes each Node into a `NodeMeta`, which skips everything in the metadata but
 //! the name, the resource version and the labels (managed fields, annotations and the rest are
 //! never allocated). [`NodeStore`] holds one entry per Node: the name, and the copied labels
 //! that the Node has as (key, value) pairs whose keys are shared with the copy rules' keys.

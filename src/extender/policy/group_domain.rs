@@ -27,7 +27,7 @@ pub enum GroupDomain {
         /// The domain.
         domain: Domain,
     },
-    /// Chosen now, for the group's first member ([`choose_domain`]): inside the tightest
+    /// Chosen now, for the group's first member ([`super::choose_domain`]): inside the tightest
     /// domain that holds the group with its counterpart role, the tightest domain that holds
     /// the group, leaving the counterpart its tightest fit.
     Chosen {

@@ -7,8 +7,8 @@
 //! counterpart role (prefill ↔ decode), then by whether their domain can still hold the rest of
 //! the group.
 //!
-//! One concern a file: [`weights`], the pod's [`context`], the hard rules ([`filter`]), the
-//! soft rules ([`score`]), and where a group must go ([`group_domain`], chosen by [`room`]).
+//! One concern a file: `weights`, the pod's `context`, the hard rules (`filter`), the
+//! soft rules (`score`), and where a group must go (`group_domain`, chosen by `room`).
 
 pub use super::domain::{
     DOMAIN_LEVELS, Domain, DomainId, DomainKeys, Level, domain_key, proximity,

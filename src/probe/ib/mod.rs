@@ -12,7 +12,7 @@
 //! `not-active`. Storage and virtual NICs are never queried. Every query has a timeout and a
 //! number of retries; a failure becomes the port's status, never a hang or a panic.
 //!
-//! The algorithm is pure over [`SmpChannel`]; [`umad`] (the `umad` feature) is the libibumad
+//! The algorithm is pure over [`SmpChannel`]; `umad` (the `umad` feature) is the libibumad
 //! edge. [`local_cas`] finds the local adapters and their ports by SMP alone (the `only` mode,
 //! independent of sysfs, as the ibsim simulator needs).
 
