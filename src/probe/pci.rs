@@ -2,20 +2,18 @@
 //! devices are in the terms of `nvidia-smi topo -m` (PIX, PXB, PHB, NODE, SYS).
 //!
 //! The tree is read once per device ([`PciPath::resolve`]: the `bus/pci/devices/<bdf>` link,
-//! canonicalized under the sysfs root); classification, ranking and rail pairing are pure
-//! functions over the resolved paths and the model.
+//! canonicalized under the sysfs root); classification and ranking are pure functions over
+//! the resolved paths and the model. The rail pairing built on the ranking is in
+//! [`super::rails`].
 
 use std::{
-    collections::HashSet,
     io,
     path::{Component, Path, PathBuf},
 };
 
 use thiserror::Error;
 
-use crate::model::{
-    Connection, Gpu, GpuNicAffinity, GpuPair, Nic, PortState, RailPair, RailPairing,
-};
+use crate::model::{Connection, Gpu, GpuNicAffinity, GpuPair, Nic};
 
 pub use crate::model::PciAddress;
 
@@ -379,77 +377,6 @@ pub fn gpu_nic_affinity(p: &Placement) -> Vec<GpuNicAffinity> {
     out
 }
 
-/// The port a rail uses on `nic`: the lowest-numbered active port, else the lowest port, else 1.
-pub fn rail_port(nic: &Nic) -> (u32, bool) {
-    if let Some(p) = nic
-        .ports
-        .iter()
-        .filter(|p| p.state == PortState::Active)
-        .min_by_key(|p| p.port)
-    {
-        return (p.port, true);
-    }
-    (nic.ports.iter().map(|p| p.port).min().unwrap_or(1), false)
-}
-
-/// One-to-one GPU↔NIC pairing. Candidates are taken nearest first (by PCIe distance, then
-/// active before inactive, then GPU index, then NIC name); a GPU or NIC already paired is
-/// skipped. A GPU left without a NIC gets no pair. `rail_aligned` is true when every GPU got a
-/// distinct NIC at PIX or PXB.
-///
-/// PCIe distance wins over port state on purpose: a rail is a wiring fact, and a down port is a
-/// fault to report, not a reason to move a GPU onto another GPU's or a storage NIC.
-pub fn rail_pairing(gpus: &[Gpu], nics: &[Nic], affinity: &[GpuNicAffinity]) -> RailPairing {
-    let port_of = |name: &str| nics.iter().find(|n| n.name == name).map(rail_port);
-    let mut cands: Vec<(u8, bool, u32, &str, u32)> = affinity
-        .iter()
-        .filter_map(|a| {
-            let (port, active) = port_of(&a.nic)?;
-            Some((
-                a.connection.distance(),
-                !active,
-                a.gpu,
-                a.nic.as_str(),
-                port,
-            ))
-        })
-        .collect();
-    cands.sort();
-    let mut used_gpu = HashSet::new();
-    let mut used_nic = HashSet::new();
-    let mut pairs = Vec::new();
-    for (_, _, gpu, nic, port) in cands {
-        if used_gpu.contains(&gpu) || used_nic.contains(nic) {
-            continue;
-        }
-        used_gpu.insert(gpu);
-        used_nic.insert(nic);
-        let connection = affinity
-            .iter()
-            .find(|a| a.gpu == gpu && a.nic == nic)
-            .map(|a| a.connection)
-            .unwrap_or_default();
-        pairs.push(RailPair {
-            gpu,
-            nic: nic.to_string(),
-            port,
-            connection,
-        });
-    }
-    pairs.sort_by_key(|p| p.gpu);
-    let rail_aligned = !gpus.is_empty()
-        && gpus.iter().all(|g| {
-            pairs.iter().any(|p| {
-                p.gpu == g.index && matches!(p.connection, Connection::Pix | Connection::Pxb)
-            })
-        });
-    RailPairing {
-        rail_aligned,
-        pairs,
-        ..RailPairing::default()
-    }
-}
-
 /// Classifies every ordered GPU pair from the sysfs tree: `(a, b, connection)`. Used to check
 /// the tree against NVML's common-ancestor answer ([`GpuPair::pcie`]).
 pub fn gpu_pairs_from_tree(p: &Placement) -> Vec<(u32, u32, Connection)> {
@@ -482,7 +409,6 @@ pub fn disagreements(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NicPort;
 
     fn addr(s: &str) -> PciAddress {
         PciAddress::parse(s).unwrap()
@@ -612,38 +538,6 @@ mod tests {
         assert_eq!(classify(&other_node, &unknown_node), Connection::Node);
     }
 
-    fn nic(name: &str, active: bool) -> Nic {
-        Nic {
-            name: name.into(),
-            ports: vec![NicPort {
-                port: 1,
-                state: if active {
-                    PortState::Active
-                } else {
-                    PortState::Down
-                },
-                ..NicPort::default()
-            }],
-            ..Nic::default()
-        }
-    }
-
-    fn gpu(i: u32) -> Gpu {
-        Gpu {
-            index: i,
-            ..Gpu::default()
-        }
-    }
-
-    fn aff(gpu: u32, nic: &str, c: Connection) -> GpuNicAffinity {
-        GpuNicAffinity {
-            gpu,
-            nic: nic.into(),
-            connection: c,
-            rank: 0,
-        }
-    }
-
     #[test]
     fn ranking_breaks_ties_by_name() {
         let g = path("pci0000:00", &["0000:00:01.0"], Some(0));
@@ -678,61 +572,6 @@ mod tests {
                 ("mlx5_1", Connection::Node, 2)
             ]
         );
-    }
-
-    #[test]
-    fn pairing_is_one_to_one_and_prefers_active_on_ties() {
-        let gpus = vec![gpu(0), gpu(1)];
-        let nics = vec![nic("a", false), nic("b", true), nic("c", true)];
-        let affinity = vec![
-            aff(0, "a", Connection::Pix),
-            aff(0, "b", Connection::Pix),
-            aff(0, "c", Connection::Sys),
-            aff(1, "a", Connection::Pxb),
-            aff(1, "b", Connection::Node),
-            aff(1, "c", Connection::Sys),
-        ];
-        let r = rail_pairing(&gpus, &nics, &affinity);
-        let got: Vec<(u32, &str, Connection)> = r
-            .pairs
-            .iter()
-            .map(|p| (p.gpu, p.nic.as_str(), p.connection))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(0, "b", Connection::Pix), (1, "a", Connection::Pxb)]
-        );
-        assert!(r.rail_aligned);
-
-        // Three GPUs, two NICs: the third GPU gets none and the node is not rail-aligned.
-        let gpus3 = vec![gpu(0), gpu(1), gpu(2)];
-        let mut affinity3 = affinity.clone();
-        affinity3.push(aff(2, "a", Connection::Pix));
-        let r = rail_pairing(&gpus3, &nics[..2], &affinity3);
-        assert_eq!(r.pairs.len(), 2);
-        assert!(!r.rail_aligned);
-        let mut nics_used: Vec<&str> = r.pairs.iter().map(|p| p.nic.as_str()).collect();
-        nics_used.dedup();
-        assert_eq!(nics_used.len(), 2);
-    }
-
-    #[test]
-    fn pairing_without_nics_is_not_aligned() {
-        let r = rail_pairing(&[gpu(0)], &[], &[]);
-        assert!(r.pairs.is_empty());
-        assert!(!r.rail_aligned);
-    }
-
-    #[test]
-    fn rail_port_prefers_active() {
-        let mut n = nic("x", false);
-        n.ports.push(NicPort {
-            port: 2,
-            state: PortState::Active,
-            ..NicPort::default()
-        });
-        assert_eq!(rail_port(&n), (2, true));
-        assert_eq!(rail_port(&nic("y", false)), (1, false));
     }
 
     #[test]

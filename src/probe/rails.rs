@@ -1,6 +1,7 @@
 //! Rail classification: which NICs carry GPU traffic (`compute`), which are storage or
 //! front-end NICs (`storage`), and which are SR-IOV virtual functions (`virtual`), then the
-//! rail pairing over the compute NICs only and how many GPUs share each rail.
+//! rail pairing over the compute NICs only ([`one_to_one`], each rail on its [`rail_port`])
+//! and how many GPUs share each rail.
 //!
 //! Pure functions over the model: the PCIe affinity is already computed
 //! ([`super::pci::gpu_nic_affinity`]); nothing here reads sysfs.
@@ -13,12 +14,17 @@
 //! 4. a NIC that is the nearest NIC of at least one GPU (ties included) is `compute`;
 //! 5. any other NIC is `storage`.
 
-use std::{collections::BTreeMap, str::FromStr};
+use std::{
+    collections::{BTreeMap, HashSet},
+    str::FromStr,
+};
 
 use thiserror::Error;
 
-use super::pci::{self, PciAddress};
-use crate::model::{Gpu, GpuNicAffinity, Nic, NicRole, RailPair, RailPairing};
+use super::pci::PciAddress;
+use crate::model::{
+    Connection, Gpu, GpuNicAffinity, Nic, NicRole, PortState, RailPair, RailPairing,
+};
 
 /// A `--nic-role` value that cannot be read.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -151,7 +157,7 @@ pub fn pairing(gpus: &[Gpu], nics: &[Nic], affinity: &[GpuNicAffinity]) -> RailP
         .filter(|n| n.role == NicRole::Compute)
         .cloned()
         .collect();
-    let mut out = pci::rail_pairing(gpus, &compute, affinity);
+    let mut out = one_to_one(gpus, &compute, affinity);
     let mut rails = out.pairs.clone();
     for g in gpus {
         if rails.iter().any(|r| r.gpu == g.index) {
@@ -166,7 +172,7 @@ pub fn pairing(gpus: &[Gpu], nics: &[Nic], affinity: &[GpuNicAffinity]) -> RailP
             let port = compute
                 .iter()
                 .find(|n| n.name == a.nic)
-                .map_or(1, |n| pci::rail_port(n).0);
+                .map_or(1, |n| rail_port(n).port);
             rails.push(RailPair {
                 gpu: g.index,
                 nic: a.nic.clone(),
@@ -188,6 +194,93 @@ pub fn gpus_per_rail(rails: &[RailPair]) -> u32 {
         *per.entry(r.nic.as_str()).or_default() += 1;
     }
     per.into_values().max().unwrap_or(0)
+}
+
+/// The port a rail uses on a NIC, and whether it is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RailPort {
+    /// The port number.
+    pub port: u32,
+    /// The port is active.
+    pub active: bool,
+}
+
+/// The port a rail uses on `nic`: the lowest-numbered active port, else the lowest port, else 1.
+pub fn rail_port(nic: &Nic) -> RailPort {
+    if let Some(p) = nic
+        .ports
+        .iter()
+        .filter(|p| p.state == PortState::Active)
+        .min_by_key(|p| p.port)
+    {
+        return RailPort {
+            port: p.port,
+            active: true,
+        };
+    }
+    let port = nic.ports.iter().map(|p| p.port).min().unwrap_or(1);
+    RailPort {
+        port,
+        active: false,
+    }
+}
+
+/// One-to-one GPU↔NIC pairing. Candidates are taken nearest first (by PCIe distance, then
+/// active before inactive, then GPU index, then NIC name); a GPU or NIC already paired is
+/// skipped. A GPU left without a NIC gets no pair. `rail_aligned` is true when every GPU got a
+/// distinct NIC at PIX or PXB.
+///
+/// PCIe distance wins over port state on purpose: a rail is a wiring fact, and a down port is a
+/// fault to report, not a reason to move a GPU onto another GPU's or a storage NIC.
+pub fn one_to_one(gpus: &[Gpu], nics: &[Nic], affinity: &[GpuNicAffinity]) -> RailPairing {
+    let port_of = |name: &str| nics.iter().find(|n| n.name == name).map(rail_port);
+    let mut cands: Vec<(u8, bool, u32, &str, u32)> = affinity
+        .iter()
+        .filter_map(|a| {
+            let RailPort { port, active } = port_of(&a.nic)?;
+            Some((
+                a.connection.distance(),
+                !active,
+                a.gpu,
+                a.nic.as_str(),
+                port,
+            ))
+        })
+        .collect();
+    cands.sort();
+    let mut used_gpu = HashSet::new();
+    let mut used_nic = HashSet::new();
+    let mut pairs = Vec::new();
+    for (_, _, gpu, nic, port) in cands {
+        if used_gpu.contains(&gpu) || used_nic.contains(nic) {
+            continue;
+        }
+        used_gpu.insert(gpu);
+        used_nic.insert(nic);
+        let connection = affinity
+            .iter()
+            .find(|a| a.gpu == gpu && a.nic == nic)
+            .map(|a| a.connection)
+            .unwrap_or_default();
+        pairs.push(RailPair {
+            gpu,
+            nic: nic.to_string(),
+            port,
+            connection,
+        });
+    }
+    pairs.sort_by_key(|p| p.gpu);
+    let rail_aligned = !gpus.is_empty()
+        && gpus.iter().all(|g| {
+            pairs.iter().any(|p| {
+                p.gpu == g.index && matches!(p.connection, Connection::Pix | Connection::Pxb)
+            })
+        });
+    RailPairing {
+        rail_aligned,
+        pairs,
+        ..RailPairing::default()
+    }
 }
 
 #[cfg(test)]
@@ -349,5 +442,110 @@ mod tests {
             Err(RoleOverrideError::Conflict("x".into()))
         );
         assert!(RoleOverrides::parse(["storage=x", "storage=x,y"]).is_ok());
+    }
+
+    /// The one-to-one pairing and the rail port, over NICs with one port up or down.
+    mod one_to_one {
+        use super::super::*;
+        use crate::model::{Connection, NicPort, PortState};
+
+        fn nic(name: &str, active: bool) -> Nic {
+            Nic {
+                name: name.into(),
+                ports: vec![NicPort {
+                    port: 1,
+                    state: if active {
+                        PortState::Active
+                    } else {
+                        PortState::Down
+                    },
+                    ..NicPort::default()
+                }],
+                ..Nic::default()
+            }
+        }
+
+        fn gpu(i: u32) -> Gpu {
+            Gpu {
+                index: i,
+                ..Gpu::default()
+            }
+        }
+
+        fn aff(gpu: u32, nic: &str, c: Connection) -> GpuNicAffinity {
+            GpuNicAffinity {
+                gpu,
+                nic: nic.into(),
+                connection: c,
+                rank: 0,
+            }
+        }
+
+        #[test]
+        fn pairing_is_one_to_one_and_prefers_active_on_ties() {
+            let gpus = vec![gpu(0), gpu(1)];
+            let nics = vec![nic("a", false), nic("b", true), nic("c", true)];
+            let affinity = vec![
+                aff(0, "a", Connection::Pix),
+                aff(0, "b", Connection::Pix),
+                aff(0, "c", Connection::Sys),
+                aff(1, "a", Connection::Pxb),
+                aff(1, "b", Connection::Node),
+                aff(1, "c", Connection::Sys),
+            ];
+            let r = one_to_one(&gpus, &nics, &affinity);
+            let got: Vec<(u32, &str, Connection)> = r
+                .pairs
+                .iter()
+                .map(|p| (p.gpu, p.nic.as_str(), p.connection))
+                .collect();
+            assert_eq!(
+                got,
+                vec![(0, "b", Connection::Pix), (1, "a", Connection::Pxb)]
+            );
+            assert!(r.rail_aligned);
+
+            // Three GPUs, two NICs: the third GPU gets none and the node is not rail-aligned.
+            let gpus3 = vec![gpu(0), gpu(1), gpu(2)];
+            let mut affinity3 = affinity.clone();
+            affinity3.push(aff(2, "a", Connection::Pix));
+            let r = one_to_one(&gpus3, &nics[..2], &affinity3);
+            assert_eq!(r.pairs.len(), 2);
+            assert!(!r.rail_aligned);
+            let mut nics_used: Vec<&str> = r.pairs.iter().map(|p| p.nic.as_str()).collect();
+            nics_used.dedup();
+            assert_eq!(nics_used.len(), 2);
+        }
+
+        #[test]
+        fn pairing_without_nics_is_not_aligned() {
+            let r = one_to_one(&[gpu(0)], &[], &[]);
+            assert!(r.pairs.is_empty());
+            assert!(!r.rail_aligned);
+        }
+
+        #[test]
+        fn rail_port_prefers_active() {
+            let mut n = nic("x", false);
+            n.ports.push(NicPort {
+                port: 2,
+                state: PortState::Active,
+                ..NicPort::default()
+            });
+            assert_eq!(
+                rail_port(&n),
+                RailPort {
+                    port: 2,
+                    active: true
+                }
+            );
+            assert_eq!(
+                rail_port(&nic("y", false)),
+                RailPort {
+                    port: 1,
+                    active: false
+                }
+            );
+        }
     }
 }
