@@ -174,16 +174,21 @@ pub fn group_from_maps(
     group_from_parts(ns, labels, annotations, |_| None)
 }
 
+/// The pod's containers, then its init containers.
+pub(crate) fn containers(
+    pod: &Pod,
+) -> impl Iterator<Item = &k8s_openapi::api::core::v1::Container> {
+    pod.spec.iter().flat_map(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+    })
+}
+
 /// The value of env var `name` of the pod's first container that sets it literally (a value
 /// taken from a field or a secret is not known before the pod runs).
 fn container_env<'p>(pod: &'p Pod, name: &str) -> Option<&'p str> {
-    pod.spec
-        .iter()
-        .flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-        })
+    containers(pod)
         .flat_map(|c| c.env.iter().flatten())
         .find(|e| e.name == name)
         .and_then(|e| e.value.as_deref())

@@ -73,13 +73,7 @@ impl PodContext {
 }
 
 fn resource_names(pod: &Pod) -> impl Iterator<Item = &str> {
-    pod.spec
-        .iter()
-        .flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-        })
+    crate::extender::group::containers(pod)
         .filter_map(|c| c.resources.as_ref())
         .flat_map(|r| r.limits.iter().flatten().chain(r.requests.iter().flatten()))
         .map(|(k, _)| k.as_str())
