@@ -1,7 +1,8 @@
 //! nodetopo: discovers a GPU node's NVLink, multi-node NVLink and RDMA topology and publishes it.
 //!
-//! The modules, in the order the data flows through them (each uses only those above it, except
-//! the small shared helpers at the end):
+//! The modules, in the order the data flows through them. Each uses only those above it, except
+//! the small shared helpers at the end, and `probe`, which spells the fabric IDs it names as
+//! label values through [`labels::syntax`] (a leaf with no dependencies):
 //! - [`model`]: the facts, no I/O: [`model::NodeTopology`] and its parts.
 //! - [`probe`]: hardware to model. [`probe::nvml`] (GPUs, NVLink, the multi-node NVLink
 //!   domain), [`probe::rdma`] and [`probe::pci`] over [`probe::sysfs`]; [`probe::rails`] (NIC
