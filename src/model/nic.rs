@@ -100,6 +100,120 @@ pub enum PortState {
     ActiveDefer,
 }
 
+impl PortState {
+    /// The state of an InfiniBand PortState code, as PortInfo carries it and as sysfs `state`
+    /// starts (`4: ACTIVE`): 1 to 5; anything else (0 is "no state change") is unknown.
+    pub fn from_iba(code: u8) -> Self {
+        match code {
+            1 => Self::Down,
+            2 => Self::Init,
+            3 => Self::Armed,
+            4 => Self::Active,
+            5 => Self::ActiveDefer,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The kernel's name of the state in sysfs `state` (`ACTIVE`); none for an unknown state.
+    pub fn kernel_name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Unknown => return None,
+            Self::Down => "DOWN",
+            Self::Init => "INIT",
+            Self::Armed => "ARMED",
+            Self::Active => "ACTIVE",
+            Self::ActiveDefer => "ACTIVE_DEFER",
+        })
+    }
+
+    /// True when the link is up (the port has trained with its peer): INIT and later.
+    pub fn link_up(self) -> bool {
+        matches!(
+            self,
+            Self::Init | Self::Armed | Self::Active | Self::ActiveDefer
+        )
+    }
+}
+
+impl PhysState {
+    /// The state of an InfiniBand PortPhysicalState code, as PortInfo carries it and as sysfs
+    /// `phys_state` starts (`5: LinkUp`): 1 to 7; anything else is unknown.
+    pub fn from_iba(code: u8) -> Self {
+        match code {
+            1 => Self::Sleep,
+            2 => Self::Polling,
+            3 => Self::Disabled,
+            4 => Self::PortConfigurationTraining,
+            5 => Self::LinkUp,
+            6 => Self::LinkErrorRecovery,
+            7 => Self::PhyTest,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// What an RDMA node is: InfiniBand NodeInfo's NodeType (1 to 3), whose numbers the kernel's
+/// `node_type` attribute extends (4 to 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeType {
+    /// `1: CA`: a channel adapter (every HCA and RoCE NIC the agent pairs with GPUs).
+    Ca,
+    /// `2: switch`.
+    Switch,
+    /// `3: router`.
+    Router,
+    /// `4: RNIC` (iWARP).
+    Rnic,
+    /// `5: usNIC`.
+    Usnic,
+    /// `6: usNIC UDP`.
+    UsnicUdp,
+    /// `7: unspecified`.
+    Unspecified,
+    /// Any other number.
+    Other(u8),
+}
+
+impl NodeType {
+    /// The node type of `code`.
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::Ca,
+            2 => Self::Switch,
+            3 => Self::Router,
+            4 => Self::Rnic,
+            5 => Self::Usnic,
+            6 => Self::UsnicUdp,
+            7 => Self::Unspecified,
+            n => Self::Other(n),
+        }
+    }
+
+    /// The kernel's name in sysfs `node_type` (`CA`); none for another number.
+    pub fn kernel_name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Ca => "CA",
+            Self::Switch => "switch",
+            Self::Router => "router",
+            Self::Rnic => "RNIC",
+            Self::Usnic => "usNIC",
+            Self::UsnicUdp => "usNIC UDP",
+            Self::Unspecified => "unspecified",
+            Self::Other(_) => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for NodeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ca => f.write_str("channel adapter"),
+            Self::Other(n) => write!(f, "node type {n}"),
+            t => f.write_str(t.kernel_name().unwrap_or_default()),
+        }
+    }
+}
+
 /// One RDMA device (an InfiniBand HCA or a RoCE NIC), from sysfs `class/infiniband/<name>`;
 /// with `--ib-smp only`, from SMP NodeInfo instead, and the sysfs-only fields stay empty.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -6,6 +6,8 @@
 
 use thiserror::Error;
 
+use crate::model::{NodeType, PortState};
+
 /// Size in bytes of a MAD (management datagram), the packet an SMP travels in.
 pub const MAD_SIZE: usize = 256;
 /// The directed-route SubnetManagement class.
@@ -137,41 +139,6 @@ pub fn decode_reply(mad: &[u8], attribute: Attribute) -> Result<[u8; DATA_SIZE],
     Ok(data)
 }
 
-/// NodeInfo's node type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeType {
-    /// 1: a channel adapter (a host's HCA).
-    ChannelAdapter,
-    /// 2: a switch.
-    Switch,
-    /// 3: a router.
-    Router,
-    /// Anything else.
-    Other(u8),
-}
-
-impl NodeType {
-    fn from_byte(b: u8) -> Self {
-        match b {
-            1 => Self::ChannelAdapter,
-            2 => Self::Switch,
-            3 => Self::Router,
-            n => Self::Other(n),
-        }
-    }
-}
-
-impl std::fmt::Display for NodeType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::ChannelAdapter => f.write_str("channel adapter"),
-            Self::Switch => f.write_str("switch"),
-            Self::Router => f.write_str("router"),
-            Self::Other(n) => write!(f, "node type {n}"),
-        }
-    }
-}
-
 /// The fields of NodeInfo used here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -196,50 +163,12 @@ fn be64(d: &[u8], at: usize) -> u64 {
 /// Decodes NodeInfo from SMP data.
 pub fn node_info(d: &[u8; DATA_SIZE]) -> NodeInfo {
     NodeInfo {
-        node_type: NodeType::from_byte(d[2]),
+        node_type: NodeType::from_code(d[2]),
         num_ports: d[3],
         system_image_guid: be64(d, 4),
         node_guid: be64(d, 12),
         port_guid: be64(d, 20),
         local_port: d[36],
-    }
-}
-
-/// PortInfo's logical port state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    /// 1.
-    Down,
-    /// 2.
-    Init,
-    /// 3.
-    Armed,
-    /// 4.
-    Active,
-    /// 5.
-    ActiveDefer,
-    /// 0 (no state change) or anything else.
-    Other(u8),
-}
-
-impl LinkState {
-    fn from_nibble(n: u8) -> Self {
-        match n {
-            1 => Self::Down,
-            2 => Self::Init,
-            3 => Self::Armed,
-            4 => Self::Active,
-            5 => Self::ActiveDefer,
-            n => Self::Other(n),
-        }
-    }
-
-    /// True when the link is up (the port has trained with its peer): INIT and later.
-    pub fn link_up(self) -> bool {
-        matches!(
-            self,
-            Self::Init | Self::Armed | Self::Active | Self::ActiveDefer
-        )
     }
 }
 
@@ -255,7 +184,7 @@ pub struct PortInfo {
     /// The port this PortInfo describes.
     pub local_port: u8,
     /// Logical port state, from DOWN to ACTIVE.
-    pub state: LinkState,
+    pub state: PortState,
     /// Physical state (5 = LinkUp).
     pub phys_state: u8,
 }
@@ -267,7 +196,7 @@ pub fn port_info(d: &[u8; DATA_SIZE]) -> PortInfo {
         lid: u16::from_be_bytes([d[16], d[17]]),
         sm_lid: u16::from_be_bytes([d[18], d[19]]),
         local_port: d[28],
-        state: LinkState::from_nibble(d[32] & 0x0f),
+        state: PortState::from_iba(d[32] & 0x0f),
         phys_state: d[33] >> 4,
     }
 }
@@ -329,7 +258,7 @@ mod tests {
         assert_eq!(ni.port_guid, 0x0002_c903_00a1_b2c4);
         assert_eq!(ni.local_port, 17);
         assert_eq!(ni.node_type.to_string(), "switch");
-        assert_eq!(NodeType::from_byte(9).to_string(), "node type 9");
+        assert_eq!(NodeType::from_code(9).to_string(), "node type 9");
     }
 
     #[test]
@@ -345,12 +274,12 @@ mod tests {
         let pi = port_info(&decode_reply(&reply(&req, &d), Attribute::PortInfo).unwrap());
         assert_eq!(pi.gid_prefix, 0xfe80_0000_0000_0000);
         assert_eq!((pi.lid, pi.sm_lid, pi.local_port), (5, 1, 2));
-        assert_eq!(pi.state, LinkState::Active);
+        assert_eq!(pi.state, PortState::Active);
         assert!(pi.state.link_up());
         assert_eq!(pi.phys_state, 5);
         d[32] = 0x01;
         let down = port_info(&d);
-        assert_eq!(down.state, LinkState::Down);
+        assert_eq!(down.state, PortState::Down);
         assert!(!down.state.link_up());
     }
 

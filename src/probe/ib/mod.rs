@@ -25,10 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use self::mad::{Attribute, LinkState, MadError, NodeType};
+use self::mad::{Attribute, MadError};
 use crate::model::{
-    LinkLayer, NeighborStatus, Nic, NicPort, NicRole, PhysState, PortNeighbor, PortState, Source,
-    SourceStatus,
+    LinkLayer, NeighborStatus, Nic, NicPort, NicRole, NodeType, PhysState, PortNeighbor, PortState,
+    Source, SourceStatus,
 };
 
 /// Why one query got no usable answer.
@@ -326,24 +326,8 @@ pub fn local_cas(opener: &mut dyn SmpOpener) -> (Vec<Nic>, Vec<String>, u64) {
                     let pi = mad::port_info(&d);
                     nic.ports.push(NicPort {
                         port: u32::from(port),
-                        state: match pi.state {
-                            LinkState::Down => PortState::Down,
-                            LinkState::Init => PortState::Init,
-                            LinkState::Armed => PortState::Armed,
-                            LinkState::Active => PortState::Active,
-                            LinkState::ActiveDefer => PortState::ActiveDefer,
-                            LinkState::Other(_) => PortState::Unknown,
-                        },
-                        phys_state: match pi.phys_state {
-                            1 => PhysState::Sleep,
-                            2 => PhysState::Polling,
-                            3 => PhysState::Disabled,
-                            4 => PhysState::PortConfigurationTraining,
-                            5 => PhysState::LinkUp,
-                            6 => PhysState::LinkErrorRecovery,
-                            7 => PhysState::PhyTest,
-                            _ => PhysState::Unknown,
-                        },
+                        state: pi.state,
+                        phys_state: PhysState::from_iba(pi.phys_state),
                         link_layer: LinkLayer::Infiniband,
                         lid: u32::from(pi.lid),
                         sm_lid: u32::from(pi.sm_lid),

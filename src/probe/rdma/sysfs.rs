@@ -7,7 +7,7 @@
 use std::{fs, path::Path};
 
 use crate::model::{
-    Gid, GidType, LinkLayer, Nic, NicPort, PhysState, PortState, Source, SourceStatus,
+    Gid, GidType, LinkLayer, Nic, NicPort, NodeType, PhysState, PortState, Source, SourceStatus,
 };
 
 use crate::probe::sysfs::{DirAttrs, SysfsRoot, read_attr};
@@ -53,18 +53,11 @@ pub fn parse_rate_gbps(s: &str) -> Option<f64> {
     Some(v)
 }
 
-/// Parses a logical port state (`4: ACTIVE`).
+/// Parses a logical port state (`4: ACTIVE`): the number and the kernel's name must agree.
 pub fn parse_port_state(s: &str) -> Option<PortState> {
     let (num, name) = s.split_once(':')?;
-    let st = match (num.trim(), name.trim()) {
-        ("1", "DOWN") => PortState::Down,
-        ("2", "INIT") => PortState::Init,
-        ("3", "ARMED") => PortState::Armed,
-        ("4", "ACTIVE") => PortState::Active,
-        ("5", "ACTIVE_DEFER") => PortState::ActiveDefer,
-        _ => return None,
-    };
-    Some(st)
+    let st = PortState::from_iba(num.trim().parse().ok()?);
+    (st.kernel_name() == Some(name.trim())).then_some(st)
 }
 
 /// Parses a physical port state (`5: LinkUp`) by its name (`LinkUp`; the kernel's `Phy Test`
@@ -80,40 +73,12 @@ pub fn parse_phys_state(s: &str) -> Option<PhysState> {
         .then(|| PhysState::from(name))
 }
 
-/// An RDMA device's node type, as the kernel's `node_type` attribute names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeType {
-    /// `1: CA`: a channel adapter (every HCA and RoCE NIC the agent pairs with GPUs).
-    Ca,
-    /// `2: switch`.
-    Switch,
-    /// `3: router`.
-    Router,
-    /// `4: RNIC` (iWARP).
-    Rnic,
-    /// `5: usNIC`.
-    Usnic,
-    /// `6: usNIC UDP`.
-    UsnicUdp,
-    /// `7: unspecified`.
-    Unspecified,
-}
-
 /// Parses `node_type` (`1: CA`). The number and the name must agree; the kernel's
 /// `<unknown>` and anything else is `None`.
 pub fn parse_node_type(s: &str) -> Option<NodeType> {
     let (num, name) = s.split_once(':')?;
-    let t = match (num.trim(), name.trim()) {
-        ("1", "CA") => NodeType::Ca,
-        ("2", "switch") => NodeType::Switch,
-        ("3", "router") => NodeType::Router,
-        ("4", "RNIC") => NodeType::Rnic,
-        ("5", "usNIC") => NodeType::Usnic,
-        ("6", "usNIC UDP") => NodeType::UsnicUdp,
-        ("7", "unspecified") => NodeType::Unspecified,
-        _ => return None,
-    };
-    Some(t)
+    let t = NodeType::from_code(num.trim().parse().ok()?);
+    (t.kernel_name() == Some(name.trim())).then_some(t)
 }
 
 /// Parses `link_layer` (`InfiniBand` or `Ethernet`).
@@ -522,6 +487,19 @@ mod tests {
         );
         assert_eq!(parse_port_state("4: DOWN"), None);
         assert_eq!(parse_port_state("ACTIVE"), None);
+        assert_eq!(parse_port_state("0: NOP"), None);
+        // The sysfs number is the code PortInfo carries: both read through one table.
+        for code in 1..=5 {
+            let st = PortState::from_iba(code);
+            let name = st.kernel_name().expect("a known state");
+            assert_eq!(parse_port_state(&format!("{code}: {name}")), Some(st));
+        }
+        for (code, name) in [(5, "LinkUp"), (3, "Disabled"), (7, "Phy Test")] {
+            assert_eq!(
+                parse_phys_state(&format!("{code}: {name}")),
+                Some(PhysState::from_iba(code))
+            );
+        }
         assert_eq!(parse_phys_state("5: LinkUp"), Some(PhysState::LinkUp));
         assert_eq!(parse_phys_state("3: Disabled"), Some(PhysState::Disabled));
         assert_eq!(parse_phys_state("7: Phy Test"), Some(PhysState::PhyTest));
