@@ -258,6 +258,36 @@ pub fn topology_object_with(
     levels: &[TopologyLevel],
     opts: &ObjectOptions,
 ) -> Result<Value, DeployError> {
+    check_options(scheduler, name, opts)?;
+    let labels = json!({ "app.kubernetes.io/managed-by": "nodetopo" });
+    let node_labels: Vec<Value> = levels
+        .iter()
+        .map(|l| json!({ "nodeLabel": l.node_label }))
+        .collect();
+    Ok(match scheduler {
+        Scheduler::Kueue => json!({
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "Topology",
+            "metadata": { "name": name, "labels": labels },
+            "spec": { "levels": node_labels },
+        }),
+        Scheduler::Kai => json!({
+            "apiVersion": "kai.scheduler/v1alpha1",
+            "kind": "Topology",
+            "metadata": { "name": name, "labels": labels },
+            "spec": { "levels": node_labels },
+        }),
+        Scheduler::Grove => grove_binding(name, levels, opts, labels)?,
+        Scheduler::Volcano => volcano_config(name, levels, opts, labels)?,
+    })
+}
+
+/// The name is a DNS subdomain, and each option is given only for the scheduler that reads it.
+fn check_options(
+    scheduler: Scheduler,
+    name: &str,
+    opts: &ObjectOptions,
+) -> Result<(), DeployError> {
     if !is_dns_subdomain(name) {
         return Err(DeployError::InvalidName(name.to_string()));
     }
@@ -280,84 +310,80 @@ pub fn topology_object_with(
             scheduler: scheduler.product_name(),
         });
     }
-    let labels = json!({ "app.kubernetes.io/managed-by": "nodetopo" });
-    let node_labels: Vec<Value> = levels
+    Ok(())
+}
+
+/// Grove's `ClusterTopologyBinding`: a domain and key per level (each key within Grove's
+/// length limit), and the KAI Topology it binds to, if any.
+fn grove_binding(
+    name: &str,
+    levels: &[TopologyLevel],
+    opts: &ObjectOptions,
+    labels: Value,
+) -> Result<Value, DeployError> {
+    if let Some(l) = levels.iter().find(|l| l.node_label.len() > GROVE_KEY_MAX) {
+        return Err(DeployError::KeyTooLong {
+            key: l.node_label.clone(),
+            len: l.node_label.len(),
+            project: "Grove",
+            max: GROVE_KEY_MAX,
+        });
+    }
+    let grove_levels: Vec<Value> = levels
         .iter()
-        .map(|l| json!({ "nodeLabel": l.node_label }))
+        .map(|l| json!({ "domain": l.domain, "key": l.node_label }))
         .collect();
-    Ok(match scheduler {
-        Scheduler::Kueue => json!({
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "Topology",
-            "metadata": { "name": name, "labels": labels },
-            "spec": { "levels": node_labels },
-        }),
-        Scheduler::Kai => json!({
-            "apiVersion": "kai.scheduler/v1alpha1",
-            "kind": "Topology",
-            "metadata": { "name": name, "labels": labels },
-            "spec": { "levels": node_labels },
-        }),
-        Scheduler::Grove => {
-            if let Some(l) = levels.iter().find(|l| l.node_label.len() > GROVE_KEY_MAX) {
-                return Err(DeployError::KeyTooLong {
-                    key: l.node_label.clone(),
-                    len: l.node_label.len(),
-                    project: "Grove",
-                    max: GROVE_KEY_MAX,
-                });
-            }
-            let grove_levels: Vec<Value> = levels
+    let mut spec = json!({ "levels": grove_levels });
+    if let Some(kai) = &opts.kai_topology {
+        spec["schedulerTopologyBindings"] = json!([{
+            "schedulerName": GROVE_KAI_BACKEND,
+            "topologyReference": kai,
+        }]);
+    }
+    Ok(json!({
+        "apiVersion": "grove.io/v1alpha1",
+        "kind": "ClusterTopologyBinding",
+        "metadata": { "name": name, "labels": labels },
+        "spec": spec,
+    }))
+}
+
+/// Volcano's controller ConfigMap: label discovery of the levels as its topology types.
+fn volcano_config(
+    name: &str,
+    levels: &[TopologyLevel],
+    opts: &ObjectOptions,
+    labels: Value,
+) -> Result<Value, DeployError> {
+    let types: serde_json::Map<String, Value> = volcano_types(name, levels, opts.volcano_types)?
+        .into_iter()
+        .map(|(t, chain)| {
+            let list = chain
                 .iter()
-                .map(|l| json!({ "domain": l.domain, "key": l.node_label }))
+                .map(|l| json!({ "nodeLabel": l.node_label }))
                 .collect();
-            let mut spec = json!({ "levels": grove_levels });
-            if let Some(kai) = &opts.kai_topology {
-                spec["schedulerTopologyBindings"] = json!([{
-                    "schedulerName": GROVE_KAI_BACKEND,
-                    "topologyReference": kai,
-                }]);
-            }
-            json!({
-                "apiVersion": "grove.io/v1alpha1",
-                "kind": "ClusterTopologyBinding",
-                "metadata": { "name": name, "labels": labels },
-                "spec": spec,
-            })
-        }
-        Scheduler::Volcano => {
-            let types: serde_json::Map<String, Value> =
-                volcano_types(name, levels, opts.volcano_types)?
-                    .into_iter()
-                    .map(|(t, chain)| {
-                        let list = chain
-                            .iter()
-                            .map(|l| json!({ "nodeLabel": l.node_label }))
-                            .collect();
-                        (t, Value::Array(list))
-                    })
-                    .collect();
-            let config = json!({
-                "networkTopologyDiscovery": [{
-                    "source": "label",
-                    "enabled": true,
-                    "interval": "10m",
-                    "config": { "networkTopologyTypes": types },
-                }],
-            });
-            let text = serde_yaml_ng::to_string(&config).expect("JSON values always serialize");
-            json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": VOLCANO_CONFIGMAP,
-                    "namespace": VOLCANO_NAMESPACE,
-                    "labels": labels,
-                },
-                "data": { VOLCANO_CONFIG_KEY: text },
-            })
-        }
-    })
+            (t, Value::Array(list))
+        })
+        .collect();
+    let config = json!({
+        "networkTopologyDiscovery": [{
+            "source": "label",
+            "enabled": true,
+            "interval": "10m",
+            "config": { "networkTopologyTypes": types },
+        }],
+    });
+    let text = serde_yaml_ng::to_string(&config).expect("JSON values always serialize");
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": VOLCANO_CONFIGMAP,
+            "namespace": VOLCANO_NAMESPACE,
+            "labels": labels,
+        },
+        "data": { VOLCANO_CONFIG_KEY: text },
+    }))
 }
 
 /// The family a level belongs to: labels of one family come and go together, narrow before
